@@ -1,0 +1,218 @@
+// The dispatcher's SQL: find due timers, claim them, record what each delivery did, and take
+// back claims whose holder died. Claims and completions are batched: one statement for many
+// timers.
+import type pg from "pg";
+import { State } from "../../shared/src/timer-model.js";
+import type { JsonValue } from "@bufbuild/protobuf";
+import type { DueTimer } from "./due-queue.js";
+
+/** A timer claimed for delivery, with what the delivery needs. */
+export interface ClaimedTimer {
+  group_id: string;
+  timer_id: string;
+  shard: number;
+  fire_at: Date;
+  next_attempt_at: Date;
+  attempt: number;
+  callback: JsonValue;
+  payload: Buffer;
+  labels: Record<string, string>;
+  max_attempts: number;
+  initial_backoff_ms: number;
+  max_backoff_ms: number;
+  backoff_multiplier: number;
+  create_traceparent: string | null;
+}
+
+/** The outcome of one delivery attempt, to be written back. */
+export interface Completion {
+  groupId: string;
+  timerId: string;
+  attempt: number;
+  startedAt: Date;
+  finishedAt: Date;
+  outcome: "succeeded" | "retry" | "failed";
+  nextAttemptAt: Date | null;
+  error: string | null;
+}
+
+/** Position in (next_attempt_at, group_id, timer_id) order: where the window loader stopped. */
+export interface LoadCursor {
+  atMs: number;
+  groupId: string;
+  timerId: string;
+}
+
+interface DueRow {
+  group_id: string;
+  timer_id: string;
+  shard: number;
+  next_attempt_at: Date;
+}
+
+function toDue(r: DueRow): DueTimer {
+  return { groupId: r.group_id, timerId: r.timer_id, shard: r.shard, dueMs: r.next_attempt_at.getTime() };
+}
+
+/**
+ * Scheduled timers of the given shards due after `after` and at or before `untilMs`, in due
+ * order, at most `limit`: the next slice of the lookahead window.
+ */
+export async function loadWindow(
+  pool: pg.Pool,
+  shards: number[],
+  after: LoadCursor,
+  untilMs: number,
+  limit: number,
+): Promise<DueTimer[]> {
+  const { rows } = await pool.query<DueRow>(
+    `SELECT group_id, timer_id, shard, next_attempt_at FROM timers
+      WHERE state = ${State.Scheduled}
+        AND (next_attempt_at, group_id, timer_id) > ($2::timestamptz, $3::text, $4::text)
+        AND next_attempt_at <= $5::timestamptz
+        AND shard = ANY($1::int[])
+      ORDER BY next_attempt_at, group_id, timer_id
+      LIMIT $6`,
+    [shards, new Date(after.atMs), after.groupId, after.timerId, new Date(untilMs), limit],
+  );
+  return rows.map(toDue);
+}
+
+/**
+ * Scheduled timers of the given shards that are overdue by more than `graceMs`, oldest first:
+ * the backlog after downtime, and anything whose announcement was lost.
+ */
+export async function loadOverdue(pool: pg.Pool, shards: number[], graceMs: number, limit: number): Promise<DueTimer[]> {
+  const { rows } = await pool.query<DueRow>(
+    `SELECT group_id, timer_id, shard, next_attempt_at FROM timers
+      WHERE state = ${State.Scheduled}
+        AND next_attempt_at <= now() - make_interval(secs => $2::float8 / 1000)
+        AND shard = ANY($1::int[])
+      ORDER BY next_attempt_at
+      LIMIT $3`,
+    [shards, graceMs, limit],
+  );
+  return rows.map(toDue);
+}
+
+/**
+ * Atomically moves the given timers from SCHEDULED to FIRING for this dispatcher, if they are
+ * still scheduled and due within `leadMs`. A timer another dispatcher claimed, or that was
+ * cancelled or rescheduled, is simply not returned: that is what makes a firing happen once.
+ */
+export async function claimTimers(
+  pool: pg.Pool,
+  owner: string,
+  timers: DueTimer[],
+  leadMs: number,
+  claimTtlMs: number,
+): Promise<ClaimedTimer[]> {
+  if (timers.length === 0) return [];
+  const { rows } = await pool.query<ClaimedTimer>(
+    `UPDATE timers t
+        SET state = ${State.Firing},
+            attempt = t.attempt + 1,
+            claim_owner = $1,
+            claim_expires_at = now() + make_interval(secs => $5::float8 / 1000),
+            fired_time = coalesce(t.fired_time, greatest(now(), t.next_attempt_at))
+       FROM unnest($2::text[], $3::text[]) AS k(g, id)
+      WHERE t.group_id = k.g AND t.timer_id = k.id
+        AND t.state = ${State.Scheduled}
+        AND t.next_attempt_at <= now() + make_interval(secs => $4::float8 / 1000)
+      RETURNING t.group_id, t.timer_id, t.shard, t.fire_at, t.next_attempt_at, t.attempt, t.callback, t.payload,
+                t.labels, t.max_attempts, t.initial_backoff_ms, t.max_backoff_ms, t.backoff_multiplier,
+                t.create_traceparent`,
+    [owner, timers.map((t) => t.groupId), timers.map((t) => t.timerId), leadMs, claimTtlMs],
+  );
+  return rows;
+}
+
+/**
+ * Writes back a batch of delivery outcomes and records each attempt, in one statement. Only
+ * claims still held by `owner` for that attempt are changed.
+ */
+export async function completeAttempts(
+  pool: pg.Pool,
+  owner: string,
+  done: Completion[],
+): Promise<number> {
+  if (done.length === 0) return 0;
+  const stateOf = { succeeded: State.Succeeded, retry: State.Scheduled, failed: State.Failed } as const;
+  const { rows } = await pool.query<{ n: string }>(
+    `WITH c AS (
+       SELECT * FROM unnest($2::text[], $3::text[], $4::int[], $5::smallint[], $6::timestamptz[], $7::text[],
+                            $8::timestamptz[], $9::timestamptz[], $10::text[])
+         AS c(g, id, attempt, state, next_at, error, started_at, finished_at, outcome)
+     ), u AS (
+       UPDATE timers t
+          SET state = c.state,
+              next_attempt_at = coalesce(c.next_at, t.next_attempt_at),
+              last_error = coalesce(c.error, t.last_error),
+              finish_time = CASE WHEN c.state IN (${State.Succeeded}, ${State.Failed}) THEN c.finished_at END,
+              claim_owner = NULL,
+              claim_expires_at = NULL
+         FROM c
+        WHERE t.group_id = c.g AND t.timer_id = c.id AND t.attempt = c.attempt
+          AND t.state = ${State.Firing} AND t.claim_owner = $1
+       RETURNING 1
+     ), a AS (
+       INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
+       SELECT g, id, attempt, $1, started_at, finished_at, outcome, error FROM c
+     )
+     SELECT count(*) AS n FROM u`,
+    [
+      owner,
+      done.map((d) => d.groupId),
+      done.map((d) => d.timerId),
+      done.map((d) => d.attempt),
+      done.map((d) => stateOf[d.outcome]),
+      done.map((d) => d.nextAttemptAt),
+      done.map((d) => d.error),
+      done.map((d) => d.startedAt),
+      done.map((d) => d.finishedAt),
+      done.map((d) => d.outcome),
+    ],
+  );
+  return Number(rows[0]!.n);
+}
+
+/**
+ * Returns to SCHEDULED (due now) the timers of the given shards whose claim expired: their
+ * dispatcher died or hung mid-delivery. The interrupted attempt is recorded as abandoned.
+ */
+export async function reclaimExpired(pool: pg.Pool, shards: number[], limit: number): Promise<DueTimer[]> {
+  const { rows } = await pool.query<DueRow>(
+    `WITH x AS (
+       SELECT group_id, timer_id FROM timers
+        WHERE state = ${State.Firing} AND claim_expires_at < now() AND shard = ANY($1::int[])
+        ORDER BY claim_expires_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+     ), u AS (
+       UPDATE timers t
+          SET state = ${State.Scheduled}, next_attempt_at = now(),
+              last_error = 'delivery abandoned: dispatcher ' || coalesce(t.claim_owner, '?') || ' stopped mid-delivery',
+              claim_owner = NULL, claim_expires_at = NULL
+         FROM x WHERE t.group_id = x.group_id AND t.timer_id = x.timer_id
+       RETURNING t.group_id, t.timer_id, t.shard, t.next_attempt_at, t.attempt, t.last_error
+     ), a AS (
+       INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
+       SELECT group_id, timer_id, attempt, 'reclaimer', now(), now(), 'abandoned', last_error FROM u
+     )
+     SELECT group_id, timer_id, shard, next_attempt_at FROM u`,
+    [shards, limit],
+  );
+  return rows.map(toDue);
+}
+
+/** Lag of each of the given shards in seconds: now minus its oldest due, unfired fire time. */
+export async function shardLag(pool: pg.Pool, shards: number[]): Promise<Map<number, number>> {
+  const { rows } = await pool.query<{ shard: number; lag: number }>(
+    `SELECT shard, extract(epoch FROM now() - min(next_attempt_at))::float8 AS lag
+       FROM timers
+      WHERE state = ${State.Scheduled} AND next_attempt_at <= now() AND shard = ANY($1::int[])
+      GROUP BY shard`,
+    [shards],
+  );
+  return new Map(rows.map((r) => [r.shard, r.lag]));
+}

@@ -1,0 +1,339 @@
+// The dispatcher's firing loop. Timers due within the lookahead window are held in memory; a
+// little before each is due (claimLeadMs) it is claimed in Postgres, and the callback is sent
+// at its fire time to the millisecond, never before. Outcomes are written back in batches.
+//
+// Two queues keep a backlog from starving the present: timers found overdue (after downtime,
+// or a lost announcement) wait in `catchUp` and may use only part of the delivery capacity
+// while timers due now are waiting in `onTime`.
+import { randomBytes } from "node:crypto";
+import type pg from "pg";
+import type { Logger } from "../../shared/src/logger.js";
+import type { TimerAnnouncement } from "../../shared/src/nats.js";
+import { callbackFromJson, idempotencyKey } from "../../shared/src/timer-model.js";
+import { backoffMs, mayRetry } from "./backoff.js";
+import type { CallbackDeliverer, DeliveryResult } from "./delivery.js";
+import {
+  claimTimers,
+  completeAttempts,
+  loadOverdue,
+  loadWindow,
+  reclaimExpired,
+  type ClaimedTimer,
+  type Completion,
+  type LoadCursor,
+} from "./dispatch-store.js";
+import { DueQueue, type DueTimer } from "./due-queue.js";
+
+/** Which shards this dispatcher may fire. */
+export interface ShardOwnership {
+  /** Owned shards, ascending. */
+  owned(): number[];
+  owns(shard: number): boolean;
+}
+
+/** Tuning of the firing loop; see the dispatcher's config.ts for meanings and defaults. */
+export interface SchedulerOptions {
+  dispatcherId: string;
+  lookaheadMs: number;
+  pollIntervalMs: number;
+  overdueGraceMs: number;
+  claimLeadMs: number;
+  claimBatch: number;
+  maxInFlight: number;
+  maxHeld: number;
+  claimTtlMs: number;
+  catchUpShare: number;
+}
+
+/** Observations the scheduler reports (metrics hook in here). */
+export interface SchedulerEvents {
+  fired?(lateMs: number): void;
+  attempted?(result: DeliveryResult): void;
+}
+
+/** Holds near-future timers of owned shards and fires them on time. */
+export class Scheduler {
+  private readonly onTime = new DueQueue();
+  private readonly catchUp = new DueQueue();
+  private cursor: LoadCursor;
+  private inFlight = 0;
+  private catchUpInFlight = 0;
+  private claiming = false;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private wakeAt = Infinity;
+  private pollTimer: NodeJS.Timeout | undefined;
+  private polling: Promise<void> | undefined;
+  private pendingDone: { c: Completion; retryAt: DueTimer | undefined }[] = [];
+  private flushing: Promise<void> | undefined;
+  private stopped = false;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly deliverer: CallbackDeliverer,
+    private readonly ownership: ShardOwnership,
+    private readonly opts: SchedulerOptions,
+    private readonly log: Logger,
+    private readonly events: SchedulerEvents = {},
+  ) {
+    this.cursor = { atMs: Date.now() - opts.overdueGraceMs, groupId: "", timerId: "" };
+  }
+
+  /** Timers held in memory, waiting for their time. */
+  get held(): number {
+    return this.onTime.size + this.catchUp.size;
+  }
+
+  /** Deliveries in flight. */
+  get deliveriesInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** Starts polling Postgres and firing. */
+  start(): void {
+    const loop = async () => {
+      if (this.stopped) return;
+      this.polling = this.poll().catch((err) => this.log.error({ err }, "loading due timers failed"));
+      await this.polling;
+      if (!this.stopped) this.pollTimer = setTimeout(loop, this.opts.pollIntervalMs);
+    };
+    void loop();
+  }
+
+  /** Takes a timer announced over NATS (a new or rescheduled timer due soon). */
+  announce(a: TimerAnnouncement): void {
+    if (this.stopped || !this.ownership.owns(a.s)) return;
+    if (a.at > Date.now() + this.opts.lookaheadMs) return; // the window loader will get it
+    if (this.catchUp.has(a.g, a.t)) return;
+    this.onTime.add({ groupId: a.g, timerId: a.t, shard: a.s, dueMs: a.at });
+    this.schedule();
+  }
+
+  /** Forgets held timers of shards no longer owned. */
+  dropUnowned(): number {
+    const drop = (t: DueTimer) => !this.ownership.owns(t.shard);
+    return this.onTime.removeWhere(drop) + this.catchUp.removeWhere(drop);
+  }
+
+  /** Loads everything due so far in newly owned shards (their timers behind the window cursor). */
+  async loadShards(shards: number[]): Promise<void> {
+    let after: LoadCursor = { atMs: 0, groupId: "", timerId: "" };
+    for (;;) {
+      const rows = await loadWindow(this.pool, shards, after, this.cursor.atMs, 5000);
+      for (const t of rows) this.hold(t);
+      if (rows.length < 5000) break;
+      const last = rows[rows.length - 1]!;
+      after = { atMs: last.dueMs, groupId: last.groupId, timerId: last.timerId };
+    }
+    this.schedule();
+  }
+
+  /** Stops taking new work, waits (bounded) for deliveries in flight, and writes back outcomes. */
+  async stop(timeoutMs: number): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.pollTimer);
+    clearTimeout(this.wakeTimer);
+    await this.polling;
+    const idle = new Promise<void>((resolve) => {
+      if (this.inFlight === 0 && !this.claiming) resolve();
+      else this.idleWaiters.push(resolve);
+    });
+    const timedOut = await Promise.race([
+      idle.then(() => false),
+      new Promise<boolean>((r) => setTimeout(() => r(true), timeoutMs).unref()),
+    ]);
+    if (timedOut) {
+      this.log.warn({ in_flight: this.inFlight }, "deliveries still in flight at shutdown; their claims expire and another dispatcher retries them");
+    }
+    await this.flushCompletions();
+  }
+
+  private async poll(): Promise<void> {
+    const shards = this.ownership.owned();
+    if (shards.length === 0) return;
+    const reclaimed = await reclaimExpired(this.pool, shards, 1000);
+    if (reclaimed.length > 0) this.log.warn({ count: reclaimed.length }, "took back expired claims");
+    for (const t of reclaimed) this.hold(t);
+
+    const until = Date.now() + this.opts.lookaheadMs;
+    while (this.held < this.opts.maxHeld && !this.stopped) {
+      const limit = Math.min(5000, this.opts.maxHeld - this.held);
+      const rows = await loadWindow(this.pool, shards, this.cursor, until, limit);
+      for (const t of rows) this.hold(t);
+      if (rows.length < limit) {
+        this.cursor = { atMs: until, groupId: "", timerId: "" };
+        break;
+      }
+      const last = rows[rows.length - 1]!;
+      this.cursor = { atMs: last.dueMs, groupId: last.groupId, timerId: last.timerId };
+    }
+
+    if (this.catchUp.size < this.opts.claimBatch) {
+      const overdue = await loadOverdue(this.pool, shards, this.opts.overdueGraceMs, this.opts.claimBatch * 4);
+      for (const t of overdue) {
+        if (!this.onTime.has(t.groupId, t.timerId)) this.catchUp.add(t);
+      }
+    }
+    this.schedule();
+  }
+
+  private hold(t: DueTimer): void {
+    if (!this.catchUp.has(t.groupId, t.timerId)) this.onTime.add(t);
+  }
+
+  /** Arms the wake-up for the earliest held timer (minus the claim lead). */
+  private schedule(): void {
+    if (this.stopped) return;
+    const next = Math.min(this.onTime.peekDueMs() ?? Infinity, this.catchUp.peekDueMs() ?? Infinity);
+    if (next === Infinity) return;
+    const at = next - this.opts.claimLeadMs;
+    if (this.wakeTimer && at >= this.wakeAt) return;
+    clearTimeout(this.wakeTimer);
+    this.wakeAt = at;
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = undefined;
+      this.wakeAt = Infinity;
+      void this.claimDue();
+    }, Math.max(0, at - Date.now()));
+  }
+
+  private async claimDue(): Promise<void> {
+    if (this.claiming || this.stopped) return;
+    const free = this.opts.maxInFlight - this.inFlight;
+    if (free <= 0) return; // a finishing delivery calls schedule() again
+    const horizon = Date.now() + this.opts.claimLeadMs;
+    const batchMax = Math.min(free, this.opts.claimBatch);
+    const batch = this.onTime.popDue(horizon, batchMax);
+    const catchUpRoom = Math.floor(this.opts.maxInFlight * this.opts.catchUpShare) - this.catchUpInFlight;
+    const catchUpMax = batch.length > 0 || (this.onTime.peekDueMs() ?? Infinity) <= horizon
+      ? Math.min(batchMax - batch.length, Math.max(0, catchUpRoom))
+      : batchMax - batch.length;
+    const late = this.catchUp.popDue(horizon, catchUpMax);
+    if (batch.length + late.length === 0) {
+      this.schedule();
+      return;
+    }
+    this.claiming = true;
+    try {
+      const claimed = await claimTimers(this.pool, this.opts.dispatcherId, [...batch, ...late], this.opts.claimLeadMs, this.opts.claimTtlMs);
+      const lateKeys = new Set(late.map((t) => `${t.groupId}\u0000${t.timerId}`));
+      for (const row of claimed) this.launch(row, lateKeys.has(`${row.group_id}\u0000${row.timer_id}`));
+    } catch (err) {
+      this.log.error({ err, count: batch.length + late.length }, "claiming due timers failed; retrying");
+      // Put them back; a failed claim changed nothing in Postgres.
+      for (const t of batch) this.onTime.add(t);
+      for (const t of late) this.catchUp.add(t);
+      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      this.claiming = false;
+      this.notifyIdle();
+    }
+    // More may be due already (a big batch, or timers that arrived while claiming).
+    this.schedule();
+  }
+
+  private launch(row: ClaimedTimer, late: boolean): void {
+    this.inFlight++;
+    if (late) this.catchUpInFlight++;
+    const dueMs = row.next_attempt_at.getTime();
+    const wait = dueMs - Date.now();
+    const go = () => void this.deliver(row, dueMs).finally(() => {
+      this.inFlight--;
+      if (late) this.catchUpInFlight--;
+      this.notifyIdle();
+      this.schedule();
+      if (this.inFlight < this.opts.maxInFlight) void this.claimDueIfDue();
+    });
+    if (wait > 0) setTimeout(go, wait);
+    else go();
+  }
+
+  private claimDueIfDue(): Promise<void> {
+    const next = Math.min(this.onTime.peekDueMs() ?? Infinity, this.catchUp.peekDueMs() ?? Infinity);
+    return next <= Date.now() + this.opts.claimLeadMs ? this.claimDue() : Promise.resolve();
+  }
+
+  private async deliver(row: ClaimedTimer, dueMs: number): Promise<void> {
+    // setTimeout may wake a fraction of a millisecond early; a timer must never fire early.
+    while (Date.now() < dueMs) await new Promise((r) => setImmediate(r));
+    const startedAt = new Date();
+    if (row.attempt === 1) this.events.fired?.(startedAt.getTime() - row.fire_at.getTime());
+    const result = await this.deliverer.deliver({
+      groupId: row.group_id,
+      timerId: row.timer_id,
+      fireAtMs: row.fire_at.getTime(),
+      attempt: row.attempt,
+      payload: new Uint8Array(row.payload),
+      labels: row.labels,
+      callback: callbackFromJson(row.callback),
+      idempotencyKey: idempotencyKey(row.group_id, row.timer_id),
+      traceparent: newTraceparent(),
+    });
+    this.events.attempted?.(result);
+    const finishedAt = new Date();
+    const policy = {
+      maxAttempts: row.max_attempts,
+      initialBackoffMs: row.initial_backoff_ms,
+      maxBackoffMs: row.max_backoff_ms,
+      multiplier: row.backoff_multiplier,
+    };
+    let completion: Completion;
+    let retryAt: DueTimer | undefined;
+    if (result.ok) {
+      completion = base("succeeded", null, null);
+    } else if (result.retryable && mayRetry(policy, row.attempt)) {
+      const next = finishedAt.getTime() + backoffMs(policy, row.attempt);
+      completion = base("retry", new Date(next), result.error);
+      if (next - Date.now() <= this.opts.lookaheadMs) {
+        retryAt = { groupId: row.group_id, timerId: row.timer_id, shard: row.shard, dueMs: next };
+      }
+    } else {
+      const why = result.retryable ? `gave up after ${row.attempt} attempts: ${result.error}` : result.error;
+      completion = base("failed", null, why);
+      this.log.warn({ group_id: row.group_id, timer_id: row.timer_id, shard: row.shard, attempt: row.attempt, error: why }, "timer failed");
+    }
+    this.pendingDone.push({ c: completion, retryAt });
+    void this.flushCompletions();
+
+    function base(outcome: Completion["outcome"], nextAttemptAt: Date | null, error: string | null): Completion {
+      return { groupId: row.group_id, timerId: row.timer_id, attempt: row.attempt, startedAt, finishedAt, outcome, nextAttemptAt, error };
+    }
+  }
+
+  /** Writes back queued outcomes; batches whatever accumulated while the previous write ran. */
+  private flushCompletions(): Promise<void> {
+    if (this.flushing) return this.flushing;
+    if (this.pendingDone.length === 0) return Promise.resolve();
+    this.flushing = (async () => {
+      let delay = 50;
+      while (this.pendingDone.length > 0) {
+        const batch = this.pendingDone.splice(0, 1000);
+        try {
+          await completeAttempts(this.pool, this.opts.dispatcherId, batch.map((b) => b.c));
+          for (const b of batch) if (b.retryAt && this.ownership.owns(b.retryAt.shard)) this.onTime.add(b.retryAt);
+          this.schedule();
+          delay = 50;
+        } catch (err) {
+          this.log.error({ err, count: batch.length }, "recording delivery outcomes failed; retrying");
+          this.pendingDone.unshift(...batch);
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, 5_000);
+        }
+      }
+    })().finally(() => {
+      this.flushing = undefined;
+    });
+    return this.flushing;
+  }
+
+  private notifyIdle(): void {
+    if (this.inFlight === 0 && !this.claiming) {
+      for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+}
+
+/** A fresh W3C traceparent for a delivery (replaced by the firing span's context when tracing is on). */
+export function newTraceparent(): string {
+  return `00-${randomBytes(16).toString("hex")}-${randomBytes(8).toString("hex")}-01`;
+}

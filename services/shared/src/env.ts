@@ -1,0 +1,95 @@
+// The only module that reads process.env. Each service's config.ts describes its settings with
+// these parsers; a bad value stops the process at start with a message naming the variable.
+
+/** Raised when an environment variable is missing or malformed. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+type Env = Record<string, string | undefined>;
+
+/** A string setting, with a default when unset or empty. */
+export function envString(env: Env, name: string, fallback: string): string {
+  const v = env[name];
+  return v === undefined || v === "" ? fallback : v;
+}
+
+/** An optional string setting: undefined when unset or empty. */
+export function envOptional(env: Env, name: string): string | undefined {
+  const v = env[name];
+  return v === undefined || v === "" ? undefined : v;
+}
+
+/** An integer setting within [min, max]. */
+export function envInt(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^-?\d+$/.test(raw.trim())) throw new ConfigError(`${name} must be an integer, got "${raw}"`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** A duration setting in milliseconds: "250ms", "5s", "2m", "1h", "365d", or a bare number of ms. */
+export function envDurationMs(env: Env, name: string, fallbackMs: number, minMs: number, maxMs: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallbackMs;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(raw.trim());
+  if (!m) throw new ConfigError(`${name} must be a duration like 500ms, 5s, 2m, 1h or 365d, got "${raw}"`);
+  const ms = Number(m[1]) * durationUnits[m[2] ?? "ms"]!;
+  if (ms < minMs || ms > maxMs) {
+    throw new ConfigError(`${name} must be between ${minMs}ms and ${maxMs}ms, got ${ms}ms`);
+  }
+  return Math.round(ms);
+}
+
+/** A URL setting whose scheme is one of `schemes`. */
+export function envUrl(env: Env, name: string, fallback: string, schemes: string[]): string {
+  const raw = envString(env, name, fallback);
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name} must be a URL, got "${raw}"`);
+  }
+  if (!schemes.includes(url.protocol.replace(/:$/, ""))) {
+    throw new ConfigError(`${name} must use ${schemes.join(" or ")}, got "${url.protocol}"`);
+  }
+  return raw;
+}
+
+/** A log level pino understands. */
+export function envLogLevel(env: Env, name: string, fallback: string): string {
+  const v = envString(env, name, fallback).toLowerCase();
+  const levels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+  if (!levels.includes(v)) throw new ConfigError(`${name} must be one of ${levels.join(", ")}, got "${v}"`);
+  return v;
+}
+
+/** Settings every service shares. */
+export interface CommonConfig {
+  databaseUrl: string;
+  natsUrl: string;
+  grpcPort: number;
+  httpPort: number;
+  host: string;
+  shardCount: number;
+  logLevel: string;
+  dbPoolMax: number;
+}
+
+/** Reads the settings every service shares; ports default per service. */
+export function loadCommonConfig(env: Env, ports: { grpc: number; http: number }): CommonConfig {
+  return {
+    databaseUrl: envUrl(env, "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/timers", ["postgres", "postgresql"]),
+    natsUrl: envUrl(env, "NATS_URL", "nats://127.0.0.1:4222", ["nats", "tls", "ws", "wss"]),
+    grpcPort: envInt(env, "GRPC_PORT", ports.grpc, 0, 65535),
+    httpPort: envInt(env, "HTTP_PORT", ports.http, 0, 65535),
+    host: envString(env, "BIND_HOST", "0.0.0.0"),
+    shardCount: envInt(env, "SHARD_COUNT", 1024, 1, 65536),
+    logLevel: envLogLevel(env, "LOG_LEVEL", "info"),
+    dbPoolMax: envInt(env, "DB_POOL_MAX", 20, 1, 1000),
+  };
+}

@@ -1,0 +1,41 @@
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import type { Logger } from "./logger.js";
+
+/** Subject on which new near-term timers of one shard are announced to its owner. */
+export function shardSubject(shard: number): string {
+  return `timers.shard.${shard}`;
+}
+
+/** Wildcard covering every shard subject. */
+export const ALL_SHARDS_SUBJECT = "timers.shard.*";
+
+/** Announcement of a timer due soon: enough for the owner to hold it in memory until it is due. */
+export interface TimerAnnouncement {
+  g: string; // group_id
+  t: string; // timer_id
+  s: number; // shard
+  at: number; // next attempt, epoch ms
+}
+
+/**
+ * Connects to NATS and keeps reconnecting forever: a service keeps working (on its Postgres
+ * paths) while NATS is away, and picks up again when it returns.
+ */
+export async function connectNats(url: string, name: string, log: Logger): Promise<NatsConnection> {
+  const nc = await connect({
+    servers: url.split(","),
+    name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+    waitOnFirstConnect: true,
+    timeout: 5_000,
+  });
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === "disconnect") log.warn({ nats: s.type }, "NATS disconnected");
+      else if (s.type === "reconnect") log.info({ nats: s.type }, "NATS reconnected");
+      else if (s.type === "error") log.warn({ nats: s.type, err: s.error }, "NATS error");
+    }
+  })();
+  return nc;
+}

@@ -1,0 +1,108 @@
+// What every service process does around its own logic: serve gRPC (with health and
+// reflection) and HTTP, and shut down in order on SIGTERM/SIGINT.
+import type { DescFile } from "@bufbuild/protobuf";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
+import { HealthStatus, registerHealthService } from "./grpc-health.js";
+import { registerReflectionServices } from "./grpc-reflection.js";
+import type { Logger } from "./logger.js";
+import { errorInterceptor, startGrpcServer, startHttpServer, type Check, type ExtraRoute } from "./servers.js";
+
+/** A running service: its ports and how to stop it. */
+export interface RunningService {
+  grpcPort: number;
+  httpPort: number;
+  health: HealthStatus;
+  stop(reason: string): Promise<void>;
+}
+
+/** Starts the gRPC and HTTP servers of a service and wires SIGTERM/SIGINT to an ordered stop. */
+export async function runService(opts: {
+  name: string;
+  host: string;
+  grpcPort: number;
+  httpPort: number;
+  log: Logger;
+  files: DescFile[];
+  serviceNames: string[];
+  routes: (router: ConnectRouter) => void;
+  interceptors?: Interceptor[];
+  checks: Record<string, Check>;
+  extraHttp?: ExtraRoute[];
+  /** Service-specific shutdown, after the gRPC server stops taking calls. */
+  onStop: () => Promise<void>;
+  stopTimeoutMs?: number;
+}): Promise<RunningService> {
+  const { log } = opts;
+  const health = new HealthStatus();
+  const grpc = await startGrpcServer({
+    host: opts.host,
+    port: opts.grpcPort,
+    interceptors: [errorInterceptor(log), ...(opts.interceptors ?? [])],
+    routes: (router) => {
+      opts.routes(router);
+      registerHealthService(router, health);
+      registerReflectionServices(router, opts.files);
+    },
+  });
+  const httpServer = await startHttpServer({
+    host: opts.host,
+    port: opts.httpPort,
+    service: opts.name,
+    checks: opts.checks,
+    extra: opts.extraHttp,
+  });
+  const ready = async () => {
+    const results = await Promise.all(Object.values(opts.checks).map((c) => c().catch(() => false)));
+    return results.every(Boolean);
+  };
+  const updateHealth = async () => {
+    const status = (await ready()) ? HealthCheckResponse_ServingStatus.SERVING : HealthCheckResponse_ServingStatus.NOT_SERVING;
+    health.set("", status);
+    for (const s of opts.serviceNames) health.set(s, status);
+  };
+  await updateHealth();
+  const healthTimer = setInterval(() => void updateHealth(), 2_000);
+  healthTimer.unref();
+
+  let stopping: Promise<void> | undefined;
+  const stop = (reason: string): Promise<void> => {
+    stopping ??= (async () => {
+      log.info({ reason }, "shutting down");
+      clearInterval(healthTimer);
+      health.set("", HealthCheckResponse_ServingStatus.NOT_SERVING);
+      for (const s of opts.serviceNames) health.set(s, HealthCheckResponse_ServingStatus.NOT_SERVING);
+      const deadline = setTimeout(() => {
+        log.error("shutdown took too long; exiting");
+        process.exit(1);
+      }, opts.stopTimeoutMs ?? 30_000);
+      deadline.unref();
+      await grpc.close();
+      await opts.onStop();
+      await httpServer.close();
+      log.info("stopped");
+    })();
+    return stopping;
+  };
+  for (const sig of ["SIGTERM", "SIGINT"] as const) {
+    process.once(sig, () => {
+      stop(sig).then(
+        () => process.exit(0),
+        (err) => {
+          log.error({ err }, "shutdown failed");
+          process.exit(1);
+        },
+      );
+    });
+  }
+  log.info({ grpc_port: grpc.port, http_port: httpServer.port }, `${opts.name} listening`);
+  return { grpcPort: grpc.port, httpPort: httpServer.port, health, stop };
+}
+
+/** Runs main, logging a startup failure plainly and exiting 1. */
+export function runMain(log: Logger, main: () => Promise<unknown>): void {
+  main().catch((err: unknown) => {
+    log.fatal({ err }, `failed to start: ${err instanceof Error ? err.message : String(err)}`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,134 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type pg from "pg";
+import type { Logger } from "../../shared/src/logger.js";
+import { shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
+import { shardOf } from "../../shared/src/shard.js";
+import { rowToTimer, State } from "../../shared/src/timer-model.js";
+import {
+  CreateTimerResponseSchema,
+  TimerState,
+  type TimerService,
+} from "../../shared/src/gen/timer/v1/timer_pb.js";
+import type { TimerConfig } from "./config.js";
+import { cancelTimer, getTimer, listTimers, type CreateBatcher } from "./timer-store.js";
+import { ValidationError, validateCreate } from "./validation.js";
+import { decodePageToken, encodePageToken } from "./page-token.js";
+
+/** Dependencies of the TimerService handlers. */
+export interface TimerDeps {
+  pool: pg.Pool;
+  nats: NatsConnection;
+  batcher: CreateBatcher;
+  config: TimerConfig;
+  log: Logger;
+}
+
+const encoder = new TextEncoder();
+
+/** The timer.v1.TimerService implementation: validate, store, announce. */
+export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerService> {
+  const { pool, config } = deps;
+  return {
+    async createTimer(req, ctx) {
+      const now = Date.now();
+      let timer;
+      try {
+        timer = validateCreate(req, config.limits, now);
+      } catch (err) {
+        throw invalid(err);
+      }
+      const shard = shardOf(timer.groupId, timer.timerId, config.shardCount);
+      const stored = await deps.batcher.store({ ...timer, shard }, traceparentOf(ctx));
+      if (stored.conflict) {
+        throw new ConnectError(
+          `timer ${timer.groupId}/${timer.timerId} already exists with a different schedule, callback, payload, retry policy or labels`,
+          Code.AlreadyExists,
+        );
+      }
+      const row = stored.row;
+      if (stored.created && row.next_attempt_at.getTime() - now <= config.announceWindowMs) {
+        announce(deps, { g: row.group_id, t: row.timer_id, s: row.shard, at: row.next_attempt_at.getTime() });
+      }
+      return create(CreateTimerResponseSchema, { timer: rowToTimer(row), created: stored.created });
+    },
+
+    async getTimer(req) {
+      const key = checkKey(req.groupId, req.timerId);
+      const row = await getTimer(pool, key.groupId, key.timerId);
+      if (!row) throw notFound(key);
+      return { timer: rowToTimer(row) };
+    },
+
+    async cancelTimer(req) {
+      const key = checkKey(req.groupId, req.timerId);
+      const row = await cancelTimer(pool, key.groupId, key.timerId);
+      if (!row) throw notFound(key);
+      if (row.state !== State.Cancelled) {
+        throw new ConnectError(
+          `timer ${key.groupId}/${key.timerId} is ${TimerState[row.state]}; only a SCHEDULED timer can be cancelled`,
+          Code.FailedPrecondition,
+        );
+      }
+      return { timer: rowToTimer(row) };
+    },
+
+    async listTimers(req) {
+      if (req.groupId === "") throw new ConnectError("group_id is required", Code.InvalidArgument);
+      if (req.pageSize < 0 || req.pageSize > 1000) {
+        throw new ConnectError("page_size must be between 1 and 1000 (0 for 100)", Code.InvalidArgument);
+      }
+      for (const s of req.states) {
+        if (!(s in TimerState) || s === TimerState.UNSPECIFIED) {
+          throw new ConnectError(`states has an unknown state ${s}`, Code.InvalidArgument);
+        }
+      }
+      const states = [...new Set(req.states)].sort();
+      const pageSize = req.pageSize || 100;
+      let after;
+      if (req.pageToken !== "") {
+        after = decodePageToken(req.pageToken, req.groupId, states);
+        if (!after) throw new ConnectError("page_token is malformed or belongs to a different query", Code.InvalidArgument);
+      }
+      const rows = await listTimers(pool, req.groupId, states, after, pageSize + 1);
+      const page = rows.slice(0, pageSize);
+      const last = page[page.length - 1];
+      return {
+        timers: page.map(rowToTimer),
+        nextPageToken:
+          rows.length > pageSize && last
+            ? encodePageToken({ fireAtMs: last.fire_at.getTime(), timerId: last.timer_id }, req.groupId, states)
+            : "",
+      };
+    },
+  };
+}
+
+function announce(deps: TimerDeps, a: TimerAnnouncement): void {
+  try {
+    deps.nats.publish(shardSubject(a.s), encoder.encode(JSON.stringify(a)));
+  } catch (err) {
+    // The timer is stored; its owner's poll finds it. Announcing only makes it faster.
+    deps.log.warn({ err, group_id: a.g, timer_id: a.t, shard: a.s }, "could not announce timer over NATS");
+  }
+}
+
+function traceparentOf(ctx: HandlerContext): string | undefined {
+  return ctx.requestHeader.get("traceparent") ?? undefined;
+}
+
+function checkKey(groupId: string, timerId: string): { groupId: string; timerId: string } {
+  if (groupId === "") throw new ConnectError("group_id is required", Code.InvalidArgument);
+  if (timerId === "") throw new ConnectError("timer_id is required", Code.InvalidArgument);
+  return { groupId, timerId };
+}
+
+function notFound(key: { groupId: string; timerId: string }): ConnectError {
+  return new ConnectError(`timer ${key.groupId}/${key.timerId} not found`, Code.NotFound);
+}
+
+function invalid(err: unknown): ConnectError {
+  if (err instanceof ValidationError) return new ConnectError(err.message, Code.InvalidArgument);
+  throw err;
+}

@@ -1,0 +1,251 @@
+// Validation of CreateTimer requests: pure, no I/O. Every rejection names the field, and
+// nothing is stored unless the whole request passes.
+import { randomUUID, createHash } from "node:crypto";
+import { isIP } from "node:net";
+import { create, toJson } from "@bufbuild/protobuf";
+import { durationMs } from "@bufbuild/protobuf/wkt";
+import { durationToMsCeil, timestampToMsCeil } from "../../shared/src/time.js";
+import {
+  CreateTimerRequestSchema,
+  type Callback,
+  type CreateTimerRequest,
+} from "../../shared/src/gen/timer/v1/timer_pb.js";
+
+/** A request field that failed validation, and why. */
+export class ValidationError extends Error {
+  override name = "ValidationError";
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(`${field} ${message}`);
+  }
+}
+
+/** Limits the timer service enforces; from its configuration. */
+export interface Limits {
+  maxHorizonMs: number;
+  maxPayloadBytes: number;
+  retryDefaults: RetrySettings;
+}
+
+/** A retry policy with the defaults applied. */
+export interface RetrySettings {
+  maxAttempts: number;
+  initialBackoffMs: number;
+  maxBackoffMs: number;
+  multiplier: number;
+}
+
+/** A validated timer, ready to store. */
+export interface NewTimer {
+  groupId: string;
+  timerId: string;
+  fireAtMs: number;
+  callback: Callback;
+  payload: Uint8Array;
+  labels: Record<string, string>;
+  retry: RetrySettings;
+  requestHash: Buffer;
+}
+
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+const LABEL_KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}$/;
+const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$/;
+const RESERVED_HEADERS = new Set([
+  "x-timer-group", "x-timer-id", "x-timer-attempt", "x-timer-fire-at", "idempotency-key", "traceparent",
+  "tracestate", "content-length", "content-type", "host", "connection", "transfer-encoding",
+]);
+const MAX_LABELS = 64;
+const MAX_RETRY_ATTEMPTS = 100;
+const MAX_BACKOFF_MS = 24 * 3_600_000;
+
+/** Checks a CreateTimerRequest and resolves its defaults; throws ValidationError naming the field. */
+export function validateCreate(req: CreateTimerRequest, limits: Limits, nowMs: number): NewTimer {
+  const groupId = checkId("group_id", req.groupId, true);
+  const timerId = req.timerId === "" ? randomUUID() : checkId("timer_id", req.timerId, false);
+
+  let fireAtMs: number;
+  switch (req.schedule.case) {
+    case "fireAt": {
+      const ts = req.schedule.value;
+      if (ts.nanos < 0 || ts.nanos > 999_999_999) throw new ValidationError("fire_at", "nanos must be in [0, 999999999]");
+      fireAtMs = timestampToMsCeil(ts);
+      if (fireAtMs - nowMs > limits.maxHorizonMs) {
+        throw new ValidationError("fire_at", `is beyond the maximum horizon of ${formatMs(limits.maxHorizonMs)} from now`);
+      }
+      if (fireAtMs < Date.UTC(2000, 0, 1)) throw new ValidationError("fire_at", "is before 2000-01-01; is it in seconds rather than a Timestamp?");
+      break;
+    }
+    case "delay": {
+      const d = req.schedule.value;
+      if (d.seconds < 0n || d.nanos < 0) throw new ValidationError("delay", "must not be negative");
+      if (d.nanos > 999_999_999) throw new ValidationError("delay", "nanos must be in [0, 999999999]");
+      const ms = durationToMsCeil(d);
+      if (ms > limits.maxHorizonMs) {
+        throw new ValidationError("delay", `is beyond the maximum horizon of ${formatMs(limits.maxHorizonMs)}`);
+      }
+      fireAtMs = nowMs + ms;
+      break;
+    }
+    default:
+      throw new ValidationError("schedule", "is required: set fire_at or delay");
+  }
+
+  if (!req.callback) throw new ValidationError("callback", "is required");
+  checkCallback(req.callback);
+
+  if (req.payload.length > limits.maxPayloadBytes) {
+    throw new ValidationError("payload", `is ${req.payload.length} bytes; the limit is ${limits.maxPayloadBytes}`);
+  }
+
+  const labels = checkLabels(req.labels);
+  const retry = resolveRetry(req, limits.retryDefaults);
+
+  return {
+    groupId,
+    timerId,
+    fireAtMs,
+    callback: req.callback,
+    payload: req.payload,
+    labels,
+    retry,
+    requestHash: requestHash(req, timerId),
+  };
+}
+
+function checkId(field: string, value: string, required: boolean): string {
+  if (value === "") {
+    if (required) throw new ValidationError(field, "is required");
+    return value;
+  }
+  if (!ID_RE.test(value)) {
+    throw new ValidationError(field, "must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit");
+  }
+  return value;
+}
+
+function checkCallback(cb: Callback): void {
+  switch (cb.target.case) {
+    case "http": {
+      const { url, headers } = cb.target.value;
+      if (url === "") throw new ValidationError("callback.http.url", "is required");
+      let parsed: URL;
+      try {
+        parsed = new URL(url);
+      } catch {
+        throw new ValidationError("callback.http.url", "is not a valid absolute URL");
+      }
+      if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+        throw new ValidationError("callback.http.url", "must use http or https");
+      }
+      if (parsed.hostname === "") throw new ValidationError("callback.http.url", "must name a host");
+      if (parsed.username || parsed.password) {
+        throw new ValidationError("callback.http.url", "must not carry credentials; use callback.http.headers");
+      }
+      if (url.length > 2048) throw new ValidationError("callback.http.url", "is longer than 2048 characters");
+      const names = Object.keys(headers);
+      if (names.length > 32) throw new ValidationError("callback.http.headers", "has more than 32 entries");
+      for (const name of names) {
+        if (!HEADER_NAME_RE.test(name)) throw new ValidationError("callback.http.headers", `"${name}" is not a valid header name`);
+        if (RESERVED_HEADERS.has(name.toLowerCase())) {
+          throw new ValidationError("callback.http.headers", `"${name}" is set by the dispatcher and cannot be overridden`);
+        }
+        const value = headers[name]!;
+        if (/[\r\n\0]/.test(value) || value.length > 4096) {
+          throw new ValidationError("callback.http.headers", `value of "${name}" has a line break or is over 4096 characters`);
+        }
+      }
+      return;
+    }
+    case "nats": {
+      const { subject } = cb.target.value;
+      if (subject === "") throw new ValidationError("callback.nats.subject", "is required");
+      if (subject.length > 255 || !/^[^\s.*>]+(\.[^\s.*>]+)*$/.test(subject)) {
+        throw new ValidationError(
+          "callback.nats.subject",
+          "must be dot-separated non-empty tokens with no spaces or wildcards (* >), at most 255 characters",
+        );
+      }
+      return;
+    }
+    case "grpc": {
+      const { target } = cb.target.value;
+      if (target === "") throw new ValidationError("callback.grpc.target", "is required");
+      const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(target);
+      const port = m ? Number(m[2]) : 0;
+      const host = m ? m[1]!.replace(/^\[|\]$/g, "") : "";
+      if (!m || port < 1 || port > 65535 || (m[1]!.startsWith("[") && isIP(host) !== 6)) {
+        throw new ValidationError("callback.grpc.target", "must be host:port (for example 10.0.0.5:9090 or receiver.svc:9090)");
+      }
+      return;
+    }
+    default:
+      throw new ValidationError("callback", "needs a target: set http, nats or grpc");
+  }
+}
+
+function checkLabels(labels: Record<string, string>): Record<string, string> {
+  const keys = Object.keys(labels);
+  if (keys.length > MAX_LABELS) throw new ValidationError("labels", `has more than ${MAX_LABELS} entries`);
+  const out: Record<string, string> = {};
+  for (const key of keys.sort()) {
+    if (!LABEL_KEY_RE.test(key)) throw new ValidationError("labels", `key "${key}" must be 1-63 characters of [A-Za-z0-9._/-]`);
+    const value = labels[key]!;
+    if (value.length > 256) throw new ValidationError("labels", `value of "${key}" is over 256 characters`);
+    out[key] = value;
+  }
+  return out;
+}
+
+function resolveRetry(req: CreateTimerRequest, defaults: RetrySettings): RetrySettings {
+  const p = req.retryPolicy;
+  if (!p) return defaults;
+  if (p.maxAttempts < 0 || p.maxAttempts > MAX_RETRY_ATTEMPTS) {
+    throw new ValidationError("retry_policy.max_attempts", `must be between 1 and ${MAX_RETRY_ATTEMPTS} (0 for the default)`);
+  }
+  for (const [field, d] of [["retry_policy.initial_backoff", p.initialBackoff], ["retry_policy.max_backoff", p.maxBackoff]] as const) {
+    if (d && (d.seconds < 0n || d.nanos < 0 || durationMs(d) > MAX_BACKOFF_MS)) {
+      throw new ValidationError(field, "must be between 0 and 24h (0 for the default)");
+    }
+  }
+  if (!Number.isFinite(p.multiplier) || p.multiplier < 0 || (p.multiplier !== 0 && p.multiplier < 1) || p.multiplier > 10) {
+    throw new ValidationError("retry_policy.multiplier", "must be between 1 and 10 (0 for the default)");
+  }
+  const initialBackoffMs = p.initialBackoff ? durationToMsCeil(p.initialBackoff) || defaults.initialBackoffMs : defaults.initialBackoffMs;
+  const maxBackoffMs = p.maxBackoff ? durationToMsCeil(p.maxBackoff) || defaults.maxBackoffMs : defaults.maxBackoffMs;
+  if (maxBackoffMs < initialBackoffMs) {
+    throw new ValidationError("retry_policy.max_backoff", `must not be less than initial_backoff (${initialBackoffMs}ms)`);
+  }
+  return {
+    maxAttempts: p.maxAttempts || defaults.maxAttempts,
+    initialBackoffMs,
+    maxBackoffMs,
+    multiplier: p.multiplier || defaults.multiplier,
+  };
+}
+
+/**
+ * SHA-256 of the request as sent (schedule as given, so a replayed `delay` matches), over a
+ * canonical JSON form with sorted keys, so map order on the wire does not matter.
+ */
+function requestHash(req: CreateTimerRequest, timerId: string): Buffer {
+  const canonical = create(CreateTimerRequestSchema, { ...req, timerId });
+  return createHash("sha256").update(stableStringify(toJson(CreateTimerRequestSchema, canonical))).digest();
+}
+
+function stableStringify(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(stableStringify).join(",")}]`;
+  if (v !== null && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${stableStringify(o[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
+
+function formatMs(ms: number): string {
+  if (ms % 86_400_000 === 0) return `${ms / 86_400_000}d`;
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}
