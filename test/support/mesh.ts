@@ -1,0 +1,65 @@
+// The whole system for one test file: a fresh database, a private nats-server, the timer
+// service and N dispatchers, each a real process.
+import { createTestDatabase, type TestDatabase } from "./database.js";
+import { startNats, type TestNats } from "./nats-server.js";
+import { startService, type ServiceProcess } from "./service-process.js";
+import { GrpcTimerClient } from "./timer-client.js";
+
+/** A running mesh under test. */
+export interface TestMesh extends AsyncDisposable {
+  db: TestDatabase;
+  nats: TestNats;
+  timer: ServiceProcess;
+  dispatchers: ServiceProcess[];
+  client: GrpcTimerClient;
+  /** Environment every service gets (DATABASE_URL, NATS_URL, SHARD_COUNT...). */
+  env: Record<string, string>;
+  /** Starts one more dispatcher with the given id. */
+  addDispatcher(id: string, env?: Record<string, string>): Promise<ServiceProcess>;
+}
+
+/** Starts database, NATS, the timer service and `dispatchers` dispatchers. */
+export async function startMesh(opts: {
+  dispatchers?: number;
+  env?: Record<string, string>;
+  timerEnv?: Record<string, string>;
+  dispatcherEnv?: Record<string, string>;
+} = {}): Promise<TestMesh> {
+  const db = await createTestDatabase();
+  const nats = await startNats();
+  const env = { DATABASE_URL: db.url, NATS_URL: nats.url, SHARD_COUNT: "64", ...opts.env };
+  const started: ServiceProcess[] = [];
+  try {
+    const timer = await startService("timer", { ...env, ...opts.timerEnv });
+    started.push(timer);
+    const dispatchers: ServiceProcess[] = [];
+    const addDispatcher = async (id: string, extra: Record<string, string> = {}) => {
+      const d = await startService("dispatcher", { ...env, DISPATCHER_ID: id, ...opts.dispatcherEnv, ...extra });
+      dispatchers.push(d);
+      started.push(d);
+      return d;
+    };
+    for (let i = 0; i < (opts.dispatchers ?? 1); i++) await addDispatcher(`d${i + 1}`);
+    const client = new GrpcTimerClient(`127.0.0.1:${timer.grpcPort}`);
+    return {
+      db,
+      nats,
+      timer,
+      dispatchers,
+      client,
+      env,
+      addDispatcher,
+      async [Symbol.asyncDispose]() {
+        client.close();
+        await Promise.all(started.map((p) => p[Symbol.asyncDispose]()));
+        await nats[Symbol.asyncDispose]();
+        await db[Symbol.asyncDispose]();
+      },
+    };
+  } catch (err) {
+    await Promise.all(started.map((p) => p[Symbol.asyncDispose]()));
+    await nats[Symbol.asyncDispose]();
+    await db[Symbol.asyncDispose]();
+    throw err;
+  }
+}

@@ -1,0 +1,110 @@
+// Real callback receivers: an HTTP server and a gRPC TimerCallbackService server that record
+// every delivery with its arrival time.
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import * as grpc from "@grpc/grpc-js";
+import { fromBinary, toBinary, create } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { OnTimerFiredRequestSchema, OnTimerFiredResponseSchema, type OnTimerFiredRequest, type OnTimerFiredResponse } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+
+/** One callback as the receiver saw it. */
+export interface Received {
+  groupId: string;
+  timerId: string;
+  attempt: number;
+  fireAtMs: number;
+  receivedAtMs: number;
+  idempotencyKey: string;
+  traceparent: string;
+  headers: Record<string, string>;
+  body: Buffer;
+}
+
+/** An HTTP receiver; `respond` picks the status for each request (200 by default). */
+export async function startHttpReceiver(respond: (r: Received) => number = () => 200): Promise<{
+  url: string;
+  received: Received[];
+  close(): Promise<void>;
+} & AsyncDisposable> {
+  const received: Received[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const h = req.headers as Record<string, string>;
+      const r: Received = {
+        groupId: h["x-timer-group"] ?? "",
+        timerId: h["x-timer-id"] ?? "",
+        attempt: Number(h["x-timer-attempt"]),
+        fireAtMs: Date.parse(h["x-timer-fire-at"] ?? ""),
+        receivedAtMs: Date.now(),
+        idempotencyKey: h["idempotency-key"] ?? "",
+        traceparent: h["traceparent"] ?? "",
+        headers: h,
+        body: Buffer.concat(chunks),
+      };
+      received.push(r);
+      res.statusCode = respond(r);
+      res.end();
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const close = () =>
+    new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    });
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
+    received,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** A gRPC server implementing timer.v1.TimerCallbackService with @grpc/grpc-js. */
+export async function startGrpcReceiver(): Promise<{ target: string; received: Received[] } & AsyncDisposable> {
+  const received: Received[] = [];
+  const server = new grpc.Server();
+  server.addService(
+    {
+      onTimerFired: {
+        path: "/timer.v1.TimerCallbackService/OnTimerFired",
+        requestStream: false,
+        responseStream: false,
+        requestDeserialize: (b: Buffer) => fromBinary(OnTimerFiredRequestSchema, b),
+        requestSerialize: (m: OnTimerFiredRequest) => Buffer.from(toBinary(OnTimerFiredRequestSchema, m)),
+        responseSerialize: (m: OnTimerFiredResponse) => Buffer.from(toBinary(OnTimerFiredResponseSchema, m)),
+        responseDeserialize: (b: Buffer) => fromBinary(OnTimerFiredResponseSchema, b),
+      },
+    },
+    {
+      onTimerFired: (call: grpc.ServerUnaryCall<OnTimerFiredRequest, OnTimerFiredResponse>, cb: grpc.sendUnaryData<OnTimerFiredResponse>) => {
+        const m = call.request;
+        received.push({
+          groupId: m.groupId,
+          timerId: m.timerId,
+          attempt: m.attempt,
+          fireAtMs: m.fireAt ? timestampMs(m.fireAt) : NaN,
+          receivedAtMs: Date.now(),
+          idempotencyKey: m.idempotencyKey,
+          traceparent: String(call.metadata.get("traceparent")[0] ?? ""),
+          headers: {},
+          body: Buffer.from(m.payload),
+        });
+        cb(null, create(OnTimerFiredResponseSchema, {}));
+      },
+    },
+  );
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  return {
+    target: `127.0.0.1:${port}`,
+    received,
+    async [Symbol.asyncDispose]() {
+      await new Promise<void>((r) => server.tryShutdown(() => r()));
+    },
+  };
+}

@@ -1,0 +1,38 @@
+// A TimerService client built with @grpc/grpc-js from the same protos: the way internal
+// services call us.
+import * as grpc from "@grpc/grpc-js";
+import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { TimerService } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+
+type Methods = typeof TimerService.method;
+type In<K extends keyof Methods> = MessageShape<Methods[K]["input"]>;
+type Out<K extends keyof Methods> = MessageShape<Methods[K]["output"]>;
+
+/** A promise-based grpc-js TimerService client. */
+export class GrpcTimerClient {
+  private readonly client: grpc.Client;
+  constructor(target: string) {
+    this.client = new grpc.Client(target, grpc.credentials.createInsecure());
+  }
+
+  call<K extends keyof Methods>(method: K, req: In<K>, metadata = new grpc.Metadata()): Promise<Out<K>> {
+    const desc = TimerService.method[method];
+    const input = desc.input as DescMessage;
+    const output = desc.output as DescMessage;
+    return new Promise((resolve, reject) => {
+      this.client.makeUnaryRequest(
+        `/${TimerService.typeName}/${desc.name}`,
+        (m: In<K>) => Buffer.from(toBinary(input, m)),
+        (b: Buffer) => fromBinary(output, b) as Out<K>,
+        req,
+        metadata,
+        { deadline: Date.now() + 15_000 },
+        (err, res) => (err ? reject(err) : resolve(res!)),
+      );
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
