@@ -97,13 +97,17 @@ export async function loadOverdue(pool: pg.Pool, shards: number[], graceMs: numb
 
 /**
  * Atomically moves the given timers from SCHEDULED to FIRING for this dispatcher, if they are
- * still scheduled and due within `leadMs`. A timer another dispatcher claimed, or that was
- * cancelled or rescheduled, is simply not returned: that is what makes a firing happen once.
+ * still scheduled, due within `leadMs`, and their shard's lease is ours at the given epoch
+ * (`epochs[i]` for `timers[i]`). A timer another dispatcher claimed, or that was cancelled or
+ * rescheduled, or whose shard changed hands, is simply not returned: that is what makes a
+ * firing happen once.
  */
 export async function claimTimers(
   pool: pg.Pool,
   owner: string,
+  claimOwner: string,
   timers: DueTimer[],
+  epochs: bigint[],
   leadMs: number,
   claimTtlMs: number,
 ): Promise<ClaimedTimer[]> {
@@ -112,28 +116,31 @@ export async function claimTimers(
     `UPDATE timers t
         SET state = ${State.Firing},
             attempt = t.attempt + 1,
-            claim_owner = $1,
+            claim_owner = $7,
             claim_expires_at = now() + make_interval(secs => $5::float8 / 1000),
             fired_time = coalesce(t.fired_time, greatest(now(), t.next_attempt_at))
-       FROM unnest($2::text[], $3::text[]) AS k(g, id)
+       FROM unnest($2::text[], $3::text[], $6::bigint[]) AS k(g, id, epoch), shard_leases l
       WHERE t.group_id = k.g AND t.timer_id = k.id
         AND t.state = ${State.Scheduled}
         AND t.next_attempt_at <= now() + make_interval(secs => $4::float8 / 1000)
+        -- The fence: only while we hold the shard's lease, at the epoch we believe we hold.
+        AND l.shard = t.shard AND l.owner = $1 AND l.epoch = k.epoch AND l.expires_at > now()
       RETURNING t.group_id, t.timer_id, t.shard, t.fire_at, t.next_attempt_at, t.attempt, t.callback, t.payload,
                 t.labels, t.max_attempts, t.initial_backoff_ms, t.max_backoff_ms, t.backoff_multiplier,
                 t.create_traceparent`,
-    [owner, timers.map((t) => t.groupId), timers.map((t) => t.timerId), leadMs, claimTtlMs],
+    [owner, timers.map((t) => t.groupId), timers.map((t) => t.timerId), leadMs, claimTtlMs, epochs.map(String), claimOwner],
   );
   return rows;
 }
 
 /**
  * Writes back a batch of delivery outcomes and records each attempt, in one statement. Only
- * claims still held by `owner` for that attempt are changed.
+ * claims still held by this process (`claimOwner`) for that attempt are changed.
  */
 export async function completeAttempts(
   pool: pg.Pool,
-  owner: string,
+  dispatcherId: string,
+  claimOwner: string,
   done: Completion[],
 ): Promise<number> {
   if (done.length === 0) return 0;
@@ -153,7 +160,7 @@ export async function completeAttempts(
               claim_expires_at = NULL
          FROM c
         WHERE t.group_id = c.g AND t.timer_id = c.id AND t.attempt = c.attempt
-          AND t.state = ${State.Firing} AND t.claim_owner = $1
+          AND t.state = ${State.Firing} AND t.claim_owner = $11
        RETURNING 1
      ), a AS (
        INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
@@ -161,7 +168,7 @@ export async function completeAttempts(
      )
      SELECT count(*) AS n FROM u`,
     [
-      owner,
+      dispatcherId,
       done.map((d) => d.groupId),
       done.map((d) => d.timerId),
       done.map((d) => d.attempt),
@@ -171,6 +178,7 @@ export async function completeAttempts(
       done.map((d) => d.startedAt),
       done.map((d) => d.finishedAt),
       done.map((d) => d.outcome),
+      claimOwner,
     ],
   );
   return Number(rows[0]!.n);
@@ -180,11 +188,12 @@ export async function completeAttempts(
  * Returns to SCHEDULED (due now) the timers of the given shards whose claim expired: their
  * dispatcher died or hung mid-delivery. The interrupted attempt is recorded as abandoned.
  */
-export async function reclaimExpired(pool: pg.Pool, shards: number[], limit: number): Promise<DueTimer[]> {
+export async function reclaimExpired(pool: pg.Pool, owner: string, shards: number[], limit: number): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
     `WITH x AS (
        SELECT group_id, timer_id FROM timers
         WHERE state = ${State.Firing} AND claim_expires_at < now() AND shard = ANY($1::int[])
+          AND shard IN (SELECT shard FROM shard_leases WHERE owner = $3 AND expires_at > now())
         ORDER BY claim_expires_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -200,7 +209,7 @@ export async function reclaimExpired(pool: pg.Pool, shards: number[], limit: num
        SELECT group_id, timer_id, attempt, 'reclaimer', now(), now(), 'abandoned', last_error FROM u
      )
      SELECT group_id, timer_id, shard, next_attempt_at FROM u`,
-    [shards, limit],
+    [shards, limit, owner],
   );
   return rows.map(toDue);
 }
@@ -215,4 +224,30 @@ export async function shardLag(pool: pg.Pool, shards: number[]): Promise<Map<num
     [shards],
   );
   return new Map(rows.map((r) => [r.shard, r.lag]));
+}
+
+/**
+ * Returns to SCHEDULED (due now) the timers of shards just taken over from an owner whose
+ * lease expired, that this process did not claim: the previous owner died or hung while
+ * delivering them. They are delivered again (at least once); the idempotency key lets the
+ * receiver see the repeat.
+ */
+export async function reclaimOrphans(pool: pg.Pool, shards: number[], claimOwner: string): Promise<number> {
+  if (shards.length === 0) return 0;
+  const { rows } = await pool.query<{ n: string }>(
+    `WITH u AS (
+       UPDATE timers t
+          SET state = ${State.Scheduled}, next_attempt_at = now(),
+              last_error = 'delivery abandoned: ' || coalesce(t.claim_owner, '?') || ' lost the shard mid-delivery',
+              claim_owner = NULL, claim_expires_at = NULL
+        WHERE t.state = ${State.Firing} AND t.shard = ANY($1::int[]) AND t.claim_owner IS DISTINCT FROM $2
+       RETURNING t.group_id, t.timer_id, t.attempt, t.last_error
+     ), a AS (
+       INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
+       SELECT group_id, timer_id, attempt, $2, now(), now(), 'abandoned', last_error FROM u
+     )
+     SELECT count(*) AS n FROM u`,
+    [shards, claimOwner],
+  );
+  return Number(rows[0]!.n);
 }

@@ -13,8 +13,9 @@ export function createDispatcherService(deps: {
   scheduler: Scheduler;
   ownership: ShardOwnership;
   members: () => string[];
+  draining: () => boolean;
   shardLag: () => Promise<Map<number, number>>;
-  epochOf: (shard: number) => bigint;
+  drain: () => Promise<number>;
 }): ServiceImpl<typeof DispatcherService> {
   return {
     async getStatus() {
@@ -23,14 +24,18 @@ export function createDispatcherService(deps: {
         dispatcherId: deps.dispatcherId,
         members: deps.members(),
         shards: deps.ownership.owned().map((s) =>
-          create(OwnedShardSchema, { shard: s, epoch: deps.epochOf(s), lagSeconds: lag.get(s) ?? 0 }),
+          create(OwnedShardSchema, { shard: s, epoch: deps.ownership.epochOf(s), lagSeconds: lag.get(s) ?? 0 }),
         ),
         timersInMemory: BigInt(deps.scheduler.held),
         deliveriesInFlight: BigInt(deps.scheduler.deliveriesInFlight),
         shardCount: deps.shardCount,
         version: deps.version,
         startTime: timestampFromMs(deps.startTimeMs),
+        draining: deps.draining(),
       });
+    },
+    async drain() {
+      return { releasedShards: await deps.drain() };
     },
   };
 }

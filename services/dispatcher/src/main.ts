@@ -1,15 +1,19 @@
+import { randomBytes } from "node:crypto";
+import type { Subscription } from "@nats-io/transport-node";
 import { createLogger } from "../../shared/src/logger.js";
 import { ConfigError } from "../../shared/src/env.js";
 import { openDatabase } from "../../shared/src/db.js";
-import { ALL_SHARDS_SUBJECT, connectNats, type TimerAnnouncement } from "../../shared/src/nats.js";
+import { connectNats, shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
 import { DispatcherService, file_dispatcher_v1_dispatcher } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
 import { loadDispatcherConfig } from "./config.js";
 import { CallbackDeliverer } from "./delivery.js";
-import { shardLag } from "./dispatch-store.js";
+import { reclaimOrphans, shardLag } from "./dispatch-store.js";
 import { createDispatcherService } from "./handlers.js";
+import { Membership } from "./membership.js";
 import { Scheduler } from "./scheduler.js";
-import { AllShards } from "./shard-ownership.js";
+import { LeaseKeeper } from "./shard-leases.js";
+import { shardsOf } from "./shard-ring.js";
 
 const VERSION = "0.1.0";
 const bootLog = createLogger("dispatcher", "info");
@@ -23,16 +27,67 @@ runMain(bootLog, async () => {
     throw err;
   }
   const log = createLogger("dispatcher", config.logLevel).child({ dispatcher_id: config.dispatcherId });
+  const startTimeMs = Date.now();
+  // Claims name this process, not just the dispatcher id, so that a restart under the same id
+  // can tell its predecessor's orphaned claims from its own.
+  const claimOwner = `${config.dispatcherId}#${randomBytes(4).toString("hex")}`;
   const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, `dispatcher:${config.dispatcherId}`, config.shardCount, log);
   const nats = await connectNats(config.natsUrl, `dispatcher:${config.dispatcherId}`, log);
   const deliverer = new CallbackDeliverer(nats, config.callbackTimeoutMs, config.maxInFlight);
-  const ownership = new AllShards(config.shardCount);
-  const scheduler = new Scheduler(
+
+  // Announcements of new near-term timers arrive on one subject per owned shard.
+  const shardSubs = new Map<number, Subscription>();
+  const decoder = new TextDecoder();
+  const subscribeShard = (shard: number) => {
+    if (shardSubs.has(shard)) return;
+    shardSubs.set(
+      shard,
+      nats.subscribe(shardSubject(shard), {
+        callback: (err, msg) => {
+          if (err) return log.warn({ err, shard }, "announcement subscription error");
+          try {
+            scheduler.announce(JSON.parse(decoder.decode(msg.data)) as TimerAnnouncement);
+          } catch (e) {
+            log.warn({ err: e, subject: msg.subject }, "ignoring malformed announcement");
+          }
+        },
+      }),
+    );
+  };
+  const unsubscribeShard = (shard: number) => {
+    shardSubs.get(shard)?.unsubscribe();
+    shardSubs.delete(shard);
+  };
+
+  const leases: LeaseKeeper = new LeaseKeeper(
+    pool,
+    config.dispatcherId,
+    { leaseTtlMs: config.leaseTtlMs, tickMs: config.leaseTickMs },
+    {
+      releasing: async (shards) => {
+        for (const s of shards) unsubscribeShard(s);
+        await scheduler.dropUnowned();
+      },
+      gained: async (shards, takenOver) => {
+        for (const s of shards) subscribeShard(s);
+        const orphans = await reclaimOrphans(pool, takenOver, claimOwner);
+        if (orphans > 0) log.warn({ count: orphans }, "re-delivering timers whose previous owner died mid-delivery");
+        await scheduler.loadShards(shards);
+      },
+      lost: (shards) => {
+        for (const s of shards) unsubscribeShard(s);
+        void scheduler.dropUnowned();
+      },
+    },
+    log,
+  );
+  const scheduler: Scheduler = new Scheduler(
     pool,
     deliverer,
-    ownership,
+    leases,
     {
       dispatcherId: config.dispatcherId,
+      claimOwner,
       lookaheadMs: config.lookaheadMs,
       pollIntervalMs: config.pollIntervalMs,
       overdueGraceMs: config.overdueGraceMs,
@@ -40,25 +95,41 @@ runMain(bootLog, async () => {
       claimBatch: config.claimBatch,
       maxInFlight: config.maxInFlight,
       maxHeld: config.maxHeld,
-      claimTtlMs: config.claimLeadMs + config.callbackTimeoutMs + 30_000,
+      claimTtlMs: config.claimLeadMs + config.callbackTimeoutMs + 5_000,
       catchUpShare: config.catchUpShare,
     },
     log,
   );
 
-  const decoder = new TextDecoder();
-  const sub = nats.subscribe(ALL_SHARDS_SUBJECT, {
-    callback: (err, msg) => {
-      if (err) return log.warn({ err }, "announcement subscription error");
-      try {
-        scheduler.announce(JSON.parse(decoder.decode(msg.data)) as TimerAnnouncement);
-      } catch (e) {
-        log.warn({ err: e, subject: msg.subject }, "ignoring malformed announcement");
-      }
-    },
-  });
+  const membership = new Membership(
+    nats,
+    { id: config.dispatcherId, grpcAddress: config.advertiseAddress, version: VERSION, startedAtMs: startTimeMs },
+    { heartbeatMs: config.heartbeatMs, memberTtlMs: config.memberTtlMs },
+    log,
+  );
+  let draining = false;
+  const reassign = () => {
+    const mine = draining ? [] : shardsOf(config.dispatcherId, membership.activeIds(), config.shardCount);
+    leases.setDesired(mine);
+  };
+  membership.onChange(reassign);
+  membership.start();
+  // Hear the others before claiming anything, so a joining dispatcher does not first reach
+  // for every free shard.
+  await new Promise((r) => setTimeout(r, Math.min(config.memberTtlMs, 2 * config.heartbeatMs)));
+  reassign();
+  leases.start();
   scheduler.start();
-  const startTimeMs = Date.now();
+
+  const drain = async (): Promise<number> => {
+    const before = leases.owned().length;
+    draining = true;
+    membership.setDraining(true);
+    reassign();
+    await leases.tick();
+    log.info({ released: before - leases.owned().length }, "drained");
+    return before - leases.owned().length;
+  };
 
   await runService({
     name: "dispatcher",
@@ -77,18 +148,25 @@ runMain(bootLog, async () => {
           version: VERSION,
           startTimeMs,
           scheduler,
-          ownership,
-          members: () => [config.dispatcherId],
-          shardLag: () => shardLag(pool, ownership.owned()),
-          epochOf: () => 0n,
+          ownership: leases,
+          members: () => membership.list().map((m) => m.id),
+          draining: () => draining,
+          shardLag: () => shardLag(pool, leases.owned()),
+          drain,
         }),
       ),
     checks: {
       postgres: async () => (await pool.query("SELECT 1")).rowCount === 1,
       nats: async () => !nats.isClosed() && (await nats.rtt()) >= 0,
+      membership: async () => membership.connected,
     },
     onStop: async () => {
-      sub.unsubscribe();
+      // Leave the ring, hand the shards over (stop claiming, then release), then finish
+      // the deliveries already in flight and record them.
+      draining = true;
+      await membership.leave();
+      await leases.stop();
+      for (const s of [...shardSubs.keys()]) unsubscribeShard(s);
       await scheduler.stop(config.shutdownTimeoutMs);
       deliverer.close();
       await nats.drain();

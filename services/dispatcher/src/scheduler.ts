@@ -29,11 +29,15 @@ export interface ShardOwnership {
   /** Owned shards, ascending. */
   owned(): number[];
   owns(shard: number): boolean;
+  /** Fencing epoch of our lease on the shard. */
+  epochOf(shard: number): bigint;
 }
 
 /** Tuning of the firing loop; see the dispatcher's config.ts for meanings and defaults. */
 export interface SchedulerOptions {
   dispatcherId: string;
+  /** Written to timers.claim_owner: the dispatcher id and this process's incarnation. */
+  claimOwner: string;
   lookaheadMs: number;
   pollIntervalMs: number;
   overdueGraceMs: number;
@@ -109,23 +113,31 @@ export class Scheduler {
     this.schedule();
   }
 
-  /** Forgets held timers of shards no longer owned. */
-  dropUnowned(): number {
+  /** Forgets held timers of shards no longer owned, and waits for a claim in flight to end. */
+  async dropUnowned(): Promise<number> {
     const drop = (t: DueTimer) => !this.ownership.owns(t.shard);
-    return this.onTime.removeWhere(drop) + this.catchUp.removeWhere(drop);
+    const n = this.onTime.removeWhere(drop) + this.catchUp.removeWhere(drop);
+    while (this.claiming) await new Promise((r) => setTimeout(r, 1));
+    return n;
   }
 
-  /** Loads everything due so far in newly owned shards (their timers behind the window cursor). */
+  /**
+   * Loads the current part of the window (due from now - overdueGrace up to the window cursor)
+   * for newly owned shards; older overdue timers come through the catch-up loader in batches.
+   */
   async loadShards(shards: number[]): Promise<void> {
-    let after: LoadCursor = { atMs: 0, groupId: "", timerId: "" };
-    for (;;) {
-      const rows = await loadWindow(this.pool, shards, after, this.cursor.atMs, 5000);
-      for (const t of rows) this.hold(t);
-      if (rows.length < 5000) break;
+    let after: LoadCursor = { atMs: Date.now() - this.opts.overdueGraceMs, groupId: "", timerId: "" };
+    while (this.held < this.opts.maxHeld && !this.stopped) {
+      const limit = Math.min(5000, this.opts.maxHeld - this.held);
+      const rows = await loadWindow(this.pool, shards, after, this.cursor.atMs, limit);
+      for (const t of rows) if (this.ownership.owns(t.shard)) this.hold(t);
+      if (rows.length < limit) break;
       const last = rows[rows.length - 1]!;
       after = { atMs: last.dueMs, groupId: last.groupId, timerId: last.timerId };
     }
     this.schedule();
+    // Overdue timers of these shards (their previous owner died with them due) start now.
+    void this.poll().catch((err) => this.log.error({ err }, "loading due timers failed"));
   }
 
   /** Stops taking new work, waits (bounded) for deliveries in flight, and writes back outcomes. */
@@ -151,7 +163,7 @@ export class Scheduler {
   private async poll(): Promise<void> {
     const shards = this.ownership.owned();
     if (shards.length === 0) return;
-    const reclaimed = await reclaimExpired(this.pool, shards, 1000);
+    const reclaimed = await reclaimExpired(this.pool, this.opts.dispatcherId, shards, 1000);
     if (reclaimed.length > 0) this.log.warn({ count: reclaimed.length }, "took back expired claims");
     for (const t of reclaimed) this.hold(t);
 
@@ -215,7 +227,9 @@ export class Scheduler {
     }
     this.claiming = true;
     try {
-      const claimed = await claimTimers(this.pool, this.opts.dispatcherId, [...batch, ...late], this.opts.claimLeadMs, this.opts.claimTtlMs);
+      const wanted = [...batch, ...late].filter((t) => this.ownership.owns(t.shard));
+      const epochs = wanted.map((t) => this.ownership.epochOf(t.shard));
+      const claimed = await claimTimers(this.pool, this.opts.dispatcherId, this.opts.claimOwner, wanted, epochs, this.opts.claimLeadMs, this.opts.claimTtlMs);
       const lateKeys = new Set(late.map((t) => `${t.groupId}\u0000${t.timerId}`));
       for (const row of claimed) this.launch(row, lateKeys.has(`${row.group_id}\u0000${row.timer_id}`));
     } catch (err) {
@@ -309,7 +323,7 @@ export class Scheduler {
       while (this.pendingDone.length > 0) {
         const batch = this.pendingDone.splice(0, 1000);
         try {
-          await completeAttempts(this.pool, this.opts.dispatcherId, batch.map((b) => b.c));
+          await completeAttempts(this.pool, this.opts.dispatcherId, this.opts.claimOwner, batch.map((b) => b.c));
           for (const b of batch) if (b.retryAt && this.ownership.owns(b.retryAt.shard)) this.onTime.add(b.retryAt);
           this.schedule();
           delay = 50;

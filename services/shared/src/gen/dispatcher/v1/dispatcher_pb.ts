@@ -12,7 +12,39 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file dispatcher/v1/dispatcher.proto.
  */
 export const file_dispatcher_v1_dispatcher: GenFile = /*@__PURE__*/
-  fileDesc("Ch5kaXNwYXRjaGVyL3YxL2Rpc3BhdGNoZXIucHJvdG8SDWRpc3BhdGNoZXIudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCL0AQoRR2V0U3RhdHVzUmVzcG9uc2USFQoNZGlzcGF0Y2hlcl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEikKBnNoYXJkcxgDIAMoCzIZLmRpc3BhdGNoZXIudjEuT3duZWRTaGFyZBIYChB0aW1lcnNfaW5fbWVtb3J5GAQgASgDEhwKFGRlbGl2ZXJpZXNfaW5fZmxpZ2h0GAUgASgDEhMKC3NoYXJkX2NvdW50GAYgASgFEg8KB3ZlcnNpb24YByABKAkSLgoKc3RhcnRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPwoKT3duZWRTaGFyZBINCgVzaGFyZBgBIAEoBRINCgVlcG9jaBgCIAEoAxITCgtsYWdfc2Vjb25kcxgDIAEoATJjChFEaXNwYXRjaGVyU2VydmljZRJOCglHZXRTdGF0dXMSHy5kaXNwYXRjaGVyLnYxLkdldFN0YXR1c1JlcXVlc3QaIC5kaXNwYXRjaGVyLnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch5kaXNwYXRjaGVyL3YxL2Rpc3BhdGNoZXIucHJvdG8SDWRpc3BhdGNoZXIudjEiDgoMRHJhaW5SZXF1ZXN0IigKDURyYWluUmVzcG9uc2USFwoPcmVsZWFzZWRfc2hhcmRzGAEgASgFIhIKEEdldFN0YXR1c1JlcXVlc3QihgIKEUdldFN0YXR1c1Jlc3BvbnNlEhUKDWRpc3BhdGNoZXJfaWQYASABKAkSDwoHbWVtYmVycxgCIAMoCRIpCgZzaGFyZHMYAyADKAsyGS5kaXNwYXRjaGVyLnYxLk93bmVkU2hhcmQSGAoQdGltZXJzX2luX21lbW9yeRgEIAEoAxIcChRkZWxpdmVyaWVzX2luX2ZsaWdodBgFIAEoAxITCgtzaGFyZF9jb3VudBgGIAEoBRIPCgd2ZXJzaW9uGAcgASgJEi4KCnN0YXJ0X3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGRyYWluaW5nGAkgASgIIj8KCk93bmVkU2hhcmQSDQoFc2hhcmQYASABKAUSDQoFZXBvY2gYAiABKAMSEwoLbGFnX3NlY29uZHMYAyABKAEypwEKEURpc3BhdGNoZXJTZXJ2aWNlEk4KCUdldFN0YXR1cxIfLmRpc3BhdGNoZXIudjEuR2V0U3RhdHVzUmVxdWVzdBogLmRpc3BhdGNoZXIudjEuR2V0U3RhdHVzUmVzcG9uc2USQgoFRHJhaW4SGy5kaXNwYXRjaGVyLnYxLkRyYWluUmVxdWVzdBocLmRpc3BhdGNoZXIudjEuRHJhaW5SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message dispatcher.v1.DrainRequest
+ */
+export type DrainRequest = Message<"dispatcher.v1.DrainRequest"> & {
+};
+
+/**
+ * Describes the message dispatcher.v1.DrainRequest.
+ * Use `create(DrainRequestSchema)` to create a new message.
+ */
+export const DrainRequestSchema: GenMessage<DrainRequest> = /*@__PURE__*/
+  messageDesc(file_dispatcher_v1_dispatcher, 0);
+
+/**
+ * @generated from message dispatcher.v1.DrainResponse
+ */
+export type DrainResponse = Message<"dispatcher.v1.DrainResponse"> & {
+  /**
+   * Shards released by this call.
+   *
+   * @generated from field: int32 released_shards = 1;
+   */
+  releasedShards: number;
+};
+
+/**
+ * Describes the message dispatcher.v1.DrainResponse.
+ * Use `create(DrainResponseSchema)` to create a new message.
+ */
+export const DrainResponseSchema: GenMessage<DrainResponse> = /*@__PURE__*/
+  messageDesc(file_dispatcher_v1_dispatcher, 1);
 
 /**
  * @generated from message dispatcher.v1.GetStatusRequest
@@ -25,7 +57,7 @@ export type GetStatusRequest = Message<"dispatcher.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_dispatcher_v1_dispatcher, 0);
+  messageDesc(file_dispatcher_v1_dispatcher, 2);
 
 /**
  * @generated from message dispatcher.v1.GetStatusResponse
@@ -76,6 +108,13 @@ export type GetStatusResponse = Message<"dispatcher.v1.GetStatusResponse"> & {
    * @generated from field: google.protobuf.Timestamp start_time = 8;
    */
   startTime?: Timestamp | undefined;
+
+  /**
+   * Draining: alive, but taking no shards.
+   *
+   * @generated from field: bool draining = 9;
+   */
+  draining: boolean;
 };
 
 /**
@@ -83,7 +122,7 @@ export type GetStatusResponse = Message<"dispatcher.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_dispatcher_v1_dispatcher, 1);
+  messageDesc(file_dispatcher_v1_dispatcher, 3);
 
 /**
  * @generated from message dispatcher.v1.OwnedShard
@@ -114,7 +153,7 @@ export type OwnedShard = Message<"dispatcher.v1.OwnedShard"> & {
  * Use `create(OwnedShardSchema)` to create a new message.
  */
 export const OwnedShardSchema: GenMessage<OwnedShard> = /*@__PURE__*/
-  messageDesc(file_dispatcher_v1_dispatcher, 2);
+  messageDesc(file_dispatcher_v1_dispatcher, 4);
 
 /**
  * DispatcherService is served by every dispatcher instance on its own gRPC port.
@@ -131,6 +170,18 @@ export const DispatcherService: GenService<{
     methodKind: "unary";
     input: typeof GetStatusRequestSchema;
     output: typeof GetStatusResponseSchema;
+  },
+  /**
+   * Drain hands every shard of this dispatcher to the others (in order: stop claiming, then
+   * release each lease) and keeps it out of the assignment until it restarts. Use before a
+   * deploy. Deliveries already in flight finish here.
+   *
+   * @generated from rpc dispatcher.v1.DispatcherService.Drain
+   */
+  drain: {
+    methodKind: "unary";
+    input: typeof DrainRequestSchema;
+    output: typeof DrainResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_dispatcher_v1_dispatcher, 0);
