@@ -1,0 +1,368 @@
+// `npm start`: runs the whole system locally.
+//
+//   1. NATS (looked for first, so that a missing nats-server fails fast): NATS_URL if set (must
+//      be reachable), else nats://127.0.0.1:4222 if it accepts connections, else `nats-server -js`
+//      as a child on NATS_PORT (default 4222, or a free port when taken; data in .data/nats).
+//      START_NATS_CHILD=1 skips the 4222 probe and always starts the child.
+//   2. Postgres: DATABASE_URL if set (must connect), else an embedded server (cluster in
+//      .data/postgres, port EMBEDDED_PG_PORT=54329) with database "timers".
+//   3. Spawns timer, dispatcher and admin (`node --import tsx services/<name>/src/main.ts`) with
+//      DATABASE_URL, NATS_URL, GRPC_PORT, HTTP_PORT, LOG_LEVEL (default info) and, for the
+//      dispatcher, DISPATCHER_ID (default dispatcher-1); prefixes their output with the service
+//      name, and waits for each GET /readyz (60 s).
+//   4. Prints the endpoints and ready-to-paste grpcurl / buf curl commands.
+//   5. Ctrl-C / SIGTERM / SIGHUP: SIGTERM to the services (SIGKILL after 10 s; a second Ctrl-C
+//      kills them at once), then stops Postgres (fast shutdown) and nats-server, exit code 0.
+//      A service, Postgres or nats-server dying on its own stops everything with exit code 1.
+//
+// Ports: TIMER_GRPC_PORT=50051 TIMER_HTTP_PORT=8080, DISPATCHER_GRPC_PORT=50052
+// DISPATCHER_HTTP_PORT=8081, ADMIN_GRPC_PORT=50053 ADMIN_HTTP_PORT=8082; NATS_SERVER_BIN overrides
+// the nats-server found on PATH.
+//
+// Children run in their own process groups, so a Ctrl-C in the terminal reaches only this
+// supervisor, which then stops things in order (services before what they use). Postgres,
+// nats-server and services orphaned by a supervisor that was SIGKILLed are found (pid files in
+// .data) and stopped by the next run.
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { readFile, rm, writeFile, mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { maskDatabaseUrl, resolvePostgres } from "./embedded-postgres.js";
+import {
+  REPO_ROOT,
+  describeExit,
+  exitOf,
+  forwardLines,
+  hasLiveNodeParent,
+  isAlive,
+  isPortFree,
+  maskNatsUrl,
+  NatsServerNotFoundError,
+  processInfo,
+  resolveNats,
+  signalProcess,
+  sleep,
+  stopChild,
+  type ExitInfo,
+} from "./nats-child.js";
+
+const READY_TIMEOUT_MS = 60_000;
+const SERVICE_STOP_TIMEOUT_MS = 10_000;
+const PIDS_FILE = join(REPO_ROOT, ".data", "services.pids");
+
+interface ServiceSpec {
+  name: "timer" | "dispatcher" | "admin";
+  grpcPort: number;
+  httpPort: number;
+}
+
+interface ServiceChild extends ServiceSpec {
+  child: ChildProcess;
+  exited: Promise<ExitInfo>;
+  ready: boolean;
+  stopping: boolean;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output: every line is prefixed with where it came from.
+
+const env = process.env;
+const color = !!process.stdout.isTTY && !env.NO_COLOR;
+const COLORS: Record<string, string> = { start: "1", postgres: "34", nats: "35", timer: "36", dispatcher: "33", admin: "32" };
+const paint = (code: string, s: string) => (color ? `\x1b[${code}m${s}\x1b[0m` : s);
+const prefix = (name: string) => paint(COLORS[name] ?? "0", `${name.padEnd(10)} |`) + " ";
+const out = (name: string) => (line: string) => void process.stdout.write(prefix(name) + line + "\n");
+const errOut = (name: string) => (line: string) => void process.stderr.write(prefix(name) + line + "\n");
+const say = out("start");
+const complain = errOut("start");
+process.stdout.on("error", () => {}); // e.g. `npm start | head`: keep shutting down cleanly
+process.stderr.on("error", () => {});
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown state
+
+let shutdown: { reason: string; code: number } | undefined;
+const shutdownCtl = new AbortController();
+const services: ServiceChild[] = [];
+const resources: Array<{ name: string; stop: () => Promise<void> }> = []; // stopped in reverse
+
+function requestShutdown(reason: string, code: number): void {
+  if (shutdown) {
+    shutdown.code = Math.max(shutdown.code, code);
+    return;
+  }
+  shutdown = { reason, code };
+  shutdownCtl.abort();
+}
+
+let firstSignalAt = 0;
+let forced = false;
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.on(sig, () => {
+    if (!shutdown) {
+      firstSignalAt = Date.now();
+      say(`${sig} received; shutting down (send it again to kill the services at once)`);
+      requestShutdown(sig, 0);
+      return;
+    }
+    // npm and tsx relay the terminal's Ctrl-C that we also got directly: ignore the echo.
+    if (Date.now() - firstSignalAt < 1500 || forced) return;
+    forced = true;
+    say(`${sig} received again; killing the services`);
+    for (const s of services) if (s.child.pid !== undefined) signalProcess(s.child.pid, "SIGKILL", true);
+  });
+}
+process.on("uncaughtException", (err) => {
+  complain(`internal error: ${err.stack ?? err.message}`);
+  requestShutdown("internal error", 1);
+});
+process.on("unhandledRejection", (err) => {
+  complain(`internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  requestShutdown("internal error", 1);
+});
+
+/** Shuts everything down (exit code 1) when a dependency we started dies on its own. */
+function watchExit(name: string, exited: Promise<ExitInfo>): void {
+  void exited.then((info) => {
+    if (shutdown) return;
+    complain(`${name} exited unexpectedly (${describeExit(info)}); shutting everything down`);
+    requestShutdown(`${name} exited`, 1);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function portFromEnv(name: string, fallback: number): number {
+  const raw = env[name];
+  if (!raw) return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`${name} must be a port number, got "${raw}"`);
+  return n;
+}
+
+function serviceSpecs(): ServiceSpec[] {
+  return [
+    { name: "timer", grpcPort: portFromEnv("TIMER_GRPC_PORT", 50051), httpPort: portFromEnv("TIMER_HTTP_PORT", 8080) },
+    { name: "dispatcher", grpcPort: portFromEnv("DISPATCHER_GRPC_PORT", 50052), httpPort: portFromEnv("DISPATCHER_HTTP_PORT", 8081) },
+    { name: "admin", grpcPort: portFromEnv("ADMIN_GRPC_PORT", 50053), httpPort: portFromEnv("ADMIN_HTTP_PORT", 8082) },
+  ];
+}
+
+const entryOf = (name: string) => `services/${name}/src/main.ts`;
+
+/** Services orphaned by an earlier run that was killed (SIGKILL) would hold our ports. */
+async function reapOrphanServices(): Promise<void> {
+  let pids: number[];
+  try {
+    pids = JSON.parse(await readFile(PIDS_FILE, "utf8")) as number[];
+  } catch {
+    return;
+  }
+  for (const pid of pids) {
+    const info = isAlive(pid) ? processInfo(pid) : undefined;
+    if (!info || !info.argv.some((a) => /^services\/(timer|dispatcher|admin)\/src\/main\.ts$/.test(a))) continue;
+    if (hasLiveNodeParent(info)) continue; // managed by a live supervisor
+    say(`stopping orphaned ${info.argv.at(-1)} (pid ${pid}) left running by an earlier run`);
+    signalProcess(pid, "SIGTERM", true);
+    for (let t = 0; t < SERVICE_STOP_TIMEOUT_MS && isAlive(pid); t += 100) await sleep(100);
+    signalProcess(pid, "SIGKILL", true);
+  }
+  await rm(PIDS_FILE, { force: true });
+}
+
+async function checkPorts(specs: ServiceSpec[]): Promise<void> {
+  const busy: string[] = [];
+  for (const s of specs) {
+    for (const [kind, port] of [["GRPC", s.grpcPort], ["HTTP", s.httpPort]] as const) {
+      if (!(await isPortFree(port))) busy.push(`${port} (${s.name} ${kind === "GRPC" ? "gRPC" : kind}; set ${s.name.toUpperCase()}_${kind}_PORT)`);
+    }
+  }
+  if (busy.length) throw new Error(`port(s) already in use: ${busy.join(", ")}`);
+}
+
+function spawnService(spec: ServiceSpec, childEnv: NodeJS.ProcessEnv): ServiceChild {
+  const child = spawn(process.execPath, ["--import", "tsx", entryOf(spec.name)], {
+    cwd: REPO_ROOT,
+    env: {
+      ...childEnv,
+      GRPC_PORT: String(spec.grpcPort),
+      HTTP_PORT: String(spec.httpPort),
+      ...(spec.name === "dispatcher" ? { DISPATCHER_ID: env.DISPATCHER_ID || "dispatcher-1" } : {}),
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  forwardLines(child.stdout, out(spec.name));
+  forwardLines(child.stderr, errOut(spec.name));
+  child.on("error", (err) => complain(`${spec.name}: ${err.message}`));
+  const svc: ServiceChild = { ...spec, child, exited: exitOf(child), ready: false, stopping: false };
+  void svc.exited.then((info) => {
+    if (shutdown || svc.stopping) return;
+    const what = svc.ready ? "exited unexpectedly" : "exited before it was ready";
+    complain(`${spec.name} ${what} (${describeExit(info)}); shutting everything down`);
+    requestShutdown(`${spec.name} exited`, 1);
+  });
+  return svc;
+}
+
+/** Polls GET /readyz until 200; on timeout asks for shutdown. Returns early on shutdown. */
+async function waitReady(svc: ServiceChild): Promise<void> {
+  const url = `http://127.0.0.1:${svc.httpPort}/readyz`;
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let last = "no answer yet";
+  while (!shutdown) {
+    try {
+      const res = await fetch(url, { signal: AbortSignal.any([AbortSignal.timeout(2_000), shutdownCtl.signal]) });
+      const body = (await res.text()).slice(0, 300).replace(/\s+/g, " ");
+      if (res.status === 200) {
+        svc.ready = true;
+        say(`${svc.name} is ready`);
+        return;
+      }
+      last = `HTTP ${res.status} ${body}`;
+    } catch (err) {
+      last = (err as Error & { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+    }
+    if (Date.now() > deadline) {
+      complain(`${svc.name} did not become ready within ${READY_TIMEOUT_MS / 1000} s (GET ${url}: ${last}); shutting everything down`);
+      requestShutdown(`${svc.name} not ready`, 1);
+      return;
+    }
+    await sleep(250, shutdownCtl.signal);
+  }
+}
+
+async function stopServices(): Promise<void> {
+  await Promise.all(
+    services.map(async (svc) => {
+      if (svc.child.exitCode !== null || svc.child.signalCode !== null) return;
+      svc.stopping = true;
+      const started = Date.now();
+      const info = await stopChild(svc.child, [["SIGTERM", SERVICE_STOP_TIMEOUT_MS], ["SIGKILL", 5_000]], true);
+      const late = info.signal === "SIGKILL" && Date.now() - started >= SERVICE_STOP_TIMEOUT_MS;
+      say(late ? `${svc.name} did not stop within ${SERVICE_STOP_TIMEOUT_MS / 1000} s; killed` : `${svc.name} stopped (${describeExit(info)})`);
+    }),
+  );
+  await rm(PIDS_FILE, { force: true });
+}
+
+function shellQuote(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, natsUrl: string, natsChild: boolean): void {
+  const timer = specs.find((s) => s.name === "timer")!;
+  const body = JSON.stringify({
+    groupId: "demo",
+    timerId: "hello-1",
+    delay: "10s",
+    callback: { http: { url: "http://127.0.0.1:9000/hook" } },
+    payload: Buffer.from("hello").toString("base64"),
+  });
+  const method = "timer.v1.TimerService/CreateTimer";
+  const rule = "─".repeat(78);
+  const lines = [
+    "",
+    rule,
+    "  timer-mesh is up",
+    "",
+    ...specs.map(
+      (s) => `  ${s.name.padEnd(11)} gRPC 127.0.0.1:${String(s.grpcPort).padEnd(6)} HTTP http://127.0.0.1:${s.httpPort}  (/readyz)`,
+    ),
+    `  ${"Postgres".padEnd(11)} ${maskDatabaseUrl(dbUrl)}${dbEmbedded ? "  (embedded, data in .data/postgres)" : "  (DATABASE_URL)"}`,
+    `  ${"NATS".padEnd(11)} ${maskNatsUrl(natsUrl)}${natsChild ? "  (nats-server child, JetStream data in .data/nats)" : "  (existing server)"}`,
+    "",
+    "  Create a timer (the services serve gRPC reflection):",
+    "",
+    `    grpcurl -plaintext -d ${shellQuote(body)} 127.0.0.1:${timer.grpcPort} ${method}`,
+    "",
+    "  or, from the repo root:",
+    "",
+    `    npx buf curl --protocol grpc --http2-prior-knowledge -d ${shellQuote(body)} http://127.0.0.1:${timer.grpcPort}/${method}`,
+    "",
+    "  Ctrl-C stops everything.",
+    rule,
+    "",
+  ];
+  process.stdout.write(lines.join("\n") + "\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  try {
+    const specs = serviceSpecs();
+    for (const s of specs) {
+      if (!existsSync(join(REPO_ROOT, entryOf(s.name)))) throw new Error(`${entryOf(s.name)} does not exist`);
+    }
+    await reapOrphanServices();
+
+    const nats = await resolveNats({ env, log: say, serverLog: out("nats"), signal: shutdownCtl.signal });
+    if (nats.server) {
+      resources.push({ name: "nats-server", stop: nats.stop });
+      watchExit("nats-server", nats.server.exited);
+    }
+    say(`NATS: ${maskNatsUrl(nats.url)}${nats.server ? ` (nats-server child, pid ${nats.server.child.pid})` : " (existing server)"}`);
+    if (shutdown) return;
+
+    say(env.DATABASE_URL ? "checking DATABASE_URL" : "starting the embedded Postgres");
+    const db = await resolvePostgres({ env, log: say, serverLog: out("postgres"), signal: shutdownCtl.signal });
+    if (db.embedded) {
+      resources.push({ name: "Postgres", stop: db.stop });
+      watchExit("Postgres", db.embedded.exited);
+    }
+    say(`Postgres: ${maskDatabaseUrl(db.url)}${db.embedded ? ` (embedded, pid ${db.embedded.child.pid})` : ""}`);
+    if (shutdown) return;
+
+    await checkPorts(specs);
+    const childEnv: NodeJS.ProcessEnv = {
+      ...env,
+      DATABASE_URL: db.url,
+      NATS_URL: nats.url,
+      LOG_LEVEL: env.LOG_LEVEL || "info",
+    };
+    for (const spec of specs) {
+      const svc = spawnService(spec, childEnv);
+      services.push(svc);
+      say(`started ${spec.name} (pid ${svc.child.pid}): gRPC :${spec.grpcPort}, HTTP :${spec.httpPort}`);
+    }
+    await mkdir(join(REPO_ROOT, ".data"), { recursive: true });
+    await writeFile(PIDS_FILE, JSON.stringify(services.map((s) => s.child.pid)));
+
+    await Promise.all(services.map(waitReady));
+    if (!shutdown) {
+      banner(specs, db.url, !!db.embedded, nats.url, !!nats.server);
+      await new Promise((res) => shutdownCtl.signal.addEventListener("abort", res, { once: true }));
+    }
+  } catch (err) {
+    if (err instanceof NatsServerNotFoundError) {
+      for (const line of err.message.split("\n")) complain(line);
+    } else if (!shutdown) {
+      complain(`cannot start: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    requestShutdown("start-up failed", shutdown ? 0 : 1);
+  }
+}
+
+async function stopEverything(): Promise<void> {
+  if (services.length) {
+    say(`stopping ${services.map((s) => s.name).join(", ")}`);
+    await stopServices();
+  }
+  for (const r of resources.reverse()) {
+    say(`stopping ${r.name}`);
+    try {
+      await r.stop();
+    } catch (err) {
+      complain(`stopping ${r.name} failed: ${err instanceof Error ? err.message : String(err)}`);
+      requestShutdown("stop failed", 1);
+    }
+  }
+}
+
+await main();
+requestShutdown("done", 0);
+await stopEverything();
+const code = shutdown?.code ?? 0;
+say(code === 0 ? "all stopped" : `all stopped (exit code ${code})`);
+process.exit(code);
