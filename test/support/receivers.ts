@@ -17,6 +17,7 @@ export interface Received {
   idempotencyKey: string;
   traceparent: string;
   headers: Record<string, string>;
+  labels: Record<string, string>;
   body: Buffer;
 }
 
@@ -41,6 +42,7 @@ export async function startHttpReceiver(respond: (r: Received) => number = () =>
         idempotencyKey: h["idempotency-key"] ?? "",
         traceparent: h["traceparent"] ?? "",
         headers: h,
+        labels: {},
         body: Buffer.concat(chunks),
       };
       received.push(r);
@@ -91,6 +93,7 @@ export async function startGrpcReceiver(): Promise<{ target: string; received: R
           idempotencyKey: m.idempotencyKey,
           traceparent: String(call.metadata.get("traceparent")[0] ?? ""),
           headers: {},
+          labels: { ...m.labels },
           body: Buffer.from(m.payload),
         });
         cb(null, create(OnTimerFiredResponseSchema, {}));

@@ -231,6 +231,8 @@ export class Scheduler {
       const epochs = wanted.map((t) => this.ownership.epochOf(t.shard));
       const claimed = await claimTimers(this.pool, this.opts.dispatcherId, this.opts.claimOwner, wanted, epochs, this.opts.claimLeadMs, this.opts.claimTtlMs);
       const lateKeys = new Set(late.map((t) => `${t.groupId}\u0000${t.timerId}`));
+      // UPDATE ... RETURNING has no order; launch in due order.
+      claimed.sort((a, b) => a.next_attempt_at.getTime() - b.next_attempt_at.getTime());
       for (const row of claimed) this.launch(row, lateKeys.has(`${row.group_id}\u0000${row.timer_id}`));
     } catch (err) {
       this.log.error({ err, count: batch.length + late.length }, "claiming due timers failed; retrying");
