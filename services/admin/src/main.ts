@@ -1,4 +1,7 @@
+import { hostname } from "node:os";
 import { createLogger } from "../../shared/src/logger.js";
+import { startServiceTelemetry } from "../../shared/src/telemetry/telemetry.js";
+import { SERVICE_VERSION } from "../../shared/src/version.js";
 import { ConfigError } from "../../shared/src/env.js";
 import { openDatabase } from "../../shared/src/db.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
@@ -15,7 +18,8 @@ runMain(bootLog, async () => {
     throw err;
   }
   const log = createLogger("admin", config.logLevel);
-  const pool = await openDatabase(config.databaseUrl, Math.min(config.dbPoolMax, 5), "admin", config.shardCount, log);
+  const telemetry = startServiceTelemetry("admin", `admin-${hostname()}-${process.pid}`, config, SERVICE_VERSION);
+  const pool = await openDatabase(config.databaseUrl, Math.min(config.dbPoolMax, 5), "admin", config.shardCount, log, telemetry);
   await runService({
     name: "admin",
     host: config.host,
@@ -28,6 +32,7 @@ runMain(bootLog, async () => {
     checks: {
       postgres: async () => (await pool.query("SELECT 1")).rowCount === 1,
     },
+    telemetry,
     onStop: async () => {
       await pool.end();
     },

@@ -66,7 +66,8 @@ export async function loadWindow(
   limit: number,
 ): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
-    `SELECT group_id, timer_id, shard, next_attempt_at FROM timers
+    `-- load_window
+     SELECT group_id, timer_id, shard, next_attempt_at FROM timers
       WHERE state = ${State.Scheduled}
         AND (next_attempt_at, group_id, timer_id) > ($2::timestamptz, $3::text, $4::text)
         AND next_attempt_at <= $5::timestamptz
@@ -84,7 +85,8 @@ export async function loadWindow(
  */
 export async function loadOverdue(pool: pg.Pool, shards: number[], graceMs: number, limit: number): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
-    `SELECT group_id, timer_id, shard, next_attempt_at FROM timers
+    `-- load_overdue
+     SELECT group_id, timer_id, shard, next_attempt_at FROM timers
       WHERE state = ${State.Scheduled}
         AND next_attempt_at <= now() - make_interval(secs => $2::float8 / 1000)
         AND shard = ANY($1::int[])
@@ -113,7 +115,8 @@ export async function claimTimers(
 ): Promise<ClaimedTimer[]> {
   if (timers.length === 0) return [];
   const { rows } = await pool.query<ClaimedTimer>(
-    `UPDATE timers t
+    `-- claim_timers
+     UPDATE timers t
         SET state = ${State.Firing},
             attempt = t.attempt + 1,
             claim_owner = $7,
@@ -122,7 +125,10 @@ export async function claimTimers(
        FROM unnest($2::text[], $3::text[], $6::bigint[]) AS k(g, id, epoch), shard_leases l
       WHERE t.group_id = k.g AND t.timer_id = k.id
         AND t.state = ${State.Scheduled}
-        AND t.next_attempt_at <= now() + make_interval(secs => $4::float8 / 1000)
+        -- "+ interval '0'" keeps this test out of timers_due_idx: combined with the primary-key
+        -- lookup in a BitmapAnd, that index would be scanned over every due row once per key,
+        -- which under a backlog turns a millisecond claim into a minute.
+        AND t.next_attempt_at + interval '0' <= now() + make_interval(secs => $4::float8 / 1000)
         -- The fence: only while we hold the shard's lease, at the epoch we believe we hold.
         AND l.shard = t.shard AND l.owner = $1 AND l.epoch = k.epoch AND l.expires_at > now()
       RETURNING t.group_id, t.timer_id, t.shard, t.fire_at, t.next_attempt_at, t.attempt, t.callback, t.payload,
@@ -146,7 +152,8 @@ export async function completeAttempts(
   if (done.length === 0) return 0;
   const stateOf = { succeeded: State.Succeeded, retry: State.Scheduled, failed: State.Failed } as const;
   const { rows } = await pool.query<{ n: string }>(
-    `WITH c AS (
+    `-- complete_attempts
+     WITH c AS (
        SELECT * FROM unnest($2::text[], $3::text[], $4::int[], $5::smallint[], $6::timestamptz[], $7::text[],
                             $8::timestamptz[], $9::timestamptz[], $10::text[])
          AS c(g, id, attempt, state, next_at, error, started_at, finished_at, outcome)
@@ -190,7 +197,8 @@ export async function completeAttempts(
  */
 export async function reclaimExpired(pool: pg.Pool, owner: string, shards: number[], limit: number): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
-    `WITH x AS (
+    `-- reclaim_expired
+     WITH x AS (
        SELECT group_id, timer_id FROM timers
         WHERE state = ${State.Firing} AND claim_expires_at < now() AND shard = ANY($1::int[])
           AND shard IN (SELECT shard FROM shard_leases WHERE owner = $3 AND expires_at > now())
@@ -217,7 +225,8 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
 /** Lag of each of the given shards in seconds: now minus its oldest due, unfired fire time. */
 export async function shardLag(pool: pg.Pool, shards: number[]): Promise<Map<number, number>> {
   const { rows } = await pool.query<{ shard: number; lag: number }>(
-    `SELECT shard, extract(epoch FROM now() - min(next_attempt_at))::float8 AS lag
+    `-- shard_lag_owned
+     SELECT shard, extract(epoch FROM now() - min(next_attempt_at))::float8 AS lag
        FROM timers
       WHERE state = ${State.Scheduled} AND next_attempt_at <= now() AND shard = ANY($1::int[])
       GROUP BY shard`,
@@ -235,7 +244,8 @@ export async function shardLag(pool: pg.Pool, shards: number[]): Promise<Map<num
 export async function reclaimOrphans(pool: pg.Pool, shards: number[], claimOwner: string): Promise<number> {
   if (shards.length === 0) return 0;
   const { rows } = await pool.query<{ n: string }>(
-    `WITH u AS (
+    `-- reclaim_orphans
+     WITH u AS (
        UPDATE timers t
           SET state = ${State.Scheduled}, next_attempt_at = now(),
               last_error = 'delivery abandoned: ' || coalesce(t.claim_owner, '?') || ' lost the shard mid-delivery',

@@ -85,6 +85,13 @@ export class DueQueue {
     return removed;
   }
 
+  /** Counts held timers due at or before `untilMs` (a scan: for scrapes, not hot paths). */
+  countDue(untilMs: number): number {
+    let n = 0;
+    for (const s of this.heap) if (s.dueMs <= untilMs) n++;
+    return n;
+  }
+
   /** Counts held timers per shard. */
   countByShard(): Map<number, number> {
     const m = new Map<number, number>();

@@ -1,6 +1,11 @@
 import { randomBytes } from "node:crypto";
 import type { Subscription } from "@nats-io/transport-node";
+import { SpanKind } from "@opentelemetry/api";
 import { createLogger } from "../../shared/src/logger.js";
+import { extractFrom } from "../../shared/src/telemetry/trace-context.js";
+import { startServiceTelemetry } from "../../shared/src/telemetry/telemetry.js";
+import { SERVICE_VERSION } from "../../shared/src/version.js";
+import { createDispatcherMetrics } from "./dispatcher-metrics.js";
 import { ConfigError } from "../../shared/src/env.js";
 import { openDatabase } from "../../shared/src/db.js";
 import { connectNats, shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
@@ -15,7 +20,6 @@ import { Scheduler } from "./scheduler.js";
 import { LeaseKeeper } from "./shard-leases.js";
 import { shardsOf } from "./shard-ring.js";
 
-const VERSION = "0.1.0";
 const bootLog = createLogger("dispatcher", "info");
 
 runMain(bootLog, async () => {
@@ -31,8 +35,9 @@ runMain(bootLog, async () => {
   // Claims name this process, not just the dispatcher id, so that a restart under the same id
   // can tell its predecessor's orphaned claims from its own.
   const claimOwner = `${config.dispatcherId}#${randomBytes(4).toString("hex")}`;
-  const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, `dispatcher:${config.dispatcherId}`, config.shardCount, log);
-  const nats = await connectNats(config.natsUrl, `dispatcher:${config.dispatcherId}`, log);
+  const telemetry = startServiceTelemetry("dispatcher", config.dispatcherId, config, SERVICE_VERSION);
+  const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, `dispatcher:${config.dispatcherId}`, config.shardCount, log, telemetry);
+  const nats = await connectNats(config.natsUrl, `dispatcher:${config.dispatcherId}`, log, telemetry.meter);
   const deliverer = new CallbackDeliverer(nats, config.callbackTimeoutMs, config.maxInFlight);
 
   // Announcements of new near-term timers arrive on one subject per owned shard.
@@ -45,11 +50,24 @@ runMain(bootLog, async () => {
       nats.subscribe(shardSubject(shard), {
         callback: (err, msg) => {
           if (err) return log.warn({ err, shard }, "announcement subscription error");
-          try {
-            scheduler.announce(JSON.parse(decoder.decode(msg.data)) as TimerAnnouncement);
-          } catch (e) {
-            log.warn({ err: e, subject: msg.subject }, "ignoring malformed announcement");
-          }
+          const receive = () => {
+            try {
+              scheduler.announce(JSON.parse(decoder.decode(msg.data)) as TimerAnnouncement);
+            } catch (e) {
+              log.warn({ err: e, subject: msg.subject }, "ignoring malformed announcement");
+            }
+          };
+          if (!telemetry.tracingEnabled) return receive();
+          const parent = extractFrom((k) => msg.headers?.get(k) || undefined);
+          telemetry.tracer.startActiveSpan(
+            `process ${msg.subject}`,
+            { kind: SpanKind.CONSUMER, attributes: { "messaging.system": "nats", "messaging.operation.type": "process", "messaging.destination.name": msg.subject, "timer.shard": shard } },
+            parent,
+            (span) => {
+              receive();
+              span.end();
+            },
+          );
         },
       }),
     );
@@ -99,15 +117,29 @@ runMain(bootLog, async () => {
       catchUpShare: config.catchUpShare,
     },
     log,
+    {
+      fired: (lateMs) => metrics.fired(lateMs),
+      attempted: (transport, result) => metrics.attempted(transport, result),
+      finished: (ok) => metrics.finished(ok),
+    },
+    telemetry.tracer,
+    telemetry.tracingEnabled,
   );
 
   const membership = new Membership(
     nats,
-    { id: config.dispatcherId, grpcAddress: config.advertiseAddress, version: VERSION, startedAtMs: startTimeMs },
+    { id: config.dispatcherId, grpcAddress: config.advertiseAddress, version: SERVICE_VERSION, startedAtMs: startTimeMs },
     { heartbeatMs: config.heartbeatMs, memberTtlMs: config.memberTtlMs },
     log,
   );
   let draining = false;
+  const metrics = createDispatcherMetrics(telemetry.meter, pool, config.shardCount, {
+    ownedShards: () => leases.owned().length,
+    members: () => membership.list().length,
+    timersInMemory: () => scheduler.held,
+    deliveriesInFlight: () => scheduler.deliveriesInFlight,
+    dueNotStarted: () => scheduler.dueNotStarted(),
+  }, log);
   const reassign = () => {
     const mine = draining ? [] : shardsOf(config.dispatcherId, membership.activeIds(), config.shardCount);
     leases.setDesired(mine);
@@ -145,7 +177,7 @@ runMain(bootLog, async () => {
         createDispatcherService({
           dispatcherId: config.dispatcherId,
           shardCount: config.shardCount,
-          version: VERSION,
+          version: SERVICE_VERSION,
           startTimeMs,
           scheduler,
           ownership: leases,
@@ -160,7 +192,9 @@ runMain(bootLog, async () => {
       nats: async () => !nats.isClosed() && (await nats.rtt()) >= 0,
       membership: async () => membership.connected,
     },
+    telemetry,
     onStop: async () => {
+      metrics.stop();
       // Leave the ring, hand the shards over (stop claiming, then release), then finish
       // the deliveries already in flight and record them.
       draining = true;

@@ -5,7 +5,8 @@
 // Two queues keep a backlog from starving the present: timers found overdue (after downtime,
 // or a lost announcement) wait in `catchUp` and may use only part of the delivery capacity
 // while timers due now are waiting in `onTime`.
-import { randomBytes } from "node:crypto";
+import { SpanKind, SpanStatusCode, trace, type Tracer } from "@opentelemetry/api";
+import { randomTraceparent, spanContextOf, traceparentOf } from "../../shared/src/telemetry/trace-context.js";
 import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
 import type { TimerAnnouncement } from "../../shared/src/nats.js";
@@ -52,7 +53,8 @@ export interface SchedulerOptions {
 /** Observations the scheduler reports (metrics hook in here). */
 export interface SchedulerEvents {
   fired?(lateMs: number): void;
-  attempted?(result: DeliveryResult): void;
+  attempted?(transport: string, result: DeliveryResult): void;
+  finished?(succeeded: boolean): void;
 }
 
 /** Holds near-future timers of owned shards and fires them on time. */
@@ -79,6 +81,8 @@ export class Scheduler {
     private readonly opts: SchedulerOptions,
     private readonly log: Logger,
     private readonly events: SchedulerEvents = {},
+    private readonly tracer: Tracer = trace.getTracer("dispatcher"),
+    private readonly tracing = false,
   ) {
     this.cursor = { atMs: Date.now() - opts.overdueGraceMs, groupId: "", timerId: "" };
   }
@@ -91,6 +95,12 @@ export class Scheduler {
   /** Deliveries in flight. */
   get deliveriesInFlight(): number {
     return this.inFlight;
+  }
+
+  /** Held timers already due and not yet being delivered (a backlog when high). */
+  dueNotStarted(): number {
+    const now = Date.now();
+    return this.onTime.countDue(now) + this.catchUp.countDue(now);
   }
 
   /** Starts polling Postgres and firing. */
@@ -274,18 +284,22 @@ export class Scheduler {
     while (Date.now() < dueMs) await new Promise((r) => setImmediate(r));
     const startedAt = new Date();
     if (row.attempt === 1) this.events.fired?.(startedAt.getTime() - row.fire_at.getTime());
-    const result = await this.deliverer.deliver({
-      groupId: row.group_id,
-      timerId: row.timer_id,
-      fireAtMs: row.fire_at.getTime(),
-      attempt: row.attempt,
-      payload: new Uint8Array(row.payload),
-      labels: row.labels,
-      callback: callbackFromJson(row.callback),
-      idempotencyKey: idempotencyKey(row.group_id, row.timer_id),
-      traceparent: newTraceparent(),
-    });
-    this.events.attempted?.(result);
+    const callback = callbackFromJson(row.callback);
+    const transport = callback.target.case ?? "none";
+    const result = await this.traced(row, transport, (traceparent) =>
+      this.deliverer.deliver({
+        groupId: row.group_id,
+        timerId: row.timer_id,
+        fireAtMs: row.fire_at.getTime(),
+        attempt: row.attempt,
+        payload: new Uint8Array(row.payload),
+        labels: row.labels,
+        callback,
+        idempotencyKey: idempotencyKey(row.group_id, row.timer_id),
+        traceparent,
+      }),
+    );
+    this.events.attempted?.(transport, result);
     const finishedAt = new Date();
     const policy = {
       maxAttempts: row.max_attempts,
@@ -297,6 +311,7 @@ export class Scheduler {
     let retryAt: DueTimer | undefined;
     if (result.ok) {
       completion = base("succeeded", null, null);
+      this.events.finished?.(true);
     } else if (result.retryable && mayRetry(policy, row.attempt)) {
       const next = finishedAt.getTime() + backoffMs(policy, row.attempt);
       completion = base("retry", new Date(next), result.error);
@@ -306,6 +321,7 @@ export class Scheduler {
     } else {
       const why = result.retryable ? `gave up after ${row.attempt} attempts: ${result.error}` : result.error;
       completion = base("failed", null, why);
+      this.events.finished?.(false);
       this.log.warn({ group_id: row.group_id, timer_id: row.timer_id, shard: row.shard, attempt: row.attempt, error: why }, "timer failed");
     }
     this.pendingDone.push({ c: completion, retryAt });
@@ -314,6 +330,35 @@ export class Scheduler {
     function base(outcome: Completion["outcome"], nextAttemptAt: Date | null, error: string | null): Completion {
       return { groupId: row.group_id, timerId: row.timer_id, attempt: row.attempt, startedAt, finishedAt, outcome, nextAttemptAt, error };
     }
+  }
+
+  /**
+   * Runs one delivery attempt inside its own trace: a "fire timer" root span linked to the
+   * CreateTimer call that made the timer (even days later), with the delivery as a CLIENT span
+   * whose context travels to the receiver as traceparent. Without tracing, a random traceparent.
+   */
+  private async traced(row: ClaimedTimer, transport: string, deliver: (traceparent: string) => Promise<DeliveryResult>): Promise<DeliveryResult> {
+    if (!this.tracing) return deliver(randomTraceparent());
+    const created = spanContextOf(row.create_traceparent);
+    const attributes = { "timer.group_id": row.group_id, "timer.id": row.timer_id, "timer.shard": row.shard, "timer.attempt": row.attempt };
+    return this.tracer.startActiveSpan(
+      "fire timer",
+      { root: true, kind: SpanKind.INTERNAL, attributes, links: created ? [{ context: created, attributes: { "link.reason": "created by" } }] : [] },
+      async (fire) => {
+        const delivery = this.tracer.startSpan(`deliver ${transport}`, { kind: SpanKind.CLIENT, attributes: { ...attributes, "timer.transport": transport } });
+        try {
+          const result = await deliver(traceparentOf(delivery.spanContext()));
+          if (!result.ok) {
+            delivery.setStatus({ code: SpanStatusCode.ERROR, message: result.error });
+            delivery.setAttribute("timer.retryable", result.retryable);
+          }
+          return result;
+        } finally {
+          delivery.end();
+          fire.end();
+        }
+      },
+    );
   }
 
   /** Writes back queued outcomes; batches whatever accumulated while the previous write ran. */
@@ -349,7 +394,3 @@ export class Scheduler {
   }
 }
 
-/** A fresh W3C traceparent for a delivery (replaced by the firing span's context when tracing is on). */
-export function newTraceparent(): string {
-  return `00-${randomBytes(16).toString("hex")}-${randomBytes(8).toString("hex")}-01`;
-}

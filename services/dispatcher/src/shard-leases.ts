@@ -110,7 +110,8 @@ export class LeaseKeeper implements ShardOwnership {
       this.refresh();
       await this.hooks.releasing(release);
       await this.pool.query(
-        `UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
+        `-- release_leases
+     UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
            FROM unnest($2::int[], $3::bigint[]) AS r(shard, epoch)
           WHERE l.shard = r.shard AND l.owner = $1 AND l.epoch = r.epoch`,
         [this.owner, release, epochs.map(String)],
@@ -122,7 +123,8 @@ export class LeaseKeeper implements ShardOwnership {
     if (this.held.size > 0) {
       const shards = [...this.held.keys()];
       const { rows } = await this.pool.query<{ shard: number }>(
-        `UPDATE shard_leases l SET expires_at = now() + make_interval(secs => $4::float8 / 1000)
+        `-- renew_leases
+     UPDATE shard_leases l SET expires_at = now() + make_interval(secs => $4::float8 / 1000)
            FROM unnest($2::int[], $3::bigint[]) AS r(shard, epoch)
           WHERE l.shard = r.shard AND l.owner = $1 AND l.epoch = r.epoch
           RETURNING l.shard`,
@@ -143,7 +145,8 @@ export class LeaseKeeper implements ShardOwnership {
     const want = [...this.desired].filter((s) => !this.held.has(s));
     if (want.length > 0 && !this.stopped) {
       const { rows } = await this.pool.query<{ shard: number; epoch: string; previous_owner: string | null }>(
-        `WITH free AS (
+        `-- acquire_leases
+     WITH free AS (
            SELECT shard, owner FROM shard_leases
             WHERE shard = ANY($2::int[]) AND (owner IS NULL OR owner = $1 OR expires_at < now())
             FOR UPDATE SKIP LOCKED

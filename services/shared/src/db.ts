@@ -2,6 +2,8 @@ import { readdir, readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import type { Logger } from "./logger.js";
+import { instrumentPool } from "./telemetry/db-metrics.js";
+import type { Telemetry } from "./telemetry/telemetry.js";
 
 const migrationsDir = fileURLToPath(new URL("../migrations/", import.meta.url));
 
@@ -91,8 +93,10 @@ export async function openDatabase(
   service: string,
   shardCount: number,
   log: Logger,
+  telemetry?: Telemetry,
 ): Promise<pg.Pool> {
   const pool = createPool(databaseUrl, max, service);
+  if (telemetry) instrumentPool(pool, telemetry.meter, telemetry.tracer, telemetry.tracingEnabled, max);
   pool.on("error", (err) => log.error({ err }, "idle Postgres client failed"));
   try {
     await migrate(pool, log);

@@ -78,6 +78,11 @@ export interface CommonConfig {
   shardCount: number;
   logLevel: string;
   dbPoolMax: number;
+  /** OTLP endpoint for traces (…/v1/traces); undefined when tracing is off. */
+  tracesEndpoint: string | undefined;
+  tracesProtocol: "http/protobuf" | "http/json";
+  /** OTEL_SERVICE_NAME, when set. */
+  otelServiceName: string | undefined;
 }
 
 /** Reads the settings every service shares; ports default per service. */
@@ -91,5 +96,24 @@ export function loadCommonConfig(env: Env, ports: { grpc: number; http: number }
     shardCount: envInt(env, "SHARD_COUNT", 1024, 1, 65536),
     logLevel: envLogLevel(env, "LOG_LEVEL", "info"),
     dbPoolMax: envInt(env, "DB_POOL_MAX", 20, 1, 1000),
+    ...loadOtelConfig(env),
   };
+}
+
+/** The standard OTEL_* variables this project honours for traces. */
+function loadOtelConfig(env: Env): Pick<CommonConfig, "tracesEndpoint" | "tracesProtocol" | "otelServiceName"> {
+  const off = envOptional(env, "OTEL_SDK_DISABLED") === "true" || envOptional(env, "OTEL_TRACES_EXPORTER") === "none";
+  const specific = envOptional(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+  const generic = envOptional(env, "OTEL_EXPORTER_OTLP_ENDPOINT");
+  let tracesEndpoint: string | undefined;
+  if (!off && (specific || generic)) {
+    tracesEndpoint = specific ?? `${generic!.replace(/\/+$/, "")}/v1/traces`;
+    const name = specific ? "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" : "OTEL_EXPORTER_OTLP_ENDPOINT";
+    envUrl({ [name]: tracesEndpoint }, name, "", ["http", "https"]);
+  }
+  const protocol = envOptional(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") ?? envOptional(env, "OTEL_EXPORTER_OTLP_PROTOCOL") ?? "http/protobuf";
+  if (protocol !== "http/protobuf" && protocol !== "http/json") {
+    throw new ConfigError(`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL must be http/protobuf or http/json, got "${protocol}"`);
+  }
+  return { tracesEndpoint, tracesProtocol: protocol, otelServiceName: envOptional(env, "OTEL_SERVICE_NAME") };
 }

@@ -1,4 +1,5 @@
 import { pino, type Logger } from "pino";
+import { logTraceFields } from "./telemetry/trace-context.js";
 
 /** A pino JSON logger for one service; `service` is on every line. */
 export function createLogger(service: string, level: string): Logger {
@@ -7,6 +8,8 @@ export function createLogger(service: string, level: string): Logger {
     base: { service, pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label) => ({ level: label }) },
+    // Lines written inside a traced operation carry its trace_id and span_id.
+    mixin: logTraceFields,
   });
 }
 

@@ -1,4 +1,5 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import type { Meter } from "@opentelemetry/api";
 import type { Logger } from "./logger.js";
 
 /** Subject on which new near-term timers of one shard are announced to its owner. */
@@ -21,7 +22,7 @@ export interface TimerAnnouncement {
  * Connects to NATS and keeps reconnecting forever: a service keeps working (on its Postgres
  * paths) while NATS is away, and picks up again when it returns.
  */
-export async function connectNats(url: string, name: string, log: Logger): Promise<NatsConnection> {
+export async function connectNats(url: string, name: string, log: Logger, meter?: Meter): Promise<NatsConnection> {
   const nc = await connect({
     servers: url.split(","),
     name,
@@ -30,8 +31,12 @@ export async function connectNats(url: string, name: string, log: Logger): Promi
     waitOnFirstConnect: true,
     timeout: 5_000,
   });
+  let connected = 1;
+  meter?.createObservableGauge("nats_connected", { description: "1 while connected to NATS" }).addCallback((r) => r.observe(connected));
   void (async () => {
     for await (const s of nc.status()) {
+      if (s.type === "disconnect") connected = 0;
+      else if (s.type === "reconnect") connected = 1;
       if (s.type === "disconnect") log.warn({ nats: s.type }, "NATS disconnected");
       else if (s.type === "reconnect") log.info({ nats: s.type }, "NATS reconnected");
       else if (s.type === "error") log.warn({ nats: s.type, err: s.error }, "NATS error");

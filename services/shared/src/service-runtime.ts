@@ -6,6 +6,8 @@ import { HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_p
 import { HealthStatus, registerHealthService } from "./grpc-health.js";
 import { registerReflectionServices } from "./grpc-reflection.js";
 import type { Logger } from "./logger.js";
+import { rpcServerInterceptor } from "./telemetry/rpc.js";
+import type { Telemetry } from "./telemetry/telemetry.js";
 import { errorInterceptor, startGrpcServer, startHttpServer, type Check, type ExtraRoute } from "./servers.js";
 
 /** A running service: its ports and how to stop it. */
@@ -31,6 +33,7 @@ export async function runService(opts: {
   extraHttp?: ExtraRoute[];
   /** Service-specific shutdown, after the gRPC server stops taking calls. */
   onStop: () => Promise<void>;
+  telemetry: Telemetry;
   stopTimeoutMs?: number;
 }): Promise<RunningService> {
   const { log } = opts;
@@ -38,7 +41,11 @@ export async function runService(opts: {
   const grpc = await startGrpcServer({
     host: opts.host,
     port: opts.grpcPort,
-    interceptors: [errorInterceptor(log), ...(opts.interceptors ?? [])],
+    interceptors: [
+      rpcServerInterceptor(opts.telemetry.meter, opts.telemetry.tracer, opts.telemetry.tracingEnabled),
+      errorInterceptor(log),
+      ...(opts.interceptors ?? []),
+    ],
     routes: (router) => {
       opts.routes(router);
       registerHealthService(router, health);
@@ -50,7 +57,7 @@ export async function runService(opts: {
     port: opts.httpPort,
     service: opts.name,
     checks: opts.checks,
-    extra: opts.extraHttp,
+    extra: [opts.telemetry.metricsRoute, ...(opts.extraHttp ?? [])],
   });
   const ready = async () => {
     const results = await Promise.all(Object.values(opts.checks).map((c) => c().catch(() => false)));
@@ -80,6 +87,7 @@ export async function runService(opts: {
       await grpc.close();
       await opts.onStop();
       await httpServer.close();
+      await opts.telemetry.shutdown().catch((err: unknown) => log.warn({ err }, "flushing telemetry failed"));
       log.info("stopped");
     })();
     return stopping;

@@ -6,6 +6,8 @@ export interface TimerConfig extends CommonConfig {
   limits: Limits;
   /** Timers due within this window are announced to their shard's owner over NATS. */
   announceWindowMs: number;
+  /** How often active_timers_total is recounted from Postgres. */
+  activeTimersRefreshMs: number;
 }
 
 /** Reads and validates the timer service's environment. */
@@ -23,5 +25,6 @@ export function loadTimerConfig(env: Record<string, string | undefined>): TimerC
       },
     },
     announceWindowMs: envDurationMs(env, "ANNOUNCE_WINDOW", 60_000, 0, 86_400_000),
+    activeTimersRefreshMs: envDurationMs(env, "ACTIVE_TIMERS_REFRESH", 30_000, 500, 3_600_000),
   };
 }

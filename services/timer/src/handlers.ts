@@ -9,8 +9,14 @@ import { rowToTimer, State } from "../../shared/src/timer-model.js";
 import {
   CreateTimerResponseSchema,
   TimerState,
+  type CreateTimerRequest,
+  type CreateTimerResponse,
   type TimerService,
 } from "../../shared/src/gen/timer/v1/timer_pb.js";
+import { context, SpanKind, trace, type Tracer } from "@opentelemetry/api";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import { injectInto, traceparentOf } from "../../shared/src/telemetry/trace-context.js";
+import type { TimerMetrics } from "./timer-metrics.js";
 import type { TimerConfig } from "./config.js";
 import { cancelTimer, getTimer, listTimers, type CreateBatcher } from "./timer-store.js";
 import { ValidationError, validateCreate } from "./validation.js";
@@ -23,6 +29,8 @@ export interface TimerDeps {
   batcher: CreateBatcher;
   config: TimerConfig;
   log: Logger;
+  metrics: TimerMetrics;
+  tracer: Tracer;
 }
 
 const encoder = new TextEncoder();
@@ -30,28 +38,40 @@ const encoder = new TextEncoder();
 /** The timer.v1.TimerService implementation: validate, store, announce. */
 export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerService> {
   const { pool, config } = deps;
+  const createOnce = async (req: CreateTimerRequest, ctx: HandlerContext): Promise<CreateTimerResponse> => {
+    const now = Date.now();
+    let timer;
+    try {
+      timer = validateCreate(req, config.limits, now);
+    } catch (err) {
+      throw invalid(err);
+    }
+    const shard = shardOf(timer.groupId, timer.timerId, config.shardCount);
+    const stored = await deps.batcher.store({ ...timer, shard }, createTraceparent(ctx));
+    if (stored.conflict) {
+      throw new ConnectError(
+        `timer ${timer.groupId}/${timer.timerId} already exists with a different schedule, callback, payload, retry policy or labels`,
+        Code.AlreadyExists,
+      );
+    }
+    const row = stored.row;
+    if (stored.created && row.next_attempt_at.getTime() - now <= config.announceWindowMs) {
+      announce(deps, { g: row.group_id, t: row.timer_id, s: row.shard, at: row.next_attempt_at.getTime() });
+    }
+    return create(CreateTimerResponseSchema, { timer: rowToTimer(row), created: stored.created });
+  };
+
   return {
     async createTimer(req, ctx) {
-      const now = Date.now();
-      let timer;
+      deps.metrics.attempt();
       try {
-        timer = validateCreate(req, config.limits, now);
+        const res = await createOnce(req, ctx);
+        if (res.created) deps.metrics.created();
+        return res;
       } catch (err) {
-        throw invalid(err);
+        deps.metrics.failed(err instanceof ConnectError ? grpcCodeName(err.code) : "INTERNAL");
+        throw err;
       }
-      const shard = shardOf(timer.groupId, timer.timerId, config.shardCount);
-      const stored = await deps.batcher.store({ ...timer, shard }, traceparentOf(ctx));
-      if (stored.conflict) {
-        throw new ConnectError(
-          `timer ${timer.groupId}/${timer.timerId} already exists with a different schedule, callback, payload, retry policy or labels`,
-          Code.AlreadyExists,
-        );
-      }
-      const row = stored.row;
-      if (stored.created && row.next_attempt_at.getTime() - now <= config.announceWindowMs) {
-        announce(deps, { g: row.group_id, t: row.timer_id, s: row.shard, at: row.next_attempt_at.getTime() });
-      }
-      return create(CreateTimerResponseSchema, { timer: rowToTimer(row), created: stored.created });
     },
 
     async getTimer(req) {
@@ -106,15 +126,28 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
 }
 
 function announce(deps: TimerDeps, a: TimerAnnouncement): void {
+  const subject = shardSubject(a.s);
+  const span = deps.tracer.startSpan(`send ${subject}`, {
+    kind: SpanKind.PRODUCER,
+    attributes: { "messaging.system": "nats", "messaging.operation.type": "send", "messaging.destination.name": subject, "timer.shard": a.s },
+  });
   try {
-    deps.nats.publish(shardSubject(a.s), encoder.encode(JSON.stringify(a)));
+    const h = natsHeaders();
+    injectInto((k, v) => h.set(k, v), trace.setSpan(context.active(), span));
+    deps.nats.publish(subject, encoder.encode(JSON.stringify(a)), { headers: h });
   } catch (err) {
     // The timer is stored; its owner's poll finds it. Announcing only makes it faster.
     deps.log.warn({ err, group_id: a.g, timer_id: a.t, shard: a.s }, "could not announce timer over NATS");
+  } finally {
+    span.end();
   }
 }
 
-function traceparentOf(ctx: HandlerContext): string | undefined {
+// The trace a timer's firing links back to: our CreateTimer span when tracing is on, else the
+// caller's own traceparent, if it sent one.
+function createTraceparent(ctx: HandlerContext): string | undefined {
+  const sc = trace.getActiveSpan()?.spanContext();
+  if (sc && trace.isSpanContextValid(sc)) return traceparentOf(sc);
   return ctx.requestHeader.get("traceparent") ?? undefined;
 }
 
@@ -131,4 +164,9 @@ function notFound(key: { groupId: string; timerId: string }): ConnectError {
 function invalid(err: unknown): ConnectError {
   if (err instanceof ValidationError) return new ConnectError(err.message, Code.InvalidArgument);
   throw err;
+}
+
+/** INVALID_ARGUMENT for Code.InvalidArgument: the gRPC spelling operators know. */
+function grpcCodeName(code: Code): string {
+  return (Code[code] ?? "Unknown").replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
 }

@@ -1,4 +1,8 @@
+import { hostname } from "node:os";
 import { createLogger } from "../../shared/src/logger.js";
+import { startServiceTelemetry } from "../../shared/src/telemetry/telemetry.js";
+import { SERVICE_VERSION } from "../../shared/src/version.js";
+import { createTimerMetrics } from "./timer-metrics.js";
 import { ConfigError } from "../../shared/src/env.js";
 import { openDatabase } from "../../shared/src/db.js";
 import { connectNats } from "../../shared/src/nats.js";
@@ -19,9 +23,11 @@ runMain(bootLog, async () => {
     throw err;
   }
   const log = createLogger("timer", config.logLevel);
-  const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, "timer", config.shardCount, log);
-  const nats = await connectNats(config.natsUrl, "timer", log);
+  const telemetry = startServiceTelemetry("timer", `timer-${hostname()}-${process.pid}`, config, SERVICE_VERSION);
+  const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, "timer", config.shardCount, log, telemetry);
+  const nats = await connectNats(config.natsUrl, "timer", log, telemetry.meter);
   const batcher = new CreateBatcher(pool);
+  const metrics = createTimerMetrics(telemetry.meter, pool, log, config.activeTimersRefreshMs);
   await runService({
     name: "timer",
     host: config.host,
@@ -30,12 +36,14 @@ runMain(bootLog, async () => {
     log,
     files: [file_timer_v1_timer],
     serviceNames: [TimerService.typeName],
-    routes: (router) => router.service(TimerService, createTimerService({ pool, nats, batcher, config, log })),
+    routes: (router) => router.service(TimerService, createTimerService({ pool, nats, batcher, config, log, metrics, tracer: telemetry.tracer })),
     checks: {
       postgres: async () => (await pool.query("SELECT 1")).rowCount === 1,
       nats: async () => !nats.isClosed() && nats.info !== undefined && (await nats.rtt()) >= 0,
     },
+    telemetry,
     onStop: async () => {
+      metrics.stop();
       await nats.drain();
       await pool.end();
     },

@@ -58,7 +58,8 @@ export class CreateBatcher {
 async function insertBatch(pool: pg.Pool, batch: Pending[]): Promise<void> {
   const t = batch.map((p) => p.timer);
   const { rows } = await pool.query<TimerRow>(
-    `INSERT INTO timers (group_id, timer_id, shard, state, fire_at, next_attempt_at, callback, payload, labels,
+    `-- create_timers
+     INSERT INTO timers (group_id, timer_id, shard, state, fire_at, next_attempt_at, callback, payload, labels,
                          max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, request_hash, create_traceparent)
      SELECT g, t, s, ${State.Scheduled}, f, f, c, p, l, ma, ib, mb, mu, h, tp
        FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::jsonb[], $6::bytea[], $7::jsonb[],
@@ -90,7 +91,8 @@ async function insertBatch(pool: pg.Pool, batch: Pending[]): Promise<void> {
   let existing = new Map<string, TimerRow & { request_hash: Buffer }>();
   if (missing.length > 0) {
     const found = await pool.query<TimerRow & { request_hash: Buffer }>(
-      `SELECT ${TIMER_COLUMNS}, request_hash FROM timers
+      `-- find_existing_timers
+     SELECT ${TIMER_COLUMNS}, request_hash FROM timers
         WHERE (group_id, timer_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
       [missing.map((p) => p.timer.groupId), missing.map((p) => p.timer.timerId)],
     );
@@ -128,7 +130,8 @@ function key(g: string, t: string): string {
 /** One timer by key. */
 export async function getTimer(pool: pg.Pool, groupId: string, timerId: string): Promise<TimerRow | undefined> {
   const { rows } = await pool.query<TimerRow>(
-    `SELECT ${TIMER_COLUMNS} FROM timers WHERE group_id = $1 AND timer_id = $2`,
+    `-- get_timer
+     SELECT ${TIMER_COLUMNS} FROM timers WHERE group_id = $1 AND timer_id = $2`,
     [groupId, timerId],
   );
   return rows[0];
@@ -140,7 +143,8 @@ export async function getTimer(pool: pg.Pool, groupId: string, timerId: string):
  */
 export async function cancelTimer(pool: pg.Pool, groupId: string, timerId: string): Promise<TimerRow | undefined> {
   const { rows } = await pool.query<TimerRow>(
-    `UPDATE timers SET state = ${State.Cancelled}, finish_time = now()
+    `-- cancel_timer
+     UPDATE timers SET state = ${State.Cancelled}, finish_time = now()
       WHERE group_id = $1 AND timer_id = $2 AND state = ${State.Scheduled}
       RETURNING ${TIMER_COLUMNS}`,
     [groupId, timerId],
@@ -157,7 +161,8 @@ export async function listTimers(
   limit: number,
 ): Promise<TimerRow[]> {
   const { rows } = await pool.query<TimerRow>(
-    `SELECT ${TIMER_COLUMNS} FROM timers
+    `-- list_timers
+     SELECT ${TIMER_COLUMNS} FROM timers
       WHERE group_id = $1
         AND (cardinality($2::smallint[]) = 0 OR state = ANY($2::smallint[]))
         AND ($3::timestamptz IS NULL OR (fire_at, timer_id) > ($3::timestamptz, $4::text))

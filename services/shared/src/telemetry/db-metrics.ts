@@ -1,0 +1,66 @@
+// Postgres telemetry by wrapping the pool: a database_query_duration_seconds histogram per
+// named operation, a span per query when tracing is on (DB semantic conventions, SQL text
+// without values), and pool gauges. Queries name themselves with a leading "-- name" comment;
+// otherwise the first SQL keyword is the operation.
+import type pg from "pg";
+import { SpanKind, SpanStatusCode, trace, type Meter, type Tracer } from "@opentelemetry/api";
+
+const NAME_RE = /^\s*--\s*([a-z_][a-z0-9_]*)/i;
+const KEYWORD_RE = /^\s*(?:--[^\n]*\n\s*)*([a-z]+)/i;
+
+/** The operation label of a SQL statement. */
+export function operationOf(sql: string): string {
+  return (NAME_RE.exec(sql)?.[1] ?? KEYWORD_RE.exec(sql)?.[1] ?? "query").toLowerCase();
+}
+
+/** Instruments `pool` in place; every pool.query is timed and (with tracing) traced. */
+export function instrumentPool(pool: pg.Pool, meter: Meter, tracer: Tracer, tracing: boolean, maxConnections: number): void {
+  const duration = meter.createHistogram("database_query_duration_seconds", {
+    description: "Postgres query time",
+    unit: "s",
+    advice: { explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
+  });
+  meter.createObservableGauge("database_connections_active", { description: "Postgres connections in use" })
+    .addCallback((r) => r.observe(pool.totalCount - pool.idleCount));
+  meter.createObservableGauge("database_connections_idle", { description: "Postgres connections idle in the pool" })
+    .addCallback((r) => r.observe(pool.idleCount));
+  meter.createObservableGauge("database_connections_max", { description: "Postgres pool size limit" })
+    .addCallback((r) => r.observe(maxConnections));
+
+  const original = pool.query.bind(pool) as (...args: unknown[]) => Promise<unknown>;
+  const wrapped = async (...args: unknown[]): Promise<unknown> => {
+    const sql = typeof args[0] === "string" ? args[0] : String((args[0] as { text?: string })?.text ?? "");
+    const operation = operationOf(sql);
+    const start = performance.now();
+    const observe = (ok: boolean) =>
+      duration.record((performance.now() - start) / 1000, { operation, ...(ok ? {} : { error: "true" }) });
+    if (!tracing || !trace.getActiveSpan()) {
+      try {
+        const res = await original(...args);
+        observe(true);
+        return res;
+      } catch (err) {
+        observe(false);
+        throw err;
+      }
+    }
+    return tracer.startActiveSpan(
+      `${operation} ${"postgresql"}`,
+      { kind: SpanKind.CLIENT, attributes: { "db.system.name": "postgresql", "db.system": "postgresql", "db.operation.name": operation, "db.query.text": sql } },
+      async (span) => {
+        try {
+          const res = await original(...args);
+          observe(true);
+          return res;
+        } catch (err) {
+          observe(false);
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+          throw err;
+        } finally {
+          span.end();
+        }
+      },
+    );
+  };
+  (pool as unknown as { query: typeof wrapped }).query = wrapped;
+}
