@@ -57,6 +57,6 @@ export function loadDispatcherConfig(env: Record<string, string | undefined>): D
     memberTtlMs,
     leaseTtlMs,
     leaseTickMs: Math.max(50, Math.min(500, Math.floor(leaseTtlMs / 4))),
-    advertiseAddress: envString(env, "ADVERTISE_ADDRESS", `${hostname()}:${common.grpcPort}`),
+    advertiseAddress: envString(env, "ADVERTISE_ADDRESS", `${common.host === "0.0.0.0" || common.host === "::" ? hostname() : common.host}:${common.grpcPort}`),
   };
 }

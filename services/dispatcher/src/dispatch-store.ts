@@ -90,6 +90,7 @@ export async function loadOverdue(pool: pg.Pool, shards: number[], graceMs: numb
       WHERE state = ${State.Scheduled}
         AND next_attempt_at <= now() - make_interval(secs => $2::float8 / 1000)
         AND shard = ANY($1::int[])
+        AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = timers.group_id)
       ORDER BY next_attempt_at
       LIMIT $3`,
     [shards, graceMs, limit],
@@ -131,6 +132,8 @@ export async function claimTimers(
         AND t.next_attempt_at + interval '0' <= now() + make_interval(secs => $4::float8 / 1000)
         -- The fence: only while we hold the shard's lease, at the epoch we believe we hold.
         AND l.shard = t.shard AND l.owner = $1 AND l.epoch = k.epoch AND l.expires_at > now()
+        -- A paused group's timers wait (they fire, oldest first, once it is resumed).
+        AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = t.group_id)
       RETURNING t.group_id, t.timer_id, t.shard, t.fire_at, t.next_attempt_at, t.attempt, t.callback, t.payload,
                 t.labels, t.max_attempts, t.initial_backoff_ms, t.max_backoff_ms, t.backoff_multiplier,
                 t.create_traceparent`,

@@ -8,7 +8,7 @@ import { SERVICE_VERSION } from "../../shared/src/version.js";
 import { createDispatcherMetrics } from "./dispatcher-metrics.js";
 import { ConfigError } from "../../shared/src/env.js";
 import { openDatabase } from "../../shared/src/db.js";
-import { connectNats, shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
+import { connectNats, REBALANCE_SUBJECT, shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
 import { DispatcherService, file_dispatcher_v1_dispatcher } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
 import { loadDispatcherConfig } from "./config.js";
@@ -43,6 +43,7 @@ runMain(bootLog, async () => {
   // Announcements of new near-term timers arrive on one subject per owned shard.
   const shardSubs = new Map<number, Subscription>();
   const decoder = new TextDecoder();
+  const encoder = new TextEncoder();
   const subscribeShard = (shard: number) => {
     if (shardSubs.has(shard)) return;
     shardSubs.set(
@@ -146,6 +147,26 @@ runMain(bootLog, async () => {
   };
   membership.onChange(reassign);
   membership.start();
+  // Operators (through the admin service) ask every dispatcher to reconcile its leases with
+  // the assignment now; `undrain` names dispatchers that may take shards again.
+  const control = nats.subscribe(REBALANCE_SUBJECT, {
+    callback: (err, msg) => {
+      if (err) return;
+      try {
+        const req = JSON.parse(decoder.decode(msg.data)) as { undrain?: string[] };
+        if (draining && (req.undrain ?? []).includes(config.dispatcherId)) {
+          draining = false;
+          membership.setDraining(false);
+          log.info("resumed taking shards after drain");
+        }
+        reassign();
+        void leases.tick();
+        if (msg.reply) msg.respond(encoder.encode(JSON.stringify({ id: config.dispatcherId, draining, owned: leases.owned().length })));
+      } catch (e) {
+        log.warn({ err: e }, "ignoring malformed rebalance request");
+      }
+    },
+  });
   // Hear the others before claiming anything, so a joining dispatcher does not first reach
   // for every free shard.
   await new Promise((r) => setTimeout(r, Math.min(config.memberTtlMs, 2 * config.heartbeatMs)));
@@ -198,6 +219,7 @@ runMain(bootLog, async () => {
       // Leave the ring, hand the shards over (stop claiming, then release), then finish
       // the deliveries already in flight and record them.
       draining = true;
+      control.unsubscribe();
       await membership.leave();
       await leases.stop();
       for (const s of [...shardSubs.keys()]) unsubscribeShard(s);

@@ -8,9 +8,8 @@
 // the shards we hold keep firing (their leases in Postgres still fence them).
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "../../shared/src/logger.js";
+import { HEARTBEAT_SUBJECT, LEAVE_SUBJECT } from "../../shared/src/nats.js";
 
-const HEARTBEAT_SUBJECT = "mesh.dispatchers.heartbeat";
-const LEAVE_SUBJECT = "mesh.dispatchers.leave";
 
 /** A dispatcher as its heartbeats describe it. */
 export interface Member {

@@ -10,6 +10,18 @@ export function shardSubject(shard: number): string {
 /** Wildcard covering every shard subject. */
 export const ALL_SHARDS_SUBJECT = "timers.shard.*";
 
+/** Dispatcher heartbeats (JSON: id, grpc, version, started, draining). */
+export const HEARTBEAT_SUBJECT = "mesh.dispatchers.heartbeat";
+
+/** A dispatcher's goodbye (its id). */
+export const LEAVE_SUBJECT = "mesh.dispatchers.leave";
+
+/**
+ * Request to every dispatcher to reconcile its shard leases with the assignment now (JSON
+ * { undrain?: string[] }); each replies { id, draining, owned } when a reply subject is set.
+ */
+export const REBALANCE_SUBJECT = "mesh.dispatchers.rebalance";
+
 /** Announcement of a timer due soon: enough for the owner to hold it in memory until it is due. */
 export interface TimerAnnouncement {
   g: string; // group_id
