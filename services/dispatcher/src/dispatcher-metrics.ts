@@ -4,6 +4,7 @@ import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
 import { State } from "../../shared/src/timer-model.js";
 import type { DeliveryResult } from "./delivery.js";
+import { GaugeSeries } from "../../shared/src/telemetry/gauge-series.js";
 
 /** What the firing loop reports. */
 export interface DispatcherMetrics {
@@ -51,6 +52,8 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
   gauge("timer_execution_queue_size", "Timers held in memory that are due and not yet being delivered", gauges.dueNotStarted);
 
   let lag: { shard: number; owner: string; lag: number }[] = [];
+  // A shard's owner label changes on hand-off; the previous owner's series must drop to 0.
+  const lagSeries = new GaugeSeries();
   const refresh = async () => {
     try {
       const { rows } = await pool.query<{ shard: number; owner: string | null; lag: number | null }>(
@@ -74,9 +77,7 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
   timer.unref();
   meter
     .createObservableGauge("timer_shard_lag_seconds", { description: "Now minus the oldest due, unfired fire_at in the shard; 0 when none is due", unit: "s" })
-    .addCallback((r) => {
-      for (const l of lag) r.observe(l.lag, { shard: String(l.shard), owner: l.owner });
-    });
+    .addCallback((r) => lagSeries.observe(r, lag.map((l) => ({ attributes: { shard: String(l.shard), owner: l.owner }, value: l.lag }))));
 
   return {
     fired: (lateMs) => lateness.record(Math.max(0, lateMs) / 1000),

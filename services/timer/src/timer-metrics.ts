@@ -3,6 +3,7 @@ import type { Meter } from "@opentelemetry/api";
 import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
 import { State } from "../../shared/src/timer-model.js";
+import { GaugeSeries } from "../../shared/src/telemetry/gauge-series.js";
 
 /** Counters the CreateTimer handler updates. */
 export interface TimerMetrics {
@@ -25,6 +26,8 @@ export function createTimerMetrics(meter: Meter, pool: pg.Pool, log: Logger, act
   attempts.add(0);
   creations.add(0);
   let active: { group_id: string; n: number }[] = [];
+  // A group whose timers all finished (or that left the largest 50) must drop to 0.
+  const activeSeries = new GaugeSeries();
   const refresh = async () => {
     try {
       const { rows } = await pool.query<{ group_id: string; n: string }>(
@@ -45,9 +48,7 @@ export function createTimerMetrics(meter: Meter, pool: pg.Pool, log: Logger, act
   timer.unref();
   meter
     .createObservableGauge("active_timers_total", { description: "Scheduled or firing timers per group (largest 50 groups; the rest as _other)" })
-    .addCallback((r) => {
-      for (const a of active) r.observe(a.n, { group_id: a.group_id });
-    });
+    .addCallback((r) => activeSeries.observe(r, active.map((a) => ({ attributes: { group_id: a.group_id }, value: a.n }))));
   return {
     attempt: () => attempts.add(1),
     created: () => creations.add(1),
