@@ -49,7 +49,7 @@ function tally(received: Received[], group: string): { byId: Map<string, number>
 }
 
 async function ownedCounts(mesh: TestMesh): Promise<Map<string, number>> {
-  const { rows } = await mesh.db.pool.query("SELECT owner, count(*)::int AS n FROM shard_leases WHERE owner IS NOT NULL AND expires_at > now() GROUP BY owner");
+  const { rows } = await mesh.db.pool.query("SELECT owner, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL GROUP BY owner");
   return new Map(rows.map((r) => [r.owner as string, r.n as number]));
 }
 

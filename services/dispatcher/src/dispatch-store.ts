@@ -123,21 +123,26 @@ export async function claimTimers(
             claim_owner = $7,
             claim_expires_at = now() + make_interval(secs => $5::float8 / 1000),
             fired_time = coalesce(t.fired_time, greatest(now(), t.next_attempt_at))
-       FROM unnest($2::text[], $3::text[], $6::bigint[]) AS k(g, id, epoch), shard_leases l
-      WHERE t.group_id = k.g AND t.timer_id = k.id
+       FROM unnest($2::text[], $3::text[], $6::bigint[], $8::int[]) AS k(g, id, epoch, shard), shard_leases l
+      WHERE t.group_id = k.g AND t.timer_id = k.id AND t.shard = k.shard
+        -- Joining the lease on k.shard (not only through t) gives the planner one lease row per
+        -- timer whatever it estimates for owner/expiry; otherwise it may pair every timer with
+        -- every lease and filter afterwards (batch x shard-count lookups per claim).
+        AND l.shard = k.shard
         AND t.state = ${State.Scheduled}
         -- "+ interval '0'" keeps this test out of timers_due_idx: combined with the primary-key
         -- lookup in a BitmapAnd, that index would be scanned over every due row once per key,
         -- which under a backlog turns a millisecond claim into a minute.
         AND t.next_attempt_at + interval '0' <= now() + make_interval(secs => $4::float8 / 1000)
         -- The fence: only while we hold the shard's lease, at the epoch we believe we hold.
-        AND l.shard = t.shard AND l.owner = $1 AND l.epoch = k.epoch AND l.expires_at > now()
+        AND l.owner = $1 AND l.epoch = k.epoch
+        AND EXISTS (SELECT 1 FROM dispatcher_leases d WHERE d.owner = $1 AND d.expires_at > now())
         -- A paused group's timers wait (they fire, oldest first, once it is resumed).
         AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = t.group_id)
       RETURNING t.group_id, t.timer_id, t.shard, t.fire_at, t.next_attempt_at, t.attempt, t.callback, t.payload,
                 t.labels, t.max_attempts, t.initial_backoff_ms, t.max_backoff_ms, t.backoff_multiplier,
                 t.create_traceparent`,
-    [owner, timers.map((t) => t.groupId), timers.map((t) => t.timerId), leadMs, claimTtlMs, epochs.map(String), claimOwner],
+    [owner, timers.map((t) => t.groupId), timers.map((t) => t.timerId), leadMs, claimTtlMs, epochs.map(String), claimOwner, timers.map((t) => t.shard)],
   );
   return rows;
 }
@@ -204,7 +209,8 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
      WITH x AS (
        SELECT group_id, timer_id FROM timers
         WHERE state = ${State.Firing} AND claim_expires_at < now() AND shard = ANY($1::int[])
-          AND shard IN (SELECT shard FROM shard_leases WHERE owner = $3 AND expires_at > now())
+          AND shard IN (SELECT shard FROM shard_leases WHERE owner = $3)
+          AND EXISTS (SELECT 1 FROM dispatcher_leases d WHERE d.owner = $3 AND d.expires_at > now())
         ORDER BY claim_expires_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED

@@ -58,9 +58,8 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
     try {
       const { rows } = await pool.query<{ shard: number; owner: string | null; lag: number | null }>(
         `-- shard_lag
-         SELECT l.shard, CASE WHEN l.expires_at > now() THEN l.owner END AS owner,
-                extract(epoch FROM now() - d.oldest)::float8 AS lag
-           FROM shard_leases l
+         SELECT l.shard, l.owner, extract(epoch FROM now() - d.oldest)::float8 AS lag
+           FROM shard_owners l
            LEFT JOIN (SELECT shard, min(next_attempt_at) AS oldest FROM timers
                        WHERE state = ${State.Scheduled} AND next_attempt_at <= now() GROUP BY shard) d
              ON d.shard = l.shard

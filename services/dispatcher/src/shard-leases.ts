@@ -2,6 +2,9 @@
 // fires a shard's timers only while shard_leases says it is the owner, at the epoch it knows,
 // and the lease has not expired; the claim statement checks exactly that (dispatch-store.ts).
 //
+// A shard lease is (shard, owner, epoch); it is valid while the owner's one dispatcher lease
+// (dispatcher_leases) is, which this keeper renews every tick: one row, whatever the shard count.
+//
 // Hand-off is ordered: the old owner first stops claiming in the shard, then releases the
 // lease; the new owner can only take a released or expired lease, and takes it with epoch + 1.
 import type pg from "pg";
@@ -70,13 +73,20 @@ export class LeaseKeeper implements ShardOwnership {
     loop();
   }
 
-  /** Releases every lease in order (stop claiming, then release) and stops. */
+  /** Releases every lease in order (stop claiming, then release), ends our dispatcher lease, and stops. */
   async stop(): Promise<void> {
     this.desired = new Set();
     await this.tick();
     this.stopped = true;
     clearTimeout(this.timer);
     await this.ticking;
+    await this.pool
+      .query(
+        `-- end_dispatcher_lease
+         DELETE FROM dispatcher_leases WHERE owner = $1 AND NOT EXISTS (SELECT 1 FROM shard_leases WHERE owner = $1)`,
+        [this.owner],
+      )
+      .catch((err: unknown) => this.log.warn({ err }, "could not end the dispatcher lease; it expires by itself"));
   }
 
   /** Runs one renew/release/acquire round; concurrent calls coalesce into one more round. */
@@ -111,7 +121,7 @@ export class LeaseKeeper implements ShardOwnership {
       await this.hooks.releasing(release);
       await this.pool.query(
         `-- release_leases
-     UPDATE shard_leases l SET owner = NULL, expires_at = '-infinity'
+         UPDATE shard_leases l SET owner = NULL
            FROM unnest($2::int[], $3::bigint[]) AS r(shard, epoch)
           WHERE l.shard = r.shard AND l.owner = $1 AND l.epoch = r.epoch`,
         [this.owner, release, epochs.map(String)],
@@ -119,19 +129,22 @@ export class LeaseKeeper implements ShardOwnership {
       this.log.info({ shards: release.length }, "released shards");
     }
 
-    // 2. Renew what we hold; anything not renewed was taken after our lease expired.
+    // 2. Renew our dispatcher lease (this keeps every shard lease we hold valid), then check
+    //    which shards are still ours: any other was taken after our lease expired.
+    await this.pool.query(
+      `-- renew_dispatcher_lease
+       INSERT INTO dispatcher_leases (owner, expires_at) VALUES ($1, now() + make_interval(secs => $2::float8 / 1000))
+       ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at`,
+      [this.owner, this.opts.leaseTtlMs],
+    );
     if (this.held.size > 0) {
-      const shards = [...this.held.keys()];
-      const { rows } = await this.pool.query<{ shard: number }>(
-        `-- renew_leases
-     UPDATE shard_leases l SET expires_at = now() + make_interval(secs => $4::float8 / 1000)
-           FROM unnest($2::int[], $3::bigint[]) AS r(shard, epoch)
-          WHERE l.shard = r.shard AND l.owner = $1 AND l.epoch = r.epoch
-          RETURNING l.shard`,
-        [this.owner, shards, shards.map((s) => String(this.held.get(s))), this.opts.leaseTtlMs],
+      const { rows } = await this.pool.query<{ shard: number; epoch: string }>(
+        `-- check_shard_leases
+         SELECT shard, epoch FROM shard_leases WHERE owner = $1`,
+        [this.owner],
       );
-      const renewed = new Set(rows.map((r) => r.shard));
-      const lost = shards.filter((s) => !renewed.has(s));
+      const mine = new Map(rows.map((r) => [r.shard, BigInt(r.epoch)]));
+      const lost = [...this.held.keys()].filter((s) => mine.get(s) !== this.held.get(s));
       if (lost.length > 0) {
         for (const s of lost) this.held.delete(s);
         this.refresh();
@@ -146,16 +159,18 @@ export class LeaseKeeper implements ShardOwnership {
     if (want.length > 0 && !this.stopped) {
       const { rows } = await this.pool.query<{ shard: number; epoch: string; previous_owner: string | null }>(
         `-- acquire_leases
-     WITH free AS (
-           SELECT shard, owner FROM shard_leases
-            WHERE shard = ANY($2::int[]) AND (owner IS NULL OR owner = $1 OR expires_at < now())
+         WITH free AS (
+           SELECT l.shard, l.owner FROM shard_leases l
+            WHERE l.shard = ANY($2::int[])
+              AND (l.owner IS NULL OR l.owner = $1
+                   OR NOT EXISTS (SELECT 1 FROM dispatcher_leases d WHERE d.owner = l.owner AND d.expires_at > now()))
             FOR UPDATE SKIP LOCKED
          )
          UPDATE shard_leases l
-            SET owner = $1, epoch = l.epoch + 1, expires_at = now() + make_interval(secs => $3::float8 / 1000)
+            SET owner = $1, epoch = l.epoch + 1
            FROM free WHERE l.shard = free.shard
           RETURNING l.shard, l.epoch, free.owner AS previous_owner`,
-        [this.owner, want, this.opts.leaseTtlMs],
+        [this.owner, want],
       );
       if (rows.length > 0) {
         for (const r of rows) this.held.set(r.shard, BigInt(r.epoch));

@@ -28,6 +28,9 @@ export function createPool(databaseUrl: string, max: number, applicationName: st
  */
 export async function migrate(pool: pg.Pool, log: Logger): Promise<number> {
   const files = (await readdir(migrationsDir)).filter((f) => /^\d{6}_.+\.sql$/.test(f)).sort();
+  const versions = files.map((f) => f.slice(0, 6));
+  const clash = versions.find((v, i) => versions.indexOf(v) !== i);
+  if (clash) throw new Error(`two migrations are numbered ${clash}: renumber the newer one`);
   const client = await pool.connect();
   let applied = 0;
   try {

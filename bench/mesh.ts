@@ -1,0 +1,326 @@
+// npm run bench:mesh — the dispatcher mesh under load, with 1, 2 and 3 dispatchers (separate
+// processes), NATS and HTTP callbacks, on this machine's Postgres and a private nats-server.
+//
+// For each configuration it prints fires per second at saturation, lateness p50 / p99 / max
+// at a steady offered rate, the create rate of the timer service under that same load, and
+// checks on every run: none early, no duplicate, nothing lost. It then SIGKILLs one of three
+// dispatchers mid-run and reports how long until the dead member's due timers fire again, and
+// compares fires per second with tracing exported (OTLP) and with telemetry off.
+//
+// Timers for the fire runs are inserted straight into Postgres (the same rows CreateTimer
+// writes, shard computed by the same function), well before they are due, so the fire rate
+// measured is the dispatchers' and not the create path's.
+//
+// Environment: BENCH_SATURATE (timers per saturation run, 40000), BENCH_RATE (steady fires/s,
+// 5000), BENCH_SECONDS (steady run length, 8), BENCH_DISPATCHERS ("1,2,3"),
+// BENCH_TRANSPORTS ("nats,http"), BENCH_SKIP_KILL / BENCH_SKIP_OTEL (=1 to skip those parts).
+import { fork, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
+import http from "node:http";
+import { fileURLToPath } from "node:url";
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { connect } from "@nats-io/transport-node";
+import { CreateTimerRequestSchema } from "../services/shared/src/gen/timer/v1/timer_pb.js";
+import { shardOf } from "../services/shared/src/shard.js";
+import { createTestDatabase, type TestDatabase } from "../test/support/database.js";
+import { startNats, type TestNats } from "../test/support/nats-server.js";
+import { startService, type ServiceProcess } from "../test/support/service-process.js";
+import { GrpcTimerClient } from "../test/support/timer-client.js";
+import { waitFor } from "../test/support/wait.js";
+import { fmtInt, fmtMs, renderTable, summarize } from "./stats.js";
+
+const SELF = fileURLToPath(import.meta.url);
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const SHARDS = 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Receiver child: subscribes (NATS) or listens (HTTP), records [id, fireAtMs, receivedAtMs].
+
+type Row = [string, number, number];
+
+async function receiverMain(): Promise<void> {
+  const rows: Row[] = [];
+  const record = (id: string | undefined, fireAt: string | undefined) => rows.push([id ?? "", Date.parse(fireAt ?? ""), Date.now()]);
+  const nc = await connect({ servers: process.env["BENCH_NATS_URL"]! });
+  nc.subscribe("bench.fired", {
+    callback: (_err, msg) => {
+      record(msg.headers?.get("x-timer-id"), msg.headers?.get("x-timer-fire-at"));
+    },
+  });
+  await nc.flush();
+  const server = http.createServer((req, res) => {
+    if (req.url === "/v1/traces") {
+      req.resume();
+      req.on("end", () => res.end("{}"));
+      return;
+    }
+    req.resume();
+    req.on("end", () => {
+      record(req.headers["x-timer-id"] as string, req.headers["x-timer-fire-at"] as string);
+      res.end();
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  server.listen(0, "127.0.0.1", () => {
+    process.send!({ port: (server.address() as { port: number }).port });
+  });
+  process.on("message", (m: { take?: boolean }) => {
+    if (m.take) process.send!({ rows: rows.splice(0) });
+  });
+}
+
+interface Receiver {
+  url: string;
+  otlp: string;
+  take(): Promise<Row[]>;
+  close(): void;
+}
+
+async function startReceiver(natsUrl: string): Promise<Receiver> {
+  const child: ChildProcess = fork(SELF, ["--receiver"], {
+    cwd: ROOT,
+    execArgv: ["--import", "tsx"],
+    env: { ...process.env, BENCH_NATS_URL: natsUrl },
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once("message", (m: { port: number }) => resolve(m.port));
+    child.once("exit", (code) => reject(new Error(`receiver exited (${code})`)));
+  });
+  return {
+    url: `http://127.0.0.1:${port}/hook`,
+    otlp: `http://127.0.0.1:${port}`,
+    take: () =>
+      new Promise((resolve) => {
+        child.once("message", (m: { rows: Row[] }) => resolve(m.rows));
+        child.send({ take: true });
+      }),
+    close: () => child.kill("SIGTERM"),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mesh under test.
+
+interface Mesh {
+  db: TestDatabase;
+  nats: TestNats;
+  timer: ServiceProcess;
+  dispatchers: ServiceProcess[];
+  receiver: Receiver;
+  close(): Promise<void>;
+}
+
+async function startBenchMesh(dispatchers: number, tracing = false): Promise<Mesh> {
+  const db = await createTestDatabase("bench");
+  const nats = await startNats();
+  const receiver = await startReceiver(nats.url);
+  // Tracing exports every span over OTLP to a sink in the receiver process (as to a collector).
+  const otel: Record<string, string> = tracing ? { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.otlp } : { OTEL_SDK_DISABLED: "true" };
+  const common = { DATABASE_URL: db.url, NATS_URL: nats.url, LOG_LEVEL: "warn", SHARD_COUNT: String(SHARDS), ...otel };
+  const timer = await startService("timer", common);
+  const ds: ServiceProcess[] = [];
+  for (let i = 1; i <= dispatchers; i++) {
+    ds.push(await startService("dispatcher", { ...common, DISPATCHER_ID: `d${i}`, MAX_IN_FLIGHT: "2000", CLAIM_BATCH: "1000", DB_POOL_MAX: "10" }));
+  }
+  await waitFor(async () => {
+    const { rows } = await db.pool.query("SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL");
+    return rows[0].owners === dispatchers && rows[0].n === SHARDS;
+  }, 30_000, "every shard to be owned");
+  return {
+    db,
+    nats,
+    timer,
+    dispatchers: ds,
+    receiver,
+    async close() {
+      await Promise.all([timer, ...ds].map((p) => p.stop("SIGTERM")));
+      receiver.close();
+      await nats[Symbol.asyncDispose]();
+      await db[Symbol.asyncDispose]();
+    },
+  };
+}
+
+type Transport = "nats" | "http";
+
+/** Inserts `n` scheduled timers due evenly over [startMs, startMs + spanMs). */
+async function insertTimers(db: TestDatabase, group: string, n: number, startMs: number, spanMs: number, transport: Transport, url: string): Promise<void> {
+  const callback = transport === "nats" ? { nats: { subject: "bench.fired" } } : { http: { url } };
+  const hash = createHash("sha256").update(group).digest();
+  for (let from = 0; from < n; from += 10_000) {
+    const ids: string[] = [];
+    const shards: number[] = [];
+    const fireAt: Date[] = [];
+    for (let i = from; i < Math.min(n, from + 10_000); i++) {
+      const id = `t${i}`;
+      ids.push(id);
+      shards.push(shardOf(group, id, SHARDS));
+      fireAt.push(new Date(startMs + Math.floor((i * spanMs) / n)));
+    }
+    await db.pool.query(
+      `INSERT INTO timers (group_id, timer_id, shard, state, fire_at, next_attempt_at, callback, payload, labels,
+                           max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, request_hash)
+       SELECT $1, id, s, 1, f, f, $5::jsonb, '\\x'::bytea, '{}', 5, 1000, 300000, 2, $6
+         FROM unnest($2::text[], $3::int[], $4::timestamptz[]) AS x(id, s, f)`,
+      [group, ids, shards, fireAt, JSON.stringify(callback), hash],
+    );
+  }
+  await db.pool.query("ANALYZE timers");
+}
+
+interface FireRun {
+  delivered: number;
+  expected: number;
+  duplicates: number;
+  early: number;
+  firesPerSecond: number;
+  lateness: ReturnType<typeof summarize>;
+}
+
+async function fireRun(mesh: Mesh, group: string, n: number, spanMs: number, transport: Transport, during?: () => Promise<void>): Promise<FireRun> {
+  const startMs = Date.now() + 12_000; // every dispatcher has loaded its part of the window by then
+  await insertTimers(mesh.db, group, n, startMs, spanMs, transport, mesh.receiver.url);
+  const rows: Row[] = [];
+  const side = during?.();
+  await waitFor(async () => {
+    rows.push(...(await mesh.receiver.take()));
+    return new Set(rows.map((r) => r[0])).size >= n || Date.now() > startMs + spanMs + 60_000;
+  }, spanMs + 90_000, `${n} deliveries`, 250);
+  await side;
+  const seen = new Map<string, number>();
+  for (const r of rows) seen.set(r[0], (seen.get(r[0]) ?? 0) + 1);
+  const firsts = rows.map((r) => r[2]).sort((a, b) => a - b);
+  const durationMs = Math.max(1, firsts[firsts.length - 1]! - firsts[0]!);
+  return {
+    delivered: seen.size,
+    expected: n,
+    duplicates: [...seen.values()].filter((c) => c > 1).length,
+    early: rows.filter((r) => r[2] < r[1]).length,
+    firesPerSecond: (rows.length / durationMs) * 1000,
+    lateness: summarize(rows.map((r) => r[2] - r[1])),
+  };
+}
+
+/** Creates far-future timers from 32 concurrent clients until `untilMs`; returns creates/s. */
+async function createLoad(mesh: Mesh, untilMs: number): Promise<number> {
+  const clients = Array.from({ length: 8 }, () => new GrpcTimerClient(`127.0.0.1:${mesh.timer.grpcPort}`));
+  let n = 0;
+  const t0 = Date.now();
+  await Promise.all(
+    Array.from({ length: 32 }, async (_, w) => {
+      while (Date.now() < untilMs) {
+        const i = n++;
+        await clients[w % 8]!.call(
+          "createTimer",
+          create(CreateTimerRequestSchema, {
+            groupId: "bench-create",
+            timerId: `c${i}`,
+            schedule: { case: "delay", value: durationFromMs(3_600_000) },
+            callback: { target: { case: "http", value: { url: mesh.receiver.url, headers: {} } } },
+          }),
+        );
+      }
+    }),
+  );
+  for (const c of clients) c.close();
+  return (n / (Date.now() - t0)) * 1000;
+}
+
+function check(r: FireRun): string {
+  const ok = r.delivered === r.expected && r.duplicates === 0 && r.early === 0;
+  return `${ok ? "ok" : "FAIL"}: ${fmtInt(r.delivered)}/${fmtInt(r.expected)}, dup ${r.duplicates}, early ${r.early}`;
+}
+
+const log = (m: string) => process.stderr.write(`[bench:mesh] ${m}\n`);
+
+async function main(): Promise<void> {
+  const saturate = Number(process.env["BENCH_SATURATE"] ?? 40_000);
+  const rate = Number(process.env["BENCH_RATE"] ?? 5_000);
+  const seconds = Number(process.env["BENCH_SECONDS"] ?? 8);
+  const counts = (process.env["BENCH_DISPATCHERS"] ?? "1,2,3").split(",").map(Number);
+  const transports = (process.env["BENCH_TRANSPORTS"] ?? "nats,http").split(",") as Transport[];
+
+  const rows: string[][] = [];
+  for (const d of counts) {
+    for (const transport of transports) {
+      log(`${d} dispatcher(s), ${transport}: saturation run of ${saturate} timers due within 1 s`);
+      const mesh = await startBenchMesh(d);
+      try {
+        const sat = await fireRun(mesh, "sat", saturate, 1_000, transport);
+        log(`  ${fmtInt(sat.firesPerSecond)} fires/s (${check(sat)}); steady run at ${rate}/s for ${seconds} s with creates alongside`);
+        let creates = 0;
+        const steady = await fireRun(mesh, "steady", rate * seconds, seconds * 1000, transport, async () => {
+          await new Promise((r) => setTimeout(r, 12_000)); // until the steady timers start firing
+          creates = await createLoad(mesh, Date.now() + seconds * 1000);
+        });
+        log(`  lateness p99 ${fmtMs(steady.lateness.p99)} ms (${check(steady)}), creates ${fmtInt(creates)}/s`);
+        rows.push([
+          String(d), transport, fmtInt(sat.firesPerSecond), check(sat), fmtInt(rate),
+          fmtMs(steady.lateness.p50), fmtMs(steady.lateness.p99), fmtMs(steady.lateness.max), check(steady), fmtInt(creates),
+        ]);
+      } finally {
+        await mesh.close();
+      }
+    }
+  }
+  console.log("\n## Mesh throughput and lateness\n");
+  console.log(renderTable(
+    ["dispatchers", "callbacks", "fires/s (saturated)", "saturated run", "steady rate/s", "lateness p50 ms", "p99 ms", "max ms", "steady run", "creates/s alongside"],
+    rows,
+  ));
+
+  if (process.env["BENCH_SKIP_KILL"] !== "1") {
+    log("failover: 3 dispatchers, 1,000 fires/s for 12 s, SIGKILL of d3 after 4 s");
+    const mesh = await startBenchMesh(3);
+    try {
+      let killedAt = 0;
+      const run = await fireRun(mesh, "kill", 12_000, 12_000, "nats", async () => {
+        await new Promise((r) => setTimeout(r, 12_000 + 4_000));
+        killedAt = Date.now();
+        mesh.dispatchers[2]!.child.kill("SIGKILL");
+      });
+      const { rows: shardRows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM timer_attempts WHERE group_id = 'kill'");
+      const lateAfterKill = await mesh.db.pool.query(
+        `SELECT max(extract(epoch FROM fired_time - fire_at))::float8 * 1000 AS worst
+           FROM timers WHERE group_id = 'kill' AND fire_at > $1`,
+        [new Date(killedAt)],
+      );
+      console.log("\n## Failover (SIGKILL of one of three dispatchers, NATS callbacks, 1,000 fires/s)\n");
+      console.log(renderTable(["timers", "delivered", "duplicates", "attempts recorded", "time until the dead member's due timers fired again (ms)"], [
+        [fmtInt(run.expected), fmtInt(run.delivered), String(run.duplicates), fmtInt(shardRows[0].n), fmtMs(lateAfterKill.rows[0].worst)],
+      ]));
+    } finally {
+      await mesh.close();
+    }
+  }
+
+  if (process.env["BENCH_SKIP_OTEL"] !== "1") {
+    const results: string[][] = [];
+    for (const [label, on] of [["off (metrics only)", false], ["on (metrics + traces exported over OTLP)", true]] as const) {
+      log(`telemetry ${label}: 3 dispatchers, NATS, saturation run`);
+      const mesh = await startBenchMesh(3, on);
+      try {
+        const r = await fireRun(mesh, "otel", saturate, 1_000, "nats");
+        results.push([label, fmtInt(r.firesPerSecond), fmtMs(r.lateness.p99), check(r)]);
+      } finally {
+        await mesh.close();
+      }
+    }
+    console.log("\n## Telemetry cost (3 dispatchers, NATS callbacks, saturated)\n");
+    console.log(renderTable(["telemetry", "fires/s", "lateness p99 ms", "run"], results));
+  }
+}
+
+if (process.argv.includes("--receiver")) {
+  void receiverMain();
+} else {
+  main().then(
+    () => process.exit(0),
+    (err) => {
+      console.error(err);
+      process.exit(1);
+    },
+  );
+}
