@@ -10,7 +10,10 @@
 //      DATABASE_URL, NATS_URL, GRPC_PORT, HTTP_PORT, LOG_LEVEL (default info) and, for the
 //      dispatcher, DISPATCHER_ID (default dispatcher-1); prefixes their output with the service
 //      name, and waits for each GET /readyz (60 s).
-//   4. Prints the endpoints and ready-to-paste grpcurl / buf curl commands.
+//   4. Prints the endpoints and ready-to-paste grpcurl / buf curl commands. The services run
+//      with bearer-token authentication: unless AUTH_TOKENS_FILE or AUTH_TOKENS is set, a
+//      development admin token is made on the first run (.data/dev-admin-token, its SHA-256 in
+//      .data/dev-auth-tokens.json, passed to every service as AUTH_TOKENS_FILE) and printed.
 //   5. Ctrl-C / SIGTERM / SIGHUP: SIGTERM to the services (SIGKILL after 10 s; a second Ctrl-C
 //      kills them at once), then stops Postgres (fast shutdown) and nats-server, exit code 0.
 //      A service, Postgres or nats-server dying on its own stops everything with exit code 1.
@@ -27,6 +30,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { readFile, rm, writeFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
+import { ensureDevAuth, type DevAuth } from "./dev-auth.js";
 import { maskDatabaseUrl, resolvePostgres } from "./embedded-postgres.js";
 import {
   REPO_ROOT,
@@ -250,8 +254,10 @@ function shellQuote(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, natsUrl: string, natsChild: boolean): void {
+function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, natsUrl: string, natsChild: boolean, auth: DevAuth): void {
   const timer = specs.find((s) => s.name === "timer")!;
+  const admin = specs.find((s) => s.name === "admin")!;
+  const header = `-H "authorization: Bearer ${auth.token ?? "$TOKEN"}"`;
   const body = JSON.stringify({
     groupId: "demo",
     timerId: "hello-1",
@@ -271,14 +277,22 @@ function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, natsUr
     ),
     `  ${"Postgres".padEnd(11)} ${maskDatabaseUrl(dbUrl)}${dbEmbedded ? "  (embedded, data in .data/postgres)" : "  (DATABASE_URL)"}`,
     `  ${"NATS".padEnd(11)} ${maskNatsUrl(natsUrl)}${natsChild ? "  (nats-server child, JetStream data in .data/nats)" : "  (existing server)"}`,
+    `  ${"Tokens".padEnd(11)} ${auth.source}`,
+    ...(auth.token
+      ? ["", "  Development admin token (any group, AdminService, DispatcherService):", "", `    export TOKEN=${auth.token}`]
+      : ["", "  Set TOKEN to one of your tokens for the commands below."]),
     "",
     "  Create a timer (the services serve gRPC reflection):",
     "",
-    `    grpcurl -plaintext -d ${shellQuote(body)} 127.0.0.1:${timer.grpcPort} ${method}`,
+    `    grpcurl -plaintext ${header} -d ${shellQuote(body)} 127.0.0.1:${timer.grpcPort} ${method}`,
     "",
     "  or, from the repo root:",
     "",
-    `    npx buf curl --protocol grpc --http2-prior-knowledge -d ${shellQuote(body)} http://127.0.0.1:${timer.grpcPort}/${method}`,
+    `    npx buf curl --protocol grpc --http2-prior-knowledge ${header} -d ${shellQuote(body)} http://127.0.0.1:${timer.grpcPort}/${method}`,
+    "",
+    "  Operate the mesh (README: Operating the mesh):",
+    "",
+    `    grpcurl -plaintext ${header} 127.0.0.1:${admin.grpcPort} admin.v1.AdminService/ListDispatchers`,
     "",
     "  Ctrl-C stops everything.",
     rule,
@@ -315,8 +329,10 @@ async function main(): Promise<void> {
     if (shutdown) return;
 
     await checkPorts(specs);
+    const auth = await ensureDevAuth(env, join(REPO_ROOT, ".data"));
     const childEnv: NodeJS.ProcessEnv = {
       ...env,
+      ...auth.env,
       DATABASE_URL: db.url,
       NATS_URL: nats.url,
       LOG_LEVEL: env.LOG_LEVEL || "info",
@@ -331,7 +347,7 @@ async function main(): Promise<void> {
 
     await Promise.all(services.map(waitReady));
     if (!shutdown) {
-      banner(specs, db.url, !!db.embedded, nats.url, !!nats.server);
+      banner(specs, db.url, !!db.embedded, nats.url, !!nats.server, auth);
       await new Promise((res) => shutdownCtl.signal.addEventListener("abort", res, { once: true }));
     }
   } catch (err) {

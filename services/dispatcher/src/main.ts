@@ -214,6 +214,7 @@ runMain(bootLog, async () => {
       membership: async () => membership.connected,
     },
     telemetry,
+    security: config.security,
     onStop: async () => {
       metrics.stop();
       // Leave the ring, hand the shards over (stop claiming, then release), then finish

@@ -83,6 +83,20 @@ export interface CommonConfig {
   tracesProtocol: "http/protobuf" | "http/json";
   /** OTEL_SERVICE_NAME, when set. */
   otelServiceName: string | undefined;
+  /** Bearer tokens and TLS of the gRPC port. */
+  security: SecurityConfig;
+}
+
+/** Authentication and TLS settings of a gRPC port. */
+export interface SecurityConfig {
+  /** AUTH_TOKENS_FILE: JSON token list, reloaded when it changes and on SIGHUP. */
+  authTokensFile: string | undefined;
+  /** AUTH_TOKENS: the same JSON inline. With neither set, authentication is off. */
+  authTokens: string | undefined;
+  /** AUTH_RELOAD_INTERVAL: how often the token file's mtime is checked. */
+  authReloadMs: number;
+  /** TLS_CERT_FILE and TLS_KEY_FILE (PEM); TLS_CLIENT_CA_FILE turns on mTLS. Undefined: plaintext. */
+  tls: { certFile: string; keyFile: string; clientCaFile: string | undefined } | undefined;
 }
 
 /** Reads the settings every service shares; ports default per service. */
@@ -97,6 +111,25 @@ export function loadCommonConfig(env: Env, ports: { grpc: number; http: number }
     logLevel: envLogLevel(env, "LOG_LEVEL", "info"),
     dbPoolMax: envInt(env, "DB_POOL_MAX", 20, 1, 1000),
     ...loadOtelConfig(env),
+    security: loadSecurityConfig(env),
+  };
+}
+
+/** Reads AUTH_* and TLS_* (the token list itself is parsed and checked by auth.ts at start). */
+export function loadSecurityConfig(env: Env): SecurityConfig {
+  const authTokensFile = envOptional(env, "AUTH_TOKENS_FILE");
+  const authTokens = envOptional(env, "AUTH_TOKENS");
+  if (authTokensFile && authTokens) throw new ConfigError("set AUTH_TOKENS_FILE or AUTH_TOKENS, not both");
+  const certFile = envOptional(env, "TLS_CERT_FILE");
+  const keyFile = envOptional(env, "TLS_KEY_FILE");
+  const clientCaFile = envOptional(env, "TLS_CLIENT_CA_FILE");
+  if (!certFile !== !keyFile) throw new ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
+  if (clientCaFile && !certFile) throw new ConfigError("TLS_CLIENT_CA_FILE (mTLS) needs TLS_CERT_FILE and TLS_KEY_FILE");
+  return {
+    authTokensFile,
+    authTokens,
+    authReloadMs: envDurationMs(env, "AUTH_RELOAD_INTERVAL", 5_000, 100, 3_600_000),
+    tls: certFile && keyFile ? { certFile, keyFile, clientCaFile } : undefined,
   };
 }
 

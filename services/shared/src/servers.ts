@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import http from "node:http";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
@@ -32,15 +33,51 @@ function isUnavailable(err: unknown): boolean {
   return code === "ECONNREFUSED" || code === "57P01" || code === "53300" || /timeout exceeded when trying to connect/i.test(String((err as Error)?.message));
 }
 
-/** Serves gRPC, gRPC-Web and Connect on one plain HTTP/2 port. */
+/** PEM material of a TLS gRPC port; with clientCa, clients must present a certificate it signed. */
+export interface TlsMaterial {
+  cert: Buffer;
+  key: Buffer;
+  clientCa?: Buffer;
+}
+
+/** Reads the PEM files named by TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE. */
+export async function readTlsMaterial(files: { certFile: string; keyFile: string; clientCaFile: string | undefined }): Promise<TlsMaterial> {
+  const read = (variable: string, path: string) =>
+    readFile(path).catch((err: Error) => {
+      throw new Error(`${variable}: cannot read ${path}: ${err.message}`);
+    });
+  return {
+    cert: await read("TLS_CERT_FILE", files.certFile),
+    key: await read("TLS_KEY_FILE", files.keyFile),
+    clientCa: files.clientCaFile ? await read("TLS_CLIENT_CA_FILE", files.clientCaFile) : undefined,
+  };
+}
+
+/**
+ * Serves gRPC, gRPC-Web and Connect on one HTTP/2 port: plaintext (h2c), or TLS when `tls` is
+ * given (HTTP/1.1 allowed too, for gRPC-Web and Connect), with client certificates required
+ * when it names a client CA (mTLS).
+ */
 export async function startGrpcServer(opts: {
   host: string;
   port: number;
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
-}): Promise<{ server: http2.Http2Server; port: number; close(): Promise<void> }> {
+  tls?: TlsMaterial;
+}): Promise<{ server: http2.Http2Server | http2.Http2SecureServer; port: number; close(): Promise<void> }> {
   const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors });
-  const server = http2.createServer(handler);
+  const tls = opts.tls;
+  const server: http2.Http2Server | http2.Http2SecureServer = tls
+    ? http2.createSecureServer(
+        {
+          cert: tls.cert,
+          key: tls.key,
+          allowHTTP1: true,
+          ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+        },
+        handler,
+      )
+    : http2.createServer(handler);
   const sessions = new Set<http2.Http2Session>();
   server.on("session", (s) => {
     sessions.add(s);

@@ -1,14 +1,17 @@
 // What every service process does around its own logic: serve gRPC (with health and
-// reflection) and HTTP, and shut down in order on SIGTERM/SIGINT.
+// reflection, bearer-token authentication, optional TLS) and HTTP, and shut down in order on
+// SIGTERM/SIGINT.
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { Authenticator, authInterceptor } from "./auth.js";
+import type { SecurityConfig } from "./env.js";
 import { HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
 import { HealthStatus, registerHealthService } from "./grpc-health.js";
 import { registerReflectionServices } from "./grpc-reflection.js";
 import type { Logger } from "./logger.js";
 import { rpcServerInterceptor } from "./telemetry/rpc.js";
 import type { Telemetry } from "./telemetry/telemetry.js";
-import { errorInterceptor, startGrpcServer, startHttpServer, type Check, type ExtraRoute } from "./servers.js";
+import { errorInterceptor, readTlsMaterial, startGrpcServer, startHttpServer, type Check, type ExtraRoute } from "./servers.js";
 
 /** A running service: its ports and how to stop it. */
 export interface RunningService {
@@ -34,16 +37,25 @@ export async function runService(opts: {
   /** Service-specific shutdown, after the gRPC server stops taking calls. */
   onStop: () => Promise<void>;
   telemetry: Telemetry;
+  /** Tokens and TLS of the gRPC port (CommonConfig.security). */
+  security: SecurityConfig;
   stopTimeoutMs?: number;
 }): Promise<RunningService> {
   const { log } = opts;
   const health = new HealthStatus();
+  const auth = await Authenticator.start(
+    { tokensFile: opts.security.authTokensFile, tokensJson: opts.security.authTokens, reloadMs: opts.security.authReloadMs },
+    log,
+  );
+  const tls = opts.security.tls ? await readTlsMaterial(opts.security.tls) : undefined;
   const grpc = await startGrpcServer({
     host: opts.host,
     port: opts.grpcPort,
+    tls,
     interceptors: [
       rpcServerInterceptor(opts.telemetry.meter, opts.telemetry.tracer, opts.telemetry.tracingEnabled),
       errorInterceptor(log),
+      authInterceptor(auth, log),
       ...(opts.interceptors ?? []),
     ],
     routes: (router) => {
@@ -85,6 +97,7 @@ export async function runService(opts: {
       }, opts.stopTimeoutMs ?? 30_000);
       deadline.unref();
       await grpc.close();
+      auth.stop();
       await opts.onStop();
       await httpServer.close();
       await opts.telemetry.shutdown().catch((err: unknown) => log.warn({ err }, "flushing telemetry failed"));
@@ -103,7 +116,10 @@ export async function runService(opts: {
       );
     });
   }
-  log.info({ grpc_port: grpc.port, http_port: httpServer.port }, `${opts.name} listening`);
+  log.info(
+    { grpc_port: grpc.port, http_port: httpServer.port, tls: tls ? (tls.clientCa ? "mtls" : "tls") : "off", auth: auth.enabled ? "on" : "off" },
+    `${opts.name} listening`,
+  );
   return { grpcPort: grpc.port, httpPort: httpServer.port, health, stop };
 }
 

@@ -14,12 +14,17 @@ export function fnv1a32(bytes: Uint8Array, seed = 0x811c9dc5): number {
   return h >>> 0;
 }
 
-/** The virtual shard of (groupId, timerId) for a mesh of shardCount shards. */
-export function shardOf(groupId: string, timerId: string, shardCount: number): number {
+/** FNV-1a 32-bit of utf8(groupId) || 0x00 || utf8(timerId): the hash a timer's shard is taken from. */
+export function timerHash(groupId: string, timerId: string): number {
   const g = encoder.encode(groupId);
   const t = encoder.encode(timerId);
   const bytes = new Uint8Array(g.length + 1 + t.length);
   bytes.set(g, 0);
   bytes.set(t, g.length + 1);
-  return fnv1a32(bytes) % shardCount;
+  return fnv1a32(bytes);
+}
+
+/** The virtual shard of (groupId, timerId) for a mesh of shardCount shards. */
+export function shardOf(groupId: string, timerId: string, shardCount: number): number {
+  return timerHash(groupId, timerId) % shardCount;
 }

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type pg from "pg";
+import { authorizeGroup } from "../../shared/src/auth.js";
 import type { Logger } from "../../shared/src/logger.js";
 import { shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
 import { shardOf } from "../../shared/src/shard.js";
@@ -39,6 +40,8 @@ const encoder = new TextEncoder();
 export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerService> {
   const { pool, config } = deps;
   const createOnce = async (req: CreateTimerRequest, ctx: HandlerContext): Promise<CreateTimerResponse> => {
+    // An empty group_id is left to validation, which names the field.
+    if (req.groupId !== "") authorizeGroup(ctx, req.groupId);
     const now = Date.now();
     let timer;
     try {
@@ -74,15 +77,17 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       }
     },
 
-    async getTimer(req) {
+    async getTimer(req, ctx) {
       const key = checkKey(req.groupId, req.timerId);
+      authorizeGroup(ctx, key.groupId);
       const row = await getTimer(pool, key.groupId, key.timerId);
       if (!row) throw notFound(key);
       return { timer: rowToTimer(row) };
     },
 
-    async cancelTimer(req) {
+    async cancelTimer(req, ctx) {
       const key = checkKey(req.groupId, req.timerId);
+      authorizeGroup(ctx, key.groupId);
       const row = await cancelTimer(pool, key.groupId, key.timerId);
       if (!row) throw notFound(key);
       if (row.state !== State.Cancelled) {
@@ -94,8 +99,9 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       return { timer: rowToTimer(row) };
     },
 
-    async listTimers(req) {
+    async listTimers(req, ctx) {
       if (req.groupId === "") throw new ConnectError("group_id is required", Code.InvalidArgument);
+      authorizeGroup(ctx, req.groupId);
       if (req.pageSize < 0 || req.pageSize > 1000) {
         throw new ConnectError("page_size must be between 1 and 1000 (0 for 100)", Code.InvalidArgument);
       }

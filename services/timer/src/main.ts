@@ -42,6 +42,7 @@ runMain(bootLog, async () => {
       nats: async () => !nats.isClosed() && nats.info !== undefined && (await nats.rtt()) >= 0,
     },
     telemetry,
+    security: config.security,
     onStop: async () => {
       metrics.stop();
       await nats.drain();

@@ -1,0 +1,110 @@
+// Tokens from a file that operators rotate (polled and on SIGHUP), and TLS / mTLS on the gRPC
+// ports, against real service processes; calls made with `buf curl` as an operator would.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { hashToken } from "../../services/shared/src/auth.js";
+import { bufCurl, bufCurlOk } from "../support/buf-curl.js";
+import { makeTestCertificates, type TestCertificates } from "../support/certificates.js";
+import { startMesh, type TestMesh } from "../support/mesh.js";
+import { startService, type ServiceProcess } from "../support/service-process.js";
+import { waitFor } from "../support/wait.js";
+
+const tokens = (entries: { name: string; token: string; groups?: string[]; admin?: boolean }[]) =>
+  JSON.stringify(entries.map(({ token, ...e }) => ({ ...e, sha256: hashToken(token) })));
+
+describe("a token file rotated while the services run", () => {
+  let dir: string;
+  let file: string;
+  let mesh: TestMesh;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "tokens-"));
+    file = join(dir, "tokens.json");
+    await writeFile(file, tokens([{ name: "ci-old", token: "old-secret", groups: ["billing"] }]));
+    mesh = await startMesh({ dispatchers: 0, env: { AUTH_TOKENS_FILE: file, AUTH_RELOAD_INTERVAL: "200ms" } });
+  });
+  after(async () => {
+    await mesh?.[Symbol.asyncDispose]();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const listBilling = (token: string) => bufCurl(mesh.timer.grpcPort, "timer.v1.TimerService/ListTimers", { groupId: "billing" }, token);
+
+  test("a rewritten file is picked up: the old token is refused, the new one accepted; a broken file keeps the tokens", async () => {
+    assert.equal((await listBilling("old-secret")).exitCode, 0);
+    await writeFile(file, tokens([{ name: "ci-new", token: "new-secret", groups: ["billing"] }]));
+    await waitFor(async () => (await listBilling("old-secret")).code === "unauthenticated", 10_000, "the old token to be refused");
+    assert.equal((await listBilling("new-secret")).exitCode, 0, "the new token is accepted");
+    const denied = await bufCurl(mesh.timer.grpcPort, "timer.v1.TimerService/ListTimers", { groupId: "payroll" }, "new-secret");
+    assert.equal(denied.code, "permission_denied");
+    assert.equal(denied.message, 'token "ci-new" may not use group "payroll"');
+
+    await writeFile(file, '[{"name": "half-written"');
+    await waitFor(() => /could not reload tokens; keeping the previous ones/.test(mesh.timer.output()), 10_000, "the broken file to be reported");
+    assert.equal((await listBilling("new-secret")).exitCode, 0, "the previous tokens stay in force");
+  });
+
+  test("SIGHUP reloads the file at once (the admin here polls only hourly)", async () => {
+    await writeFile(file, tokens([{ name: "ops-1", token: "ops-secret-1", admin: true }]));
+    await using admin = await startService("admin", { ...mesh.env, AUTH_RELOAD_INTERVAL: "1h" });
+    const listGroups = (token: string) => bufCurl(admin.grpcPort, "admin.v1.AdminService/ListGroups", {}, token);
+    assert.equal((await listGroups("ops-secret-1")).exitCode, 0);
+    await writeFile(file, tokens([{ name: "ops-2", token: "ops-secret-2", admin: true }]));
+    admin.child.kill("SIGHUP");
+    await waitFor(async () => (await listGroups("ops-secret-2")).exitCode === 0, 10_000, "the new admin token to be accepted");
+    assert.equal((await listGroups("ops-secret-1")).code, "unauthenticated");
+    assert.equal(admin.child.exitCode, null, "SIGHUP does not stop the service");
+  });
+});
+
+describe("TLS and mTLS on the gRPC ports", () => {
+  let certs: TestCertificates;
+  let mesh: TestMesh;
+  let admin: ServiceProcess;
+  const OPS = "tls-ops-secret";
+
+  before(async () => {
+    certs = await makeTestCertificates();
+    const tls = { TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CLIENT_CA_FILE: certs.caCert };
+    mesh = await startMesh({ dispatchers: 1, env: { AUTH_TOKENS: tokens([{ name: "ops", token: OPS, admin: true }]) }, dispatcherEnv: tls });
+    // The admin serves mTLS itself and calls the (mTLS) dispatcher with its certificate.
+    admin = await startService("admin", { ...mesh.env, ...tls, DISPATCHER_TLS_CA_FILE: certs.caCert });
+    await waitFor(async () => {
+      const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd1'");
+      return rows[0].n === 64;
+    }, 20_000, "d1 to own every shard");
+  });
+  after(async () => {
+    await admin?.[Symbol.asyncDispose]();
+    await mesh?.[Symbol.asyncDispose]();
+    await certs?.[Symbol.asyncDispose]();
+  });
+
+  const clientCert = () => ["--cacert", certs.caCert, "--cert", certs.clientCert, "--key", certs.clientKey];
+
+  test("the admin port speaks TLS and requires a client certificate signed by TLS_CLIENT_CA_FILE", async () => {
+    const url = `https://127.0.0.1:${admin.grpcPort}`;
+    const health = await bufCurlOk(url, "grpc.health.v1.Health/Check", {}, undefined, clientCert());
+    assert.equal(health.status, "SERVING");
+    await waitFor(async () => (await bufCurlOk(url, "admin.v1.AdminService/ListDispatchers", {}, OPS, clientCert())).dispatchers?.length === 1, 10_000, "the admin to hear the dispatcher");
+
+    const noClientCert = await bufCurl(url, "grpc.health.v1.Health/Check", {}, undefined, ["--cacert", certs.caCert]);
+    assert.notEqual(noClientCert.exitCode, 0, "without a client certificate the handshake fails");
+    assert.equal(noClientCert.json, undefined);
+    const untrusted = await bufCurl(url, "grpc.health.v1.Health/Check", {}, undefined, ["--cert", certs.clientCert, "--key", certs.clientKey]);
+    assert.notEqual(untrusted.exitCode, 0, "the server certificate is not trusted without the CA");
+    const plaintext = await bufCurl(admin.grpcPort, "grpc.health.v1.Health/Check", {});
+    assert.notEqual(plaintext.exitCode, 0, "plaintext HTTP/2 is refused");
+  });
+
+  test("DrainDispatcher reaches a dispatcher that requires mTLS (DISPATCHER_TLS_CA_FILE)", async () => {
+    const url = `https://127.0.0.1:${admin.grpcPort}`;
+    const drained = await bufCurlOk(url, "admin.v1.AdminService/DrainDispatcher", { dispatcherId: "d1" }, OPS, clientCert());
+    assert.equal(drained.releasedShards, 64);
+    const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd1'");
+    assert.equal(rows[0].n, 0, "d1 owns nothing after the drain");
+  });
+});
