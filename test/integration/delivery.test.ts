@@ -4,7 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import {
@@ -14,12 +14,12 @@ import {
   type Callback,
   type CreateTimerRequest,
   type RetryPolicy,
-  type Timer,
 } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { State } from "../../services/shared/src/timer-model.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startGrpcReceiver, startHttpReceiver, type Received } from "../support/receivers.js";
 import { waitFor } from "../support/wait.js";
+import { createAll, fireAtMsOf } from "../support/timer-client.js";
 
 const TRACEPARENT_RE = /^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/;
 
@@ -65,22 +65,6 @@ function timerReq(groupId: string, timerId: string, delayMs: number, callback: C
 /** A payload unique to the timer, with bytes that are not valid UTF-8 to catch re-encoding. */
 function payloadOf(timerId: string): Uint8Array {
   return new Uint8Array(Buffer.concat([Buffer.from(`payload:${timerId}:`), Buffer.from([0x00, 0xff, 0x80, 0x7f])]));
-}
-
-async function createAll(reqs: CreateTimerRequest[]): Promise<Map<string, Timer>> {
-  const out = new Map<string, Timer>();
-  for (let i = 0; i < reqs.length; i += 100) {
-    const res = await Promise.all(reqs.slice(i, i + 100).map((r) => mesh.client.call("createTimer", r)));
-    for (const r of res) {
-      assert.equal(r.created, true);
-      out.set(r.timer!.timerId, r.timer!);
-    }
-  }
-  return out;
-}
-
-function fireAtMsOf(t: Timer): number {
-  return timestampMs(t.fireAt!);
 }
 
 interface Row {
@@ -148,7 +132,7 @@ describe("HTTP callbacks", () => {
     const reqs = Array.from({ length: n }, (_, i) =>
       timerReq(group, `h-${String(i).padStart(3, "0")}`, 300 + Math.round((i * 3000) / n), httpCallback(rx.url, { "x-tenant": "acme", "x-seq": String(i) })),
     );
-    const timers = await createAll(reqs);
+    const timers = await createAll(mesh.client, reqs);
 
     await waitFor(() => new Set(rx.received.map((r) => r.timerId)).size >= n, 30_000, `${n} HTTP callbacks`);
     const final = await waitFinal(group, n);
@@ -208,7 +192,7 @@ describe("NATS callbacks", () => {
     await nc.flush();
     try {
       const n = 30;
-      const timers = await createAll(
+      const timers = await createAll(mesh.client, 
         Array.from({ length: n }, (_, i) => timerReq(group, `n-${i}`, 200 + i * 30, natsCallback(subject))),
       );
       await waitFor(() => new Set(got.map((m) => headerOf(m, "x-timer-id"))).size >= n, 30_000, `${n} NATS messages`);
@@ -240,7 +224,7 @@ describe("NATS callbacks", () => {
     const jsm = await jetstreamManager(nc);
     await jsm.streams.add({ name: stream, subjects: [subject] });
     const n = 30;
-    const timers = await createAll(
+    const timers = await createAll(mesh.client, 
       Array.from({ length: n }, (_, i) => timerReq(group, `j-${i}`, 200 + i * 30, natsCallback(subject, true))),
     );
     const final = await waitFinal(group, n);
@@ -270,7 +254,7 @@ describe("gRPC callbacks", () => {
     await using rx = await startGrpcReceiver();
     const group = "grpc-cb";
     const n = 30;
-    const timers = await createAll(
+    const timers = await createAll(mesh.client, 
       Array.from({ length: n }, (_, i) =>
         timerReq(group, `g-${i}`, 200 + i * 30, grpcCallback(rx.target), { labels: { tenant: "acme", seq: String(i) } }),
       ),
@@ -298,7 +282,7 @@ describe("retries and failures", () => {
   test("a receiver answering 503 gets exactly max_attempts attempts with backoff; the timer ends FAILED", async () => {
     await using rx = await startHttpReceiver(() => 503);
     const group = "retry-503";
-    const t = (await createAll([timerReq(group, "r-1", 100, httpCallback(rx.url), { retryPolicy: retryPolicy(3, 100, 2) })])).get("r-1")!;
+    const t = (await createAll(mesh.client, [timerReq(group, "r-1", 100, httpCallback(rx.url), { retryPolicy: retryPolicy(3, 100, 2) })])).get("r-1")!;
     const final = await waitFinal(group, 1);
     const row = final.get("r-1")!;
     assert.equal(row.state, State.Failed);
@@ -326,7 +310,7 @@ describe("retries and failures", () => {
   test("a receiver answering 400 gets one attempt and the timer is FAILED at once", async () => {
     await using rx = await startHttpReceiver(() => 400);
     const group = "fail-400";
-    await createAll([timerReq(group, "b-1", 100, httpCallback(rx.url), { retryPolicy: retryPolicy(5, 100, 2) })]);
+    await createAll(mesh.client, [timerReq(group, "b-1", 100, httpCallback(rx.url), { retryPolicy: retryPolicy(5, 100, 2) })]);
     const row = (await waitFinal(group, 1)).get("b-1")!;
     assert.equal(row.state, State.Failed);
     assert.equal(row.attempt, 1);
@@ -344,7 +328,7 @@ describe("retries and failures", () => {
       return n <= 2 ? 503 : 200;
     });
     const group = "retry-then-ok";
-    await createAll([timerReq(group, "s-1", 100, httpCallback(rx.url), { retryPolicy: retryPolicy(5, 100, 2) })]);
+    await createAll(mesh.client, [timerReq(group, "s-1", 100, httpCallback(rx.url), { retryPolicy: retryPolicy(5, 100, 2) })]);
     const row = (await waitFinal(group, 1)).get("s-1")!;
     assert.equal(row.state, State.Succeeded, `state ${row.state}, last error ${row.last_error}`);
     assert.equal(row.attempt, 3);
@@ -358,12 +342,12 @@ describe("cancellation", () => {
   test("a timer cancelled before its fire time never arrives", async () => {
     await using rx = await startHttpReceiver();
     const group = "cancel";
-    const cancelled = (await createAll([timerReq(group, "c-cancelled", 1000, httpCallback(rx.url))])).get("c-cancelled")!;
+    const cancelled = (await createAll(mesh.client, [timerReq(group, "c-cancelled", 1000, httpCallback(rx.url))])).get("c-cancelled")!;
     const c = await mesh.client.call("cancelTimer", { $typeName: "timer.v1.CancelTimerRequest", groupId: group, timerId: "c-cancelled" });
     assert.equal(c.timer!.state, State.Cancelled);
     // Created after the cancelled one and due after it: once it has arrived, the cancelled
     // timer's moment has passed with the dispatcher demonstrably working.
-    const witness = (await createAll([timerReq(group, "c-witness", 1500, httpCallback(rx.url))])).get("c-witness")!;
+    const witness = (await createAll(mesh.client, [timerReq(group, "c-witness", 1500, httpCallback(rx.url))])).get("c-witness")!;
     assert.ok(fireAtMsOf(witness) > fireAtMsOf(cancelled));
     await waitFor(() => rx.received.some((r) => r.timerId === "c-witness"), 30_000, "the witness timer");
     await waitFor(() => Date.now() > fireAtMsOf(cancelled) + 1000, 30_000, "well past the cancelled timer's fire time");

@@ -6,17 +6,17 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
   CallbackSchema,
   CreateTimerRequestSchema,
   type CreateTimerRequest,
-  type Timer,
 } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { State } from "../../services/shared/src/timer-model.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startHttpReceiver, type Received } from "../support/receivers.js";
 import { waitFor } from "../support/wait.js";
+import { createAll, fireAtMsOf } from "../support/timer-client.js";
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -32,22 +32,6 @@ function req(groupId: string, timerId: string, url: string, schedule: { fireAtMs
     callback: create(CallbackSchema, { target: { case: "http", value: { url, headers: {} } } }),
     payload: new TextEncoder().encode(timerId),
   });
-}
-
-async function createAll(mesh: TestMesh, reqs: CreateTimerRequest[], concurrency = 100): Promise<Map<string, Timer>> {
-  const out = new Map<string, Timer>();
-  for (let i = 0; i < reqs.length; i += concurrency) {
-    const res = await Promise.all(reqs.slice(i, i + concurrency).map((r) => mesh.client.call("createTimer", r)));
-    for (const r of res) {
-      assert.equal(r.created, true);
-      out.set(r.timer!.timerId, r.timer!);
-    }
-  }
-  return out;
-}
-
-function fireAtMsOf(t: Timer): number {
-  return timestampMs(t.fireAt!);
 }
 
 async function stateCounts(mesh: TestMesh, groupId: string): Promise<Map<number, number>> {
@@ -167,7 +151,7 @@ describe("restart after downtime", () => {
     const n = 300;
     const base = Date.now() + 300;
     const backlogReqs = Array.from({ length: n }, (_, i) => req(group, `b-${String(i).padStart(3, "0")}`, slow.url, { fireAtMs: base + i * 2 }));
-    const backlog = await createAll(mesh, shuffled(backlogReqs));
+    const backlog = await createAll(mesh.client, shuffled(backlogReqs));
     const lastFire = Math.max(...[...backlog.values()].map(fireAtMsOf));
     // Overdue beyond OVERDUE_GRACE: downtime, not a timer that is merely a little late.
     await waitFor(() => Date.now() > lastFire + 1500, 30_000, "every backlog timer to be overdue");
@@ -175,7 +159,7 @@ describe("restart after downtime", () => {
     assert.equal(rx.received.length, 0);
 
     await mesh.addDispatcher("d1", dispatcherEnv);
-    const fresh = await createAll(mesh, Array.from({ length: 5 }, (_, i) => req(group, `now-${i}`, slow.url, { delayMs: 0 })));
+    const fresh = await createAll(mesh.client, Array.from({ length: 5 }, (_, i) => req(group, `now-${i}`, slow.url, { delayMs: 0 })));
 
     await waitAllSucceeded(mesh, group, n + fresh.size, 60_000);
     const counts = countBy(rx.received, (r) => r.timerId);
@@ -220,7 +204,7 @@ describe("two dispatchers on one database", () => {
     // they both hold in memory rather than on a backlog.
     const base = Date.now() + 5000;
     const timers = await createAll(
-      mesh,
+      mesh.client,
       Array.from({ length: n }, (_, i) => req(group, `p-${String(i).padStart(4, "0")}`, rx.url, { fireAtMs: base + i * 2 })),
       200,
     );
@@ -250,7 +234,7 @@ describe("SIGTERM with deliveries in flight", () => {
     await using slow = await startSlowProxy(rx.url, 1000);
     const group = "inflight";
     const n = 20;
-    const timers = await createAll(mesh, Array.from({ length: n }, (_, i) => req(group, `f-${i}`, slow.url, { delayMs: 0 })));
+    const timers = await createAll(mesh.client, Array.from({ length: n }, (_, i) => req(group, `f-${i}`, slow.url, { delayMs: 0 })));
 
     await waitFor(() => new Set(rx.received.map((r) => r.timerId)).size >= n, 30_000, `the receiver to see all ${n} requests`);
     assert.equal(slow.answered(), 0, "the receiver should still be holding every request when SIGTERM is sent");

@@ -2,7 +2,9 @@
 // services call us.
 import * as grpc from "@grpc/grpc-js";
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { TimerService } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import assert from "node:assert/strict";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { TimerService, type CreateTimerRequest, type Timer } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 
 type Methods = typeof TimerService.method;
 type In<K extends keyof Methods> = MessageShape<Methods[K]["input"]>;
@@ -35,4 +37,22 @@ export class GrpcTimerClient {
   close(): void {
     this.client.close();
   }
+}
+
+/** Creates every timer, `concurrency` at a time, asserting each is new; the stored timers by id. */
+export async function createAll(client: GrpcTimerClient, reqs: CreateTimerRequest[], concurrency = 100): Promise<Map<string, Timer>> {
+  const out = new Map<string, Timer>();
+  for (let i = 0; i < reqs.length; i += concurrency) {
+    const res = await Promise.all(reqs.slice(i, i + concurrency).map((r) => client.call("createTimer", r)));
+    for (const r of res) {
+      assert.equal(r.created, true);
+      out.set(r.timer!.timerId, r.timer!);
+    }
+  }
+  return out;
+}
+
+/** A timer's fire_at in epoch milliseconds. */
+export function fireAtMsOf(t: Timer): number {
+  return timestampMs(t.fireAt!);
 }

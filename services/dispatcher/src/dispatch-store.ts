@@ -2,27 +2,15 @@
 // back claims whose holder died. Claims and completions are batched: one statement for many
 // timers.
 import type pg from "pg";
-import { State } from "../../shared/src/timer-model.js";
-import type { JsonValue } from "@bufbuild/protobuf";
+import { State, type TimerRow } from "../../shared/src/timer-model.js";
 import type { DueTimer } from "./due-queue.js";
 
 /** A timer claimed for delivery, with what the delivery needs. */
-export interface ClaimedTimer {
-  group_id: string;
-  timer_id: string;
-  shard: number;
-  fire_at: Date;
-  next_attempt_at: Date;
-  attempt: number;
-  callback: JsonValue;
-  payload: Buffer;
-  labels: Record<string, string>;
-  max_attempts: number;
-  initial_backoff_ms: number;
-  max_backoff_ms: number;
-  backoff_multiplier: number;
-  create_traceparent: string | null;
-}
+export type ClaimedTimer = Pick<
+  TimerRow,
+  | "group_id" | "timer_id" | "shard" | "fire_at" | "next_attempt_at" | "attempt" | "callback" | "payload" | "labels"
+  | "max_attempts" | "initial_backoff_ms" | "max_backoff_ms" | "backoff_multiplier"
+> & { create_traceparent: string | null };
 
 /** The outcome of one delivery attempt, to be written back. */
 export interface Completion {

@@ -32,28 +32,24 @@ export function instrumentPool(pool: pg.Pool, meter: Meter, tracer: Tracer, trac
     const sql = typeof args[0] === "string" ? args[0] : String((args[0] as { text?: string })?.text ?? "");
     const operation = operationOf(sql);
     const start = performance.now();
-    const observe = (ok: boolean) =>
-      duration.record((performance.now() - start) / 1000, { operation, ...(ok ? {} : { error: "true" }) });
-    if (!tracing || !trace.getActiveSpan()) {
+    const timed = async (): Promise<unknown> => {
+      let ok = false;
       try {
         const res = await original(...args);
-        observe(true);
+        ok = true;
         return res;
-      } catch (err) {
-        observe(false);
-        throw err;
+      } finally {
+        duration.record((performance.now() - start) / 1000, ok ? { operation } : { operation, error: "true" });
       }
-    }
+    };
+    if (!tracing || !trace.getActiveSpan()) return timed();
     return tracer.startActiveSpan(
-      `${operation} ${"postgresql"}`,
+      `${operation} postgresql`,
       { kind: SpanKind.CLIENT, attributes: { "db.system.name": "postgresql", "db.system": "postgresql", "db.operation.name": operation, "db.query.text": sql } },
       async (span) => {
         try {
-          const res = await original(...args);
-          observe(true);
-          return res;
+          return await timed();
         } catch (err) {
-          observe(false);
           span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
           throw err;
         } finally {

@@ -5,7 +5,7 @@
 //   http/protobuf by default, http/json when OTEL_EXPORTER_OTLP_TRACES_PROTOCOL says so; off
 //   cleanly (no-op tracer, nothing buffered) otherwise.
 import type http from "node:http";
-import { metrics, trace, type Meter, type Tracer } from "@opentelemetry/api";
+import { metrics, trace, type ContextManager, type Meter, type Tracer } from "@opentelemetry/api";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import { PrometheusExporter } from "@opentelemetry/exporter-prometheus";
 import { OTLPTraceExporter as OTLPProtoTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
@@ -57,6 +57,10 @@ export function startTelemetry(config: TelemetryConfig): Telemetry {
     metricReader: prometheus,
     spanProcessors,
     instrumentations: [],
+    // Without tracing there is no context to carry: skip the AsyncLocalStorage context manager
+    // (async hooks on every promise cost ~0.4 ms of CPU per RPC here) and the propagator.
+    // NodeSDK.start() documents null as "do not register"; its types only admit an instance.
+    ...(tracingEnabled ? {} : { contextManager: null as unknown as ContextManager, textMapPropagator: null }),
   });
   sdk.start();
   return {
