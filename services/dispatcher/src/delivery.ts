@@ -102,6 +102,10 @@ export class CallbackDeliverer {
           res.on("error", (err) => resolve({ ok: false, retryable: true, error: describe(err) }));
         },
       );
+      // `timeout` only counts socket inactivity; this bounds the whole attempt, including time
+      // spent queued for a pooled socket.
+      const deadline = setTimeout(() => req.destroy(new Error(`timed out after ${this.timeoutMs}ms`)), this.timeoutMs);
+      req.on("close", () => clearTimeout(deadline));
       req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs}ms`)));
       req.on("error", (err) => resolve({ ok: false, retryable: true, error: describe(err) }));
       req.end(body);

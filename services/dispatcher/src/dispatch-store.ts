@@ -188,8 +188,9 @@ export async function completeAttempts(
 }
 
 /**
- * Returns to SCHEDULED (due now) the timers of the given shards whose claim expired: their
- * dispatcher died or hung mid-delivery. The interrupted attempt is recorded as abandoned.
+ * Returns to SCHEDULED (due now) the timers of the given shards whose claim expired and whose
+ * dispatcher is gone (or whose claim is over five minutes stale). The interrupted attempt is
+ * recorded as abandoned.
  */
 export async function reclaimExpired(pool: pg.Pool, owner: string, shards: number[], limit: number): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
@@ -197,6 +198,12 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
      WITH x AS (
        SELECT group_id, timer_id FROM timers
         WHERE state = ${State.Firing} AND claim_expires_at < now() AND shard = ANY($1::int[])
+          -- A claim is taken back only when its dispatcher is gone (its liveness lease expired),
+          -- or as a safety net when it is absurdly old: a live dispatcher under load may hold a
+          -- claim past its TTL, and taking it back would deliver that timer twice.
+          AND (NOT EXISTS (SELECT 1 FROM dispatcher_leases d
+                            WHERE d.owner = split_part(timers.claim_owner, '#', 1) AND d.expires_at > now())
+               OR claim_expires_at < now() - interval '5 minutes')
           AND shard IN (SELECT shard FROM shard_leases WHERE owner = $3)
           AND EXISTS (SELECT 1 FROM dispatcher_leases d WHERE d.owner = $3 AND d.expires_at > now())
         ORDER BY claim_expires_at
