@@ -35,7 +35,8 @@ runMain(bootLog, async () => {
   // Claims name this process, not just the dispatcher id, so that a restart under the same id
   // can tell its predecessor's orphaned claims from its own.
   const claimOwner = `${config.dispatcherId}#${randomBytes(4).toString("hex")}`;
-  const telemetry = startServiceTelemetry("dispatcher", config.dispatcherId, config, SERVICE_VERSION);
+  // The firing path passes span contexts explicitly, so no implicit (AsyncLocalStorage) context.
+  const telemetry = startServiceTelemetry("dispatcher", config.dispatcherId, config, SERVICE_VERSION, false);
   const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, `dispatcher:${config.dispatcherId}`, config.shardCount, log, telemetry);
   const nats = await connectNats(config.natsUrl, `dispatcher:${config.dispatcherId}`, log, telemetry.meter);
   const deliverer = new CallbackDeliverer(nats, config.callbackTimeoutMs, config.maxInFlight);

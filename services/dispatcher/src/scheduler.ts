@@ -5,7 +5,7 @@
 // Two queues keep a backlog from starving the present: timers found overdue (after downtime,
 // or a lost announcement) wait in `catchUp` and may use only part of the delivery capacity
 // while timers due now are waiting in `onTime`.
-import { SpanKind, SpanStatusCode, trace, type Tracer } from "@opentelemetry/api";
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Tracer } from "@opentelemetry/api";
 import { randomTraceparent, spanContextOf, traceparentOf } from "../../shared/src/telemetry/trace-context.js";
 import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
@@ -341,24 +341,29 @@ export class Scheduler {
     if (!this.tracing) return deliver(randomTraceparent());
     const created = spanContextOf(row.create_traceparent);
     const attributes = { "timer.group_id": row.group_id, "timer.id": row.timer_id, "timer.shard": row.shard, "timer.attempt": row.attempt };
-    return this.tracer.startActiveSpan(
-      "fire timer",
-      { root: true, kind: SpanKind.INTERNAL, attributes, links: created ? [{ context: created, attributes: { "link.reason": "created by" } }] : [] },
-      async (fire) => {
-        const delivery = this.tracer.startSpan(`deliver ${transport}`, { kind: SpanKind.CLIENT, attributes: { ...attributes, "timer.transport": transport } });
-        try {
-          const result = await deliver(traceparentOf(delivery.spanContext()));
-          if (!result.ok) {
-            delivery.setStatus({ code: SpanStatusCode.ERROR, message: result.error });
-            delivery.setAttribute("timer.retryable", result.retryable);
-          }
-          return result;
-        } finally {
-          delivery.end();
-          fire.end();
-        }
-      },
+    // Parents are passed explicitly (no implicit context on this hot path).
+    const fire = this.tracer.startSpan("fire timer", {
+      root: true,
+      kind: SpanKind.INTERNAL,
+      attributes,
+      links: created ? [{ context: created, attributes: { "link.reason": "created by" } }] : [],
+    });
+    const delivery = this.tracer.startSpan(
+      `deliver ${transport}`,
+      { kind: SpanKind.CLIENT, attributes: { ...attributes, "timer.transport": transport } },
+      trace.setSpan(ROOT_CONTEXT, fire),
     );
+    try {
+      const result = await deliver(traceparentOf(delivery.spanContext()));
+      if (!result.ok) {
+        delivery.setStatus({ code: SpanStatusCode.ERROR, message: result.error });
+        delivery.setAttribute("timer.retryable", result.retryable);
+      }
+      return result;
+    } finally {
+      delivery.end();
+      fire.end();
+    }
   }
 
   /** Writes back queued outcomes; batches whatever accumulated while the previous write ran. */
