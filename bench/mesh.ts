@@ -24,6 +24,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { connect } from "@nats-io/transport-node";
 import { CreateTimerRequestSchema } from "../services/shared/src/gen/timer/v1/timer_pb.js";
 import { shardOf } from "../services/shared/src/shard.js";
+import { shardSubject, type TimerAnnouncement } from "../services/shared/src/nats.js";
 import { createTestDatabase, type TestDatabase } from "../test/support/database.js";
 import { startNats, type TestNats } from "../test/support/nats-server.js";
 import { startService, type ServiceProcess } from "../test/support/service-process.js";
@@ -151,8 +152,12 @@ async function startBenchMesh(dispatchers: number, tracing: false | number = fal
 
 type Transport = "nats" | "http";
 
-/** Inserts `n` scheduled timers due evenly over [startMs, startMs + spanMs). */
-async function insertTimers(db: TestDatabase, group: string, n: number, startMs: number, spanMs: number, transport: Transport, url: string): Promise<void> {
+/**
+ * Inserts `n` scheduled timers due evenly over [startMs, startMs + spanMs), and announces each
+ * on its shard's subject as the timer service does for timers due soon: the dispatchers'
+ * window loader has already read past them, so this is how they learn of them, as in real use.
+ */
+async function insertTimers(db: TestDatabase, nats: TestNats, group: string, n: number, startMs: number, spanMs: number, transport: Transport, url: string): Promise<void> {
   const callback = transport === "nats" ? { nats: { subject: "bench.fired" } } : { http: { url } };
   const hash = createHash("sha256").update(group).digest();
   for (let from = 0; from < n; from += 10_000) {
@@ -173,6 +178,16 @@ async function insertTimers(db: TestDatabase, group: string, n: number, startMs:
       [group, ids, shards, fireAt, JSON.stringify(callback), hash],
     );
   }
+  const nc = await connect({ servers: nats.url });
+  const enc = new TextEncoder();
+  for (let i = 0; i < n; i++) {
+    const t = `t${i}`;
+    const shard = shardOf(group, t, SHARDS);
+    const a: TimerAnnouncement = { g: group, t, s: shard, at: startMs + Math.floor((i * spanMs) / n) };
+    nc.publish(shardSubject(shard), enc.encode(JSON.stringify(a)));
+  }
+  await nc.flush();
+  await nc.close();
   // This machine's Postgres runs with autovacuum off: without this, each run would wade through
   // the dead row versions of the runs before it (every fire updates a row twice).
   await db.pool.query("VACUUM ANALYZE timers");
@@ -193,7 +208,7 @@ interface FireRun {
 
 async function fireRun(mesh: Mesh, group: string, n: number, spanMs: number, transport: Transport, during?: () => Promise<void>): Promise<FireRun> {
   const startMs = Date.now() + 12_000; // every dispatcher has loaded its part of the window by then
-  await insertTimers(mesh.db, group, n, startMs, spanMs, transport, mesh.receiver.url);
+  await insertTimers(mesh.db, mesh.nats, group, n, startMs, spanMs, transport, mesh.receiver.url);
   const rows: Row[] = [];
   const side = during?.();
   await waitFor(async () => {
