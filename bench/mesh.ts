@@ -24,7 +24,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { connect } from "@nats-io/transport-node";
 import { CreateTimerRequestSchema } from "../services/shared/src/gen/timer/v1/timer_pb.js";
 import { shardOf } from "../services/shared/src/shard.js";
-import { shardSubject, type TimerAnnouncement } from "../services/shared/src/nats.js";
+import { publishAnnouncement } from "../services/shared/src/nats.js";
 import { createTestDatabase, type TestDatabase } from "../test/support/database.js";
 import { startNats, type TestNats } from "../test/support/nats-server.js";
 import { startService, type ServiceProcess } from "../test/support/service-process.js";
@@ -179,12 +179,9 @@ async function insertTimers(db: TestDatabase, nats: TestNats, group: string, n: 
     );
   }
   const nc = await connect({ servers: nats.url });
-  const enc = new TextEncoder();
   for (let i = 0; i < n; i++) {
     const t = `t${i}`;
-    const shard = shardOf(group, t, SHARDS);
-    const a: TimerAnnouncement = { g: group, t, s: shard, at: startMs + Math.floor((i * spanMs) / n) };
-    nc.publish(shardSubject(shard), enc.encode(JSON.stringify(a)));
+    publishAnnouncement(nc, { g: group, t, s: shardOf(group, t, SHARDS), at: startMs + Math.floor((i * spanMs) / n) });
   }
   await nc.flush();
   await nc.close();

@@ -24,7 +24,7 @@ import {
 } from "../../shared/src/gen/admin/v1/admin_pb.js";
 import { TimerState } from "../../shared/src/gen/timer/v1/timer_pb.js";
 import type { Logger } from "../../shared/src/logger.js";
-import { shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
+import { publishAnnouncement } from "../../shared/src/nats.js";
 import { rowToTimer, State } from "../../shared/src/timer-model.js";
 import {
   cancelSelection,
@@ -55,7 +55,6 @@ export interface AdminDeps {
   log: Logger;
 }
 
-const encoder = new TextEncoder();
 
 /** Runs request checks, turning a RequestError into INVALID_ARGUMENT. */
 function checked<T>(parse: () => T): T {
@@ -97,9 +96,8 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
   /** Tells each retried timer's shard owner, so it fires now rather than at the next overdue scan. */
   const announce = (rows: store.SummaryRow[]) => {
     for (const r of rows) {
-      const a: TimerAnnouncement = { g: r.group_id, t: r.timer_id, s: r.shard, at: r.next_attempt_at.getTime() };
       try {
-        deps.nats.publish(shardSubject(r.shard), encoder.encode(JSON.stringify(a)));
+        publishAnnouncement(deps.nats, { g: r.group_id, t: r.timer_id, s: r.shard, at: r.next_attempt_at.getTime() });
       } catch (err) {
         // The timer is due in Postgres; its owner's overdue scan finds it.
         deps.log.warn({ err, group_id: r.group_id, timer_id: r.timer_id }, "could not announce a retried timer");

@@ -92,13 +92,6 @@ export class DueQueue {
     return n;
   }
 
-  /** Counts held timers per shard. */
-  countByShard(): Map<number, number> {
-    const m = new Map<number, number>();
-    for (const s of this.heap) m.set(s.shard, (m.get(s.shard) ?? 0) + 1);
-    return m;
-  }
-
   private removeAt(i: number): Slot {
     const s = this.heap[i]!;
     const last = this.heap.pop()!;

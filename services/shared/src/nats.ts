@@ -1,4 +1,4 @@
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, type MsgHdrs, type NatsConnection } from "@nats-io/transport-node";
 import type { Meter } from "@opentelemetry/api";
 import type { Logger } from "./logger.js";
 
@@ -6,9 +6,6 @@ import type { Logger } from "./logger.js";
 export function shardSubject(shard: number): string {
   return `timers.shard.${shard}`;
 }
-
-/** Wildcard covering every shard subject. */
-export const ALL_SHARDS_SUBJECT = "timers.shard.*";
 
 /** Dispatcher heartbeats (JSON: id, grpc, version, started, draining). */
 export const HEARTBEAT_SUBJECT = "mesh.dispatchers.heartbeat";
@@ -28,6 +25,16 @@ export interface TimerAnnouncement {
   t: string; // timer_id
   s: number; // shard
   at: number; // next attempt, epoch ms
+}
+
+const announcementEncoder = new TextEncoder();
+
+/**
+ * Publishes a timer's announcement on its shard's subject (the one wire format for it).
+ * Throws when the connection is closed; callers treat that as "the poll will find it".
+ */
+export function publishAnnouncement(nc: NatsConnection, a: TimerAnnouncement, headers?: MsgHdrs): void {
+  nc.publish(shardSubject(a.s), announcementEncoder.encode(JSON.stringify(a)), headers ? { headers } : undefined);
 }
 
 /**

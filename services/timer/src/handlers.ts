@@ -4,7 +4,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type pg from "pg";
 import { authorizeGroup } from "../../shared/src/auth.js";
 import type { Logger } from "../../shared/src/logger.js";
-import { shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
+import { publishAnnouncement, shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
 import { shardOf } from "../../shared/src/shard.js";
 import { rowToTimer, State } from "../../shared/src/timer-model.js";
 import {
@@ -33,8 +33,6 @@ export interface TimerDeps {
   metrics: TimerMetrics;
   tracer: Tracer;
 }
-
-const encoder = new TextEncoder();
 
 /** The timer.v1.TimerService implementation: validate, store, announce. */
 export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerService> {
@@ -140,7 +138,7 @@ function announce(deps: TimerDeps, a: TimerAnnouncement): void {
   try {
     const h = natsHeaders();
     injectInto((k, v) => h.set(k, v), trace.setSpan(context.active(), span));
-    deps.nats.publish(subject, encoder.encode(JSON.stringify(a)), { headers: h });
+    publishAnnouncement(deps.nats, a, h);
   } catch (err) {
     // The timer is stored; its owner's poll finds it. Announcing only makes it faster.
     deps.log.warn({ err, group_id: a.g, timer_id: a.t, shard: a.s }, "could not announce timer over NATS");

@@ -83,44 +83,37 @@ async function insertBatch(pool: pg.Pool, batch: Pending[]): Promise<void> {
       batch.map((p) => p.traceparent ?? null),
     ],
   );
-  const inserted = new Map<string, TimerRow & { request_hash: Buffer }>();
-  for (const r of rows as (TimerRow & { request_hash: Buffer })[]) inserted.set(key(r.group_id, r.timer_id), r);
+  type StoredRow = TimerRow & { request_hash: Buffer };
+  const stored = new Map<string, StoredRow>();
+  for (const r of rows as StoredRow[]) stored.set(key(r.group_id, r.timer_id), r);
 
-  // Keys that were already stored (a replay, a conflict, or a duplicate within this batch).
-  const missing = batch.filter((p) => !claimInserted(inserted, p));
-  let existing = new Map<string, TimerRow & { request_hash: Buffer }>();
-  if (missing.length > 0) {
-    const found = await pool.query<TimerRow & { request_hash: Buffer }>(
+  // Keys this INSERT did not write were stored before (a replay or a conflict): read them.
+  const before = batch.filter((p) => !stored.has(key(p.timer.groupId, p.timer.timerId)));
+  if (before.length > 0) {
+    const found = await pool.query<StoredRow>(
       `-- find_existing_timers
      SELECT ${TIMER_COLUMNS}, request_hash FROM timers
         WHERE (group_id, timer_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
-      [missing.map((p) => p.timer.groupId), missing.map((p) => p.timer.timerId)],
+      [before.map((p) => p.timer.groupId), before.map((p) => p.timer.timerId)],
     );
-    existing = new Map(found.rows.map((r) => [key(r.group_id, r.timer_id), r]));
+    for (const r of found.rows) stored.set(key(r.group_id, r.timer_id), r);
   }
+
+  // The first request for a key that this INSERT wrote created it; any later one in the same
+  // batch, and every request for a key stored before, is compared with the stored row.
+  const createdHere = new Set(rows.map((r) => key(r.group_id, r.timer_id)));
   for (const p of batch) {
     const k = key(p.timer.groupId, p.timer.timerId);
-    const mine = inserted.get(k);
-    if (mine && (mine as { _owner?: Pending })._owner === p) {
-      p.resolve({ row: mine, created: true, conflict: false });
-      continue;
-    }
-    const row = existing.get(k) ?? mine;
+    const row = stored.get(k);
     if (!row) {
       // Stored a moment ago and purged since: vanishingly rare; the caller may retry.
       p.reject(new Error(`timer ${k} vanished between insert and read`));
-      continue;
+    } else if (createdHere.delete(k)) {
+      p.resolve({ row, created: true, conflict: false });
+    } else {
+      p.resolve({ row, created: false, conflict: !row.request_hash.equals(p.timer.requestHash) });
     }
-    p.resolve({ row, created: false, conflict: !row.request_hash.equals(p.timer.requestHash) });
   }
-}
-
-// The first request in a batch for a key owns the inserted row; later ones are replays of it.
-function claimInserted(inserted: Map<string, TimerRow & { _owner?: Pending }>, p: Pending): boolean {
-  const row = inserted.get(key(p.timer.groupId, p.timer.timerId));
-  if (!row || row._owner) return false;
-  row._owner = p;
-  return true;
 }
 
 function key(g: string, t: string): string {
