@@ -29,7 +29,7 @@ export async function startService(
   const httpPort = env["HTTP_PORT"] ? Number(env["HTTP_PORT"]) : await freePort();
   const child = spawn(process.execPath, ["--import", "tsx", `services/${name}/src/main.ts`], {
     cwd: root,
-    env: { PATH: process.env["PATH"] ?? "", LOG_LEVEL: "info", ...env, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), BIND_HOST: "127.0.0.1" },
+    env: { PATH: process.env["PATH"] ?? "", LOG_LEVEL: "info", ...testDefaults(env), ...env, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), BIND_HOST: "127.0.0.1" },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -76,4 +76,17 @@ export async function startService(
     }
   }
   return proc;
+}
+
+/**
+ * What a test service gets unless the test says otherwise: no tokens (explicitly: a service
+ * without token configuration refuses to start), and callbacks allowed to loopback receivers,
+ * the only addresses tests send traffic to.
+ */
+function testDefaults(env: Record<string, string>): Record<string, string> {
+  const hasTokens = env["AUTH_TOKENS"] !== undefined || env["AUTH_TOKENS_FILE"] !== undefined;
+  return {
+    ...(hasTokens ? {} : { AUTH_DISABLED: "true" }),
+    CALLBACK_ALLOWED_NETWORKS: "127.0.0.0/8,::1/128",
+  };
 }
