@@ -19,12 +19,13 @@ import { fork, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import http from "node:http";
 import { fileURLToPath } from "node:url";
-import { create } from "@bufbuild/protobuf";
+import { create, type JsonValue } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { connect } from "@nats-io/transport-node";
 import { CreateTimerRequestSchema } from "../services/shared/src/gen/timer/v1/timer_pb.js";
 import { shardOf } from "../services/shared/src/shard.js";
-import { publishAnnouncement } from "../services/shared/src/nats.js";
+import { destinationOfJson } from "../services/shared/src/callback-destination.js";
+import { publishAnnouncement } from "../services/shared/src/mesh-messages.js";
 import { createTestDatabase, type TestDatabase } from "../test/support/database.js";
 import { startNats, type TestNats } from "../test/support/nats-server.js";
 import { startService, type ServiceProcess } from "../test/support/service-process.js";
@@ -45,7 +46,7 @@ async function receiverMain(): Promise<void> {
   const rows: Row[] = [];
   const record = (id: string | undefined, fireAt: string | undefined, attempt: string | undefined) =>
     rows.push([id ?? "", Date.parse(fireAt ?? ""), Date.now(), Number(attempt ?? 0)]);
-  const nc = await connect({ servers: process.env["BENCH_NATS_URL"]! });
+  const nc = await connect({ servers: process.env["BENCH_NATS_URL"]!, user: "operator", pass: process.env["BENCH_NATS_PASSWORD"]! });
   nc.subscribe("bench.fired", {
     callback: (_err, msg) => {
       record(msg.headers?.get("x-timer-id"), msg.headers?.get("x-timer-fire-at"), msg.headers?.get("x-timer-attempt"));
@@ -80,11 +81,11 @@ interface Receiver {
   close(): void;
 }
 
-async function startReceiver(natsUrl: string): Promise<Receiver> {
+async function startReceiver(nats: TestNats): Promise<Receiver> {
   const child: ChildProcess = fork(SELF, ["--receiver"], {
     cwd: ROOT,
     execArgv: ["--import", "tsx"],
-    env: { ...process.env, BENCH_NATS_URL: natsUrl },
+    env: { ...process.env, BENCH_NATS_URL: nats.url, BENCH_NATS_PASSWORD: nats.passwords.operator },
     stdio: ["ignore", "inherit", "inherit", "ipc"],
   });
   const port = await new Promise<number>((resolve, reject) => {
@@ -118,18 +119,20 @@ interface Mesh {
 async function startBenchMesh(dispatchers: number, tracing: false | number = false): Promise<Mesh> {
   const db = await createTestDatabase("bench");
   const nats = await startNats();
-  const receiver = await startReceiver(nats.url);
+  const receiver = await startReceiver(nats);
   // Tracing exports every span over OTLP to a sink in the receiver process (as to a collector).
   // `tracing` is the head-sampling ratio of new traces (parentbased_traceidratio).
   const otel: Record<string, string> =
     tracing === false
       ? { OTEL_SDK_DISABLED: "true" }
       : { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.otlp, OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: String(tracing) };
-  const common = { DATABASE_URL: db.url, NATS_URL: nats.url, LOG_LEVEL: "warn", SHARD_COUNT: String(SHARDS), ...otel };
-  const timer = await startService("timer", common);
+  const common = { DATABASE_URL: db.url, LOG_LEVEL: "warn", SHARD_COUNT: String(SHARDS), ...otel };
+  // All creates come from one caller ("anonymous"): lift the per-token create rate (CREATE_RATE_PER_TOKEN,
+  // 1,000/s by default) so the bench measures the mesh, not the limit.
+  const timer = await startService("timer", { ...common, ...nats.serviceEnv("timer"), CREATE_RATE_PER_TOKEN: "1000000", CREATE_BURST_PER_TOKEN: "1000000" });
   const ds: ServiceProcess[] = [];
   for (let i = 1; i <= dispatchers; i++) {
-    ds.push(await startService("dispatcher", { ...common, DISPATCHER_ID: `d${i}`, CLAIM_BATCH: "1000", DB_POOL_MAX: "10" }));
+    ds.push(await startService("dispatcher", { ...common, ...nats.serviceEnv("dispatcher"), DISPATCHER_ID: `d${i}`, CLAIM_BATCH: "1000", DB_POOL_MAX: "10" }));
   }
   await waitFor(async () => {
     const { rows } = await db.pool.query("SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL");
@@ -158,7 +161,7 @@ type Transport = "nats" | "http";
  * window loader has already read past them, so this is how they learn of them, as in real use.
  */
 async function insertTimers(db: TestDatabase, nats: TestNats, group: string, n: number, startMs: number, spanMs: number, transport: Transport, url: string): Promise<void> {
-  const callback = transport === "nats" ? { nats: { subject: "bench.fired" } } : { http: { url } };
+  const callback: JsonValue = transport === "nats" ? { nats: { subject: "bench.fired" } } : { http: { url } };
   const hash = createHash("sha256").update(group).digest();
   for (let from = 0; from < n; from += 10_000) {
     const ids: string[] = [];
@@ -178,10 +181,12 @@ async function insertTimers(db: TestDatabase, nats: TestNats, group: string, n: 
       [group, ids, shards, fireAt, JSON.stringify(callback), hash],
     );
   }
-  const nc = await connect({ servers: nats.url });
+  // As the timer service, with its NATS user (only it and the admin may announce).
+  const nc = await nats.connectAs("timer");
+  const destination = destinationOfJson(callback);
   for (let i = 0; i < n; i++) {
     const t = `t${i}`;
-    publishAnnouncement(nc, { g: group, t, s: shardOf(group, t, SHARDS), at: startMs + Math.floor((i * spanMs) / n) });
+    publishAnnouncement(nc, { groupId: group, timerId: t, shard: shardOf(group, t, SHARDS), dueMs: startMs + Math.floor((i * spanMs) / n), destination });
   }
   await nc.flush();
   await nc.close();

@@ -1,16 +1,27 @@
-// NATS for local runs: use an existing server (NATS_URL, or one on 127.0.0.1:4222), or start
-// `nats-server` with JetStream as a child process. Also holds the small process and port
-// helpers that scripts/embedded-postgres.ts and scripts/start.ts share.
+// NATS for local runs: use the server NATS_URL names, or start `nats-server` with JetStream and
+// the mesh's users and permissions (infra/nats/nats.conf) as a child process. Also holds the
+// small process and port helpers that scripts/embedded-postgres.ts and scripts/start.ts share.
 //
-//   await using nats = await resolveNats({ log: console.log });   // nats.url
-//   await using server = await startNatsServer({ port: 0 });      // always a child
+//   await using nats = await resolveNats({ log: console.log });   // nats.url, nats.serviceEnv("timer")
+//   await using server = await startNatsServer({ port: 0, passwords: randomPasswords() });
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, readFile, rm } from "node:fs/promises";
+import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, Socket } from "node:net";
 import { delimiter, dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { redactUrl } from "../services/shared/src/redact.js";
+import {
+  NATS_CONFIG_FILE,
+  NATS_USERS,
+  passwordVariable,
+  randomPasswords,
+  serverPasswordEnv,
+  serviceNatsEnv,
+  type NatsPasswords,
+  type ServicePasswords,
+} from "./nats-users.js";
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -198,29 +209,23 @@ export function getFreePort(host = "127.0.0.1"): Promise<number> {
 // NATS
 // ---------------------------------------------------------------------------------------------
 
-export const DEFAULT_NATS_URL = "nats://127.0.0.1:4222";
-
 /** How to get NATS, for when it is needed and nats-server is not on PATH. */
-export function natsInstallHint(probed4222 = true): string {
+export function natsInstallHint(): string {
   return [
-    probed4222
-      ? "NATS is required (nats-server with JetStream): NATS_URL is not set, nothing answers on"
-      : "NATS is required (nats-server with JetStream): START_NATS_CHILD=1 is set, so the server on",
-    probed4222
-      ? "nats://127.0.0.1:4222, and `nats-server` is not on PATH. Either:"
-      : "nats://127.0.0.1:4222 was not considered, and `nats-server` is not on PATH. Either:",
+    "NATS is required (nats-server with JetStream): NATS_URL is not set and `nats-server` is not on PATH. Either:",
     "  - install it:  apt-get install nats-server   (Debian/Ubuntu)",
     "                 brew install nats-server      (macOS)",
     "                 or a release from https://github.com/nats-io/nats-server/releases",
-    "    and run `npm start` again (it then starts nats-server for you), or",
-    "  - point at a running server:  NATS_URL=nats://host:4222 npm start",
+    "    and run `npm start` again (it then starts nats-server for you, with infra/nats/nats.conf), or",
+    "  - point at a running server:  NATS_URL=nats://host:4222 npm start  (with NATS_TIMER_PASSWORD,",
+    "    NATS_DISPATCHER_PASSWORD, NATS_ADMIN_PASSWORD and NATS_CALLBACKS_PASSWORD when it runs infra/nats/nats.conf)",
   ].join("\n");
 }
 
 export class NatsServerNotFoundError extends Error {
   override name = "NatsServerNotFoundError";
-  constructor(probed4222 = true) {
-    super(natsInstallHint(probed4222));
+  constructor() {
+    super(natsInstallHint());
   }
 }
 
@@ -238,12 +243,12 @@ export function natsHostPorts(natsUrl: string): Array<{ host: string; port: numb
 
 /** NATS_URL with user/password/token replaced by ****. */
 export function maskNatsUrl(natsUrl: string): string {
-  return natsUrl.replace(/(\/\/)([^@/]+)@/g, (_m, slashes: string, auth: string) =>
-    auth.includes(":") ? `${slashes}${auth.slice(0, auth.indexOf(":"))}:****@` : `${slashes}****@`,
-  );
+  return redactUrl(natsUrl);
 }
 
 export interface NatsServerOptions {
+  /** Passwords of the users of infra/nats/nats.conf, which the server runs with. */
+  passwords: NatsPasswords;
   /** nats-server executable; default: `nats-server` found on PATH. */
   bin?: string;
   /** Listen address; default 127.0.0.1. */
@@ -318,8 +323,8 @@ function natsGreets(host: string, port: number, timeoutMs = 1000): Promise<boole
   });
 }
 
-/** Starts nats-server with JetStream as a child process and waits until it accepts clients. */
-export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
+/** Starts nats-server with JetStream and infra/nats/nats.conf as a child process and waits until it accepts clients. */
+export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServer> {
   const log = opts.log ?? (() => {});
   const host = opts.host ?? "127.0.0.1";
   const bin = opts.bin ?? findOnPath("nats-server");
@@ -338,10 +343,14 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     log(`port ${wanted} is taken; starting nats-server on ${port} instead`);
   }
 
-  const args = ["-js", "-sd", storeDir, "-a", host, "-p", String(port), "-P", pidFile];
+  const args = ["-c", NATS_CONFIG_FILE, "-js", "-sd", storeDir, "-a", host, "-p", String(port), "-P", pidFile];
   // Own process group: a Ctrl-C in the terminal reaches only the supervisor, which stops the
-  // services first and NATS after them.
-  const child = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"], detached: true });
+  // services first and NATS after them. The passwords reach nats.conf through its environment.
+  const child = spawn(bin, args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+    env: { PATH: process.env.PATH ?? "", ...serverPasswordEnv(opts.passwords) },
+  });
   const exited = exitOf(child);
   const recent = lineBuffer();
   const serverLog = opts.serverLog ?? (() => {});
@@ -390,59 +399,109 @@ export interface NatsHandle extends AsyncDisposable {
   readonly url: string;
   /** Set when we started nats-server ourselves. */
   readonly server?: NatsServer;
+  /** How the services authenticate, for the banner. */
+  readonly credentials: string;
+  /** NATS_URL, and NATS_USER/NATS_PASSWORD (plus CALLBACK_NATS_* for the dispatcher) when there are users. */
+  serviceEnv(service: "timer" | "dispatcher" | "admin"): Record<string, string>;
   /** Stops the child server, if we started one. */
   stop(): Promise<void>;
 }
 
+/** The services' users that npm start hands out (the operator's password is the operator's own). */
+const SERVICE_USERS = NATS_USERS.filter((u) => u !== "operator");
+
+/**
+ * The passwords of nats-server children of `npm start`: made on the first run and kept in
+ * <dataDir>/nats-passwords.json (mode 0600), so a restarted child and its JetStream data keep
+ * working with the same users.
+ */
+export async function ensureNatsPasswords(dataDir: string): Promise<NatsPasswords> {
+  const file = join(dataDir, "nats-passwords.json");
+  try {
+    const stored = JSON.parse(await readFile(file, "utf8")) as Partial<NatsPasswords>;
+    if (NATS_USERS.every((u) => typeof stored[u] === "string" && stored[u] !== "")) {
+      await chmod(file, 0o600);
+      return stored as NatsPasswords;
+    }
+  } catch {
+    // first run, or the file was removed or edited: make new ones
+  }
+  const passwords = randomPasswords();
+  await mkdir(dataDir, { recursive: true });
+  await writeFile(file, JSON.stringify(passwords, null, 2) + "\n", { mode: 0o600 });
+  await chmod(file, 0o600);
+  return passwords;
+}
+
 /**
  * Finds NATS the way `npm start` does:
- *   1. NATS_URL set: use it (fails unless one of its servers accepts TCP connections);
- *   2. nats://127.0.0.1:4222 reachable: use it (skipped when START_NATS_CHILD=1);
- *   3. otherwise start `nats-server -js` as a child on NATS_PORT (default 4222, or a free port
- *      when that is taken), storing JetStream data in .data/nats.
+ *   1. NATS_URL set: use it (fails unless one of its servers accepts TCP connections). When it
+ *      runs infra/nats/nats.conf, NATS_TIMER_PASSWORD, NATS_DISPATCHER_PASSWORD,
+ *      NATS_ADMIN_PASSWORD and NATS_CALLBACKS_PASSWORD give each service its own user; with none
+ *      of them the services connect without credentials (a server without authorization).
+ *   2. otherwise start `nats-server -js -c infra/nats/nats.conf` as a child on NATS_PORT
+ *      (default 4222, or a free port when that is taken), storing JetStream data in .data/nats,
+ *      with passwords made on the first run (.data/nats-passwords.json). A server already on
+ *      4222 is not used: it would not enforce the mesh's permissions.
  * Throws NatsServerNotFoundError when it would need nats-server and there is none.
  */
 export async function resolveNats(
-  opts: { env?: Env; log?: Log; storeDir?: string; signal?: AbortSignal; serverLog?: Log } = {},
+  opts: { env?: Env; log?: Log; storeDir?: string; dataDir?: string; signal?: AbortSignal; serverLog?: Log } = {},
 ): Promise<NatsHandle> {
   const env = opts.env ?? process.env;
   const log = opts.log ?? (() => {});
   const noop = async () => {};
 
   if (env.NATS_URL) {
+    const url = env.NATS_URL;
     let targets: Array<{ host: string; port: number }>;
     try {
-      targets = natsHostPorts(env.NATS_URL);
+      targets = natsHostPorts(url);
     } catch {
-      throw new Error(`NATS_URL is not a valid URL: ${maskNatsUrl(env.NATS_URL)}`);
+      throw new Error(`NATS_URL is not a valid URL: ${maskNatsUrl(url)}`);
     }
+    const given = SERVICE_USERS.filter((u) => env[passwordVariable(u)]);
+    if (given.length > 0 && given.length < SERVICE_USERS.length) {
+      const missing = SERVICE_USERS.filter((u) => !env[passwordVariable(u)]).map(passwordVariable);
+      throw new Error(`NATS_URL is set with some service passwords but not ${missing.join(", ")}: set all four, or none for a server without authorization`);
+    }
+    const passwords = given.length > 0 ? (Object.fromEntries(SERVICE_USERS.map((u) => [u, env[passwordVariable(u)]!])) as ServicePasswords) : undefined;
     for (const t of targets) {
-      if (await canConnect(t.host, t.port, 3000)) return { url: env.NATS_URL, stop: noop, [Symbol.asyncDispose]: noop };
+      if (await canConnect(t.host, t.port, 3000)) {
+        return {
+          url,
+          credentials: passwords
+            ? "users timer, dispatcher, admin, callbacks (passwords from NATS_*_PASSWORD)"
+            : "no credentials (NATS_*_PASSWORD not set): the server must run without authorization, and tenant callbacks share the mesh's connection",
+          serviceEnv: (service) => ({ NATS_URL: url, ...(passwords ? serviceNatsEnv(service, passwords) : {}) }),
+          stop: noop,
+          [Symbol.asyncDispose]: noop,
+        };
+      }
     }
     throw new Error(
-      `NATS_URL=${maskNatsUrl(env.NATS_URL)} is not reachable (no TCP connection to ` +
+      `NATS_URL=${maskNatsUrl(url)} is not reachable (no TCP connection to ` +
         `${targets.map((t) => `${t.host}:${t.port}`).join(", ")}). Start that server or unset NATS_URL.`,
     );
   }
 
   const storeDir = resolve(opts.storeDir ?? join(REPO_ROOT, ".data", "nats"));
-  const forceChild = env.START_NATS_CHILD === "1";
-  if (!forceChild) {
-    // An orphan of a killed earlier run may hold 4222; stop it before deciding.
-    await reapOrphanNats(join(storeDir, "nats-server.pid"), log);
-    if (await canConnect("127.0.0.1", 4222)) {
-      return { url: DEFAULT_NATS_URL, stop: noop, [Symbol.asyncDispose]: noop };
-    }
-  }
-
   const bin = env.NATS_SERVER_BIN || findOnPath("nats-server", env);
-  if (!bin) throw new NatsServerNotFoundError(!forceChild);
+  if (!bin) throw new NatsServerNotFoundError();
   let port = 4222;
   if (env.NATS_PORT) {
     port = Number(env.NATS_PORT);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`NATS_PORT must be a port number, got "${env.NATS_PORT}"`);
   }
-  log(`starting ${bin} with JetStream (store ${storeDir})`);
-  const server = await startNatsServer({ bin, port, storeDir, log, serverLog: opts.serverLog, signal: opts.signal });
-  return { url: server.url, server, stop: server.stop, [Symbol.asyncDispose]: server.stop };
+  const passwords = await ensureNatsPasswords(resolve(opts.dataDir ?? join(REPO_ROOT, ".data")));
+  log(`starting ${bin} with JetStream and infra/nats/nats.conf (store ${storeDir})`);
+  const server = await startNatsServer({ bin, port, storeDir, passwords, log, serverLog: opts.serverLog, signal: opts.signal });
+  return {
+    url: server.url,
+    server,
+    credentials: "users of infra/nats/nats.conf (passwords in .data/nats-passwords.json)",
+    serviceEnv: (service) => ({ NATS_URL: server.url, ...serviceNatsEnv(service, passwords) }),
+    stop: server.stop,
+    [Symbol.asyncDispose]: server.stop,
+  };
 }

@@ -1,15 +1,19 @@
 // `npm start`: runs the whole system locally.
 //
 //   1. NATS (looked for first, so that a missing nats-server fails fast): NATS_URL if set (must
-//      be reachable), else nats://127.0.0.1:4222 if it accepts connections, else `nats-server -js`
-//      as a child on NATS_PORT (default 4222, or a free port when taken; data in .data/nats).
-//      START_NATS_CHILD=1 skips the 4222 probe and always starts the child.
+//      be reachable; NATS_TIMER_PASSWORD, NATS_DISPATCHER_PASSWORD, NATS_ADMIN_PASSWORD and
+//      NATS_CALLBACKS_PASSWORD give each service its own user there, none of them means a server
+//      without authorization), else `nats-server -js -c infra/nats/nats.conf` as a child on
+//      NATS_PORT (default 4222, or a free port when taken; data in .data/nats, passwords made on
+//      the first run in .data/nats-passwords.json). Each service connects as its own user.
 //   2. Postgres: DATABASE_URL if set (must connect), else an embedded server (cluster in
 //      .data/postgres, port EMBEDDED_PG_PORT=54329) with database "timers".
 //   3. Spawns timer, dispatcher and admin (`node --import tsx services/<name>/src/main.ts`) with
 //      DATABASE_URL, NATS_URL, GRPC_PORT, HTTP_PORT, LOG_LEVEL (default info) and, for the
 //      dispatcher, DISPATCHER_ID (default dispatcher-1); prefixes their output with the service
-//      name, and waits for each GET /readyz (60 s).
+//      name, and waits for each GET /readyz (60 s). Callbacks may reach this machine's loopback
+//      receivers: CALLBACK_ALLOWED_NETWORKS defaults to 127.0.0.0/8,::1/128 here (a deployment
+//      refuses loopback, private and link-local callback addresses unless it opens them).
 //   4. Prints the endpoints and ready-to-paste grpcurl / buf curl commands. The services run
 //      with bearer-token authentication: unless AUTH_TOKENS_FILE or AUTH_TOKENS is set, a
 //      development admin token is made on the first run (.data/dev-admin-token, its SHA-256 in
@@ -44,6 +48,7 @@ import {
   NatsServerNotFoundError,
   processInfo,
   resolveNats,
+  type NatsHandle,
   signalProcess,
   sleep,
   stopChild,
@@ -53,6 +58,8 @@ import {
 const READY_TIMEOUT_MS = 60_000;
 const SERVICE_STOP_TIMEOUT_MS = 10_000;
 const PIDS_FILE = join(REPO_ROOT, ".data", "services.pids");
+/** Local development sends callbacks to receivers on this machine. */
+const DEV_CALLBACK_NETWORKS = "127.0.0.0/8,::1/128";
 
 interface ServiceSpec {
   name: "timer" | "dispatcher" | "admin";
@@ -254,7 +261,7 @@ function shellQuote(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, natsUrl: string, natsChild: boolean, auth: DevAuth): void {
+function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, nats: NatsHandle, auth: DevAuth): void {
   const timer = specs.find((s) => s.name === "timer")!;
   const admin = specs.find((s) => s.name === "admin")!;
   const header = `-H "authorization: Bearer ${auth.token ?? "$TOKEN"}"`;
@@ -276,8 +283,10 @@ function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, natsUr
       (s) => `  ${s.name.padEnd(11)} gRPC 127.0.0.1:${String(s.grpcPort).padEnd(6)} HTTP http://127.0.0.1:${s.httpPort}  (/readyz)`,
     ),
     `  ${"Postgres".padEnd(11)} ${maskDatabaseUrl(dbUrl)}${dbEmbedded ? "  (embedded, data in .data/postgres)" : "  (DATABASE_URL)"}`,
-    `  ${"NATS".padEnd(11)} ${maskNatsUrl(natsUrl)}${natsChild ? "  (nats-server child, JetStream data in .data/nats)" : "  (existing server)"}`,
+    `  ${"NATS".padEnd(11)} ${maskNatsUrl(nats.url)}${nats.server ? "  (nats-server child, JetStream data in .data/nats)" : "  (NATS_URL)"}`,
+    `  ${"NATS users".padEnd(11)} ${nats.credentials}`,
     `  ${"Tokens".padEnd(11)} ${auth.source}`,
+    `  ${"Callbacks".padEnd(11)} ${env.CALLBACK_ALLOWED_NETWORKS ? `public addresses and CALLBACK_ALLOWED_NETWORKS=${env.CALLBACK_ALLOWED_NETWORKS}` : `public and loopback addresses (development default CALLBACK_ALLOWED_NETWORKS=${DEV_CALLBACK_NETWORKS})`}`,
     ...(auth.token
       ? ["", "  Development admin token (any group, AdminService, DispatcherService):", "", `    export TOKEN=${auth.token}`]
       : ["", "  Set TOKEN to one of your tokens for the commands below."]),
@@ -316,7 +325,10 @@ async function main(): Promise<void> {
       resources.push({ name: "nats-server", stop: nats.stop });
       watchExit("nats-server", nats.server.exited);
     }
-    say(`NATS: ${maskNatsUrl(nats.url)}${nats.server ? ` (nats-server child, pid ${nats.server.child.pid})` : " (existing server)"}`);
+    say(`NATS: ${maskNatsUrl(nats.url)}${nats.server ? ` (nats-server child, pid ${nats.server.child.pid})` : " (NATS_URL)"}; ${nats.credentials}`);
+    if (!nats.server && nats.credentials.startsWith("no credentials")) {
+      complain("WARNING: NATS_URL is set without NATS_*_PASSWORD: the services connect without credentials and tenant callbacks can publish on the mesh's subjects");
+    }
     if (shutdown) return;
 
     say(env.DATABASE_URL ? "checking DATABASE_URL" : "starting the embedded Postgres");
@@ -330,15 +342,17 @@ async function main(): Promise<void> {
 
     await checkPorts(specs);
     const auth = await ensureDevAuth(env, join(REPO_ROOT, ".data"));
+    // Each service gets its own NATS user and nothing of the others' (no NATS_*_PASSWORD).
+    const natsPasswordVariables = /^NATS_[A-Z]+_PASSWORD$|^(CALLBACK_)?NATS_(USER|PASSWORD)$/;
     const childEnv: NodeJS.ProcessEnv = {
-      ...env,
+      ...Object.fromEntries(Object.entries(env).filter(([k]) => !natsPasswordVariables.test(k))),
       ...auth.env,
       DATABASE_URL: db.url,
-      NATS_URL: nats.url,
       LOG_LEVEL: env.LOG_LEVEL || "info",
+      CALLBACK_ALLOWED_NETWORKS: env.CALLBACK_ALLOWED_NETWORKS || DEV_CALLBACK_NETWORKS,
     };
     for (const spec of specs) {
-      const svc = spawnService(spec, childEnv);
+      const svc = spawnService(spec, { ...childEnv, ...(spec.name === "admin" ? auth.adminEnv : {}), ...nats.serviceEnv(spec.name) });
       services.push(svc);
       say(`started ${spec.name} (pid ${svc.child.pid}): gRPC :${spec.grpcPort}, HTTP :${spec.httpPort}`);
     }
@@ -347,7 +361,7 @@ async function main(): Promise<void> {
 
     await Promise.all(services.map(waitReady));
     if (!shutdown) {
-      banner(specs, db.url, !!db.embedded, nats.url, !!nats.server, auth);
+      banner(specs, db.url, !!db.embedded, nats, auth);
       await new Promise((res) => shutdownCtl.signal.addEventListener("abort", res, { once: true }));
     }
   } catch (err) {

@@ -19,14 +19,18 @@ import { waitFor } from "../support/wait.js";
 const SHARDS = 64;
 const OPS = "ops-7f3c9a2e41b0d6";
 const BILLING = "billing-0c8e5d1f92a47b";
+/** The admin service's own token for dispatchers (DISPATCHER_TOKEN). */
+const ADMIN_SERVICE = "admin-service-5b1e07c3d9";
 const TOKENS = JSON.stringify([
   { name: "ops", sha256: hashToken(OPS), admin: true },
+  { name: "admin-service", sha256: hashToken(ADMIN_SERVICE), admin: true },
   { name: "ci-billing", sha256: hashToken(BILLING), groups: ["billing", "orders-*"] },
 ]);
 const ADMIN = "admin.v1.AdminService";
 const ADMIN_METHODS = [
   "ListDispatchers", "ListShards", "DrainDispatcher", "RebalanceShards", "PauseGroup", "ResumeGroup", "ListGroups",
   "ListFailedTimers", "RetryTimers", "CancelTimers", "PurgeTimers", "ExplainTimer", "GetStats", "ListAuditEvents",
+  "SetGroupQuota", "ListGroupQuotas",
 ];
 
 let mesh: TestMesh;
@@ -46,7 +50,7 @@ before(async () => {
   });
   // OVERDUE_GRACE is short so a resumed group's timers are picked up quickly.
   mesh = await startMesh({ dispatchers: 3, env: { SHARD_COUNT: String(SHARDS), AUTH_TOKENS: TOKENS, OVERDUE_GRACE: "500ms" } });
-  admin = await startService("admin", { ...mesh.env });
+  admin = await startService("admin", { ...mesh.envFor("admin"), DISPATCHER_TOKEN: ADMIN_SERVICE });
   await waitFor(async () => {
     const { rows } = await mesh.db.pool.query("SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL");
     return rows[0].owners === 3 && rows[0].n === SHARDS;

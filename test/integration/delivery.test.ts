@@ -5,7 +5,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import {
   CallbackSchema,
@@ -174,7 +174,8 @@ describe("HTTP callbacks", () => {
 describe("NATS callbacks", () => {
   let nc: NatsConnection;
   before(async () => {
-    nc = await connect({ servers: mesh.nats.url });
+    // The test's own subscriptions and streams: the operator user (full rights).
+    nc = await mesh.nats.connectAs("operator");
   });
   after(async () => {
     await nc?.close();

@@ -7,6 +7,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { CreateTimerRequestSchema } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { METRICS } from "../../services/shared/src/telemetry/metric-names.js";
+import { HEARTBEAT_SUBJECT } from "../../services/shared/src/mesh-messages.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startHttpReceiver } from "../support/receivers.js";
 import { startOtlpReceiver, type ExportedSpan } from "../support/otlp-receiver.js";
@@ -29,7 +30,7 @@ before(async () => {
   failing = await startHttpReceiver(() => 500);
   const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json" };
   mesh = await startMesh({ dispatchers: 1, env: otel, timerEnv: { ACTIVE_TIMERS_REFRESH: "1s" } });
-  admin = await startService("admin", { ...mesh.env });
+  admin = await startService("admin", { ...mesh.envFor("admin") });
 });
 after(async () => {
   await admin?.[Symbol.asyncDispose]();
@@ -61,13 +62,25 @@ describe("metrics", () => {
     await mesh.client.call("createTimer", timer("m-ok", receiver.url, 50));
     await mesh.client.call("createTimer", timer("m-fail", failing.url, 50));
     await assert.rejects(mesh.client.call("createTimer", timer("bad id", receiver.url, 50)));
+    // One malformed heartbeat (sent as a dispatcher may), for mesh_messages_dropped_total.
+    const asDispatcher = await mesh.nats.connectAs("dispatcher");
+    asDispatcher.publish(HEARTBEAT_SUBJECT, new TextEncoder().encode("not a heartbeat"));
+    await asDispatcher.flush();
+    await asDispatcher.close();
     await waitFor(() => receiver.received.some((r) => r.timerId === "m-ok") && failing.received.length > 0, 15_000, "deliveries");
     const ports = { timer: mesh.timer.httpPort, dispatcher: mesh.dispatchers[0]!.httpPort, admin: admin.httpPort };
     // One RPC served by each of the others, so their RPC histograms have a series.
     await dispatcherClient(mesh.dispatchers[0]!.grpcPort).getStatus({});
     const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${admin.grpcPort}` }));
     assert.equal((await health.check({ service: "" })).status, HealthCheckResponse_ServingStatus.SERVING);
-    await waitFor(async () => /^timer_executions_total 2$/m.test(await scrape(ports.dispatcher)) && /active_timers_total\{/.test(await scrape(ports.timer)), 20_000, "counters and refreshed gauges");
+    await waitFor(
+      async () =>
+        /^timer_executions_total 2$/m.test(await scrape(ports.dispatcher)) &&
+        /active_timers_total\{/.test(await scrape(ports.timer)) &&
+        /^mesh_messages_dropped_total\{/m.test(await scrape(ports.admin)),
+      20_000,
+      "counters and refreshed gauges",
+    );
     for (const [name, spec] of Object.entries(METRICS)) {
       for (const service of spec.services) {
         const text = await scrape(ports[service]);

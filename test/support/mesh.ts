@@ -1,5 +1,5 @@
 // The whole system for one test file: a fresh database, a private nats-server, the timer
-// service and N dispatchers, each a real process.
+// service and N dispatchers, each a real process, each connecting to NATS as its own user.
 import { createTestDatabase, type TestDatabase } from "./database.js";
 import { startNats, type TestNats } from "./nats-server.js";
 import { startService, type ServiceProcess } from "./service-process.js";
@@ -12,8 +12,10 @@ export interface TestMesh extends AsyncDisposable {
   timer: ServiceProcess;
   dispatchers: ServiceProcess[];
   client: GrpcTimerClient;
-  /** Environment every service gets (DATABASE_URL, NATS_URL, SHARD_COUNT...). */
+  /** Environment every service gets (DATABASE_URL, NATS_URL, SHARD_COUNT...), without NATS credentials. */
   env: Record<string, string>;
+  /** `env` plus the service's own NATS user: what to start one more service of that kind with. */
+  envFor(service: "timer" | "dispatcher" | "admin"): Record<string, string>;
   /** Starts one more dispatcher with the given id. */
   addDispatcher(id: string, env?: Record<string, string>): Promise<ServiceProcess>;
 }
@@ -28,13 +30,14 @@ export async function startMesh(opts: {
   const db = await createTestDatabase();
   const nats = await startNats();
   const env = { DATABASE_URL: db.url, NATS_URL: nats.url, SHARD_COUNT: "64", ...opts.env };
+  const envFor = (service: "timer" | "dispatcher" | "admin") => ({ ...env, ...nats.serviceEnv(service) });
   const started: ServiceProcess[] = [];
   try {
-    const timer = await startService("timer", { ...env, ...opts.timerEnv });
+    const timer = await startService("timer", { ...envFor("timer"), ...opts.timerEnv });
     started.push(timer);
     const dispatchers: ServiceProcess[] = [];
     const addDispatcher = async (id: string, extra: Record<string, string> = {}) => {
-      const d = await startService("dispatcher", { ...env, DISPATCHER_ID: id, ...opts.dispatcherEnv, ...extra });
+      const d = await startService("dispatcher", { ...envFor("dispatcher"), DISPATCHER_ID: id, ...opts.dispatcherEnv, ...extra });
       dispatchers.push(d);
       started.push(d);
       return d;
@@ -48,6 +51,7 @@ export async function startMesh(opts: {
       dispatchers,
       client,
       env,
+      envFor,
       addDispatcher,
       async [Symbol.asyncDispose]() {
         client.close();

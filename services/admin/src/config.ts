@@ -1,4 +1,5 @@
-import { envDurationMs, envOptional, loadCommonConfig, type CommonConfig } from "../../shared/src/env.js";
+import { ConfigError, envDurationMs, envOptional, loadCommonConfig, type CommonConfig } from "../../shared/src/env.js";
+import { loadListPageMaxBytes } from "../../shared/src/page-bytes.js";
 
 /** The admin service's settings, from the environment. */
 export interface AdminConfig extends CommonConfig {
@@ -14,6 +15,15 @@ export interface AdminConfig extends CommonConfig {
    * Unset: dispatchers are called in plaintext.
    */
   dispatcherTlsCaFile: string | undefined;
+  /**
+   * The admin service's own bearer token for calls to dispatchers (an admin token in their
+   * token list): DISPATCHER_TOKEN inline, or DISPATCHER_TOKEN_FILE (read at every call, so a
+   * rotated secret is picked up). The operator's own token is never forwarded. Neither set:
+   * dispatchers are called without a token, which only dispatchers with AUTH_DISABLED accept.
+   */
+  dispatcherToken: { inline: string } | { file: string } | undefined;
+  /** LIST_PAGE_MAX_BYTES: a ListFailedTimers page stops before this many bytes (at least one timer). */
+  listPageMaxBytes: number;
 }
 
 /** Reads and validates the admin service's environment. */
@@ -24,5 +34,15 @@ export function loadAdminConfig(env: Record<string, string | undefined>): AdminC
     rebalanceWaitMs: envDurationMs(env, "REBALANCE_WAIT", 1_000, 50, 60_000),
     dispatcherCallTimeoutMs: envDurationMs(env, "DISPATCHER_CALL_TIMEOUT", 30_000, 100, 600_000),
     dispatcherTlsCaFile: envOptional(env, "DISPATCHER_TLS_CA_FILE"),
+    dispatcherToken: loadDispatcherToken(env),
+    listPageMaxBytes: loadListPageMaxBytes(env),
   };
+}
+
+function loadDispatcherToken(env: Record<string, string | undefined>): AdminConfig["dispatcherToken"] {
+  const inline = envOptional(env, "DISPATCHER_TOKEN");
+  const file = envOptional(env, "DISPATCHER_TOKEN_FILE");
+  if (inline && file) throw new ConfigError("set DISPATCHER_TOKEN or DISPATCHER_TOKEN_FILE, not both");
+  if (inline !== undefined && /\s/.test(inline)) throw new ConfigError("DISPATCHER_TOKEN must not contain white space");
+  return inline ? { inline } : file ? { file } : undefined;
 }

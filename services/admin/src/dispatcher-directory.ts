@@ -1,9 +1,13 @@
 // The admin's view of the live dispatchers: it listens to the same heartbeats and goodbyes the
 // dispatchers exchange (services/dispatcher/src/membership.ts), without heartbeating itself,
 // and forgets a dispatcher silent for longer than MEMBER_TTL, as the dispatchers do.
+//
+// Only the `dispatcher` NATS user may publish heartbeats (infra/nats/nats.conf), and each is
+// decoded and checked (mesh-messages.ts) before its address is believed: the admin calls that
+// address with its own credential (DrainDispatcher).
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import type { Logger } from "../../shared/src/logger.js";
-import { HEARTBEAT_SUBJECT, LEAVE_SUBJECT } from "../../shared/src/nats.js";
+import type { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
+import { decodeHeartbeat, decodeLeave, HEARTBEAT_SUBJECT, LEAVE_SUBJECT } from "../../shared/src/mesh-messages.js";
 
 /** A dispatcher as its last heartbeat describes it. */
 export interface HeardDispatcher {
@@ -26,12 +30,11 @@ export class DispatcherDirectory {
   private readonly members = new Map<string, HeardDispatcher>();
   private readonly leftAt = new Map<string, number>();
   private subs: Subscription[] = [];
-  private readonly decoder = new TextDecoder();
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly memberTtlMs: number,
-    private readonly log: Logger,
+    private readonly drops: MeshMessageDrops,
   ) {}
 
   /** Starts listening to heartbeats and goodbyes. */
@@ -40,31 +43,29 @@ export class DispatcherDirectory {
       this.nc.subscribe(HEARTBEAT_SUBJECT, {
         callback: (err, msg) => {
           if (err) return;
-          try {
-            const hb = JSON.parse(this.decoder.decode(msg.data)) as { id: string; grpc: string; version: string; started: number; draining: boolean };
-            if (typeof hb.id !== "string" || hb.id === "") return;
-            const now = Date.now();
-            const left = this.leftAt.get(hb.id);
-            if (left !== undefined && now - left < this.memberTtlMs) return; // a heartbeat overtaken by its goodbye
-            this.members.set(hb.id, {
-              id: hb.id,
-              address: String(hb.grpc ?? ""),
-              version: String(hb.version ?? ""),
-              startedAtMs: Number(hb.started) || 0,
-              draining: hb.draining === true,
-              lastSeenMs: now,
-            });
-          } catch (e) {
-            this.log.warn({ err: e }, "ignoring malformed heartbeat");
-          }
+          const decoded = decodeHeartbeat(msg.data);
+          if (!decoded.ok) return this.drops.drop(HEARTBEAT_SUBJECT, decoded.reason);
+          const hb = decoded.value;
+          const now = Date.now();
+          const left = this.leftAt.get(hb.dispatcherId);
+          if (left !== undefined && now - left < this.memberTtlMs) return; // a heartbeat overtaken by its goodbye
+          this.members.set(hb.dispatcherId, {
+            id: hb.dispatcherId,
+            address: hb.grpcAddress,
+            version: hb.version,
+            startedAtMs: hb.startedAtMs,
+            draining: hb.draining,
+            lastSeenMs: now,
+          });
         },
       }),
       this.nc.subscribe(LEAVE_SUBJECT, {
         callback: (err, msg) => {
           if (err) return;
-          const id = this.decoder.decode(msg.data);
-          this.leftAt.set(id, Date.now());
-          this.members.delete(id);
+          const leave = decodeLeave(msg.data);
+          if (!leave.ok) return this.drops.drop(LEAVE_SUBJECT, leave.reason);
+          this.leftAt.set(leave.value, Date.now());
+          this.members.delete(leave.value);
         },
       }),
     );

@@ -1,10 +1,12 @@
 import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
-import { createLogger } from "../../shared/src/logger.js";
+import { createLogger, type Logger } from "../../shared/src/logger.js";
 import { startServiceTelemetry } from "../../shared/src/telemetry/telemetry.js";
 import { SERVICE_VERSION } from "../../shared/src/version.js";
 import { ConfigError } from "../../shared/src/env.js";
 import { openDatabase } from "../../shared/src/db.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
 import { connectNats } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
 import { AdminService, file_admin_v1_admin } from "../../shared/src/gen/admin/v1/admin_pb.js";
@@ -31,6 +33,24 @@ async function dispatcherTls(config: AdminConfig): Promise<DispatcherTls | undef
   };
 }
 
+/**
+ * The admin's own token for dispatchers, read at every call from DISPATCHER_TOKEN_FILE so that a
+ * rotated secret is used at once. An unreadable file fails the call, naming the variable.
+ */
+function dispatcherTokenSource(config: AdminConfig, log: Logger): () => Promise<string | undefined> {
+  const source = config.dispatcherToken;
+  if (!source) return async () => undefined;
+  if ("inline" in source) return async () => source.inline;
+  return async () => {
+    try {
+      return (await readFile(source.file, "utf8")).trim() || undefined;
+    } catch (err) {
+      log.error({ err, variable: "DISPATCHER_TOKEN_FILE" }, "cannot read the admin's dispatcher token");
+      throw new ConnectError(`DISPATCHER_TOKEN_FILE of the admin service cannot be read`, Code.FailedPrecondition);
+    }
+  };
+}
+
 runMain(bootLog, async () => {
   let config;
   try {
@@ -43,13 +63,26 @@ runMain(bootLog, async () => {
   const telemetry = startServiceTelemetry("admin", `admin-${hostname()}-${process.pid}`, config, SERVICE_VERSION);
   const tls = await dispatcherTls(config);
   const pool = await openDatabase(config.databaseUrl, Math.min(config.dbPoolMax, 5), "admin", config.shardCount, log, telemetry);
-  const nats = await connectNats(config.natsUrl, "admin", log, telemetry.meter);
-  const directory = new DispatcherDirectory(nats, config.memberTtlMs, log);
+  const dispatcherToken = dispatcherTokenSource(config, log);
+  await dispatcherToken(); // an unreadable DISPATCHER_TOKEN_FILE stops the start, not the first drain
+  if (!config.dispatcherToken) {
+    log.warn("DISPATCHER_TOKEN is not set: DrainDispatcher works only against dispatchers with AUTH_DISABLED=true");
+  }
+  const nats = await connectNats(config.natsUrl, config.natsCredentials, "admin", log, telemetry.meter);
+  const drops = new MeshMessageDrops(telemetry.meter, log);
+  const directory = new DispatcherDirectory(nats, config.memberTtlMs, drops);
   directory.start();
   const control = new MeshControl(
     nats,
-    { rebalanceWaitMs: config.rebalanceWaitMs, callTimeoutMs: config.dispatcherCallTimeoutMs, tls },
+    {
+      rebalanceWaitMs: config.rebalanceWaitMs,
+      callTimeoutMs: config.dispatcherCallTimeoutMs,
+      tls,
+      dispatcherToken,
+      shardCount: config.shardCount,
+    },
     log,
+    drops,
   );
   await runService({
     name: "admin",
@@ -70,6 +103,7 @@ runMain(bootLog, async () => {
           auditor: new Auditor(pool, log),
           shardCount: config.shardCount,
           memberTtlMs: config.memberTtlMs,
+          listPageMaxBytes: config.listPageMaxBytes,
           log,
         }),
       ),
@@ -79,6 +113,7 @@ runMain(bootLog, async () => {
     },
     telemetry,
     security: config.security,
+    grpcMaxRequestBytes: config.grpcMaxRequestBytes,
     onStop: async () => {
       directory.stop();
       await nats.drain();

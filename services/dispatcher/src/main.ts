@@ -8,7 +8,16 @@ import { SERVICE_VERSION } from "../../shared/src/version.js";
 import { createDispatcherMetrics } from "./dispatcher-metrics.js";
 import { ConfigError } from "../../shared/src/env.js";
 import { openDatabase } from "../../shared/src/db.js";
-import { connectNats, REBALANCE_SUBJECT, shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
+import { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
+import {
+  ANNOUNCEMENT_SUBJECTS,
+  decodeAnnouncement,
+  decodeRebalanceRequest,
+  encodeRebalanceReply,
+  REBALANCE_SUBJECT,
+  shardSubject,
+} from "../../shared/src/mesh-messages.js";
+import { connectNats } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
 import { DispatcherService, file_dispatcher_v1_dispatcher } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
 import { loadDispatcherConfig } from "./config.js";
@@ -38,13 +47,32 @@ runMain(bootLog, async () => {
   // The firing path passes span contexts explicitly, so no implicit (AsyncLocalStorage) context.
   const telemetry = startServiceTelemetry("dispatcher", config.dispatcherId, config, SERVICE_VERSION, false);
   const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, `dispatcher:${config.dispatcherId}`, config.shardCount, log, telemetry);
-  const nats = await connectNats(config.natsUrl, `dispatcher:${config.dispatcherId}`, log, telemetry.meter);
-  const deliverer = new CallbackDeliverer(nats, config.callbackTimeoutMs, config.maxInFlight);
+  // Two NATS connections: the mesh's own (membership, announcements, rebalance) and one for
+  // tenant callbacks, whose user may publish only outside the mesh's subjects
+  // (infra/nats/nats.conf), so no callback subject can speak for the mesh.
+  const nats = await connectNats(config.natsUrl, config.natsCredentials, `dispatcher:${config.dispatcherId}`, log, telemetry.meter);
+  let callbackNats = nats;
+  if (config.callbackNatsCredentials) {
+    callbackNats = await connectNats(config.natsUrl, config.callbackNatsCredentials, `dispatcher:${config.dispatcherId}:callbacks`, log);
+  } else {
+    log.warn(
+      "NATS_USER and CALLBACK_NATS_USER are not set: tenant callbacks are published on the mesh's own, unrestricted " +
+        "NATS connection, so a callback subject can reach the mesh's subjects. Run NATS with infra/nats/nats.conf and " +
+        "set NATS_USER/NATS_PASSWORD and CALLBACK_NATS_USER/CALLBACK_NATS_PASSWORD outside local development.",
+    );
+  }
+  const drops = new MeshMessageDrops(telemetry.meter, log);
+  const deliverer = new CallbackDeliverer({
+    nats: callbackNats,
+    timeoutMs: config.callbackTimeoutMs,
+    maxSockets: config.maxInFlight,
+    egress: config.egress,
+    tenantSubjects: config.tenantSubjects,
+  });
+  log.info({ egress: config.egress.describe(), natsSubjects: config.tenantSubjects.describe() }, "callback policy");
 
   // Announcements of new near-term timers arrive on one subject per owned shard.
   const shardSubs = new Map<number, Subscription>();
-  const decoder = new TextDecoder();
-  const encoder = new TextEncoder();
   const subscribeShard = (shard: number) => {
     if (shardSubs.has(shard)) return;
     shardSubs.set(
@@ -53,11 +81,10 @@ runMain(bootLog, async () => {
         callback: (err, msg) => {
           if (err) return log.warn({ err, shard }, "announcement subscription error");
           const receive = () => {
-            try {
-              scheduler.announce(JSON.parse(decoder.decode(msg.data)) as TimerAnnouncement);
-            } catch (e) {
-              log.warn({ err: e, subject: msg.subject }, "ignoring malformed announcement");
-            }
+            // Checked here, so nothing malformed ever reaches a claim batch.
+            const a = decodeAnnouncement(msg.data, shard, config.shardCount);
+            if (!a.ok) return drops.drop(ANNOUNCEMENT_SUBJECTS, a.reason);
+            scheduler.announce(a.value);
           };
           if (!telemetry.tracingEnabled) return receive();
           const parent = extractFrom((k) => msg.headers?.get(k) || undefined);
@@ -117,12 +144,15 @@ runMain(bootLog, async () => {
       maxHeld: config.maxHeld,
       claimTtlMs: config.claimLeadMs + config.callbackTimeoutMs + 5_000,
       catchUpShare: config.catchUpShare,
+      groupShare: config.groupShare,
+      destinationShare: config.destinationShare,
     },
     log,
     {
       fired: (lateMs) => metrics.fired(lateMs),
       attempted: (transport, result) => metrics.attempted(transport, result),
       finished: (ok) => metrics.finished(ok),
+      claimDropped: () => metrics.claimDropped(),
     },
     telemetry.tracer,
     telemetry.tracingEnabled,
@@ -133,6 +163,7 @@ runMain(bootLog, async () => {
     { id: config.dispatcherId, grpcAddress: config.advertiseAddress, version: SERVICE_VERSION, startedAtMs: startTimeMs },
     { heartbeatMs: config.heartbeatMs, memberTtlMs: config.memberTtlMs },
     log,
+    drops,
   );
   let draining = false;
   const metrics = createDispatcherMetrics(telemetry.meter, pool, config.shardCount, {
@@ -141,6 +172,8 @@ runMain(bootLog, async () => {
     timersInMemory: () => scheduler.held,
     deliveriesInFlight: () => scheduler.deliveriesInFlight,
     dueNotStarted: () => scheduler.dueNotStarted(),
+    timersParked: () => scheduler.parked,
+    timersParkedTotal: () => scheduler.parkedTotal,
   }, log);
   const reassign = () => {
     const mine = draining ? [] : shardsOf(config.dispatcherId, membership.activeIds(), config.shardCount);
@@ -153,18 +186,21 @@ runMain(bootLog, async () => {
   const control = nats.subscribe(REBALANCE_SUBJECT, {
     callback: (err, msg) => {
       if (err) return;
-      try {
-        const req = JSON.parse(decoder.decode(msg.data)) as { undrain?: string[] };
-        if (draining && (req.undrain ?? []).includes(config.dispatcherId)) {
-          draining = false;
-          membership.setDraining(false);
-          log.info("resumed taking shards after drain");
+      const req = decodeRebalanceRequest(msg.data);
+      if (!req.ok) return drops.drop(REBALANCE_SUBJECT, req.reason);
+      if (draining && req.value.undrain.includes(config.dispatcherId)) {
+        draining = false;
+        membership.setDraining(false);
+        log.info("resumed taking shards after drain");
+      }
+      reassign();
+      void leases.tick();
+      if (msg.reply) {
+        try {
+          msg.respond(encodeRebalanceReply({ dispatcherId: config.dispatcherId, draining, ownedShards: leases.owned().length }));
+        } catch (e) {
+          log.warn({ err: e }, "could not answer a rebalance request");
         }
-        reassign();
-        void leases.tick();
-        if (msg.reply) msg.respond(encoder.encode(JSON.stringify({ id: config.dispatcherId, draining, owned: leases.owned().length })));
-      } catch (e) {
-        log.warn({ err: e }, "ignoring malformed rebalance request");
       }
     },
   });
@@ -212,10 +248,12 @@ runMain(bootLog, async () => {
     checks: {
       postgres: async () => (await pool.query("SELECT 1")).rowCount === 1,
       nats: async () => !nats.isClosed() && (await nats.rtt()) >= 0,
+      ...(callbackNats !== nats ? { nats_callbacks: async () => !callbackNats.isClosed() && (await callbackNats.rtt()) >= 0 } : {}),
       membership: async () => membership.connected,
     },
     telemetry,
     security: config.security,
+    grpcMaxRequestBytes: config.grpcMaxRequestBytes,
     onStop: async () => {
       metrics.stop();
       // Leave the ring, hand the shards over (stop claiming, then release), then finish
@@ -227,6 +265,7 @@ runMain(bootLog, async () => {
       for (const s of [...shardSubs.keys()]) unsubscribeShard(s);
       await scheduler.stop(config.shutdownTimeoutMs);
       deliverer.close();
+      if (callbackNats !== nats) await callbackNats.drain();
       await nats.drain();
       await pool.end();
     },

@@ -6,10 +6,21 @@
 // While our own connection to NATS is down we hear no one, ourselves included; rather than
 // conclude that everyone died, the view is frozen until our own heartbeats come back, so
 // the shards we hold keep firing (their leases in Postgres still fence them).
+//
+// Heartbeats and goodbyes are mesh.v1 messages, decoded and checked by mesh-messages.ts; one
+// that does not fit is dropped and counted, never taken as a member or a departure.
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "../../shared/src/logger.js";
-import { HEARTBEAT_SUBJECT, LEAVE_SUBJECT } from "../../shared/src/nats.js";
-
+import type { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
+import {
+  decodeHeartbeat,
+  decodeLeave,
+  encodeHeartbeat,
+  encodeLeave,
+  HEARTBEAT_SUBJECT,
+  LEAVE_SUBJECT,
+  type Heartbeat,
+} from "../../shared/src/mesh-messages.js";
 
 /** A dispatcher as its heartbeats describe it. */
 export interface Member {
@@ -23,14 +34,6 @@ export interface Member {
   lastSeenMs: number;
 }
 
-interface Heartbeat {
-  id: string;
-  grpc: string;
-  version: string;
-  started: number;
-  draining: boolean;
-}
-
 /** This dispatcher's view of the live members. */
 export class Membership {
   private readonly members = new Map<string, Member>();
@@ -41,14 +44,13 @@ export class Membership {
   private lastActive = "";
   private readonly listeners: (() => void)[] = [];
   private draining = false;
-  private readonly encoder = new TextEncoder();
-  private readonly decoder = new TextDecoder();
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly self: { id: string; grpcAddress: string; version: string; startedAtMs: number },
     private readonly opts: { heartbeatMs: number; memberTtlMs: number },
     private readonly log: Logger,
+    private readonly drops: MeshMessageDrops,
   ) {
     this.members.set(self.id, { ...self, draining: false, lastSeenMs: Date.now() });
   }
@@ -59,17 +61,17 @@ export class Membership {
       this.nc.subscribe(HEARTBEAT_SUBJECT, {
         callback: (err, msg) => {
           if (err) return;
-          try {
-            this.onHeartbeat(JSON.parse(this.decoder.decode(msg.data)) as Heartbeat);
-          } catch (e) {
-            this.log.warn({ err: e }, "ignoring malformed heartbeat");
-          }
+          const hb = decodeHeartbeat(msg.data);
+          if (!hb.ok) return this.drops.drop(HEARTBEAT_SUBJECT, hb.reason);
+          this.onHeartbeat(hb.value);
         },
       }),
       this.nc.subscribe(LEAVE_SUBJECT, {
         callback: (err, msg) => {
           if (err) return;
-          const id = this.decoder.decode(msg.data);
+          const leave = decodeLeave(msg.data);
+          if (!leave.ok) return this.drops.drop(LEAVE_SUBJECT, leave.reason);
+          const id = leave.value;
           if (id === this.self.id) return;
           this.leftAt.set(id, Date.now());
           if (this.members.delete(id)) {
@@ -121,7 +123,7 @@ export class Membership {
   async leave(): Promise<void> {
     clearInterval(this.timer);
     try {
-      this.nc.publish(LEAVE_SUBJECT, this.encoder.encode(this.self.id));
+      this.nc.publish(LEAVE_SUBJECT, encodeLeave(this.self.id));
       await this.nc.flush();
     } catch (err) {
       this.log.warn({ err }, "could not announce leave; the others will expire this member");
@@ -132,14 +134,14 @@ export class Membership {
 
   private beat(): void {
     const hb: Heartbeat = {
-      id: this.self.id,
-      grpc: this.self.grpcAddress,
+      dispatcherId: this.self.id,
+      grpcAddress: this.self.grpcAddress,
       version: this.self.version,
-      started: this.self.startedAtMs,
+      startedAtMs: this.self.startedAtMs,
       draining: this.draining,
     };
     try {
-      this.nc.publish(HEARTBEAT_SUBJECT, this.encoder.encode(JSON.stringify(hb)));
+      this.nc.publish(HEARTBEAT_SUBJECT, encodeHeartbeat(hb));
     } catch {
       // Closed or reconnecting: the view freezes (see connected) until NATS is back.
     }
@@ -147,23 +149,24 @@ export class Membership {
 
   private onHeartbeat(hb: Heartbeat): void {
     const now = Date.now();
-    if (hb.id === this.self.id) {
+    const id = hb.dispatcherId;
+    if (id === this.self.id) {
       this.lastSelfEchoMs = now;
       this.members.get(this.self.id)!.lastSeenMs = now;
       return;
     }
-    const left = this.leftAt.get(hb.id);
+    const left = this.leftAt.get(id);
     if (left !== undefined && now - left < this.opts.memberTtlMs) return; // a heartbeat overtaken by its goodbye
-    const known = this.members.get(hb.id);
-    this.members.set(hb.id, {
-      id: hb.id,
-      grpcAddress: hb.grpc,
+    const known = this.members.get(id);
+    this.members.set(id, {
+      id,
+      grpcAddress: hb.grpcAddress,
       version: hb.version,
-      startedAtMs: hb.started,
+      startedAtMs: hb.startedAtMs,
       draining: hb.draining,
       lastSeenMs: now,
     });
-    if (!known) this.log.info({ member: hb.id }, "member joined");
+    if (!known) this.log.info({ member: id }, "member joined");
     if (!known || known.draining !== hb.draining) this.changed();
   }
 

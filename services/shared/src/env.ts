@@ -1,5 +1,6 @@
 // The only module that reads process.env. Each service's config.ts describes its settings with
 // these parsers; a bad value stops the process at start with a message naming the variable.
+import { redactUrl } from "./redact.js";
 
 /** Raised when an environment variable is missing or malformed. */
 export class ConfigError extends Error {
@@ -30,6 +31,16 @@ export function envInt(env: Env, name: string, fallback: number, min: number, ma
   return n;
 }
 
+/** A decimal number setting within [min, max] ("1000", "0.5", "1e-3"). */
+export function envNumber(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw.trim());
+  if (raw.trim() === "" || !Number.isFinite(n)) throw new ConfigError(`${name} must be a number, got "${raw}"`);
+  if (n < min || n > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
 const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /** A duration setting in milliseconds: "250ms", "5s", "2m", "1h", "365d", or a bare number of ms. */
@@ -45,6 +56,15 @@ export function envDurationMs(env: Env, name: string, fallbackMs: number, minMs:
   return Math.round(ms);
 }
 
+/** A boolean setting: "true" or "false" (any case), the fallback when unset or empty. */
+export function envBoolean(env: Env, name: string, fallback: boolean): boolean {
+  const raw = envOptional(env, name);
+  if (raw === undefined) return fallback;
+  const v = raw.trim().toLowerCase();
+  if (v !== "true" && v !== "false") throw new ConfigError(`${name} must be true or false, got "${raw}"`);
+  return v === "true";
+}
+
 /** A URL setting whose scheme is one of `schemes`. */
 export function envUrl(env: Env, name: string, fallback: string, schemes: string[]): string {
   const raw = envString(env, name, fallback);
@@ -52,12 +72,23 @@ export function envUrl(env: Env, name: string, fallback: string, schemes: string
   try {
     url = new URL(raw);
   } catch {
-    throw new ConfigError(`${name} must be a URL, got "${raw}"`);
+    // The value may hold a password (DATABASE_URL) or a token (NATS_URL): never quote it whole.
+    throw new ConfigError(`${name} must be a URL, got "${redactUrl(raw)}"`);
   }
   if (!schemes.includes(url.protocol.replace(/:$/, ""))) {
     throw new ConfigError(`${name} must use ${schemes.join(" or ")}, got "${url.protocol}"`);
   }
   return raw;
+}
+
+/** A NATS user and password from two variables, set together (undefined when neither is). */
+export function envNatsCredentials(env: Env, userVar: string, passwordVar: string): { user: string; password: string } | undefined {
+  const user = envOptional(env, userVar);
+  const password = envOptional(env, passwordVar);
+  if (user === undefined && password === undefined) return undefined;
+  if (user === undefined) throw new ConfigError(`${passwordVar} is set but ${userVar} is not: set both, or neither for a NATS server without authorization`);
+  if (password === undefined) throw new ConfigError(`${userVar} is set but ${passwordVar} is not`);
+  return { user, password };
 }
 
 /** A log level pino understands. */
@@ -72,7 +103,11 @@ export function envLogLevel(env: Env, name: string, fallback: string): string {
 export interface CommonConfig {
   databaseUrl: string;
   natsUrl: string;
+  /** NATS_USER and NATS_PASSWORD: this service's own NATS user; undefined for a server without authorization. */
+  natsCredentials: { user: string; password: string } | undefined;
   grpcPort: number;
+  /** GRPC_MAX_REQUEST_BYTES: the largest request message the gRPC port reads; larger ones are refused before decoding. */
+  grpcMaxRequestBytes: number;
   httpPort: number;
   host: string;
   shardCount: number;
@@ -91,8 +126,14 @@ export interface CommonConfig {
 export interface SecurityConfig {
   /** AUTH_TOKENS_FILE: JSON token list, reloaded when it changes and on SIGHUP. */
   authTokensFile: string | undefined;
-  /** AUTH_TOKENS: the same JSON inline. With neither set, authentication is off. */
+  /** AUTH_TOKENS: the same JSON inline. */
   authTokens: string | undefined;
+  /**
+   * AUTH_DISABLED=true: no tokens, every caller is an anonymous admin (said loudly at every
+   * start). The only way to run without tokens: with none configured and this unset, the
+   * service refuses to start.
+   */
+  authDisabled: boolean;
   /** AUTH_RELOAD_INTERVAL: how often the token file's mtime is checked. */
   authReloadMs: number;
   /** TLS_CERT_FILE and TLS_KEY_FILE (PEM); TLS_CLIENT_CA_FILE turns on mTLS. Undefined: plaintext. */
@@ -104,7 +145,9 @@ export function loadCommonConfig(env: Env, ports: { grpc: number; http: number }
   return {
     databaseUrl: envUrl(env, "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/timers", ["postgres", "postgresql"]),
     natsUrl: envUrl(env, "NATS_URL", "nats://127.0.0.1:4222", ["nats", "tls", "ws", "wss"]),
+    natsCredentials: envNatsCredentials(env, "NATS_USER", "NATS_PASSWORD"),
     grpcPort: envInt(env, "GRPC_PORT", ports.grpc, 0, 65535),
+    grpcMaxRequestBytes: envInt(env, "GRPC_MAX_REQUEST_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
     httpPort: envInt(env, "HTTP_PORT", ports.http, 0, 65535),
     host: envString(env, "BIND_HOST", "0.0.0.0"),
     shardCount: envInt(env, "SHARD_COUNT", 1024, 1, 65536),
@@ -115,11 +158,28 @@ export function loadCommonConfig(env: Env, ports: { grpc: number; http: number }
   };
 }
 
+/** Why a service without token configuration does not start, and how to configure it. */
+export const MISSING_TOKENS_MESSAGE =
+  "no token configuration: set AUTH_TOKENS_FILE to a JSON file of tokens (or AUTH_TOKENS to the same JSON inline), " +
+  'e.g. [{"name":"ops","sha256":"<hex SHA-256 of the token>","admin":true},{"name":"billing-ci","sha256":"<hex>","groups":["billing","orders-*"]}]. ' +
+  "Only the hash is stored; make one with  printf %s \"$TOKEN\" | sha256sum  or  " +
+  "node -e 'console.log(require(\"crypto\").createHash(\"sha256\").update(process.argv[1]).digest(\"hex\"))' \"$TOKEN\"  " +
+  "(infra/generate-secrets.sh writes a token file and its tokens). " +
+  "To run without authentication, where every caller is an anonymous admin (local development only), set AUTH_DISABLED=true.";
+
 /** Reads AUTH_* and TLS_* (the token list itself is parsed and checked by auth.ts at start). */
 export function loadSecurityConfig(env: Env): SecurityConfig {
   const authTokensFile = envOptional(env, "AUTH_TOKENS_FILE");
   const authTokens = envOptional(env, "AUTH_TOKENS");
+  const authDisabled = envBoolean(env, "AUTH_DISABLED", false);
   if (authTokensFile && authTokens) throw new ConfigError("set AUTH_TOKENS_FILE or AUTH_TOKENS, not both");
+  if (authDisabled && (authTokensFile || authTokens)) {
+    throw new ConfigError(
+      `AUTH_DISABLED=true and ${authTokensFile ? "AUTH_TOKENS_FILE" : "AUTH_TOKENS"} are both set: ` +
+        "unset AUTH_DISABLED to require tokens, or unset the tokens to run without authentication",
+    );
+  }
+  if (!authDisabled && !authTokensFile && !authTokens) throw new ConfigError(MISSING_TOKENS_MESSAGE);
   const certFile = envOptional(env, "TLS_CERT_FILE");
   const keyFile = envOptional(env, "TLS_KEY_FILE");
   const clientCaFile = envOptional(env, "TLS_CLIENT_CA_FILE");
@@ -128,6 +188,7 @@ export function loadSecurityConfig(env: Env): SecurityConfig {
   return {
     authTokensFile,
     authTokens,
+    authDisabled,
     authReloadMs: envDurationMs(env, "AUTH_RELOAD_INTERVAL", 5_000, 100, 3_600_000),
     tls: certFile && keyFile ? { certFile, keyFile, clientCaFile } : undefined,
   };

@@ -11,6 +11,9 @@ import { file_timer_v1_timer, TimerService } from "../../shared/src/gen/timer/v1
 import { loadTimerConfig } from "./config.js";
 import { createTimerService } from "./handlers.js";
 import { CreateBatcher } from "./timer-store.js";
+import { startActiveTimerRecount } from "./active-timer-recount.js";
+import { TokenBuckets } from "./create-rate.js";
+import { GroupQuota } from "./group-quota.js";
 
 const bootLog = createLogger("timer", "info");
 
@@ -23,11 +26,15 @@ runMain(bootLog, async () => {
     throw err;
   }
   const log = createLogger("timer", config.logLevel);
+  log.info({ egress: config.limits.egress.describe(), natsSubjects: config.limits.tenantSubjects.describe() }, "callback policy");
   const telemetry = startServiceTelemetry("timer", `timer-${hostname()}-${process.pid}`, config, SERVICE_VERSION);
   const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, "timer", config.shardCount, log, telemetry);
-  const nats = await connectNats(config.natsUrl, "timer", log, telemetry.meter);
+  const nats = await connectNats(config.natsUrl, config.natsCredentials, "timer", log, telemetry.meter);
   const batcher = new CreateBatcher(pool);
-  const metrics = createTimerMetrics(telemetry.meter, pool, log, config.activeTimersRefreshMs);
+  const metrics = createTimerMetrics(telemetry.meter);
+  const quota = new GroupQuota(config.quotas.groupMaxActiveTimers);
+  const createRate = new TokenBuckets(config.quotas.createRatePerToken, config.quotas.createBurstPerToken);
+  const recount = await startActiveTimerRecount(pool, log, config.activeTimersRefreshMs, [metrics, quota]);
   await runService({
     name: "timer",
     host: config.host,
@@ -36,15 +43,16 @@ runMain(bootLog, async () => {
     log,
     files: [file_timer_v1_timer],
     serviceNames: [TimerService.typeName],
-    routes: (router) => router.service(TimerService, createTimerService({ pool, nats, batcher, config, log, metrics, tracer: telemetry.tracer })),
+    routes: (router) => router.service(TimerService, createTimerService({ pool, nats, batcher, config, log, metrics, tracer: telemetry.tracer, quota, createRate })),
     checks: {
       postgres: async () => (await pool.query("SELECT 1")).rowCount === 1,
       nats: async () => !nats.isClosed() && nats.info !== undefined && (await nats.rtt()) >= 0,
     },
     telemetry,
     security: config.security,
+    grpcMaxRequestBytes: config.grpcMaxRequestBytes,
     onStop: async () => {
-      metrics.stop();
+      recount.stop();
       await nats.drain();
       await pool.end();
     },

@@ -26,9 +26,13 @@ export const METRICS = {
   timer_shard_count: { type: "gauge", labels: [], services: ["dispatcher"], help: "SHARD_COUNT of the mesh" },
   dispatcher_timers_in_memory: { type: "gauge", labels: [], services: ["dispatcher"], help: "Timers held in memory" },
   dispatcher_deliveries_in_flight: { type: "gauge", labels: [], services: ["dispatcher"], help: "Deliveries in flight" },
+  dispatcher_timers_parked: { type: "gauge", labels: [], services: ["dispatcher"], help: "Due timers waiting because their group or callback destination holds its full share of delivery slots" },
+  dispatcher_timers_parked_total: { type: "counter", labels: [], services: ["dispatcher"], help: "Times a due timer was parked by fair delivery (DELIVERY_GROUP_SHARE, DELIVERY_DESTINATION_SHARE)" },
+  dispatcher_claim_entries_dropped_total: { type: "counter", labels: [], services: ["dispatcher"], help: "Timers dropped because Postgres refuses them in a claim statement even alone" },
   // RPCs, following the OpenTelemetry RPC semantic conventions.
   rpc_server_call_duration_seconds: { type: "histogram", labels: ["rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code"], services: ["timer", "dispatcher", "admin"], help: "Duration of RPCs served" },
   nats_connected: { type: "gauge", labels: [], services: ["timer", "dispatcher"], help: "1 while connected to NATS" },
+  mesh_messages_dropped_total: { type: "counter", labels: ["subject", "reason"], services: ["dispatcher", "admin"], help: "Messages on mesh NATS subjects that did not decode or validate, by subject kind and reason" },
 } as const;
 
 /** A metric name the services export. */
