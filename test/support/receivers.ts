@@ -92,7 +92,7 @@ export async function startGrpcReceiver(): Promise<{ target: string; received: R
           receivedAtMs: Date.now(),
           idempotencyKey: m.idempotencyKey,
           traceparent: String(call.metadata.get("traceparent")[0] ?? ""),
-          headers: {},
+          headers: { ":authority": call.getHost() },
           labels: { ...m.labels },
           body: Buffer.from(m.payload),
         });
@@ -109,5 +109,42 @@ export async function startGrpcReceiver(): Promise<{ target: string; received: R
     async [Symbol.asyncDispose]() {
       await new Promise<void>((r) => server.tryShutdown(() => r()));
     },
+  };
+}
+
+/**
+ * An HTTP receiver that accepts every callback and never answers: each request holds the
+ * caller's connection until the caller gives up (its timeout) or the receiver is closed.
+ */
+export async function startHangingHttpReceiver(): Promise<{
+  url: string;
+  /** Requests received so far, by x-timer-id, in arrival order. */
+  received: { timerId: string; groupId: string; receivedAtMs: number }[];
+  /** Requests whose connection is still open (the caller still waiting). */
+  open(): number;
+  close(): Promise<void>;
+} & AsyncDisposable> {
+  const received: { timerId: string; groupId: string; receivedAtMs: number }[] = [];
+  let open = 0;
+  const server = http.createServer((req) => {
+    received.push({ timerId: String(req.headers["x-timer-id"] ?? ""), groupId: String(req.headers["x-timer-group"] ?? ""), receivedAtMs: Date.now() });
+    open++;
+    req.socket.once("close", () => open--);
+    req.resume(); // read the body, answer nothing
+  });
+  server.requestTimeout = 0;
+  server.headersTimeout = 0;
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const close = () =>
+    new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    });
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
+    received,
+    open: () => open,
+    close,
+    [Symbol.asyncDispose]: close,
   };
 }

@@ -1,5 +1,8 @@
 import { hostname } from "node:os";
-import { ConfigError, envDurationMs, envInt, envString, loadCommonConfig, type CommonConfig } from "../../shared/src/env.js";
+import { loadEgressPolicy, type EgressPolicy } from "../../shared/src/egress.js";
+import { loadTenantSubjects, type TenantSubjects } from "../../shared/src/tenant-subjects.js";
+import { ConfigError, envDurationMs, envInt, envNatsCredentials, envString, loadCommonConfig, type CommonConfig } from "../../shared/src/env.js";
+import { isValidId } from "../../shared/src/timer-id.js";
 
 /** The dispatcher's settings, from the environment. */
 export interface DispatcherConfig extends CommonConfig {
@@ -16,8 +19,19 @@ export interface DispatcherConfig extends CommonConfig {
   maxInFlight: number;
   maxHeld: number;
   callbackTimeoutMs: number;
+  /** Where HTTP and gRPC callbacks may connect (CALLBACK_ALLOWED_NETWORKS, CALLBACK_ALLOWED_HOSTS). */
+  egress: EgressPolicy;
+  /** Which NATS subjects tenant callbacks may publish on (re-checked for timers stored before the rule). */
+  tenantSubjects: TenantSubjects;
   /** Share of delivery capacity a backlog of overdue timers may use while current ones wait. */
   catchUpShare: number;
+  /**
+   * Fair delivery: the share of MAX_IN_FLIGHT one group (DELIVERY_GROUP_SHARE) and one callback
+   * destination, scheme://host:port (DELIVERY_DESTINATION_SHARE), may hold, as a fraction. The
+   * rest of a group's due timers wait unclaimed, so a hanging receiver slows only its own team.
+   */
+  groupShare: number;
+  destinationShare: number;
   shutdownTimeoutMs: number;
   /** How often this dispatcher announces itself. */
   heartbeatMs: number;
@@ -28,6 +42,12 @@ export interface DispatcherConfig extends CommonConfig {
   leaseTickMs: number;
   /** host:port others use to reach this dispatcher's gRPC port (shown in the member list). */
   advertiseAddress: string;
+  /**
+   * CALLBACK_NATS_USER and CALLBACK_NATS_PASSWORD: the NATS user tenant callbacks are published
+   * as (infra/nats/nats.conf: `callbacks`, barred from the mesh's subjects). Undefined only when
+   * NATS_USER is unset too (a server without authorization).
+   */
+  callbackNatsCredentials: { user: string; password: string } | undefined;
 }
 
 /** Reads and validates the dispatcher's environment. */
@@ -40,9 +60,24 @@ export function loadDispatcherConfig(env: Record<string, string | undefined>): D
   if (memberTtlMs < 2 * heartbeatMs) {
     throw new ConfigError(`MEMBER_TTL (${memberTtlMs}ms) must be at least twice HEARTBEAT_INTERVAL (${heartbeatMs}ms)`);
   }
+  // Heartbeats carry the id and every receiver refuses one that breaks the id rule.
+  const dispatcherId = envString(env, "DISPATCHER_ID", `${hostname()}-${process.pid}`);
+  if (!isValidId(dispatcherId)) {
+    throw new ConfigError(`DISPATCHER_ID must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit, got "${dispatcherId}"`);
+  }
+  const callbackNatsCredentials = envNatsCredentials(env, "CALLBACK_NATS_USER", "CALLBACK_NATS_PASSWORD");
+  if (common.natsCredentials && !callbackNatsCredentials) {
+    // Publishing tenant payloads as the dispatcher's own user would let a tenant's callback
+    // subject speak for the mesh (heartbeats, goodbyes).
+    throw new ConfigError(
+      "NATS_USER is set but CALLBACK_NATS_USER is not: tenant callbacks need their own NATS user " +
+        "(`callbacks` in infra/nats/nats.conf); set CALLBACK_NATS_USER and CALLBACK_NATS_PASSWORD",
+    );
+  }
   return {
     ...common,
-    dispatcherId: envString(env, "DISPATCHER_ID", `${hostname()}-${process.pid}`),
+    dispatcherId,
+    callbackNatsCredentials,
     lookaheadMs: envDurationMs(env, "LOOKAHEAD", 30_000, 1_000, 3_600_000),
     pollIntervalMs: envDurationMs(env, "POLL_INTERVAL", 1_000, 50, 60_000),
     overdueGraceMs: envDurationMs(env, "OVERDUE_GRACE", 2_000, 0, 600_000),
@@ -51,7 +86,11 @@ export function loadDispatcherConfig(env: Record<string, string | undefined>): D
     maxInFlight: envInt(env, "MAX_IN_FLIGHT", 512, 1, 100_000),
     maxHeld: envInt(env, "MAX_HELD_TIMERS", 200_000, 100, 10_000_000),
     callbackTimeoutMs,
+    egress: loadEgressPolicy(env),
+    tenantSubjects: loadTenantSubjects(env),
     catchUpShare: envInt(env, "CATCH_UP_PERCENT", 25, 1, 100) / 100,
+    groupShare: envInt(env, "DELIVERY_GROUP_SHARE", 25, 1, 100) / 100,
+    destinationShare: envInt(env, "DELIVERY_DESTINATION_SHARE", 25, 1, 100) / 100,
     shutdownTimeoutMs: envDurationMs(env, "SHUTDOWN_TIMEOUT", 15_000, 0, 300_000),
     heartbeatMs,
     memberTtlMs,

@@ -1,8 +1,16 @@
 // Callback delivery over HTTP, NATS (core and JetStream) and gRPC. Each attempt ends in
 // success, a retryable failure, or a permanent one; the decision is made here, where the
 // error is seen.
+//
+// Egress: an HTTP or gRPC callback host is resolved here, every address it resolves to is
+// checked against the egress policy, and the connection goes only to the addresses that were
+// checked (the HTTP socket through a pinned `lookup`, the gRPC channel on an `ipv4:`/`ipv6:`
+// target), so a second DNS answer cannot redirect it (DNS rebinding). A refused callback fails for good,
+// before any packet is sent, so last_error never tells whether a refused address would answer.
+// NATS callbacks on subjects reserved for the mesh fail for good too.
 import http from "node:http";
 import https from "node:https";
+import type { LookupFunction } from "node:net";
 import { toBinary, fromBinary, create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
@@ -14,6 +22,17 @@ import {
   type Callback,
   type OnTimerFiredResponse,
 } from "../../shared/src/gen/timer/v1/timer_pb.js";
+import {
+  EgressRefused,
+  cachingResolver,
+  parseCallbackHost,
+  parseGrpcTarget,
+  systemResolver,
+  type EgressPolicy,
+  type Resolver,
+  type HostAddress,
+} from "../../shared/src/egress.js";
+import type { TenantSubjects } from "../../shared/src/tenant-subjects.js";
 
 /** One delivery attempt of one timer. */
 export interface Delivery {
@@ -31,21 +50,41 @@ export interface Delivery {
 /** What an attempt came to. */
 export type DeliveryResult = { ok: true } | { ok: false; retryable: boolean; error: string };
 
+/** What a CallbackDeliverer needs. */
+export interface DelivererOptions {
+  /** The connection tenant NATS callbacks are published on. */
+  nats: NatsConnection;
+  /** Bound on one attempt, name resolution included. */
+  timeoutMs: number;
+  maxSockets: number;
+  egress: EgressPolicy;
+  tenantSubjects: TenantSubjects;
+  /** How callback host names are resolved; the system resolver (cached 1 s) unless a test injects a stub. */
+  resolve?: Resolver;
+}
+
 /** Delivers callbacks; one per dispatcher process, holding connection pools and clients. */
 export class CallbackDeliverer {
   private readonly httpAgent: http.Agent;
   private readonly httpsAgent: https.Agent;
+  /** Keyed by vetted address and authority: a name that resolves elsewhere gets its own channel. */
   private readonly grpcClients = new Map<string, grpc.Client>();
+  private readonly nats: NatsConnection;
   private readonly js: JetStreamClient;
+  private readonly timeoutMs: number;
+  private readonly egress: EgressPolicy;
+  private readonly tenantSubjects: TenantSubjects;
+  private readonly resolve: Resolver;
 
-  constructor(
-    private readonly nats: NatsConnection,
-    private readonly timeoutMs: number,
-    maxSockets: number,
-  ) {
-    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets: 256 });
-    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets, maxFreeSockets: 256 });
-    this.js = jetstream(nats, { timeout: timeoutMs });
+  constructor(opts: DelivererOptions) {
+    this.nats = opts.nats;
+    this.timeoutMs = opts.timeoutMs;
+    this.egress = opts.egress;
+    this.tenantSubjects = opts.tenantSubjects;
+    this.resolve = opts.resolve ?? cachingResolver(systemResolver, 1_000);
+    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets: opts.maxSockets, maxFreeSockets: 256 });
+    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: opts.maxSockets, maxFreeSockets: 256 });
+    this.js = jetstream(opts.nats, { timeout: opts.timeoutMs });
   }
 
   /** Makes one delivery attempt. Never throws. */
@@ -62,7 +101,25 @@ export class CallbackDeliverer {
           return { ok: false, retryable: false, error: "timer has no callback target" };
       }
     } catch (err) {
+      if (err instanceof EgressRefused) return { ok: false, retryable: false, error: err.message };
       return { ok: false, retryable: true, error: describe(err) };
+    }
+  }
+
+  /**
+   * The addresses a callback host may be connected to for this attempt; throws EgressRefused.
+   * Resolution counts against the attempt's time, like connecting does.
+   */
+  private async vet(host: string, deadlineMs: number): Promise<HostAddress[]> {
+    const vetting = this.egress.vet(parseCallbackHost(host), this.resolve);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`resolving ${host} timed out after ${this.timeoutMs}ms`)), Math.max(0, deadlineMs - Date.now()));
+    });
+    try {
+      return await Promise.race([vetting, timeout]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -77,16 +134,22 @@ export class CallbackDeliverer {
     };
   }
 
-  private deliverHttp(d: Delivery, url: string, own: Record<string, string>): Promise<DeliveryResult> {
+  private async deliverHttp(d: Delivery, url: string, own: Record<string, string>): Promise<DeliveryResult> {
+    const deadlineMs = Date.now() + this.timeoutMs;
     const target = new URL(url);
     const isHttps = target.protocol === "https:";
+    if (!isHttps && target.protocol !== "http:") return { ok: false, retryable: false, error: `callback URL scheme ${target.protocol} is not http or https` };
+    const vetted = await this.vet(target.hostname, deadlineMs);
     const body = Buffer.from(d.payload.buffer, d.payload.byteOffset, d.payload.byteLength);
     return new Promise((resolve) => {
+      // No redirect is ever followed (node's client does not): a 3xx is a failure like any 4xx.
       const req = (isHttps ? https : http).request(
         target,
         {
           method: "POST",
           agent: isHttps ? this.httpsAgent : this.httpAgent,
+          // The socket goes to a vetted address; TLS still checks the certificate against the name.
+          lookup: pinnedLookup(vetted),
           headers: {
             ...own,
             ...this.standardHeaders(d),
@@ -104,7 +167,7 @@ export class CallbackDeliverer {
       );
       // `timeout` only counts socket inactivity; this bounds the whole attempt, including time
       // spent queued for a pooled socket.
-      const deadline = setTimeout(() => req.destroy(new Error(`timed out after ${this.timeoutMs}ms`)), this.timeoutMs);
+      const deadline = setTimeout(() => req.destroy(new Error(`timed out after ${this.timeoutMs}ms`)), Math.max(0, deadlineMs - Date.now()));
       req.on("close", () => clearTimeout(deadline));
       req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs}ms`)));
       req.on("error", (err) => resolve({ ok: false, retryable: true, error: describe(err) }));
@@ -113,6 +176,9 @@ export class CallbackDeliverer {
   }
 
   private async deliverNats(d: Delivery, subject: string, useJetStream: boolean): Promise<DeliveryResult> {
+    // Timers stored before the rule existed (or before the operator narrowed it) are re-checked.
+    const refused = this.tenantSubjects.refusalOf(subject, d.groupId);
+    if (refused) return { ok: false, retryable: false, error: `callback.nats.subject "${subject}" ${refused}` };
     const h = natsHeaders();
     for (const [k, v] of Object.entries(this.standardHeaders(d))) h.set(k, v);
     if (useJetStream) {
@@ -124,8 +190,11 @@ export class CallbackDeliverer {
     return { ok: true };
   }
 
-  private deliverGrpc(d: Delivery, target: string): Promise<DeliveryResult> {
-    const client = this.grpcClient(target);
+  private async deliverGrpc(d: Delivery, target: string): Promise<DeliveryResult> {
+    const deadlineMs = Date.now() + this.timeoutMs;
+    const parsed = parseGrpcTarget(target);
+    if (!parsed) return { ok: false, retryable: false, error: `callback.grpc.target "${target}" is not host:port` };
+    const client = this.grpcClient(await this.vet(parsed.host, deadlineMs), parsed.port, target);
     const request = create(OnTimerFiredRequestSchema, {
       groupId: d.groupId,
       timerId: d.timerId,
@@ -144,7 +213,7 @@ export class CallbackDeliverer {
         (b: Buffer) => fromBinary(OnTimerFiredResponseSchema, b),
         request,
         metadata,
-        { deadline: Date.now() + this.timeoutMs },
+        { deadline: deadlineMs },
         (err) => {
           if (!err) return resolve({ ok: true });
           resolve({
@@ -157,14 +226,25 @@ export class CallbackDeliverer {
     });
   }
 
-  private grpcClient(target: string): grpc.Client {
-    let c = this.grpcClients.get(target);
+  /**
+   * A channel to vetted addresses only: an `ipv4:`/`ipv6:` target makes grpc-js connect there
+   * without resolving anything itself; the :authority header still names the target as written.
+   * Such a target holds one family, so a name with both gets its IPv4 addresses (where receivers
+   * listening on 0.0.0.0 or 127.0.0.1 answer), tried in order.
+   * (Callbacks are plaintext gRPC; a TLS channel would also need grpc.ssl_target_name_override.)
+   */
+  private grpcClient(vetted: HostAddress[], port: number, authority: string): grpc.Client {
+    const v4 = vetted.filter((v) => v.family === 4);
+    const pinned = v4.length > 0 ? `ipv4:${v4.map((v) => `${v.address}:${port}`).join(",")}` : `ipv6:${vetted.map((v) => `[${v.address}]:${port}`).join(",")}`;
+    const key = `${pinned} ${authority}`;
+    let c = this.grpcClients.get(key);
     if (!c) {
-      c = new grpc.Client(target, grpc.credentials.createInsecure(), {
+      c = new grpc.Client(pinned, grpc.credentials.createInsecure(), {
+        "grpc.default_authority": authority,
         "grpc.keepalive_time_ms": 30_000,
         "grpc.max_receive_message_length": 1024 * 1024,
       });
-      this.grpcClients.set(target, c);
+      this.grpcClients.set(key, c);
     }
     return c;
   }
@@ -193,6 +273,14 @@ export function classifyHttp(status: number): DeliveryResult {
   if (status >= 200 && status < 300) return { ok: true };
   const retryable = status === 408 || status === 429 || status >= 500;
   return { ok: false, retryable, error: `HTTP ${status}` };
+}
+
+/** A `lookup` that answers every query with the vetted addresses (all of them, for happy eyeballs). */
+function pinnedLookup(vetted: HostAddress[]): LookupFunction {
+  return (_hostname, options, callback) => {
+    if (options.all) callback(null, vetted.map((v) => ({ address: v.address, family: v.family })));
+    else callback(null, vetted[0]!.address, vetted[0]!.family);
+  };
 }
 
 function describe(err: unknown): string {

@@ -5,6 +5,9 @@ import { isIP } from "node:net";
 import { create, toJson } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import { durationToMsCeil, timestampToMsCeil } from "../../shared/src/time.js";
+import { EgressRefused, parseCallbackHost, parseGrpcTarget, type EgressPolicy } from "../../shared/src/egress.js";
+import type { TenantSubjects } from "../../shared/src/tenant-subjects.js";
+import { ID_PATTERN } from "../../shared/src/timer-id.js";
 import {
   CreateTimerRequestSchema,
   type Callback,
@@ -27,6 +30,21 @@ export interface Limits {
   maxHorizonMs: number;
   maxPayloadBytes: number;
   retryDefaults: RetrySettings;
+  /** What a request's retry policy may ask for (RETRY_MAX_ATTEMPTS_LIMIT, RETRY_MIN_BACKOFF). */
+  retryBounds: RetryBounds;
+  /** Where HTTP and gRPC callbacks may point (CALLBACK_ALLOWED_NETWORKS, CALLBACK_ALLOWED_HOSTS). */
+  egress: EgressPolicy;
+  /** Which NATS subjects a tenant's callback may publish on (reserved ones, CALLBACK_NATS_SUBJECT_PREFIX). */
+  tenantSubjects: TenantSubjects;
+}
+
+/**
+ * Bounds of a retry policy, so one timer cannot keep a dispatcher busy with a receiver that
+ * never answers: at most maxAttempts deliveries, at least minBackoffMs between the first two.
+ */
+export interface RetryBounds {
+  maxAttempts: number;
+  minBackoffMs: number;
 }
 
 /** A retry policy with the defaults applied. */
@@ -49,7 +67,7 @@ export interface NewTimer {
   requestHash: Buffer;
 }
 
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+const ID_RE = ID_PATTERN; // shared with the mesh messages' checks (timer-id.ts)
 const LABEL_KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}$/;
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$/;
 const RESERVED_HEADERS = new Set([
@@ -57,7 +75,6 @@ const RESERVED_HEADERS = new Set([
   "tracestate", "content-length", "content-type", "host", "connection", "transfer-encoding",
 ]);
 const MAX_LABELS = 64;
-const MAX_RETRY_ATTEMPTS = 100;
 const MAX_BACKOFF_MS = 24 * 3_600_000;
 
 /** Checks a CreateTimerRequest and resolves its defaults; throws ValidationError naming the field. */
@@ -93,14 +110,14 @@ export function validateCreate(req: CreateTimerRequest, limits: Limits, nowMs: n
   }
 
   if (!req.callback) throw new ValidationError("callback", "is required");
-  checkCallback(req.callback);
+  checkCallback(req.callback, groupId, limits);
 
   if (req.payload.length > limits.maxPayloadBytes) {
     throw new ValidationError("payload", `is ${req.payload.length} bytes; the limit is ${limits.maxPayloadBytes}`);
   }
 
   const labels = checkLabels(req.labels);
-  const retry = resolveRetry(req, limits.retryDefaults);
+  const retry = resolveRetry(req, limits.retryDefaults, limits.retryBounds);
 
   return {
     groupId,
@@ -125,7 +142,7 @@ function checkId(field: string, value: string, required: boolean): string {
   return value;
 }
 
-function checkCallback(cb: Callback): void {
+function checkCallback(cb: Callback, groupId: string, rules: Pick<Limits, "egress" | "tenantSubjects">): void {
   switch (cb.target.case) {
     case "http": {
       const { url, headers } = cb.target.value;
@@ -144,6 +161,7 @@ function checkCallback(cb: Callback): void {
         throw new ValidationError("callback.http.url", "must not carry credentials; use callback.http.headers");
       }
       if (url.length > 2048) throw new ValidationError("callback.http.url", "is longer than 2048 characters");
+      checkEgress("callback.http.url", parsed.hostname, rules.egress);
       const names = Object.keys(headers);
       if (names.length > 32) throw new ValidationError("callback.http.headers", "has more than 32 entries");
       for (const name of names) {
@@ -167,21 +185,35 @@ function checkCallback(cb: Callback): void {
           "must be dot-separated non-empty tokens with no spaces or wildcards (* >), at most 255 characters",
         );
       }
+      const refused = rules.tenantSubjects.refusalOf(subject, groupId);
+      if (refused) throw new ValidationError("callback.nats.subject", refused);
       return;
     }
     case "grpc": {
       const { target } = cb.target.value;
       if (target === "") throw new ValidationError("callback.grpc.target", "is required");
-      const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(target);
-      const port = m ? Number(m[2]) : 0;
-      const host = m ? m[1]!.replace(/^\[|\]$/g, "") : "";
-      if (!m || port < 1 || port > 65535 || (m[1]!.startsWith("[") && isIP(host) !== 6)) {
-        throw new ValidationError("callback.grpc.target", "must be host:port (for example 10.0.0.5:9090 or receiver.svc:9090)");
+      const parsed = parseGrpcTarget(target);
+      if (!parsed || (parsed.host.startsWith("[") && isIP(parsed.host.slice(1, -1)) !== 6)) {
+        throw new ValidationError("callback.grpc.target", "must be host:port (for example receiver.example.com:9090 or [2606:2800::1]:9090)");
       }
+      checkEgress("callback.grpc.target", parsed.host, rules.egress);
       return;
     }
     default:
       throw new ValidationError("callback", "needs a target: set http, nats or grpc");
+  }
+}
+
+/**
+ * Refuses a callback host the egress policy refuses without DNS (a literal address, in any
+ * spelling, or an always-loopback name). Other names are checked at delivery, on what they resolve to.
+ */
+function checkEgress(field: string, host: string, egress: EgressPolicy): void {
+  try {
+    egress.checkStatic(parseCallbackHost(host));
+  } catch (err) {
+    if (err instanceof EgressRefused) throw new ValidationError(field, err.message);
+    throw err;
   }
 }
 
@@ -198,11 +230,14 @@ function checkLabels(labels: Record<string, string>): Record<string, string> {
   return out;
 }
 
-function resolveRetry(req: CreateTimerRequest, defaults: RetrySettings): RetrySettings {
+function resolveRetry(req: CreateTimerRequest, defaults: RetrySettings, bounds: RetryBounds): RetrySettings {
   const p = req.retryPolicy;
   if (!p) return defaults;
-  if (p.maxAttempts < 0 || p.maxAttempts > MAX_RETRY_ATTEMPTS) {
-    throw new ValidationError("retry_policy.max_attempts", `must be between 1 and ${MAX_RETRY_ATTEMPTS} (0 for the default)`);
+  if (p.maxAttempts < 0 || p.maxAttempts > bounds.maxAttempts) {
+    throw new ValidationError(
+      "retry_policy.max_attempts",
+      `must be between 1 and ${bounds.maxAttempts} (0 for the default); the limit is RETRY_MAX_ATTEMPTS_LIMIT`,
+    );
   }
   for (const [field, d] of [["retry_policy.initial_backoff", p.initialBackoff], ["retry_policy.max_backoff", p.maxBackoff]] as const) {
     if (d && (d.seconds < 0n || d.nanos < 0 || durationMs(d) > MAX_BACKOFF_MS)) {
@@ -213,6 +248,12 @@ function resolveRetry(req: CreateTimerRequest, defaults: RetrySettings): RetrySe
     throw new ValidationError("retry_policy.multiplier", "must be between 1 and 10 (0 for the default)");
   }
   const initialBackoffMs = p.initialBackoff ? durationToMsCeil(p.initialBackoff) || defaults.initialBackoffMs : defaults.initialBackoffMs;
+  if (initialBackoffMs < bounds.minBackoffMs) {
+    throw new ValidationError(
+      "retry_policy.initial_backoff",
+      `must be at least ${formatMs(bounds.minBackoffMs)} (0 for the default); the limit is RETRY_MIN_BACKOFF`,
+    );
+  }
   const maxBackoffMs = p.maxBackoff ? durationToMsCeil(p.maxBackoff) || defaults.maxBackoffMs : defaults.maxBackoffMs;
   if (maxBackoffMs < initialBackoffMs) {
     throw new ValidationError("retry_policy.max_backoff", `must not be less than initial_backoff (${initialBackoffMs}ms)`);
