@@ -19,6 +19,7 @@ import { arch, platform } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
+import { redactUrl } from "../services/shared/src/redact.js";
 import {
   REPO_ROOT,
   describeExit,
@@ -86,11 +87,9 @@ export interface PostgresHandle extends AsyncDisposable {
   stop(): Promise<void>;
 }
 
-/** The URL with its password (in the user info or a password= parameter) replaced by ****. */
+/** The URL with its password (in the user info or a password= parameter) replaced by **** (redact.ts). */
 export function maskDatabaseUrl(url: string): string {
-  return url
-    .replace(/(\/\/[^:/@]*):([^@/]*)@/, "$1:****@")
-    .replace(/([?&]password=)[^&]*/i, "$1****");
+  return redactUrl(url);
 }
 
 /** Connects to `url` and runs `select 1`; throws an error that names the (masked) URL. */

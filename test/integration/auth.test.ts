@@ -10,7 +10,7 @@ import { bufCurl, bufCurlOk } from "../support/buf-curl.js";
 import { makeTestCertificates, type TestCertificates } from "../support/certificates.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startService, type ServiceProcess } from "../support/service-process.js";
-import { waitFor } from "../support/wait.js";
+import { freePort, waitFor } from "../support/wait.js";
 
 const tokens = (entries: { name: string; token: string; groups?: string[]; admin?: boolean }[]) =>
   JSON.stringify(entries.map(({ token, ...e }) => ({ ...e, sha256: hashToken(token) })));
@@ -49,7 +49,7 @@ describe("a token file rotated while the services run", () => {
 
   test("SIGHUP reloads the file at once (the admin here polls only hourly)", async () => {
     await writeFile(file, tokens([{ name: "ops-1", token: "ops-secret-1", admin: true }]));
-    await using admin = await startService("admin", { ...mesh.env, AUTH_RELOAD_INTERVAL: "1h" });
+    await using admin = await startService("admin", { ...mesh.envFor("admin"), AUTH_RELOAD_INTERVAL: "1h" });
     const listGroups = (token: string) => bufCurl(admin.grpcPort, "admin.v1.AdminService/ListGroups", {}, token);
     assert.equal((await listGroups("ops-secret-1")).exitCode, 0);
     await writeFile(file, tokens([{ name: "ops-2", token: "ops-secret-2", admin: true }]));
@@ -69,9 +69,11 @@ describe("TLS and mTLS on the gRPC ports", () => {
   before(async () => {
     certs = await makeTestCertificates();
     const tls = { TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CLIENT_CA_FILE: certs.caCert };
-    mesh = await startMesh({ dispatchers: 1, env: { AUTH_TOKENS: tokens([{ name: "ops", token: OPS, admin: true }]) }, dispatcherEnv: tls });
-    // The admin serves mTLS itself and calls the (mTLS) dispatcher with its certificate.
-    admin = await startService("admin", { ...mesh.env, ...tls, DISPATCHER_TLS_CA_FILE: certs.caCert });
+    const service = "tls-admin-service-secret";
+    const authTokens = tokens([{ name: "ops", token: OPS, admin: true }, { name: "admin-service", token: service, admin: true }]);
+    mesh = await startMesh({ dispatchers: 1, env: { AUTH_TOKENS: authTokens }, dispatcherEnv: tls });
+    // The admin serves mTLS itself and calls the (mTLS) dispatcher with its certificate and its own token.
+    admin = await startService("admin", { ...mesh.envFor("admin"), ...tls, DISPATCHER_TLS_CA_FILE: certs.caCert, DISPATCHER_TOKEN: service });
     await waitFor(async () => {
       const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd1'");
       return rows[0].n === 64;
@@ -106,5 +108,67 @@ describe("TLS and mTLS on the gRPC ports", () => {
     assert.equal(drained.releasedShards, 64);
     const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd1'");
     assert.equal(rows[0].n, 0, "d1 owns nothing after the drain");
+  });
+});
+
+describe("secure by default: tokens, or authentication disabled explicitly", () => {
+  let mesh: TestMesh;
+
+  before(async () => {
+    mesh = await startMesh({ dispatchers: 0, env: { AUTH_DISABLED: "true" } });
+  });
+  after(async () => {
+    await mesh?.[Symbol.asyncDispose]();
+  });
+
+  test("a service with no token configuration and no AUTH_DISABLED refuses to start, saying how to configure either", async () => {
+    for (const name of ["timer", "dispatcher", "admin"] as const) {
+      // "" wins over the test default AUTH_DISABLED=true: this service has neither.
+      await using service = await startService(name, { ...mesh.env, AUTH_DISABLED: "", DISPATCHER_ID: "no-auth" }, { waitReady: false });
+      // Either it exits, or (the bug) it comes up serving without authentication.
+      const outcome = await waitFor(
+        async () => (service.child.exitCode !== null ? "exited" : (await fetch(`http://127.0.0.1:${service.httpPort}/readyz`).catch(() => undefined))?.ok && "ready"),
+        60_000,
+        `${name} to exit or become ready`,
+        50,
+      );
+      assert.equal(outcome, "exited", `${name} must not start without tokens:\n${service.output()}`);
+      assert.notEqual(await service.exited, 0, `${name} exits non-zero`);
+      const out = service.output();
+      assert.match(out, /"level":"fatal"/, `${name} says why:\n${out}`);
+      assert.match(out, /AUTH_TOKENS_FILE/, name);
+      assert.match(out, /AUTH_DISABLED=true/, name);
+      assert.match(out, /sha256sum/, `${name} says how to hash a token`);
+    }
+  });
+
+  test("a malformed or unreachable DATABASE_URL or NATS_URL is logged without its password", async () => {
+    const closed = await freePort(); // nothing listens there: connection refused, on loopback
+    const cases: Record<string, string>[] = [
+      { DATABASE_URL: "postgres://timer:pg-s3cr3t/x@127.0.0.1:5432/timers" }, // "/" in the password: not a URL
+      { DATABASE_URL: `postgres://timer:pg-s3cr3t@127.0.0.1:${closed}/timers` },
+      { NATS_URL: "nats://timer:nats-s3cr3t@127.0.0.1:4222x" },
+      { NATS_URL: "nats://nats-t0ken-s3cr3t@127.0.0.1:bad" },
+    ];
+    for (const env of cases) {
+      await using service = await startService("timer", { ...mesh.env, ...env }, { waitReady: false });
+      assert.notEqual(await service.exited, 0, `${JSON.stringify(env)}: the timer service does not start`);
+      const out = service.output();
+      assert.match(out, /failed to start/, out);
+      assert.doesNotMatch(out, /s3cr3t/, `the password is not logged:\n${out}`);
+    }
+  });
+
+  test("with AUTH_DISABLED=true the service starts, and says loudly that every caller is an anonymous admin", () => {
+    const lines = mesh.timer
+      .output()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as { level: string; msg: string; auth?: string });
+    const warning = lines.find((l) => /AUTHENTICATION IS DISABLED/.test(l.msg));
+    assert.ok(warning, "the warning is logged at start");
+    assert.ok(["warn", "error", "fatal"].includes(warning.level), `logged at level ${warning.level}`);
+    assert.match(warning.msg, /anonymous admin/);
+    assert.ok(lines.some((l) => /listening/.test(l.msg) && l.auth === "off"), "and the service runs with authentication off");
   });
 });

@@ -135,11 +135,12 @@ test("what happens next, in words", () => {
 });
 
 test("admin settings: member TTL, rebalance wait, dispatcher TLS", () => {
-  const c = loadAdminConfig({});
+  const noAuth = { AUTH_DISABLED: "true" }; // services refuse to start without token configuration
+  const c = loadAdminConfig(noAuth);
   assert.equal(c.grpcPort, 50053);
   assert.equal(c.memberTtlMs, 3000);
   assert.equal(c.rebalanceWaitMs, 1000);
   assert.equal(c.dispatcherTlsCaFile, undefined);
-  assert.equal(loadAdminConfig({ REBALANCE_WAIT: "250ms", DISPATCHER_TLS_CA_FILE: "/ca.pem" }).rebalanceWaitMs, 250);
-  assert.throws(() => loadAdminConfig({ MEMBER_TTL: "soon" }), /MEMBER_TTL/);
+  assert.equal(loadAdminConfig({ ...noAuth, REBALANCE_WAIT: "250ms", DISPATCHER_TLS_CA_FILE: "/ca.pem" }).rebalanceWaitMs, 250);
+  assert.throws(() => loadAdminConfig({ ...noAuth, MEMBER_TTL: "soon" }), /MEMBER_TTL/);
 });

@@ -87,13 +87,36 @@ test("TokenTable finds a token by its secret, and nothing for another", () => {
   assert.equal(table.lookup(""), undefined);
 });
 
-test("Authenticator: off without tokens, UNAUTHENTICATED for missing, malformed and unknown tokens", async () => {
-  const off = await Authenticator.start({ tokensFile: undefined, tokensJson: undefined, reloadMs: 1000 }, quiet);
+/** A logger that keeps what it writes, to check what is said (and not said) at start. */
+function recordingLogger(): { log: pino.Logger; lines: () => { level: number; msg: string }[] } {
+  const chunks: string[] = [];
+  const log = pino({ level: "info" }, { write: (chunk: string) => void chunks.push(chunk) });
+  return { log, lines: () => chunks.map((c) => JSON.parse(c) as { level: number; msg: string }) };
+}
+
+test("Authenticator: refuses to start without tokens unless disabled explicitly, and then says so loudly", async () => {
+  await assert.rejects(
+    Authenticator.start({ tokensFile: undefined, tokensJson: undefined, disabled: false, reloadMs: 1000 }, quiet),
+    (e: Error) => e instanceof AuthConfigError && /AUTH_TOKENS_FILE/.test(e.message) && /AUTH_DISABLED=true/.test(e.message),
+  );
+  await assert.rejects(
+    Authenticator.start({ tokensFile: undefined, tokensJson: "[]", disabled: true, reloadMs: 1000 }, quiet),
+    (e: Error) => e instanceof AuthConfigError && /AUTH_DISABLED/.test(e.message),
+  );
+  const { log, lines } = recordingLogger();
+  const off = await Authenticator.start({ tokensFile: undefined, tokensJson: undefined, disabled: true, reloadMs: 1000 }, log);
   assert.equal(off.enabled, false);
   assert.equal(off.authenticate(null), ANONYMOUS);
+  const warning = lines().find((l) => /AUTHENTICATION IS DISABLED/.test(l.msg));
+  assert.ok(warning, "the start says authentication is disabled");
+  assert.ok(warning.level >= pino.levels.values["warn"]!, "at warn level or above");
+  assert.match(warning.msg, /anonymous admin/);
+});
+
+test("Authenticator: UNAUTHENTICATED for missing, malformed and unknown tokens", async () => {
 
   const on = await Authenticator.start(
-    { tokensFile: undefined, tokensJson: tokensJson([{ name: "ops", sha256: hashToken("s3cret"), admin: true }]), reloadMs: 1000 },
+    { tokensFile: undefined, tokensJson: tokensJson([{ name: "ops", sha256: hashToken("s3cret"), admin: true }]), disabled: false, reloadMs: 1000 },
     quiet,
   );
   assert.equal(on.authenticate("Bearer s3cret").name, "ops");
@@ -105,7 +128,7 @@ test("Authenticator: off without tokens, UNAUTHENTICATED for missing, malformed 
   unauthenticated("Basic b3BzOnMzY3JldA==", /malformed authorization header/);
   unauthenticated("Bearer wrong", /unknown token/);
   await assert.rejects(
-    Authenticator.start({ tokensFile: undefined, tokensJson: "[{}]", reloadMs: 1000 }, quiet),
+    Authenticator.start({ tokensFile: undefined, tokensJson: "[{}]", disabled: false, reloadMs: 1000 }, quiet),
     (e: Error) => e instanceof AuthConfigError && /^AUTH_TOKENS: token 1/.test(e.message),
   );
 });
@@ -115,7 +138,7 @@ test("Authenticator reloads a changed token file, and keeps the old tokens when 
   const file = join(dir, "tokens.json");
   try {
     await writeFile(file, tokensJson([{ name: "old", sha256: hashToken("old-token"), admin: true }]));
-    const auth = await Authenticator.start({ tokensFile: file, tokensJson: undefined, reloadMs: 100 }, quiet);
+    const auth = await Authenticator.start({ tokensFile: file, tokensJson: undefined, disabled: false, reloadMs: 100 }, quiet);
     try {
       assert.equal(auth.authenticate("Bearer old-token").name, "old");
       await writeFile(file, tokensJson([{ name: "new", sha256: hashToken("new-token"), groups: ["g"] }]));
@@ -134,7 +157,7 @@ test("Authenticator reloads a changed token file, and keeps the old tokens when 
       auth.stop();
     }
     await assert.rejects(
-      Authenticator.start({ tokensFile: join(dir, "missing.json"), tokensJson: undefined, reloadMs: 100 }, quiet),
+      Authenticator.start({ tokensFile: join(dir, "missing.json"), tokensJson: undefined, disabled: false, reloadMs: 100 }, quiet),
       /AUTH_TOKENS_FILE: cannot read .*missing\.json/,
     );
   } finally {
@@ -143,17 +166,41 @@ test("Authenticator reloads a changed token file, and keeps the old tokens when 
 });
 
 test("security settings from the environment", () => {
-  assert.deepEqual(loadSecurityConfig({}), { authTokensFile: undefined, authTokens: undefined, authReloadMs: 5000, tls: undefined });
+  assert.deepEqual(loadSecurityConfig({ AUTH_DISABLED: "true" }), {
+    authTokensFile: undefined, authTokens: undefined, authDisabled: true, authReloadMs: 5000, tls: undefined,
+  });
+  assert.equal(loadSecurityConfig({ AUTH_TOKENS: "[]" }).authDisabled, false);
+  assert.equal(loadSecurityConfig({ AUTH_TOKENS: "[]", AUTH_DISABLED: "false" }).authDisabled, false);
   const s = loadSecurityConfig({ AUTH_TOKENS_FILE: "/etc/t.json", AUTH_RELOAD_INTERVAL: "2s", TLS_CERT_FILE: "c.pem", TLS_KEY_FILE: "k.pem", TLS_CLIENT_CA_FILE: "ca.pem" });
   assert.equal(s.authTokensFile, "/etc/t.json");
   assert.equal(s.authReloadMs, 2000);
   assert.deepEqual(s.tls, { certFile: "c.pem", keyFile: "k.pem", clientCaFile: "ca.pem" });
   for (const [env, name] of [
     [{ AUTH_TOKENS_FILE: "a", AUTH_TOKENS: "[]" }, /AUTH_TOKENS_FILE or AUTH_TOKENS, not both/],
-    [{ TLS_CERT_FILE: "c.pem" }, /TLS_CERT_FILE and TLS_KEY_FILE/],
-    [{ TLS_CLIENT_CA_FILE: "ca.pem" }, /TLS_CLIENT_CA_FILE/],
-    [{ AUTH_RELOAD_INTERVAL: "often" }, /AUTH_RELOAD_INTERVAL/],
+    [{ AUTH_DISABLED: "true", TLS_CERT_FILE: "c.pem" }, /TLS_CERT_FILE and TLS_KEY_FILE/],
+    [{ AUTH_DISABLED: "true", TLS_CLIENT_CA_FILE: "ca.pem" }, /TLS_CLIENT_CA_FILE/],
+    [{ AUTH_DISABLED: "true", AUTH_RELOAD_INTERVAL: "often" }, /AUTH_RELOAD_INTERVAL/],
+    [{ AUTH_DISABLED: "yes" }, /AUTH_DISABLED must be true or false/],
+    // Ambiguous: which one did the operator mean?
+    [{ AUTH_DISABLED: "true", AUTH_TOKENS_FILE: "/etc/t.json" }, /AUTH_DISABLED=true and AUTH_TOKENS_FILE are both set/],
+    [{ AUTH_DISABLED: "true", AUTH_TOKENS: "[]" }, /AUTH_DISABLED=true and AUTH_TOKENS are both set/],
   ] as const) {
     assert.throws(() => loadSecurityConfig(env), (e: Error) => e instanceof ConfigError && name.test(e.message));
+  }
+});
+
+test("no token configuration is refused, with how to configure tokens or disable authentication", () => {
+  for (const env of [{}, { AUTH_DISABLED: "false" }, { AUTH_DISABLED: "" }, { AUTH_TOKENS: "", AUTH_TOKENS_FILE: "" }]) {
+    assert.throws(
+      () => loadSecurityConfig(env),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        /AUTH_TOKENS_FILE/.test(e.message) &&
+        /"sha256"/.test(e.message) &&
+        /sha256sum/.test(e.message) &&
+        /createHash\("sha256"\)/.test(e.message) &&
+        /AUTH_DISABLED=true/.test(e.message),
+      JSON.stringify(env),
+    );
   }
 });

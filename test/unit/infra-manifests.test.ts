@@ -1,13 +1,18 @@
 // Static checks of infra/docker-compose.yml, infra/Dockerfile and infra/k8s: there is no Docker
 // engine or cluster to try them on, so this reads them and holds them to the contract (ports,
-// environment, health endpoints) and to each other (scrape targets, mounts, names, references).
-// Environments are also fed to the services' own config loaders, so a value the services would
-// refuse at start fails here.
-import { test } from "node:test";
+// environment, health endpoints), to each other (scrape targets, mounts, names, references)
+// and to the security set-up (tokens, NATS users and credentials from secrets, who may reach
+// which port). Environments are also fed to the services' own config loaders, so a value the
+// services would refuse at start fails here; the secrets they refer to are made by running
+// infra/generate-secrets.sh, as an operator would.
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { TokenTable, parseTokens } from "../../services/shared/src/auth.js";
 import { loadTimerConfig } from "../../services/timer/src/config.js";
 import { loadDispatcherConfig } from "../../services/dispatcher/src/config.js";
 import { loadAdminConfig } from "../../services/admin/src/config.js";
@@ -22,11 +27,44 @@ type Kind = "timer" | "dispatcher" | "admin";
 const kinds: Kind[] = ["timer", "dispatcher", "admin"];
 
 /** The contract's ports, as the services' config loaders default them. */
+const noAuth = { AUTH_DISABLED: "true" }; // the defaults need no tokens; the manifests do
 const contract: Record<Kind, { grpc: number; http: number; load: (env: Env) => { shardCount: number } }> = {
-  timer: { grpc: loadTimerConfig({}).grpcPort, http: loadTimerConfig({}).httpPort, load: loadTimerConfig },
-  dispatcher: { grpc: loadDispatcherConfig({}).grpcPort, http: loadDispatcherConfig({}).httpPort, load: loadDispatcherConfig },
-  admin: { grpc: loadAdminConfig({}).grpcPort, http: loadAdminConfig({}).httpPort, load: loadAdminConfig },
+  timer: { grpc: loadTimerConfig(noAuth).grpcPort, http: loadTimerConfig(noAuth).httpPort, load: loadTimerConfig },
+  dispatcher: { grpc: loadDispatcherConfig(noAuth).grpcPort, http: loadDispatcherConfig(noAuth).httpPort, load: loadDispatcherConfig },
+  admin: { grpc: loadAdminConfig(noAuth).grpcPort, http: loadAdminConfig(noAuth).httpPort, load: loadAdminConfig },
 };
+
+/** Each service's NATS user in infra/nats/nats.conf, and the nats-server variable of its password. */
+const natsUser: Record<Kind | "callbacks", { user: string; passwordVar: string }> = {
+  timer: { user: "timer", passwordVar: "NATS_TIMER_PASSWORD" },
+  dispatcher: { user: "dispatcher", passwordVar: "NATS_DISPATCHER_PASSWORD" },
+  admin: { user: "admin", passwordVar: "NATS_ADMIN_PASSWORD" },
+  callbacks: { user: "callbacks", passwordVar: "NATS_CALLBACKS_PASSWORD" },
+};
+
+/** The $VARs infra/nats/nats.conf takes its passwords from (values, not subjects like "$JS.API.>"). */
+const natsConf = readFileSync(join(infra, "nats/nats.conf"), "utf8");
+const natsConfVars = [...new Set([...natsConf.replace(/#.*$/gm, "").matchAll(/[:=]\s*\$(\w+)/g)].map((m) => m[1]!))].sort();
+
+/** What infra/generate-secrets.sh writes, as an operator runs it once before `compose up`. */
+const secretsDir = mkdtempSync(join(tmpdir(), "infra-secrets-"));
+execFileSync("sh", [join(infra, "generate-secrets.sh"), join(secretsDir, "secrets")], { stdio: "pipe" });
+after(() => rmSync(secretsDir, { recursive: true, force: true }));
+
+/** A file the compose file names relative to infra/, where ./secrets/ is the generated directory. */
+function composeFile(path: string): string {
+  return path.startsWith("./secrets/") ? join(secretsDir, path.slice(2)) : resolve(infra, path);
+}
+
+/** KEY=value lines of an env file. */
+function readEnvFile(path: string): Env {
+  const env: Env = {};
+  for (const line of readFileSync(path, "utf8").split("\n")) {
+    const m = /^([A-Za-z_]\w*)=(.*)$/.exec(line.trim());
+    if (m) env[m[1]!] = m[2]!;
+  }
+  return env;
+}
 
 /** The variables of the contract every service is given, and what dispatchers get besides. */
 const REQUIRED_ENV = [
@@ -127,6 +165,8 @@ interface ComposeService {
   image?: string;
   command?: string[] | string;
   environment?: Env;
+  env_file?: string | string[];
+  secrets?: string[];
   ports?: string[];
   volumes?: string[];
   depends_on?: Record<string, unknown> | string[];
@@ -134,9 +174,35 @@ interface ComposeService {
   stop_grace_period?: string;
 }
 
+function composeDoc(): { services: Record<string, ComposeService>; secrets?: Record<string, { file: string }> } {
+  const [doc] = loadYaml("infra/docker-compose.yml") as [{ services: Record<string, ComposeService>; secrets?: Record<string, { file: string }> }];
+  return doc;
+}
+
 function compose(): Record<string, ComposeService> {
-  const [doc] = loadYaml("infra/docker-compose.yml") as [{ services: Record<string, ComposeService> }];
-  return doc.services;
+  return composeDoc().services;
+}
+
+/** A compose service's environment as its container gets it: env_file(s), then environment. */
+function composeEnv(s: ComposeService): Env {
+  const files = s.env_file === undefined ? [] : Array.isArray(s.env_file) ? s.env_file : [s.env_file];
+  return Object.assign({}, ...files.map((f) => readEnvFile(composeFile(f))), s.environment ?? {}) as Env;
+}
+
+/** The file behind /run/secrets/<name> in a compose service, when it has that secret. */
+function composeSecretFile(s: ComposeService, path: string): string | undefined {
+  const m = /^\/run\/secrets\/([^/]+)$/.exec(path);
+  if (!m || !(s.secrets ?? []).includes(m[1]!)) return undefined;
+  const source = composeDoc().secrets?.[m[1]!]?.file;
+  return source === undefined ? undefined : composeFile(source);
+}
+
+/** A published port "127.0.0.1:50052:50052" as its parts (the host address may be absent). */
+function publishedPort(spec: string): { address: string | undefined; host: string; container: number } {
+  const parts = spec.split(":");
+  const container = Number(parts.pop());
+  const host = parts.pop()!;
+  return { address: parts.pop(), host, container };
 }
 
 /** The compose services running one of ours, with which one. */
@@ -177,7 +243,7 @@ test("every compose service has the contract's environment, accepted by its conf
   const dispatcherIds: string[] = [];
   const hostPorts: string[] = [];
   for (const [name, s, kind] of appServices(services)) {
-    const env = s.environment ?? {};
+    const env = composeEnv(s);
     const required = kind === "dispatcher" ? [...REQUIRED_ENV, ...DISPATCHER_ENV] : REQUIRED_ENV;
     for (const v of required) assert.ok(env[v], `${name} lacks ${v}`);
     assert.equal(env.GRPC_PORT, String(contract[kind].grpc), `${name} GRPC_PORT`);
@@ -191,17 +257,20 @@ test("every compose service has the contract's environment, accepted by its conf
     }
 
     // Both contract ports published; the host side may differ (three dispatchers, one host).
-    const published = (s.ports ?? []).map((p) => p.split(":"));
-    assert.deepEqual(published.map(([, c]) => Number(c)).sort(), [contract[kind].grpc, contract[kind].http].sort(), `${name} ports`);
-    hostPorts.push(...published.map(([h]) => h!));
+    const published = (s.ports ?? []).map(publishedPort);
+    assert.deepEqual(published.map((p) => p.container).sort(), [contract[kind].grpc, contract[kind].http].sort(), `${name} ports`);
+    hostPorts.push(...published.map((p) => p.host));
 
     // Postgres, NATS and Jaeger are the compose services of those names, set up to match.
     const db = new URL(env.DATABASE_URL!);
-    const pg = services[db.hostname]?.environment ?? {};
     assert.equal(db.hostname, "postgres", `${name} DATABASE_URL host`);
+    const postgres = services.postgres!;
+    const pg = postgres.environment ?? {};
+    const pgPasswordFile = composeSecretFile(postgres, pg.POSTGRES_PASSWORD_FILE ?? "");
+    assert.ok(pgPasswordFile, "postgres takes its password from a secret (POSTGRES_PASSWORD_FILE)");
     assert.deepEqual(
       [decodeURIComponent(db.username), decodeURIComponent(db.password), db.pathname.slice(1), db.port || "5432"],
-      [pg.POSTGRES_USER, pg.POSTGRES_PASSWORD, pg.POSTGRES_DB, "5432"],
+      [pg.POSTGRES_USER, readFileSync(pgPasswordFile, "utf8"), pg.POSTGRES_DB, "5432"],
       `${name} DATABASE_URL matches the postgres service`,
     );
     const nats = new URL(env.NATS_URL!);
@@ -227,7 +296,7 @@ test("Prometheus scrapes exactly the compose services, and Grafana gets its prov
   }];
   const scraped = config.scrape_configs.flatMap((c) =>
     c.static_configs.flatMap((sc) => sc.targets.map((t) => [c.job_name, t, c.metrics_path ?? "/metrics"])));
-  const expected = appServices(services).map(([name, s, kind]) => [kind, `${name}:${s.environment!.HTTP_PORT}`, "/metrics"]);
+  const expected = appServices(services).map(([name, s, kind]) => [kind, `${name}:${composeEnv(s).HTTP_PORT}`, "/metrics"]);
   assert.deepEqual(scraped.sort(), expected.sort());
   assert.deepEqual(config.alerting.alertmanagers.flatMap((a) => a.static_configs.flatMap((sc) => sc.targets)), ["alertmanager:9093"]);
   assert.ok(services.alertmanager, "no alertmanager service");
@@ -237,7 +306,7 @@ test("Prometheus scrapes exactly the compose services, and Grafana gets its prov
   for (const [name, s] of Object.entries(services)) {
     for (const volume of s.volumes ?? []) {
       const [src] = volume.split(":");
-      if (src!.startsWith(".")) assert.ok(existsSync(resolve(infra, src!)), `${name} mounts ${src}, which does not exist`);
+      if (src!.startsWith(".")) assert.ok(existsSync(composeFile(src!)), `${name} mounts ${src}, which does not exist`);
     }
   }
   const mounts = (name: string) => Object.fromEntries((services[name]?.volumes ?? []).map((v) => v.split(":").slice(0, 2).reverse()));
@@ -266,10 +335,21 @@ function k8sFiles(): string[] {
   return readdirSync(join(infra, "k8s")).filter((f) => /\.ya?ml$/.test(f)).sort();
 }
 
+/** Files `kubectl apply -k` applies: all but kustomization.yaml and the *.example.yaml placeholders. */
+function kustomizedFiles(): string[] {
+  return k8sFiles().filter((f) => f !== "kustomization.yaml" && !f.endsWith(".example.yaml"));
+}
+
+/** Every object, the example Secrets included (the manifests refer to them; operators create them). */
 function k8sObjects(): { file: string; obj: K8sObject }[] {
   return k8sFiles()
     .filter((f) => f !== "kustomization.yaml")
     .flatMap((file) => (loadYaml(`infra/k8s/${file}`) as K8sObject[]).map((obj) => ({ file, obj })));
+}
+
+/** The Deployments and StatefulSets running one of our services. */
+function appWorkloads(objects: K8sObject[]): K8sObject[] {
+  return objects.filter((o) => (o.kind === "Deployment" || o.kind === "StatefulSet") && kinds.includes(o.metadata.name as Kind));
 }
 
 const matches = (selector: Env, labels: Env = {}) => Object.entries(selector).every(([k, v]) => labels[k] === v);
@@ -277,7 +357,7 @@ const matches = (selector: Env, labels: Env = {}) => Object.entries(selector).ev
 test("the k8s manifests are all listed, in one namespace, and their references resolve", () => {
   const [kustomization] = loadYaml("infra/k8s/kustomization.yaml") as [K8sObject];
   const objects = k8sObjects();
-  assert.deepEqual([...kustomization.resources!].sort(), k8sFiles().filter((f) => f !== "kustomization.yaml"));
+  assert.deepEqual([...kustomization.resources!].sort(), kustomizedFiles());
   const namespace = objects.find(({ obj }) => obj.kind === "Namespace")?.obj.metadata.name;
   assert.ok(namespace, "no Namespace");
   for (const { file, obj } of objects.filter(({ obj }) => obj.kind !== "Namespace")) {
@@ -288,8 +368,8 @@ test("the k8s manifests are all listed, in one namespace, and their references r
     const selector = obj.kind === "Service" ? obj.spec.selector : obj.spec.selector.matchLabels;
     const target = workloads.find((w) => matches(selector, w.spec.template.metadata.labels));
     assert.ok(target, `${obj.kind}/${obj.metadata.name} selects no pods`);
-    if (obj.kind === "Service") {
-      const kind = target.metadata.labels!["app.kubernetes.io/name"] as Kind;
+    const kind = target.metadata.labels!["app.kubernetes.io/name"] as Kind;
+    if (obj.kind === "Service" && kinds.includes(kind)) {
       const containerPorts = target.spec.template.spec.containers.flatMap((c: any) => c.ports);
       for (const port of obj.spec.ports) {
         const named = containerPorts.find((p: any) => p.name === port.targetPort || p.containerPort === port.targetPort);
@@ -299,7 +379,10 @@ test("the k8s manifests are all listed, in one namespace, and their references r
       }
     }
   }
-  assert.deepEqual(workloads.map((w) => `${w.kind}/${w.metadata.name}`).sort(), ["Deployment/admin", "Deployment/timer", "StatefulSet/dispatcher"]);
+  assert.deepEqual(
+    workloads.map((w) => `${w.kind}/${w.metadata.name}`).sort(),
+    ["Deployment/admin", "Deployment/timer", "StatefulSet/dispatcher", "StatefulSet/nats"],
+  );
 });
 
 test("every workload probes /readyz and /healthz on its HTTP port, is scraped, and stops gracefully", () => {
@@ -309,7 +392,7 @@ test("every workload probes /readyz and /healthz on its HTTP port, is scraped, a
   const secrets = new Map(objects.filter((o) => o.kind === "Secret").map((o) => [o.metadata.name, { ...o.data, ...o.stringData }]));
   const shardCounts = new Set<number>();
 
-  for (const w of objects.filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet")) {
+  for (const w of appWorkloads(objects)) {
     const kind = w.metadata.name as Kind;
     const where = `${w.kind}/${w.metadata.name}`;
     const pod = w.spec.template;
@@ -385,4 +468,254 @@ test("dispatchers are a StatefulSet named by their pods, behind a headless Servi
   assert.match(env.find((e) => e.name === "ADVERTISE_ADDRESS")?.value ?? "", new RegExp(`^\\$\\(DISPATCHER_ID\\)\\.${headless.metadata.name}\\.`), "ADVERTISE_ADDRESS is the pod's DNS name");
   const shutdown = env.find((e) => e.name === "SHUTDOWN_TIMEOUT")?.value ?? "15s";
   assert.ok(sts.spec.template.spec.terminationGracePeriodSeconds > seconds(shutdown), "the grace period outlasts SHUTDOWN_TIMEOUT");
+});
+
+// ------------------------------------------------------------------------------- security
+
+test("infra/generate-secrets.sh: tokens that the token file accepts, NATS passwords nats-server can read", () => {
+  const dir = join(secretsDir, "secrets");
+  const table = new TokenTable(parseTokens(readFileSync(join(dir, "auth-tokens.json"), "utf8"), "auth-tokens.json"));
+  assert.equal(table.lookup(readFileSync(join(dir, "operator-token"), "utf8"))?.admin, true, "the operator token is an admin token");
+  assert.equal(table.lookup(readFileSync(join(dir, "dispatcher-token"), "utf8"))?.admin, true, "the admin service's token is an admin token");
+  assert.doesNotMatch(readFileSync(join(dir, "auth-tokens.json"), "utf8"), new RegExp(readFileSync(join(dir, "operator-token"), "utf8")), "only hashes");
+  const nats = readEnvFile(join(dir, "nats.env"));
+  assert.deepEqual(Object.keys(nats).sort(), natsConfVars, "nats.env sets exactly the variables infra/nats/nats.conf reads");
+  for (const [name, value] of Object.entries(nats)) {
+    // nats-server reads a substituted value that starts with a digit as a number.
+    assert.match(value, /^[A-Za-z][\w-]{31,}$/, `${name} is long, random, and starts with a letter`);
+  }
+  assert.equal(new Set(Object.values(nats)).size, Object.keys(nats).length, "every user has its own password");
+  assert.throws(() => execFileSync("sh", [join(infra, "generate-secrets.sh"), dir], { stdio: "pipe" }), "it never overwrites secrets");
+});
+
+/** Environment variables that hold a secret themselves (the *_FILE variants name a file instead). */
+const SECRET_VARIABLE = /(PASSWORD|TOKEN|SECRET)S?$/;
+
+test("compose: tokens, NATS users and passwords come from secrets; nothing secret is in the file", () => {
+  const { services } = composeDoc();
+  const natsEnv = readEnvFile(composeFile(String(services.nats!.env_file)));
+  for (const [name, s, kind] of appServices(services)) {
+    const env = composeEnv(s);
+    assert.equal(env.AUTH_DISABLED, undefined, `${name} must not disable authentication`);
+    assert.equal(env.AUTH_TOKENS, undefined, `${name}: tokens come from the secret file, not inline`);
+    const tokensFile = composeSecretFile(s, env.AUTH_TOKENS_FILE ?? "");
+    assert.ok(tokensFile, `${name}: AUTH_TOKENS_FILE is a Docker secret of the service`);
+    assert.equal(basename(tokensFile), "auth-tokens.json", `${name} reads the generated token file`);
+    assert.equal(env.NATS_USER, natsUser[kind].user, `${name} connects to NATS as its own user`);
+    assert.equal(env.NATS_PASSWORD, natsEnv[natsUser[kind].passwordVar], `${name}: NATS_PASSWORD is the one nats-server has for ${env.NATS_USER}`);
+    if (kind === "dispatcher") {
+      assert.equal(env.CALLBACK_NATS_USER, natsUser.callbacks.user, `${name} publishes tenant callbacks as the callbacks user`);
+      assert.equal(env.CALLBACK_NATS_PASSWORD, natsEnv[natsUser.callbacks.passwordVar], `${name} CALLBACK_NATS_PASSWORD`);
+    }
+    if (kind === "admin") {
+      const tokenFile = composeSecretFile(s, env.DISPATCHER_TOKEN_FILE ?? "");
+      assert.ok(tokenFile, "the admin's DISPATCHER_TOKEN_FILE is a Docker secret of the service");
+      const table = new TokenTable(parseTokens(readFileSync(tokensFile, "utf8"), "auth-tokens.json"));
+      assert.equal(table.lookup(readFileSync(tokenFile, "utf8"))?.admin, true, "dispatchers accept the admin's token as an admin token");
+    }
+    // Callback egress stays at its default (public addresses only): the compose network holds
+    // Postgres, NATS and Prometheus.
+    assert.equal(env.CALLBACK_ALLOWED_NETWORKS, undefined, `${name} CALLBACK_ALLOWED_NETWORKS`);
+  }
+  for (const [name, s] of Object.entries(services)) {
+    for (const [variable, value] of Object.entries(s.environment ?? {})) {
+      if (SECRET_VARIABLE.test(variable)) assert.fail(`${name} sets ${variable} in docker-compose.yml: take it from a secret (${variable}_FILE or env_file)`);
+      if (/^[a-z][a-z0-9+.-]*:\/\/[^/@\s]*:[^/@\s]*@/i.test(String(value))) assert.fail(`${name} ${variable} has a password in its URL`);
+    }
+    for (const file of s.env_file === undefined ? [] : [s.env_file].flat()) {
+      assert.ok(file.startsWith("./secrets/"), `${name} reads ${file}: env files with secrets live in infra/secrets (git-ignored)`);
+    }
+  }
+  for (const [secret, { file }] of Object.entries(composeDoc().secrets ?? {})) {
+    assert.ok(file.startsWith("./secrets/"), `secret ${secret} comes from infra/secrets, not a committed file`);
+  }
+  assert.match(readFileSync(join(infra, "secrets/.gitignore"), "utf8"), /^\*$/m, "infra/secrets is git-ignored");
+});
+
+test("compose: nats-server runs infra/nats/nats.conf with its users' passwords", () => {
+  const nats = compose().nats!;
+  const command = Array.isArray(nats.command) ? nats.command : String(nats.command).split(" ");
+  const confPath = command[command.indexOf("-c") + 1];
+  assert.ok(command.includes("-c") && confPath, "nats-server -c <config>");
+  const mounts = Object.fromEntries((nats.volumes ?? []).map((v) => v.split(":").slice(0, 2).reverse()));
+  assert.equal(mounts[confPath!], "./nats/nats.conf", "the config is infra/nats/nats.conf");
+  for (const flag of ["-js", "-sd"]) assert.ok(command.includes(flag), `nats-server ${flag}`);
+  assert.equal(command[command.indexOf("-p") + 1], "4222");
+  assert.deepEqual(Object.keys(composeEnv(nats)).filter((k) => natsConfVars.includes(k)).sort(), natsConfVars, "every password nats.conf reads is set");
+});
+
+test("compose: ports are published on loopback only, and Prometheus has no lifecycle endpoint", () => {
+  for (const [name, s] of Object.entries(compose())) {
+    for (const spec of s.ports ?? []) {
+      assert.equal(publishedPort(spec).address, "127.0.0.1", `${name} publishes ${spec} beyond this machine`);
+    }
+  }
+  // A timer's HTTP callback could POST to /-/quit: every container shares the dispatchers' network.
+  const prometheus = compose().prometheus!;
+  const args = Array.isArray(prometheus.command) ? prometheus.command : String(prometheus.command).split(" ");
+  assert.ok(!args.some((a) => a.startsWith("--web.enable-lifecycle")), "Prometheus runs without --web.enable-lifecycle");
+  assert.ok(!args.some((a) => a.startsWith("--web.enable-admin-api")), "Prometheus runs without --web.enable-admin-api");
+});
+
+/** The Secret key behind a file path in a pod: a secret volume mounted at the path's directory. */
+function secretFileOf(pod: any, container: any, path: string): { secret: string; key: string } | undefined {
+  for (const m of container.volumeMounts ?? []) {
+    const dir = String(m.mountPath).replace(/\/$/, "");
+    if (!path.startsWith(`${dir}/`) || m.subPath) continue; // subPath mounts never see a rotated Secret
+    const volume = (pod.spec.volumes ?? []).find((v: any) => v.name === m.name);
+    if (!volume?.secret) return undefined;
+    const file = path.slice(dir.length + 1);
+    const item = (volume.secret.items ?? []).find((i: any) => i.path === file);
+    if (volume.secret.items && !item) return undefined;
+    return { secret: volume.secret.secretName, key: item?.key ?? file };
+  }
+  return undefined;
+}
+
+test("k8s: tokens, NATS users and the admin's credential come from Secrets, which are placeholders only", () => {
+  const objects = k8sObjects();
+  const configMaps = objects.filter(({ obj }) => obj.kind === "ConfigMap").map(({ obj }) => obj);
+  const secrets = new Map(objects.filter(({ obj }) => obj.kind === "Secret").map(({ file, obj }) => [obj.metadata.name, { file, data: { ...obj.data, ...obj.stringData } }]));
+  for (const [name, { file, data }] of secrets) {
+    assert.ok(file.endsWith(".example.yaml"), `Secret ${name} is in ${file}, which kubectl apply -k would apply over the real one`);
+    for (const [key, value] of Object.entries(data)) assert.match(value, /REPLACE-ME/, `Secret ${name} ${key} is an obvious placeholder`);
+  }
+  for (const cm of configMaps) {
+    for (const k of Object.keys(cm.data ?? {})) assert.ok(!SECRET_VARIABLE.test(k) && k !== "AUTH_DISABLED", `ConfigMap ${cm.metadata.name} sets ${k}`);
+  }
+  const hasKey = (ref: { secret: string; key: string } | undefined) => ref !== undefined && secrets.get(ref.secret)?.data[ref.key] !== undefined;
+  for (const w of appWorkloads(objects.map(({ obj }) => obj))) {
+    const kind = w.metadata.name as Kind;
+    const pod = w.spec.template;
+    const c = pod.spec.containers[0];
+    const env = new Map<string, any>((c.env ?? []).map((e: any) => [e.name, e]));
+    const secretRef = (name: string) => {
+      const ref = env.get(name)?.valueFrom?.secretKeyRef;
+      return ref && { secret: ref.name as string, key: ref.key as string };
+    };
+    for (const forbidden of ["AUTH_DISABLED", "AUTH_TOKENS"]) assert.ok(!env.has(forbidden), `${kind} sets ${forbidden}`);
+    for (const from of c.envFrom ?? []) assert.ok(!from.secretRef, `${kind}: no whole Secret in the environment`);
+    const tokens = secretFileOf(pod, c, env.get("AUTH_TOKENS_FILE")?.value ?? "");
+    assert.ok(hasKey(tokens), `${kind}: AUTH_TOKENS_FILE is a file of a mounted Secret`);
+    assert.equal(env.get("NATS_USER")?.value, natsUser[kind].user, `${kind} connects to NATS as its own user`);
+    assert.deepEqual(secretRef("NATS_PASSWORD"), { secret: "timer-mesh-nats", key: natsUser[kind].passwordVar }, `${kind} NATS_PASSWORD`);
+    if (kind === "dispatcher") {
+      assert.equal(env.get("CALLBACK_NATS_USER")?.value, natsUser.callbacks.user, "dispatchers publish tenant callbacks as the callbacks user");
+      assert.deepEqual(secretRef("CALLBACK_NATS_PASSWORD"), { secret: "timer-mesh-nats", key: natsUser.callbacks.passwordVar });
+    } else {
+      assert.ok(!env.has("CALLBACK_NATS_USER"), `${kind} has no business with the callbacks user`);
+    }
+    if (kind === "admin") {
+      const token = secretRef("DISPATCHER_TOKEN") ?? secretFileOf(pod, c, env.get("DISPATCHER_TOKEN_FILE")?.value ?? "");
+      assert.ok(hasKey(token), "the admin's DISPATCHER_TOKEN(_FILE) comes from a Secret");
+      assert.notEqual(token!.secret, tokens!.secret, "the admin's own token is not in the Secret every service mounts");
+    } else {
+      assert.ok(!env.has("DISPATCHER_TOKEN") && !env.has("DISPATCHER_TOKEN_FILE"), `${kind} has no dispatcher token`);
+    }
+    for (const variable of ["CALLBACK_ALLOWED_NETWORKS", "CALLBACK_ALLOWED_HOSTS"]) {
+      assert.ok(!env.has(variable), `${kind} ${variable} stays unset by default (public receivers only)`);
+    }
+  }
+  const [kustomization] = loadYaml("infra/k8s/kustomization.yaml") as [K8sObject];
+  assert.ok(!kustomization.resources!.some((f) => f.endsWith(".example.yaml")), "kubectl apply -k never writes the placeholder Secrets");
+});
+
+test("k8s: nats-server runs infra/nats/nats.conf (a ConfigMap equal to it) with passwords from a Secret", () => {
+  const objects = k8sObjects().map(({ obj }) => obj);
+  const sts = objects.find((o) => o.kind === "StatefulSet" && o.metadata.name === "nats");
+  assert.ok(sts, "no nats StatefulSet");
+  const pod = sts.spec.template;
+  const c = pod.spec.containers[0];
+  const args: string[] = [...(c.command ?? []), ...(c.args ?? [])];
+  const confPath = args[args.indexOf("-c") + 1];
+  assert.ok(args.includes("-c") && confPath, "nats-server -c <config>");
+  const mount = (c.volumeMounts ?? []).find((m: any) => confPath!.startsWith(`${String(m.mountPath).replace(/\/$/, "")}/`));
+  const volume = (pod.spec.volumes ?? []).find((v: any) => v.name === mount?.name);
+  assert.ok(volume?.configMap, `${confPath} is mounted from a ConfigMap`);
+  const configMap = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === volume.configMap.name);
+  const key = confPath!.slice(String(mount.mountPath).replace(/\/$/, "").length + 1);
+  assert.ok(configMap?.data?.[key] !== undefined, `ConfigMap ${volume.configMap.name} has ${key}`);
+  assert.equal(configMap.data[key], natsConf, "the ConfigMap's nats.conf is infra/nats/nats.conf, byte for byte: run `npx tsx scripts/sync-k8s-nats-config.ts`");
+  for (const flag of ["-js", "-sd"]) assert.ok(args.includes(flag), `nats-server ${flag}`);
+  assert.equal(args[args.indexOf("-p") + 1], "4222");
+  const secretNames = (c.envFrom ?? []).map((f: any) => f.secretRef?.name).filter(Boolean);
+  const secrets = objects.filter((o) => o.kind === "Secret" && secretNames.includes(o.metadata.name));
+  const provided = secrets.flatMap((s) => Object.keys({ ...s.data, ...s.stringData }));
+  assert.deepEqual(provided.filter((k) => natsConfVars.includes(k)).sort(), natsConfVars, "every password nats.conf reads comes from a Secret");
+  // The services reach this server.
+  const natsUrl = new URL(objects.find((o) => o.kind === "ConfigMap" && o.data?.NATS_URL)!.data!.NATS_URL!);
+  const service = objects.find((o) => o.kind === "Service" && o.metadata.name === natsUrl.hostname.split(".")[0]);
+  assert.ok(service && matches(service.spec.selector, pod.metadata.labels), `NATS_URL ${natsUrl.hostname} is the nats Service`);
+  assert.ok(service.spec.ports.some((p: any) => p.port === Number(natsUrl.port || 4222)), "on the NATS_URL port");
+});
+
+// NetworkPolicy semantics, enough to ask "may a pod with these labels reach that port?".
+interface Peer { labels: Env; namespace: Env }
+function selectorMatches(selector: any, labels: Env): boolean {
+  if (!selector) return true;
+  const byLabels = Object.entries(selector.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
+  const byExpressions = (selector.matchExpressions ?? []).every((e: any) => {
+    switch (e.operator) {
+      case "In": return e.values.includes(labels[e.key]);
+      case "NotIn": return !e.values.includes(labels[e.key]);
+      case "Exists": return e.key in labels;
+      case "DoesNotExist": return !(e.key in labels);
+      default: throw new Error(`unknown operator ${e.operator}`);
+    }
+  });
+  return byLabels && byExpressions;
+}
+function mayConnect(policies: K8sObject[], target: { labels: Env; namespace: string }, port: number, from: Peer): boolean {
+  const selecting = policies.filter(
+    (p) => p.metadata.namespace === target.namespace && selectorMatches(p.spec.podSelector, target.labels) && (p.spec.policyTypes ?? ["Ingress"]).includes("Ingress"),
+  );
+  if (selecting.length === 0) return true; // not isolated
+  return selecting.some((p) =>
+    (p.spec.ingress ?? []).some((rule: any) => {
+      const portOk = !rule.ports || rule.ports.some((rp: any) => rp.port === undefined || rp.port === port);
+      const peerOk = !rule.from || rule.from.some((peer: any) => {
+        if (peer.ipBlock) return true; // pod addresses may fall in any block: count it as open
+        const nsOk = peer.namespaceSelector ? selectorMatches(peer.namespaceSelector, from.namespace) : from.namespace["kubernetes.io/metadata.name"] === target.namespace;
+        return nsOk && selectorMatches(peer.podSelector, from.labels);
+      });
+      return portOk && peerOk;
+    }),
+  );
+}
+
+test("k8s: NetworkPolicies let only the admin reach dispatchers' gRPC, Prometheus their metrics, the mesh NATS", () => {
+  const objects = k8sObjects().map(({ obj }) => obj);
+  const policies = objects.filter((o) => o.kind === "NetworkPolicy");
+  const namespace = objects.find((o) => o.kind === "Namespace")!.metadata.name;
+  const ns = (name: string): Env => ({ "kubernetes.io/metadata.name": name });
+  const podOf = (name: string) => {
+    const w = objects.find((o) => (o.kind === "Deployment" || o.kind === "StatefulSet") && o.metadata.name === name);
+    assert.ok(w, `no workload ${name}`);
+    return { labels: w.spec.template.metadata.labels as Env, namespace: w.metadata.namespace! };
+  };
+  const peer = (name: string): Peer => ({ labels: podOf(name).labels, namespace: ns(namespace) });
+  const prometheus: Peer = { labels: { "app.kubernetes.io/name": "prometheus" }, namespace: ns("monitoring") };
+  const tenant: Peer = { labels: { app: "tenant-receiver" }, namespace: ns("team-billing") };
+  const neighbour: Peer = { labels: { app: "something-else" }, namespace: ns(namespace) };
+  const dispatcher = podOf("dispatcher");
+  const grpc = contract.dispatcher.grpc;
+  const http = contract.dispatcher.http;
+
+  assert.ok(mayConnect(policies, dispatcher, grpc, peer("admin")), "the admin reaches dispatcher gRPC");
+  for (const [who, from] of [["timer", peer("timer")], ["dispatcher", peer("dispatcher")], ["nats", peer("nats")], ["a pod of another namespace", tenant], ["another pod of the namespace", neighbour], ["Prometheus", prometheus]] as const) {
+    assert.ok(!mayConnect(policies, dispatcher, grpc, from), `${who} must not reach dispatcher gRPC`);
+  }
+  assert.ok(mayConnect(policies, dispatcher, http, prometheus), "Prometheus scrapes dispatchers");
+  assert.ok(!mayConnect(policies, dispatcher, http, tenant), "others do not reach dispatcher metrics");
+
+  const nats = podOf("nats");
+  for (const kind of kinds) assert.ok(mayConnect(policies, nats, 4222, peer(kind)), `${kind} reaches NATS`);
+  for (const [who, from] of [["a pod of another namespace", tenant], ["another pod of the namespace", neighbour]] as const) {
+    assert.ok(!mayConnect(policies, nats, 4222, from), `${who} must not reach NATS`);
+  }
+  for (const kind of ["timer", "admin"] as const) {
+    assert.ok(mayConnect(policies, podOf(kind), contract[kind].grpc, tenant), `${kind} gRPC serves callers with tokens`);
+    assert.ok(mayConnect(policies, podOf(kind), contract[kind].http, prometheus), `Prometheus scrapes ${kind}`);
+    assert.ok(!mayConnect(policies, podOf(kind), contract[kind].http, tenant), `others do not reach ${kind} metrics`);
+  }
 });

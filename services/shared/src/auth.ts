@@ -9,12 +9,13 @@
 //
 // Rules: health and reflection are open; AdminService and DispatcherService (and anything not
 // listed) need an admin token; TimerService needs a valid token here, and the handlers check
-// the request's group against the token's groups (authorizeGroup). With neither variable set,
-// authentication is off: every call runs as "anonymous" with every right, and the service says
-// so loudly at start.
+// the request's group against the token's groups (authorizeGroup). A service with no tokens
+// refuses to start unless AUTH_DISABLED=true says so explicitly; then every call runs as
+// "anonymous" with every right, and the service says so loudly at every start.
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { Code, ConnectError, createContextKey, type HandlerContext, type Interceptor } from "@connectrpc/connect";
+import { MISSING_TOKENS_MESSAGE } from "./env.js";
 import type { Logger } from "./logger.js";
 
 /** Who is calling, as their token says. */
@@ -31,10 +32,11 @@ export interface TokenEntry extends Principal {
   sha256: Buffer;
 }
 
-/** Where tokens come from (see env.ts); both unset means authentication is off. */
+/** Where tokens come from (see env.ts), or `disabled`: no tokens, every caller an admin. */
 export interface AuthSettings {
   tokensFile: string | undefined;
   tokensJson: string | undefined;
+  disabled: boolean;
   /** How often the token file's mtime is checked. */
   reloadMs: number;
 }
@@ -44,7 +46,7 @@ export class AuthConfigError extends Error {
   override name = "AuthConfigError";
 }
 
-/** The principal of every call when authentication is off. */
+/** The principal of every call when authentication is disabled. */
 export const ANONYMOUS: Principal = Object.freeze({ name: "anonymous", admin: true, groups: ["*"] });
 
 /** Services anyone may call without a token. */
@@ -151,10 +153,21 @@ export class Authenticator {
   ) {}
 
   /**
-   * Loads the tokens (failing with a clear message when they are unusable), starts watching
-   * the file, and warns loudly when authentication is off.
+   * Loads the tokens (failing with a clear message when they are unusable or missing), starts
+   * watching the file, and warns loudly when authentication is disabled.
    */
   static async start(settings: AuthSettings, log: Logger): Promise<Authenticator> {
+    const configured = settings.tokensJson !== undefined || settings.tokensFile !== undefined;
+    if (settings.disabled && configured) throw new AuthConfigError("AUTH_DISABLED=true and tokens are both set: choose one");
+    if (settings.disabled) {
+      log.warn(
+        { auth: "disabled" },
+        "AUTHENTICATION IS DISABLED (AUTH_DISABLED=true): every caller is an anonymous admin on this port and may " +
+          "create, read and cancel any group's timers, purge groups and drain dispatchers. Only for a machine no one " +
+          "else can reach; configure AUTH_TOKENS_FILE and unset AUTH_DISABLED everywhere else.",
+      );
+      return new Authenticator(undefined, settings, log);
+    }
     if (settings.tokensJson !== undefined) {
       const auth = new Authenticator(new TokenTable(parseTokens(settings.tokensJson, "AUTH_TOKENS")), settings, log);
       log.info({ tokens: auth.table!.entries.length, source: "AUTH_TOKENS" }, "authentication on");
@@ -172,11 +185,7 @@ export class Authenticator {
       log.info({ tokens: auth.table!.entries.length, source: file }, "authentication on");
       return auth;
     }
-    log.warn(
-      "AUTHENTICATION IS OFF: neither AUTH_TOKENS_FILE nor AUTH_TOKENS is set, so every caller may do everything " +
-        "(admin included) on this port. Set one of them outside local development.",
-    );
-    return new Authenticator(undefined, settings, log);
+    throw new AuthConfigError(MISSING_TOKENS_MESSAGE);
   }
 
   /** Whether tokens are required. */

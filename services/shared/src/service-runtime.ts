@@ -2,6 +2,7 @@
 // reflection, bearer-token authentication, optional TLS) and HTTP, and shut down in order on
 // SIGTERM/SIGINT.
 import type { DescFile } from "@bufbuild/protobuf";
+import { stdSerializers } from "pino";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { Authenticator, authInterceptor } from "./auth.js";
 import type { SecurityConfig } from "./env.js";
@@ -9,6 +10,7 @@ import { HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_p
 import { HealthStatus, registerHealthService } from "./grpc-health.js";
 import { registerReflectionServices } from "./grpc-reflection.js";
 import type { Logger } from "./logger.js";
+import { redactCredentials, redactDeep } from "./redact.js";
 import { rpcServerInterceptor } from "./telemetry/rpc.js";
 import type { Telemetry } from "./telemetry/telemetry.js";
 import { errorInterceptor, readTlsMaterial, startGrpcServer, startHttpServer, type Check, type ExtraRoute } from "./servers.js";
@@ -39,12 +41,19 @@ export async function runService(opts: {
   telemetry: Telemetry;
   /** Tokens and TLS of the gRPC port (CommonConfig.security). */
   security: SecurityConfig;
+  /** GRPC_MAX_REQUEST_BYTES (CommonConfig.grpcMaxRequestBytes). */
+  grpcMaxRequestBytes: number;
   stopTimeoutMs?: number;
 }): Promise<RunningService> {
   const { log } = opts;
   const health = new HealthStatus();
   const auth = await Authenticator.start(
-    { tokensFile: opts.security.authTokensFile, tokensJson: opts.security.authTokens, reloadMs: opts.security.authReloadMs },
+    {
+      tokensFile: opts.security.authTokensFile,
+      tokensJson: opts.security.authTokens,
+      disabled: opts.security.authDisabled,
+      reloadMs: opts.security.authReloadMs,
+    },
     log,
   );
   const tls = opts.security.tls ? await readTlsMaterial(opts.security.tls) : undefined;
@@ -52,6 +61,7 @@ export async function runService(opts: {
     host: opts.host,
     port: opts.grpcPort,
     tls,
+    maxRequestBytes: opts.grpcMaxRequestBytes,
     interceptors: [
       rpcServerInterceptor(opts.telemetry.meter, opts.telemetry.tracer, opts.telemetry.tracingEnabled),
       errorInterceptor(log),
@@ -123,10 +133,14 @@ export async function runService(opts: {
   return { grpcPort: grpc.port, httpPort: httpServer.port, health, stop };
 }
 
-/** Runs main, logging a startup failure plainly and exiting 1. */
+/**
+ * Runs main, logging a startup failure plainly and exiting 1. What is logged has the user info
+ * of any URL in it masked: a driver's error may quote the connection string it was given.
+ */
 export function runMain(log: Logger, main: () => Promise<unknown>): void {
   main().catch((err: unknown) => {
-    log.fatal({ err }, `failed to start: ${err instanceof Error ? err.message : String(err)}`);
+    const message = redactCredentials(err instanceof Error ? err.message : String(err));
+    log.fatal({ err: redactDeep(stdSerializers.err(err as Error)) }, `failed to start: ${message}`);
     process.exit(1);
   });
 }
