@@ -3,6 +3,7 @@
 // query names itself with a leading "-- operation" comment for the per-operation metrics.
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import type pg from "pg";
+import { boundedPageSql, timerColumnsOf, TIMER_BYTES_SQL } from "../../shared/src/page-bytes.js";
 import { State, TIMER_COLUMNS, type TimerRow } from "../../shared/src/timer-model.js";
 import { SAMPLE_SIZE, type FailedCursor, type TimerSelection } from "./admin-requests.js";
 
@@ -173,20 +174,34 @@ export async function listGroups(pool: pg.Pool): Promise<GroupRow[]> {
 
 // ------------------------------------------------------------------------------ timers
 
-/** A failed timer with the exact finish time to page on. */
-export type FailedRow = TimerRow & { finish_key: string };
+/** A failed timer with the exact finish time to page on; window_rows as boundedPageSql says. */
+export type FailedRow = TimerRow & { finish_key: string; window_rows: number };
 
-/** A page of FAILED timers, most recently failed first, after `after`. */
-export async function listFailedTimers(pool: pg.Pool, groupId: string | null, after: FailedCursor | null, limit: number): Promise<FailedRow[]> {
+/**
+ * A page of FAILED timers, most recently failed first, after `after`: at most `limit`, cut
+ * where their estimated size passes `maxBytes` (the first always comes).
+ */
+export async function listFailedTimers(
+  pool: pg.Pool,
+  groupId: string | null,
+  after: FailedCursor | null,
+  limit: number,
+  maxBytes: number,
+): Promise<FailedRow[]> {
   const { rows } = await pool.query<FailedRow>(
     `-- list_failed_timers
-     SELECT ${TIMER_COLUMNS}, finish_time::text AS finish_key FROM timers
-      WHERE state = ${State.Failed} AND finish_time IS NOT NULL
-        AND ($1::text IS NULL OR group_id = $1::text)
-        AND ($2::timestamptz IS NULL OR (finish_time, group_id, timer_id) < ($2::timestamptz, $3::text, $4::text))
-      ORDER BY finish_time DESC, group_id DESC, timer_id DESC
-      LIMIT $5`,
-    [groupId, after?.finish ?? null, after?.groupId ?? null, after?.timerId ?? null, limit],
+     ${boundedPageSql({
+       keysetQuery: `SELECT group_id, timer_id, finish_time, finish_time::text AS finish_key, ${TIMER_BYTES_SQL} AS bytes FROM timers
+                      WHERE state = ${State.Failed} AND finish_time IS NOT NULL
+                        AND ($1::text IS NULL OR group_id = $1::text)
+                        AND ($2::timestamptz IS NULL OR (finish_time, group_id, timer_id) < ($2::timestamptz, $3::text, $4::text))
+                      ORDER BY finish_time DESC, group_id DESC, timer_id DESC
+                      LIMIT $5`,
+       orderBy: "finish_time DESC, group_id DESC, timer_id DESC",
+       columns: `${timerColumnsOf(TIMER_COLUMNS)}, s.finish_key`,
+       maxBytesParam: "$6::bigint",
+     })}`,
+    [groupId, after?.finish ?? null, after?.groupId ?? null, after?.timerId ?? null, limit, maxBytes],
   );
   return rows;
 }
@@ -201,6 +216,8 @@ export interface SummaryRow {
   state: number;
   attempt: number;
   last_error: string | null;
+  /** The callback (proto JSON), only on rows a retry returns: their announcements name its destination. */
+  callback?: JsonValue;
 }
 
 const SUMMARY_COLUMNS = "group_id, timer_id, shard, fire_at, next_attempt_at, state, attempt, last_error";
@@ -266,7 +283,7 @@ export function retryTimers(pool: pg.Pool, sel: TimerSelection, audit: AuditInfo
               claim_owner = NULL, claim_expires_at = NULL
          FROM picked p
         WHERE t.group_id = p.group_id AND t.timer_id = p.timer_id AND t.state = ${State.Failed}
-       RETURNING t.${SUMMARY_COLUMNS.split(", ").join(", t.")}
+       RETURNING t.${SUMMARY_COLUMNS.split(", ").join(", t.")}, t.callback
      ), audit AS (
        ${insertAudit(6, "'OK'", `jsonb_build_object('retried', (SELECT count(*) FROM u), 'more', m.has_more, 'sample', ${sampleJson("u")})`, "FROM m")}
      )
@@ -586,6 +603,67 @@ export async function listAuditEvents(
       ORDER BY audit_events.id DESC -- the table's bigint, not the text column of the same name
       LIMIT $4`,
     [beforeId, actor, action, limit],
+  );
+  return rows;
+}
+
+// ------------------------------------------------------------------------------ group quotas
+
+/** A group's own limit of active timers, as stored. */
+export interface GroupQuotaRow {
+  group_id: string;
+  max_active_timers: string;
+  set_by: string;
+  set_at: Date;
+}
+
+/**
+ * Sets a group's limit of active timers (maxActive > 0) or removes it (0), and records it, in
+ * one statement. Returns the override before and after the change (null when there was none).
+ */
+export async function setGroupQuota(
+  pool: pg.Pool,
+  groupId: string,
+  maxActive: bigint,
+  audit: AuditInfo,
+): Promise<{ previous: GroupQuotaRow | null; quota: GroupQuotaRow | null }> {
+  const { rows } = await pool.query<{ previous: GroupQuotaRow | null; quota: GroupQuotaRow | null }>(
+    `-- set_group_quota
+     WITH prev AS (
+       SELECT group_id, max_active_timers::text, set_by, set_at FROM group_quotas WHERE group_id = $1 FOR UPDATE
+     ), removed AS (
+       DELETE FROM group_quotas WHERE group_id = $1 AND $2::bigint = 0 RETURNING group_id
+     ), q AS (
+       INSERT INTO group_quotas (group_id, max_active_timers, set_by)
+       SELECT $1, $2::bigint, $3::text WHERE $2::bigint > 0
+       ON CONFLICT (group_id) DO UPDATE SET max_active_timers = EXCLUDED.max_active_timers, set_by = EXCLUDED.set_by, set_at = now()
+       RETURNING group_id, max_active_timers::text, set_by, set_at
+     ), audit AS (
+       ${insertAudit(
+         3,
+         "'OK'",
+         `jsonb_build_object('previous_max_active_timers', (SELECT max_active_timers FROM prev),
+                             'max_active_timers', (SELECT max_active_timers FROM q),
+                             'removed', EXISTS (SELECT 1 FROM removed))`,
+       )}
+     )
+     SELECT (SELECT to_jsonb(prev) FROM prev) AS previous, (SELECT to_jsonb(q) FROM q) AS quota FROM audit`,
+    [groupId, maxActive.toString(), ...auditParams(audit)],
+  );
+  const parse = (r: GroupQuotaRow | null) => (r ? { ...r, set_at: new Date(r.set_at) } : null);
+  return { previous: parse(rows[0]!.previous), quota: parse(rows[0]!.quota) };
+}
+
+/** Groups with their own limit, by group id, with their active (SCHEDULED + FIRING) timers counted now. */
+export async function listGroupQuotas(pool: pg.Pool, groupId: string | null): Promise<(GroupQuotaRow & { active: string })[]> {
+  const { rows } = await pool.query<GroupQuotaRow & { active: string }>(
+    `-- list_group_quotas
+     SELECT q.group_id, q.max_active_timers::text, q.set_by, q.set_at,
+            (SELECT count(*) FROM timers t WHERE t.group_id = q.group_id AND t.state IN (${State.Scheduled}, ${State.Firing}))::text AS active
+       FROM group_quotas q
+      WHERE ($1::text IS NULL OR q.group_id = $1::text)
+      ORDER BY q.group_id`,
+    [groupId],
   );
   return rows;
 }

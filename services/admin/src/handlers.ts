@@ -11,6 +11,7 @@ import {
   CancelTimersResponseSchema,
   DispatcherSchema,
   GroupActivitySchema,
+  GroupQuotaSchema,
   GroupSchema,
   PausedGroupSchema,
   PurgeTimersResponseSchema,
@@ -24,7 +25,9 @@ import {
 } from "../../shared/src/gen/admin/v1/admin_pb.js";
 import { TimerState } from "../../shared/src/gen/timer/v1/timer_pb.js";
 import type { Logger } from "../../shared/src/logger.js";
-import { publishAnnouncement } from "../../shared/src/nats.js";
+import { pageOf } from "../../shared/src/page-bytes.js";
+import { destinationOfJson } from "../../shared/src/callback-destination.js";
+import { publishAnnouncement } from "../../shared/src/mesh-messages.js";
 import { rowToTimer, State } from "../../shared/src/timer-model.js";
 import {
   cancelSelection,
@@ -52,6 +55,8 @@ export interface AdminDeps {
   auditor: Auditor;
   shardCount: number;
   memberTtlMs: number;
+  /** LIST_PAGE_MAX_BYTES: a ListFailedTimers page stops before this many bytes (at least one timer). */
+  listPageMaxBytes: number;
   log: Logger;
 }
 
@@ -85,6 +90,18 @@ function summary(r: store.SummaryRow): TimerSummary {
 
 const keys = (rows: store.SummaryRow[]) => rows.slice(0, SAMPLE_SIZE).map((r) => ({ group_id: r.group_id, timer_id: r.timer_id }));
 
+function quotaOf(r: store.GroupQuotaRow | null, active?: string) {
+  return r
+    ? create(GroupQuotaSchema, {
+        groupId: r.group_id,
+        maxActiveTimers: BigInt(r.max_active_timers),
+        setBy: r.set_by,
+        setTime: timestampFromDate(r.set_at),
+        activeTimers: active === undefined ? 0n : BigInt(active),
+      })
+    : undefined;
+}
+
 function pauseOf(groupId: string, at: Date | null, by: string | null, reason: string | null) {
   return at ? create(PausedGroupSchema, { groupId, pausedTime: timestampFromDate(at), pausedBy: by ?? "", reason: reason ?? "" }) : undefined;
 }
@@ -97,7 +114,13 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
   const announce = (rows: store.SummaryRow[]) => {
     for (const r of rows) {
       try {
-        publishAnnouncement(deps.nats, { g: r.group_id, t: r.timer_id, s: r.shard, at: r.next_attempt_at.getTime() });
+        publishAnnouncement(deps.nats, {
+          groupId: r.group_id,
+          timerId: r.timer_id,
+          shard: r.shard,
+          dueMs: r.next_attempt_at.getTime(),
+          destination: r.callback === undefined ? "" : destinationOfJson(r.callback),
+        });
       } catch (err) {
         // The timer is due in Postgres; its owner's overdue scan finds it.
         deps.log.warn({ err, group_id: r.group_id, timer_id: r.timer_id }, "could not announce a retried timer");
@@ -163,7 +186,8 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
             Code.NotFound,
           );
         }
-        const released = await deps.control.drain(d.id, d.address, ctx.requestHeader.get("authorization"), ctx.signal);
+        // With the admin service's own token: the operator's is never forwarded (mesh-control.ts).
+        const released = await deps.control.drain(d.id, d.address, ctx.signal);
         return {
           response: { dispatcherId: d.id, releasedShards: released },
           result: { dispatcher_id: d.id, address: d.address, released_shards: released },
@@ -233,13 +257,12 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
     async listFailedTimers(req) {
       const size = checked(() => pageSize(req.pageSize));
       const after = req.pageToken === "" ? null : checked(() => decodeFailedCursor(req.pageToken, req.groupId));
-      const rows = await store.listFailedTimers(pool, req.groupId || null, after, size + 1);
-      const page = rows.slice(0, size);
+      const rows = await store.listFailedTimers(pool, req.groupId || null, after, size + 1, deps.listPageMaxBytes);
+      const { page, more } = pageOf(rows, size);
       const last = page[page.length - 1];
       return {
         timers: page.map(rowToTimer),
-        nextPageToken:
-          rows.length > size && last ? encodeFailedCursor({ finish: last.finish_key, groupId: last.group_id, timerId: last.timer_id }, req.groupId) : "",
+        nextPageToken: more && last ? encodeFailedCursor({ finish: last.finish_key, groupId: last.group_id, timerId: last.timer_id }, req.groupId) : "",
       };
     },
 
@@ -410,6 +433,27 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
         pausedGroups: Number(c.paused_groups),
         time: timestampFromDate(c.db_now),
       };
+    },
+
+    async setGroupQuota(req, ctx) {
+      return auditor.change(ctx, req, async (audit) => {
+        const groupId = required(req.groupId, "group_id");
+        if (groupId.length > 128) throw new ConnectError("group_id is longer than 128 characters", Code.InvalidArgument);
+        if (req.maxActiveTimers < 0n) {
+          throw new ConnectError("max_active_timers must not be negative (0 removes the group's override)", Code.InvalidArgument);
+        }
+        const r = await store.setGroupQuota(pool, groupId, req.maxActiveTimers, audit);
+        return {
+          response: { quota: quotaOf(r.quota), previous: quotaOf(r.previous) },
+          result: { max_active_timers: r.quota?.max_active_timers ?? null, previous_max_active_timers: r.previous?.max_active_timers ?? null },
+          recorded: true,
+        };
+      });
+    },
+
+    async listGroupQuotas(req) {
+      const rows = await store.listGroupQuotas(pool, req.groupId || null);
+      return { quotas: rows.map((r) => quotaOf(r, r.active)!) };
     },
 
     async listAuditEvents(req) {

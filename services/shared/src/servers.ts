@@ -56,16 +56,24 @@ export async function readTlsMaterial(files: { certFile: string; keyFile: string
 /**
  * Serves gRPC, gRPC-Web and Connect on one HTTP/2 port: plaintext (h2c), or TLS when `tls` is
  * given (HTTP/1.1 allowed too, for gRPC-Web and Connect), with client certificates required
- * when it names a client CA (mTLS).
+ * when it names a client CA (mTLS). Requests larger than `maxRequestBytes` are refused with
+ * RESOURCE_EXHAUSTED before decoding. Node's own HTTP/2 limits stay at their defaults, which
+ * are sane for this: at most 10 MB of buffered data per session (maxSessionMemory; beyond it new
+ * streams are refused), 64 KiB of headers per request, and a 64 KiB flow-control window per
+ * stream, so a client sending faster than a handler reads is held back by HTTP/2 itself.
  */
 export async function startGrpcServer(opts: {
   host: string;
   port: number;
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
+  maxRequestBytes: number;
   tls?: TlsMaterial;
 }): Promise<{ server: http2.Http2Server | http2.Http2SecureServer; port: number; close(): Promise<void> }> {
-  const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors });
+  // readMaxBytes is checked against each message's length prefix (and a Connect unary call's
+  // Content-Length) before the message is buffered or decoded: an oversized request costs a
+  // few kilobytes of reading, then RESOURCE_EXHAUSTED naming the limit.
+  const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: opts.maxRequestBytes });
   const tls = opts.tls;
   const server: http2.Http2Server | http2.Http2SecureServer = tls
     ? http2.createSecureServer(

@@ -2,9 +2,10 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type pg from "pg";
-import { authorizeGroup } from "../../shared/src/auth.js";
+import { authorizeGroup, callerOf } from "../../shared/src/auth.js";
 import type { Logger } from "../../shared/src/logger.js";
-import { publishAnnouncement, shardSubject, type TimerAnnouncement } from "../../shared/src/nats.js";
+import { destinationOf } from "../../shared/src/callback-destination.js";
+import { publishAnnouncement, shardSubject, type Announcement } from "../../shared/src/mesh-messages.js";
 import { shardOf } from "../../shared/src/shard.js";
 import { rowToTimer, State } from "../../shared/src/timer-model.js";
 import {
@@ -19,9 +20,13 @@ import { headers as natsHeaders } from "@nats-io/transport-node";
 import { injectInto, traceparentOf } from "../../shared/src/telemetry/trace-context.js";
 import type { TimerMetrics } from "./timer-metrics.js";
 import type { TimerConfig } from "./config.js";
-import { cancelTimer, getTimer, listTimers, type CreateBatcher } from "./timer-store.js";
-import { ValidationError, validateCreate } from "./validation.js";
+import { cancelTimer, findStoredCreate, getTimer, listTimers, type CreateBatcher, type StoredCreate } from "./timer-store.js";
+import { ValidationError, validateCreate, type NewTimer } from "./validation.js";
+import { groupQuotaExceeded, takeCreateToken } from "./create-limits.js";
+import type { TokenBuckets } from "./create-rate.js";
+import { isRefusal, type GroupQuota } from "./group-quota.js";
 import { decodePageToken, encodePageToken } from "./page-token.js";
+import { pageOf } from "../../shared/src/page-bytes.js";
 
 /** Dependencies of the TimerService handlers. */
 export interface TimerDeps {
@@ -32,6 +37,10 @@ export interface TimerDeps {
   log: Logger;
   metrics: TimerMetrics;
   tracer: Tracer;
+  /** Active timers per group against GROUP_MAX_ACTIVE_TIMERS and admins' overrides. */
+  quota: GroupQuota;
+  /** Creates per token (CREATE_RATE_PER_TOKEN, CREATE_BURST_PER_TOKEN). */
+  createRate: TokenBuckets;
 }
 
 /** The timer.v1.TimerService implementation: validate, store, announce. */
@@ -41,6 +50,7 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     // An empty group_id is left to validation, which names the field.
     if (req.groupId !== "") authorizeGroup(ctx, req.groupId);
     const now = Date.now();
+    takeCreateToken(deps.createRate, callerOf(ctx).name, now);
     let timer;
     try {
       timer = validateCreate(req, config.limits, now);
@@ -48,7 +58,7 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       throw invalid(err);
     }
     const shard = shardOf(timer.groupId, timer.timerId, config.shardCount);
-    const stored = await deps.batcher.store({ ...timer, shard }, createTraceparent(ctx));
+    const stored = await storeWithinQuota(deps, { ...timer, shard }, createTraceparent(ctx));
     if (stored.conflict) {
       throw new ConnectError(
         `timer ${timer.groupId}/${timer.timerId} already exists with a different schedule, callback, payload, retry policy or labels`,
@@ -57,7 +67,13 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     }
     const row = stored.row;
     if (stored.created && row.next_attempt_at.getTime() - now <= config.announceWindowMs) {
-      announce(deps, { g: row.group_id, t: row.timer_id, s: row.shard, at: row.next_attempt_at.getTime() });
+      announce(deps, {
+        groupId: row.group_id,
+        timerId: row.timer_id,
+        shard: row.shard,
+        dueMs: row.next_attempt_at.getTime(),
+        destination: destinationOf(timer.callback),
+      });
     }
     return create(CreateTimerResponseSchema, { timer: rowToTimer(row), created: stored.created });
   };
@@ -115,25 +131,46 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
         after = decodePageToken(req.pageToken, req.groupId, states);
         if (!after) throw new ConnectError("page_token is malformed or belongs to a different query", Code.InvalidArgument);
       }
-      const rows = await listTimers(pool, req.groupId, states, after, pageSize + 1);
-      const page = rows.slice(0, pageSize);
+      const rows = await listTimers(pool, req.groupId, states, after, pageSize + 1, config.quotas.listPageMaxBytes);
+      const { page, more } = pageOf(rows, pageSize);
       const last = page[page.length - 1];
       return {
         timers: page.map(rowToTimer),
         nextPageToken:
-          rows.length > pageSize && last
-            ? encodePageToken({ fireAtMs: last.fire_at.getTime(), timerId: last.timer_id }, req.groupId, states)
-            : "",
+          more && last ? encodePageToken({ fireAtMs: last.fire_at.getTime(), timerId: last.timer_id }, req.groupId, states) : "",
       };
     },
   };
 }
 
-function announce(deps: TimerDeps, a: TimerAnnouncement): void {
-  const subject = shardSubject(a.s);
+/**
+ * Stores a create if its group is within its limit of active timers. Over the limit, a replay of
+ * a stored timer is still answered as one (the quota refuses new timers, not replays).
+ */
+async function storeWithinQuota(deps: TimerDeps, timer: NewTimer & { shard: number }, traceparent: string | undefined): Promise<StoredCreate> {
+  const admission = deps.quota.admit(timer.groupId);
+  if (isRefusal(admission)) {
+    const existing = await findStoredCreate(deps.pool, timer.groupId, timer.timerId);
+    if (!existing) throw groupQuotaExceeded(admission);
+    return { row: existing, created: false, conflict: !existing.request_hash.equals(timer.requestHash) };
+  }
+  let stored: StoredCreate;
+  try {
+    stored = await deps.batcher.store(timer, traceparent);
+  } catch (err) {
+    admission.released();
+    throw err;
+  }
+  if (stored.created) admission.created();
+  else admission.released();
+  return stored;
+}
+
+function announce(deps: TimerDeps, a: Announcement): void {
+  const subject = shardSubject(a.shard);
   const span = deps.tracer.startSpan(`send ${subject}`, {
     kind: SpanKind.PRODUCER,
-    attributes: { "messaging.system": "nats", "messaging.operation.type": "send", "messaging.destination.name": subject, "timer.shard": a.s },
+    attributes: { "messaging.system": "nats", "messaging.operation.type": "send", "messaging.destination.name": subject, "timer.shard": a.shard },
   });
   try {
     const h = natsHeaders();
@@ -141,7 +178,7 @@ function announce(deps: TimerDeps, a: TimerAnnouncement): void {
     publishAnnouncement(deps.nats, a, h);
   } catch (err) {
     // The timer is stored; its owner's poll finds it. Announcing only makes it faster.
-    deps.log.warn({ err, group_id: a.g, timer_id: a.t, shard: a.s }, "could not announce timer over NATS");
+    deps.log.warn({ err, group_id: a.groupId, timer_id: a.timerId, shard: a.shard }, "could not announce timer over NATS");
   } finally {
     span.end();
   }

@@ -1,24 +1,30 @@
 // The timer service's own metrics (names from the operations document).
 import type { Meter } from "@opentelemetry/api";
-import type pg from "pg";
-import type { Logger } from "../../shared/src/logger.js";
-import { State } from "../../shared/src/timer-model.js";
 import { GaugeSeries } from "../../shared/src/telemetry/gauge-series.js";
+import type { RecountListener } from "./active-timer-recount.js";
 
-/** Counters the CreateTimer handler updates. */
-export interface TimerMetrics {
+/** Counters the CreateTimer handler updates; active_timers_total follows the recount. */
+export interface TimerMetrics extends RecountListener {
   attempt(): void;
   created(): void;
   failed(code: string): void;
-  stop(): void;
 }
 
 // active_timers_total has one series per group: only the largest groups get their own, the rest
 // are summed under "_other", so a tenant with a million groups cannot blow up Prometheus.
 const TOP_GROUPS = 50;
 
-/** Creates the timer service's instruments; active_timers_total is refreshed from Postgres. */
-export function createTimerMetrics(meter: Meter, pool: pg.Pool, log: Logger, activeRefreshMs: number): TimerMetrics {
+/** The largest `top` groups by active timers (ties by group id), the rest summed as "_other". */
+export function largestGroups(activeByGroup: ReadonlyMap<string, number>, top: number): { group_id: string; n: number }[] {
+  const sorted = [...activeByGroup].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const out = sorted.slice(0, top).map(([group_id, n]) => ({ group_id, n }));
+  const rest = sorted.slice(top).reduce((sum, [, n]) => sum + n, 0);
+  if (sorted.length > top) out.push({ group_id: "_other", n: rest });
+  return out;
+}
+
+/** Creates the timer service's instruments; active_timers_total is set from each recount (active-timer-recount.ts). */
+export function createTimerMetrics(meter: Meter): TimerMetrics {
   const attempts = meter.createCounter("timer_creation_attempts_total", { description: "CreateTimer calls" });
   const creations = meter.createCounter("timer_creations_total", { description: "Timers created (not replays)" });
   const failures = meter.createCounter("timer_creation_failures_total", { description: "CreateTimer calls that failed, by gRPC code" });
@@ -28,24 +34,6 @@ export function createTimerMetrics(meter: Meter, pool: pg.Pool, log: Logger, act
   let active: { group_id: string; n: number }[] = [];
   // A group whose timers all finished (or that left the largest 50) must drop to 0.
   const activeSeries = new GaugeSeries();
-  const refresh = async () => {
-    try {
-      const { rows } = await pool.query<{ group_id: string; n: string }>(
-        `-- active_timers_by_group
-         WITH g AS (SELECT group_id, count(*) AS n FROM timers WHERE state IN (${State.Scheduled}, ${State.Firing}) GROUP BY group_id),
-              r AS (SELECT group_id, n, row_number() OVER (ORDER BY n DESC, group_id) AS rank FROM g)
-         SELECT CASE WHEN rank <= $1 THEN group_id ELSE '_other' END AS group_id, sum(n)::bigint AS n
-           FROM r GROUP BY 1`,
-        [TOP_GROUPS],
-      );
-      active = rows.map((r) => ({ group_id: r.group_id, n: Number(r.n) }));
-    } catch (err) {
-      log.warn({ err }, "could not count active timers");
-    }
-  };
-  void refresh();
-  const timer = setInterval(() => void refresh(), activeRefreshMs);
-  timer.unref();
   meter
     .createObservableGauge("active_timers_total", { description: "Scheduled or firing timers per group (largest 50 groups; the rest as _other)" })
     .addCallback((r) => activeSeries.observe(r, active.map((a) => ({ attributes: { group_id: a.group_id }, value: a.n }))));
@@ -53,6 +41,8 @@ export function createTimerMetrics(meter: Meter, pool: pg.Pool, log: Logger, act
     attempt: () => attempts.add(1),
     created: () => creations.add(1),
     failed: (code) => failures.add(1, { code }),
-    stop: () => clearInterval(timer),
+    recountStarting: () => (result) => {
+      if (result) active = largestGroups(result.activeByGroup, TOP_GROUPS);
+    },
   };
 }

@@ -2,6 +2,7 @@
 // INSERT while the previous one is in flight, so throughput grows with load instead of
 // every call paying its own commit.
 import type pg from "pg";
+import { boundedPageSql, timerColumnsOf, TIMER_BYTES_SQL } from "../../shared/src/page-bytes.js";
 import { callbackToJson, State, TIMER_COLUMNS, type TimerRow } from "../../shared/src/timer-model.js";
 import type { NewTimer } from "./validation.js";
 
@@ -120,6 +121,16 @@ function key(g: string, t: string): string {
   return `${g}\u0000${t}`;
 }
 
+/** One timer by key with the hash of the request that made it (to tell a replay from a conflict). */
+export async function findStoredCreate(pool: pg.Pool, groupId: string, timerId: string): Promise<(TimerRow & { request_hash: Buffer }) | undefined> {
+  const { rows } = await pool.query<TimerRow & { request_hash: Buffer }>(
+    `-- find_stored_create
+     SELECT ${TIMER_COLUMNS}, request_hash FROM timers WHERE group_id = $1 AND timer_id = $2`,
+    [groupId, timerId],
+  );
+  return rows[0];
+}
+
 /** One timer by key. */
 export async function getTimer(pool: pg.Pool, groupId: string, timerId: string): Promise<TimerRow | undefined> {
   const { rows } = await pool.query<TimerRow>(
@@ -145,23 +156,33 @@ export async function cancelTimer(pool: pg.Pool, groupId: string, timerId: strin
   return rows[0] ?? (await getTimer(pool, groupId, timerId));
 }
 
-/** A page of a group's timers in (fire_at, timer_id) order, after the given position. */
+/**
+ * A page of a group's timers in (fire_at, timer_id) order, after the given position: at most
+ * `limit` rows, cut where their estimated size passes `maxBytes` (the first row always comes).
+ * `window_rows` of each row counts the rows found before the byte cut.
+ */
 export async function listTimers(
   pool: pg.Pool,
   groupId: string,
   states: number[],
   after: { fireAtMs: number; timerId: string } | undefined,
   limit: number,
-): Promise<TimerRow[]> {
-  const { rows } = await pool.query<TimerRow>(
+  maxBytes: number,
+): Promise<(TimerRow & { window_rows: number })[]> {
+  const { rows } = await pool.query<TimerRow & { window_rows: number }>(
     `-- list_timers
-     SELECT ${TIMER_COLUMNS} FROM timers
-      WHERE group_id = $1
-        AND (cardinality($2::smallint[]) = 0 OR state = ANY($2::smallint[]))
-        AND ($3::timestamptz IS NULL OR (fire_at, timer_id) > ($3::timestamptz, $4::text))
-      ORDER BY fire_at, timer_id
-      LIMIT $5`,
-    [groupId, states, after ? new Date(after.fireAtMs) : null, after?.timerId ?? "", limit],
+     ${boundedPageSql({
+       keysetQuery: `SELECT group_id, timer_id, fire_at, ${TIMER_BYTES_SQL} AS bytes FROM timers
+                      WHERE group_id = $1
+                        AND (cardinality($2::smallint[]) = 0 OR state = ANY($2::smallint[]))
+                        AND ($3::timestamptz IS NULL OR (fire_at, timer_id) > ($3::timestamptz, $4::text))
+                      ORDER BY fire_at, timer_id
+                      LIMIT $5`,
+       orderBy: "fire_at, timer_id",
+       columns: timerColumnsOf(TIMER_COLUMNS),
+       maxBytesParam: "$6::bigint",
+     })}`,
+    [groupId, states, after ? new Date(after.fireAtMs) : null, after?.timerId ?? "", limit, maxBytes],
   );
   return rows;
 }
