@@ -41,6 +41,7 @@ import { startService, type ServiceProcess } from "../test/support/service-proce
 import { GrpcTimerClient } from "../test/support/timer-client.js";
 import { waitFor } from "../test/support/wait.js";
 import { fmt, fmtInt, fmtMs, renderTable, summarize, type Summary } from "./stats.js";
+import { envInt, envPairs } from "./bench-env.js";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const SELF = fileURLToPath(import.meta.url);
@@ -238,24 +239,7 @@ function cpuTable(a: CpuSnapshot, b: CpuSnapshot, k: Known): string {
 // ---------------------------------------------------------------------------------------------
 // Configuration and small helpers.
 
-function envInt(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  if (!/^\d+$/.test(raw.trim())) throw new Error(`${name} must be a non-negative integer, got "${raw}"`);
-  return Number(raw);
-}
 
-function envPairs(name: string): Record<string, string> {
-  const raw = (process.env[name] ?? "").trim();
-  if (raw.startsWith("{")) return JSON.parse(raw) as Record<string, string>;
-  const out: Record<string, string> = {};
-  for (const pair of (process.env[name] ?? "").split(/\s+/).filter(Boolean)) {
-    const i = pair.indexOf("=");
-    if (i <= 0) throw new Error(`${name} must be "K=V K2=V2", got "${pair}"`);
-    out[pair.slice(0, i)] = pair.slice(i + 1);
-  }
-  return out;
-}
 
 const cfg = {
   creates: envInt("BENCH_CREATES", 20_000),
@@ -546,10 +530,13 @@ async function main(): Promise<number> {
     const dbName = new URL(db.url).pathname.slice(1);
     nats = await startNats();
     rx = await startReceiverChild();
-    const env = { DATABASE_URL: db.url, NATS_URL: nats.url, SHARD_COUNT: String(cfg.shardCount), LOG_LEVEL: "warn" };
-    const timer = await startService("timer", { ...env, ...cfg.timerEnv });
+    const env = { DATABASE_URL: db.url, SHARD_COUNT: String(cfg.shardCount), LOG_LEVEL: "warn" };
+    // Every bench client is the same caller ("anonymous"): lift the per-token create rate, which
+    // would otherwise cap phase A at CREATE_RATE_PER_TOKEN (1,000/s) and measure the limit.
+    const unthrottled = { CREATE_RATE_PER_TOKEN: "1000000", CREATE_BURST_PER_TOKEN: "1000000" };
+    const timer = await startService("timer", { ...env, ...nats.serviceEnv("timer"), ...unthrottled, ...cfg.timerEnv });
     services.push(timer);
-    const dispatcher = await startService("dispatcher", { ...env, DISPATCHER_ID: "bench-d1", ...cfg.dispatcherEnv });
+    const dispatcher = await startService("dispatcher", { ...env, ...nats.serviceEnv("dispatcher"), DISPATCHER_ID: "bench-d1", ...cfg.dispatcherEnv });
     services.push(dispatcher);
     const pgVersion = (await db.pool.query<{ server_version: string }>("SHOW server_version")).rows[0]!.server_version;
     const autovacuum = (await db.pool.query<{ autovacuum: string }>("SHOW autovacuum")).rows[0]!.autovacuum;

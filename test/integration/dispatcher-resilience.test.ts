@@ -137,7 +137,9 @@ describe("restart after downtime", () => {
     // A small delivery capacity and a slow receiver make the backlog take seconds to drain,
     // so timers due now really compete with it. (With the default capacity all 300 leave at
     // once over 300 new connections, and their arrival order says nothing about the dispatcher.)
-    const dispatcherEnv = { POLL_INTERVAL: "250ms", OVERDUE_GRACE: "1s", MAX_IN_FLIGHT: "10" };
+    // One group at one receiver: fair delivery caps it at its share of the slots (5 of 10 here,
+    // so the backlog drains in seconds, not half a minute); its own timers due now still go first.
+    const dispatcherEnv = { POLL_INTERVAL: "250ms", OVERDUE_GRACE: "1s", MAX_IN_FLIGHT: "10", DELIVERY_GROUP_SHARE: "50", DELIVERY_DESTINATION_SHARE: "50" };
     await using mesh = await startMesh({ dispatchers: 1, dispatcherEnv });
     await using rx = await startHttpReceiver();
     await using slow = await startSlowProxy(rx.url, 200);

@@ -3,8 +3,15 @@
 import * as grpc from "@grpc/grpc-js";
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import assert from "node:assert/strict";
-import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { TimerService, type CreateTimerRequest, type Timer } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import {
+  CallbackSchema,
+  CreateTimerRequestSchema,
+  TimerService,
+  type CreateTimerRequest,
+  type Timer,
+} from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 
 type Methods = typeof TimerService.method;
 type In<K extends keyof Methods> = MessageShape<Methods[K]["input"]>;
@@ -55,4 +62,14 @@ export async function createAll(client: GrpcTimerClient, reqs: CreateTimerReques
 /** A timer's fire_at in epoch milliseconds. */
 export function fireAtMsOf(t: Timer): number {
   return timestampMs(t.fireAt!);
+}
+
+/** A create of a timer firing at `fireAtMs` with an HTTP callback to `url`. */
+export function httpTimerAt(groupId: string, timerId: string, fireAtMs: number, url: string): CreateTimerRequest {
+  return create(CreateTimerRequestSchema, {
+    groupId,
+    timerId,
+    schedule: { case: "fireAt", value: timestampFromMs(fireAtMs) },
+    callback: create(CallbackSchema, { target: { case: "http", value: { url, headers: {} } } }),
+  });
 }

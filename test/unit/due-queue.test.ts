@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { DueQueue } from "../../services/dispatcher/src/due-queue.js";
 
-const t = (id: string, dueMs: number, shard = 0) => ({ groupId: "g", timerId: id, shard, dueMs });
+const t = (id: string, dueMs: number, shard = 0) => ({ groupId: "g", timerId: id, shard, dueMs, destination: "http://127.0.0.1:80" });
 
 test("pops due timers earliest first, and only those due", () => {
   const q = new DueQueue();
@@ -30,11 +30,21 @@ test("holds a timer once, moving it when re-added with a new time", () => {
 test("removes by key and by shard predicate, keeping heap order", () => {
   const q = new DueQueue();
   for (let i = 0; i < 200; i++) q.add(t(`t${i}`, 1000 - i, i % 4));
-  assert.equal(q.remove("g", "t5"), true);
-  assert.equal(q.remove("g", "t5"), false);
+  assert.equal(q.remove("g", "t5")?.timerId, "t5");
+  assert.equal(q.remove("g", "t5"), undefined);
   assert.equal(q.removeWhere((x) => x.shard === 1), 50 - (5 % 4 === 1 ? 1 : 0));
   const all = q.popDue(Infinity, 1000);
   assert.ok(all.every((x) => x.shard !== 1));
   for (let i = 1; i < all.length; i++) assert.ok(all[i - 1]!.dueMs <= all[i]!.dueMs);
   assert.equal(q.size, 0);
+});
+
+test("popNext takes the earliest only when it is due", () => {
+  const q = new DueQueue();
+  q.add(t("late", 2000));
+  q.add(t("early", 1000));
+  assert.equal(q.popNext(999), undefined);
+  assert.equal(q.popNext(1000)?.timerId, "early");
+  assert.equal(q.popNext(1999), undefined);
+  assert.equal(q.size, 1);
 });

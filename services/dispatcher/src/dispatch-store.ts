@@ -2,6 +2,7 @@
 // back claims whose holder died. Claims and completions are batched: one statement for many
 // timers.
 import type pg from "pg";
+import { CALLBACK_DESTINATION_COLUMNS, destinationOfParts, type CallbackDestinationParts } from "../../shared/src/callback-destination.js";
 import { State, type TimerRow } from "../../shared/src/timer-model.js";
 import type { DueTimer } from "./due-queue.js";
 
@@ -31,15 +32,22 @@ export interface LoadCursor {
   timerId: string;
 }
 
+/** What a load reads of a due timer: its key, shard, due time and the parts of its callback that name its destination. */
 interface DueRow {
   group_id: string;
   timer_id: string;
   shard: number;
   next_attempt_at: Date;
+  http_url: string | null;
+  grpc_target: string | null;
+  nats: boolean;
 }
 
+const DUE_COLUMNS = `group_id, timer_id, shard, next_attempt_at, ${CALLBACK_DESTINATION_COLUMNS}`;
+
 function toDue(r: DueRow): DueTimer {
-  return { groupId: r.group_id, timerId: r.timer_id, shard: r.shard, dueMs: r.next_attempt_at.getTime() };
+  const parts: CallbackDestinationParts = { httpUrl: r.http_url, grpcTarget: r.grpc_target, nats: r.nats };
+  return { groupId: r.group_id, timerId: r.timer_id, shard: r.shard, dueMs: r.next_attempt_at.getTime(), destination: destinationOfParts(parts) };
 }
 
 /**
@@ -55,7 +63,7 @@ export async function loadWindow(
 ): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
     `-- load_window
-     SELECT group_id, timer_id, shard, next_attempt_at FROM timers
+     SELECT ${DUE_COLUMNS} FROM timers
       WHERE state = ${State.Scheduled}
         AND (next_attempt_at, group_id, timer_id) > ($2::timestamptz, $3::text, $4::text)
         AND next_attempt_at <= $5::timestamptz
@@ -68,20 +76,23 @@ export async function loadWindow(
 }
 
 /**
- * Scheduled timers of the given shards that are overdue by more than `graceMs`, oldest first:
- * the backlog after downtime, and anything whose announcement was lost.
+ * Scheduled timers of the given shards that are overdue by more than `graceMs`, oldest first,
+ * after `after` in (next_attempt_at, group_id, timer_id) order: the backlog after downtime, and
+ * anything whose announcement was lost. The cursor lets a pass move past overdue timers the
+ * dispatcher already holds unclaimed (parked by fair delivery) instead of reading them again.
  */
-export async function loadOverdue(pool: pg.Pool, shards: number[], graceMs: number, limit: number): Promise<DueTimer[]> {
+export async function loadOverdue(pool: pg.Pool, shards: number[], graceMs: number, after: LoadCursor, limit: number): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
     `-- load_overdue
-     SELECT group_id, timer_id, shard, next_attempt_at FROM timers
+     SELECT ${DUE_COLUMNS} FROM timers
       WHERE state = ${State.Scheduled}
         AND next_attempt_at <= now() - make_interval(secs => $2::float8 / 1000)
+        AND (next_attempt_at, group_id, timer_id) > ($4::timestamptz, $5::text, $6::text)
         AND shard = ANY($1::int[])
         AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = timers.group_id)
-      ORDER BY next_attempt_at
+      ORDER BY next_attempt_at, group_id, timer_id
       LIMIT $3`,
-    [shards, graceMs, limit],
+    [shards, graceMs, limit, new Date(after.atMs), after.groupId, after.timerId],
   );
   return rows.map(toDue);
 }
@@ -215,12 +226,12 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
               last_error = 'delivery abandoned: dispatcher ' || coalesce(t.claim_owner, '?') || ' stopped mid-delivery',
               claim_owner = NULL, claim_expires_at = NULL
          FROM x WHERE t.group_id = x.group_id AND t.timer_id = x.timer_id
-       RETURNING t.group_id, t.timer_id, t.shard, t.next_attempt_at, t.attempt, t.last_error
+       RETURNING t.group_id, t.timer_id, t.shard, t.next_attempt_at, t.attempt, t.last_error, t.callback
      ), a AS (
        INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
        SELECT group_id, timer_id, attempt, 'reclaimer', now(), now(), 'abandoned', last_error FROM u
      )
-     SELECT group_id, timer_id, shard, next_attempt_at FROM u`,
+     SELECT ${DUE_COLUMNS} FROM u`,
     [shards, limit, owner],
   );
   return rows.map(toDue);

@@ -11,6 +11,8 @@ export interface DispatcherMetrics {
   fired(lateMs: number): void;
   attempted(transport: string, result: DeliveryResult): void;
   finished(succeeded: boolean): void;
+  /** A timer dropped because Postgres refuses it in a claim statement even alone. */
+  claimDropped(): void;
   stop(): void;
 }
 
@@ -21,6 +23,10 @@ export interface DispatcherGauges {
   timersInMemory(): number;
   deliveriesInFlight(): number;
   dueNotStarted(): number;
+  /** Due timers waiting because their group or destination holds its full share of delivery slots. */
+  timersParked(): number;
+  /** Times a due timer was parked by fair delivery since start. */
+  timersParkedTotal(): number;
 }
 
 const LAG_REFRESH_MS = 5_000;
@@ -50,6 +56,12 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
   gauge("dispatcher_timers_in_memory", "Timers held in memory", gauges.timersInMemory);
   gauge("dispatcher_deliveries_in_flight", "Deliveries in flight", gauges.deliveriesInFlight);
   gauge("timer_execution_queue_size", "Timers held in memory that are due and not yet being delivered", gauges.dueNotStarted);
+  gauge("dispatcher_timers_parked", "Due timers waiting because their group or callback destination holds its full share of delivery slots", gauges.timersParked);
+  meter
+    .createObservableCounter("dispatcher_timers_parked_total", { description: "Times a due timer was parked by fair delivery (DELIVERY_GROUP_SHARE, DELIVERY_DESTINATION_SHARE)" })
+    .addCallback((r) => r.observe(gauges.timersParkedTotal()));
+  const claimDropped = meter.createCounter("dispatcher_claim_entries_dropped_total", { description: "Timers dropped because Postgres refuses them in a claim statement even alone" });
+  claimDropped.add(0);
 
   let lag: { shard: number; owner: string; lag: number }[] = [];
   // A shard's owner label changes on hand-off; the previous owner's series must drop to 0.
@@ -88,6 +100,7 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
       executions.add(1);
       if (succeeded) successes.add(1);
     },
+    claimDropped: () => claimDropped.add(1),
     stop: () => clearInterval(timer),
   };
 }

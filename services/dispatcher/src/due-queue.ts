@@ -8,9 +8,12 @@ export interface DueTimer {
   timerId: string;
   shard: number;
   dueMs: number;
+  /** Where its callback goes (services/shared/src/callback-destination.ts): fair delivery counts by it. */
+  destination: string;
 }
 
-interface Slot extends DueTimer {
+interface Slot<T extends DueTimer> {
+  timer: T;
   key: string;
   index: number;
 }
@@ -21,9 +24,9 @@ export function timerKey(groupId: string, timerId: string): string {
 }
 
 /** Min-heap of held timers by due time, one slot per timer. */
-export class DueQueue {
-  private heap: Slot[] = [];
-  private byKey = new Map<string, Slot>();
+export class DueQueue<T extends DueTimer = DueTimer> {
+  private heap: Slot<T>[] = [];
+  private byKey = new Map<string, Slot<T>>();
 
   get size(): number {
     return this.heap.length;
@@ -34,18 +37,17 @@ export class DueQueue {
   }
 
   /** Holds a timer; if it is held already, moves it to the new due time. */
-  add(t: DueTimer): void {
+  add(t: T): void {
     const key = timerKey(t.groupId, t.timerId);
     const existing = this.byKey.get(key);
     if (existing) {
-      if (existing.dueMs === t.dueMs) return;
-      const earlier = t.dueMs < existing.dueMs;
-      existing.dueMs = t.dueMs;
-      if (earlier) this.up(existing.index);
-      else this.down(existing.index);
+      const before = existing.timer.dueMs;
+      existing.timer = t;
+      if (t.dueMs < before) this.up(existing.index);
+      else if (t.dueMs > before) this.down(existing.index);
       return;
     }
-    const slot: Slot = { ...t, key, index: this.heap.length };
+    const slot: Slot<T> = { timer: t, key, index: this.heap.length };
     this.heap.push(slot);
     this.byKey.set(key, slot);
     this.up(slot.index);
@@ -53,30 +55,37 @@ export class DueQueue {
 
   /** The earliest due time held, or undefined when empty. */
   peekDueMs(): number | undefined {
-    return this.heap[0]?.dueMs;
+    return this.heap[0]?.timer.dueMs;
+  }
+
+  /** Removes and returns the earliest timer if it is due at or before `untilMs`. */
+  popNext(untilMs: number): T | undefined {
+    if (this.heap.length === 0 || this.heap[0]!.timer.dueMs > untilMs) return undefined;
+    return this.removeAt(0).timer;
   }
 
   /** Removes and returns timers due at or before `untilMs`, earliest first, at most `max`. */
-  popDue(untilMs: number, max: number): DueTimer[] {
-    const out: DueTimer[] = [];
-    while (out.length < max && this.heap.length > 0 && this.heap[0]!.dueMs <= untilMs) {
-      const s = this.removeAt(0);
-      out.push({ groupId: s.groupId, timerId: s.timerId, shard: s.shard, dueMs: s.dueMs });
+  popDue(untilMs: number, max: number): T[] {
+    const out: T[] = [];
+    while (out.length < max) {
+      const t = this.popNext(untilMs);
+      if (t === undefined) break;
+      out.push(t);
     }
     return out;
   }
 
-  /** Drops a timer if held. */
-  remove(groupId: string, timerId: string): boolean {
+  /** Drops a timer if held, and returns it. */
+  remove(groupId: string, timerId: string): T | undefined {
     const s = this.byKey.get(timerKey(groupId, timerId));
-    if (!s) return false;
+    if (!s) return undefined;
     this.removeAt(s.index);
-    return true;
+    return s.timer;
   }
 
-  /** Drops every timer whose shard fails the predicate (shards handed to another dispatcher). */
-  removeWhere(drop: (t: DueTimer) => boolean): number {
-    const keep = this.heap.filter((s) => !drop(s));
+  /** Drops every timer the predicate picks (e.g. of shards handed to another dispatcher). */
+  removeWhere(drop: (t: T) => boolean): number {
+    const keep = this.heap.filter((s) => !drop(s.timer));
     const removed = this.heap.length - keep.length;
     if (removed === 0) return 0;
     this.heap = keep;
@@ -88,11 +97,11 @@ export class DueQueue {
   /** Counts held timers due at or before `untilMs` (a scan: for scrapes, not hot paths). */
   countDue(untilMs: number): number {
     let n = 0;
-    for (const s of this.heap) if (s.dueMs <= untilMs) n++;
+    for (const s of this.heap) if (s.timer.dueMs <= untilMs) n++;
     return n;
   }
 
-  private removeAt(i: number): Slot {
+  private removeAt(i: number): Slot<T> {
     const s = this.heap[i]!;
     const last = this.heap.pop()!;
     this.byKey.delete(s.key);
@@ -109,7 +118,7 @@ export class DueQueue {
     const h = this.heap;
     while (i > 0) {
       const p = (i - 1) >> 1;
-      if (h[p]!.dueMs <= h[i]!.dueMs) break;
+      if (h[p]!.timer.dueMs <= h[i]!.timer.dueMs) break;
       this.swap(i, p);
       i = p;
     }
@@ -121,8 +130,8 @@ export class DueQueue {
       const l = 2 * i + 1;
       const r = l + 1;
       let m = i;
-      if (l < h.length && h[l]!.dueMs < h[m]!.dueMs) m = l;
-      if (r < h.length && h[r]!.dueMs < h[m]!.dueMs) m = r;
+      if (l < h.length && h[l]!.timer.dueMs < h[m]!.timer.dueMs) m = l;
+      if (r < h.length && h[r]!.timer.dueMs < h[m]!.timer.dueMs) m = r;
       if (m === i) return;
       this.swap(i, m);
       i = m;

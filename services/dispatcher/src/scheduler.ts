@@ -5,11 +5,16 @@
 // Two queues keep a backlog from starving the present: timers found overdue (after downtime,
 // or a lost announcement) wait in `catchUp` and may use only part of the delivery capacity
 // while timers due now are waiting in `onTime`.
+//
+// Fair delivery (fair-share.ts): one group, and one destination, may hold only its share of the
+// delivery slots; its other due timers are parked, unclaimed, while everyone else's go on. And
+// one bad entry never wedges a claim batch (claim-split.ts).
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Tracer } from "@opentelemetry/api";
 import { randomTraceparent, spanContextOf, traceparentOf } from "../../shared/src/telemetry/trace-context.js";
 import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
-import type { TimerAnnouncement } from "../../shared/src/nats.js";
+import { destinationOfJson } from "../../shared/src/callback-destination.js";
+import type { Announcement } from "../../shared/src/mesh-messages.js";
 import { callbackFromJson, idempotencyKey } from "../../shared/src/timer-model.js";
 import { backoffMs, mayRetry } from "./backoff.js";
 import type { CallbackDeliverer, DeliveryResult } from "./delivery.js";
@@ -23,7 +28,9 @@ import {
   type Completion,
   type LoadCursor,
 } from "./dispatch-store.js";
-import { DueQueue, type DueTimer } from "./due-queue.js";
+import { claimSplitting } from "./claim-split.js";
+import { DueQueue, timerKey, type DueTimer } from "./due-queue.js";
+import { FairShare, slotsOf, type Lane, type Unparked } from "./fair-share.js";
 
 /** Which shards this dispatcher may fire. */
 export interface ShardOwnership {
@@ -48,20 +55,33 @@ export interface SchedulerOptions {
   maxHeld: number;
   claimTtlMs: number;
   catchUpShare: number;
+  /** Share (0..1] of maxInFlight one group may hold. */
+  groupShare: number;
+  /** Share (0..1] of maxInFlight one callback destination may hold. */
+  destinationShare: number;
 }
+
+const OVERDUE_START = { atMs: 0, groupId: "", timerId: "" };
+const CLAIM_BACKOFF_MIN_MS = 200;
+const CLAIM_BACKOFF_MAX_MS = 2_000;
 
 /** Observations the scheduler reports (metrics hook in here). */
 export interface SchedulerEvents {
   fired?(lateMs: number): void;
   attempted?(transport: string, result: DeliveryResult): void;
   finished?(succeeded: boolean): void;
+  /** A timer was dropped because Postgres refuses it in a claim statement even alone. */
+  claimDropped?(): void;
 }
 
 /** Holds near-future timers of owned shards and fires them on time. */
 export class Scheduler {
   private readonly onTime = new DueQueue();
   private readonly catchUp = new DueQueue();
+  private readonly fair: FairShare;
   private cursor: LoadCursor;
+  private overdueCursor: LoadCursor = OVERDUE_START;
+  private claimBackoffMs = CLAIM_BACKOFF_MIN_MS;
   private inFlight = 0;
   private catchUpInFlight = 0;
   private claiming = false;
@@ -76,7 +96,7 @@ export class Scheduler {
 
   constructor(
     private readonly pool: pg.Pool,
-    private readonly deliverer: CallbackDeliverer,
+    private readonly deliverer: Pick<CallbackDeliverer, "deliver">,
     private readonly ownership: ShardOwnership,
     private readonly opts: SchedulerOptions,
     private readonly log: Logger,
@@ -85,11 +105,25 @@ export class Scheduler {
     private readonly tracing = false,
   ) {
     this.cursor = { atMs: Date.now() - opts.overdueGraceMs, groupId: "", timerId: "" };
+    this.fair = new FairShare({
+      perGroup: slotsOf(opts.maxInFlight, opts.groupShare),
+      perDestination: slotsOf(opts.maxInFlight, opts.destinationShare),
+    });
   }
 
-  /** Timers held in memory, waiting for their time. */
+  /** Timers held in memory, waiting for their time (parked ones included). */
   get held(): number {
-    return this.onTime.size + this.catchUp.size;
+    return this.onTime.size + this.catchUp.size + this.fair.parked;
+  }
+
+  /** Due timers waiting because their group or destination holds its full share of the slots. */
+  get parked(): number {
+    return this.fair.parked;
+  }
+
+  /** How many times a due timer was parked by fair delivery since start. */
+  get parkedTotal(): number {
+    return this.fair.parkedTotal;
   }
 
   /** Deliveries in flight. */
@@ -100,7 +134,7 @@ export class Scheduler {
   /** Held timers already due and not yet being delivered (a backlog when high). */
   dueNotStarted(): number {
     const now = Date.now();
-    return this.onTime.countDue(now) + this.catchUp.countDue(now);
+    return this.onTime.countDue(now) + this.catchUp.countDue(now) + this.fair.parked;
   }
 
   /** Starts polling Postgres and firing. */
@@ -114,19 +148,19 @@ export class Scheduler {
     void loop();
   }
 
-  /** Takes a timer announced over NATS (a new or rescheduled timer due soon). */
-  announce(a: TimerAnnouncement): void {
-    if (this.stopped || !this.ownership.owns(a.s)) return;
-    if (a.at > Date.now() + this.opts.lookaheadMs) return; // the window loader will get it
-    if (this.catchUp.has(a.g, a.t)) return;
-    this.onTime.add({ groupId: a.g, timerId: a.t, shard: a.s, dueMs: a.at });
+  /** Takes a timer announced over NATS (a new or rescheduled timer due soon), decoded and checked by the subscriber. */
+  announce(t: Announcement): void {
+    if (this.stopped || !this.ownership.owns(t.shard)) return;
+    if (t.dueMs > Date.now() + this.opts.lookaheadMs) return; // the window loader will get it
+    if (this.catchUp.has(t.groupId, t.timerId)) return;
+    this.holdAt({ groupId: t.groupId, timerId: t.timerId, shard: t.shard, dueMs: t.dueMs, destination: t.destination });
     this.schedule();
   }
 
   /** Forgets held timers of shards no longer owned, and waits for a claim in flight to end. */
   async dropUnowned(): Promise<number> {
     const drop = (t: DueTimer) => !this.ownership.owns(t.shard);
-    const n = this.onTime.removeWhere(drop) + this.catchUp.removeWhere(drop);
+    const n = this.onTime.removeWhere(drop) + this.catchUp.removeWhere(drop) + this.fair.removeWhere(drop);
     while (this.claiming) await new Promise((r) => setTimeout(r, 1));
     return n;
   }
@@ -190,17 +224,47 @@ export class Scheduler {
       this.cursor = { atMs: last.dueMs, groupId: last.groupId, timerId: last.timerId };
     }
 
-    if (this.catchUp.size < this.opts.claimBatch) {
-      const overdue = await loadOverdue(this.pool, shards, this.opts.overdueGraceMs, this.opts.claimBatch * 4);
+    // Overdue timers, oldest first. Parked ones stay SCHEDULED in Postgres, so a cursor walks
+    // past what is held and starts over once a pass reaches the end; half of maxHeld is kept
+    // for the window, so a parked backlog cannot stop the present from being loaded.
+    if (this.catchUp.size < this.opts.claimBatch && this.held < this.opts.maxHeld / 2) {
+      const limit = this.opts.claimBatch * 4;
+      const overdue = await loadOverdue(this.pool, shards, this.opts.overdueGraceMs, this.overdueCursor, limit);
       for (const t of overdue) {
-        if (!this.onTime.has(t.groupId, t.timerId)) this.catchUp.add(t);
+        if (!this.onTime.has(t.groupId, t.timerId) && !this.fair.isParked(t.groupId, t.timerId)) this.catchUp.add(t);
       }
+      const last = overdue.at(-1);
+      this.overdueCursor = last && overdue.length === limit ? { atMs: last.dueMs, groupId: last.groupId, timerId: last.timerId } : OVERDUE_START;
     }
+    // Parked timers whose cap has room although no delivery's end let them out (rare: the ones
+    // let out before were rescheduled or moved away); a look at parked keys, not timers.
+    this.requeue(this.fair.reopen());
     this.schedule();
   }
 
+  /** Holds a loaded timer, unless it is held already. */
   private hold(t: DueTimer): void {
-    if (!this.catchUp.has(t.groupId, t.timerId)) this.onTime.add(t);
+    if (!this.catchUp.has(t.groupId, t.timerId) && !this.fair.isParked(t.groupId, t.timerId)) this.onTime.add(t);
+  }
+
+  /** Holds a timer at the given (possibly new) due time: announcements and retries. */
+  private holdAt(t: DueTimer): void {
+    this.fair.remove(t.groupId, t.timerId);
+    this.onTime.add(t);
+  }
+
+  private laneOf(lane: Lane): DueQueue {
+    return lane === "catchUp" ? this.catchUp : this.onTime;
+  }
+
+  /** Puts timers let out of the parking back in their lanes, where due order decides. */
+  private requeue(unparked: Unparked[]): void {
+    for (const u of unparked) this.laneOf(u.lane).add(u.timer);
+  }
+
+  /** Gives back an admitted timer's group and destination slots. */
+  private release(t: DueTimer): void {
+    this.requeue(this.fair.release(t));
   }
 
   /** Arms the wake-up for the earliest held timer (minus the claim lead). */
@@ -225,40 +289,83 @@ export class Scheduler {
     if (free <= 0) return; // a finishing delivery calls schedule() again
     const horizon = Date.now() + this.opts.claimLeadMs;
     const batchMax = Math.min(free, this.opts.claimBatch);
-    const batch = this.onTime.popDue(horizon, batchMax);
+    // Timers whose group or destination holds its full share are parked on the way.
+    const batch = this.fair.admitDue(this.onTime, "onTime", horizon, batchMax);
     const catchUpRoom = Math.floor(this.opts.maxInFlight * this.opts.catchUpShare) - this.catchUpInFlight;
     const catchUpMax = batch.length > 0 || (this.onTime.peekDueMs() ?? Infinity) <= horizon
       ? Math.min(batchMax - batch.length, Math.max(0, catchUpRoom))
       : batchMax - batch.length;
-    const late = this.catchUp.popDue(horizon, catchUpMax);
+    const late = this.fair.admitDue(this.catchUp, "catchUp", horizon, catchUpMax);
     if (batch.length + late.length === 0) {
       this.schedule();
       return;
     }
     this.claiming = true;
+    // Admitted and not launched yet: each leaves by launch, or gives its slots back.
+    const pending = new Map<string, { timer: DueTimer; lane: Lane }>();
+    for (const timer of batch) pending.set(timerKey(timer.groupId, timer.timerId), { timer, lane: "onTime" });
+    for (const timer of late) pending.set(timerKey(timer.groupId, timer.timerId), { timer, lane: "catchUp" });
+    let backOff = false;
     try {
-      const wanted = [...batch, ...late].filter((t) => this.ownership.owns(t.shard));
-      const epochs = wanted.map((t) => this.ownership.epochOf(t.shard));
-      const claimed = await claimTimers(this.pool, this.opts.dispatcherId, this.opts.claimOwner, wanted, epochs, this.opts.claimLeadMs, this.opts.claimTtlMs);
-      const lateKeys = new Set(late.map((t) => `${t.groupId}\u0000${t.timerId}`));
+      const wanted = [...pending.values()].map((p) => p.timer).filter((t) => this.ownership.owns(t.shard));
+      const result = await claimSplitting(wanted, (part) =>
+        claimTimers(this.pool, this.opts.dispatcherId, this.opts.claimOwner, part, part.map((t) => this.ownership.epochOf(t.shard)), this.opts.claimLeadMs, this.opts.claimTtlMs),
+      );
       // UPDATE ... RETURNING has no order; launch in due order.
-      claimed.sort((a, b) => a.next_attempt_at.getTime() - b.next_attempt_at.getTime());
-      for (const row of claimed) this.launch(row, lateKeys.has(`${row.group_id}\u0000${row.timer_id}`));
+      result.claimed.sort((a, b) => a.next_attempt_at.getTime() - b.next_attempt_at.getTime());
+      for (const row of result.claimed) {
+        const key = timerKey(row.group_id, row.timer_id);
+        const p = pending.get(key);
+        if (!p) continue; // cannot happen: a claim returns only timers it was given
+        pending.delete(key);
+        this.launch(row, p.timer, p.lane === "catchUp");
+      }
+      for (const { entry, err } of result.dropped) {
+        this.events.claimDropped?.();
+        this.log.error(
+          { err, group_id: entry.groupId, timer_id: entry.timerId, shard: entry.shard },
+          "dropped a timer that Postgres refuses in a claim even alone; the rest of its batch went on",
+        );
+      }
+      if (result.retry.length > 0) {
+        this.log.error({ err: result.error, count: result.retry.length }, "claiming due timers failed; retrying");
+        // Put them back; a failed claim changed nothing in Postgres.
+        for (const t of result.retry) {
+          const key = timerKey(t.groupId, t.timerId);
+          const p = pending.get(key)!;
+          pending.delete(key);
+          this.release(t);
+          this.laneOf(p.lane).add(t);
+        }
+        backOff = true;
+      }
     } catch (err) {
-      this.log.error({ err, count: batch.length + late.length }, "claiming due timers failed; retrying");
-      // Put them back; a failed claim changed nothing in Postgres.
-      for (const t of batch) this.onTime.add(t);
-      for (const t of late) this.catchUp.add(t);
-      await new Promise((r) => setTimeout(r, 200));
+      this.log.error({ err }, "claiming due timers failed unexpectedly; retrying");
+      for (const p of pending.values()) {
+        this.release(p.timer);
+        this.laneOf(p.lane).add(p.timer);
+      }
+      pending.clear();
+      backOff = true;
     } finally {
-      this.claiming = false;
-      this.notifyIdle();
+      // The rest were not claimed (cancelled, rescheduled, claimed elsewhere, shard moved, or
+      // dropped above): their slots go to the next in line.
+      for (const p of pending.values()) this.release(p.timer);
     }
+    if (backOff) {
+      await new Promise((r) => setTimeout(r, this.claimBackoffMs));
+      this.claimBackoffMs = Math.min(this.claimBackoffMs * 2, CLAIM_BACKOFF_MAX_MS);
+    } else {
+      this.claimBackoffMs = CLAIM_BACKOFF_MIN_MS;
+    }
+    this.claiming = false;
+    this.notifyIdle();
     // More may be due already (a big batch, or timers that arrived while claiming).
     this.schedule();
   }
 
-  private launch(row: ClaimedTimer, late: boolean): void {
+  /** Delivers a claimed timer at its time; `timer` is what was admitted (its slots are given back at the end). */
+  private launch(row: ClaimedTimer, timer: DueTimer, late: boolean): void {
     this.inFlight++;
     if (late) this.catchUpInFlight++;
     const dueMs = row.next_attempt_at.getTime();
@@ -266,6 +373,7 @@ export class Scheduler {
     const go = () => void this.deliver(row, dueMs).finally(() => {
       this.inFlight--;
       if (late) this.catchUpInFlight--;
+      this.release(timer);
       this.notifyIdle();
       this.schedule();
       if (this.inFlight < this.opts.maxInFlight) void this.claimDueIfDue();
@@ -316,7 +424,7 @@ export class Scheduler {
       const next = finishedAt.getTime() + backoffMs(policy, row.attempt);
       completion = base("retry", new Date(next), result.error);
       if (next - Date.now() <= this.opts.lookaheadMs) {
-        retryAt = { groupId: row.group_id, timerId: row.timer_id, shard: row.shard, dueMs: next };
+        retryAt = { groupId: row.group_id, timerId: row.timer_id, shard: row.shard, dueMs: next, destination: destinationOfJson(row.callback) };
       }
     } else {
       const why = result.retryable ? `gave up after ${row.attempt} attempts: ${result.error}` : result.error;
@@ -376,7 +484,7 @@ export class Scheduler {
         const batch = this.pendingDone.splice(0, 1000);
         try {
           await completeAttempts(this.pool, this.opts.dispatcherId, this.opts.claimOwner, batch.map((b) => b.c));
-          for (const b of batch) if (b.retryAt && this.ownership.owns(b.retryAt.shard)) this.onTime.add(b.retryAt);
+          for (const b of batch) if (b.retryAt && this.ownership.owns(b.retryAt.shard)) this.holdAt(b.retryAt);
           this.schedule();
           delay = 50;
         } catch (err) {

@@ -24,10 +24,33 @@ export function destinationOf(callback: Callback): string {
 export function destinationOfJson(json: JsonValue): string {
   if (json === null || typeof json !== "object" || Array.isArray(json)) return "";
   const http = json["http"];
-  if (http && typeof http === "object" && !Array.isArray(http) && typeof http["url"] === "string") return httpDestination(http["url"]);
   const grpc = json["grpc"];
-  if (grpc && typeof grpc === "object" && !Array.isArray(grpc) && typeof grpc["target"] === "string") return `grpc://${grpc["target"].toLowerCase()}`;
-  return json["nats"] !== undefined ? "nats" : "";
+  return destinationOfParts({
+    httpUrl: http && typeof http === "object" && !Array.isArray(http) && typeof http["url"] === "string" ? http["url"] : null,
+    grpcTarget: grpc && typeof grpc === "object" && !Array.isArray(grpc) && typeof grpc["target"] === "string" ? grpc["target"] : null,
+    nats: json["nats"] !== undefined,
+  });
+}
+
+/** The parts of a stored callback the key depends on (SQL can select just these, see CALLBACK_DESTINATION_COLUMNS). */
+export interface CallbackDestinationParts {
+  httpUrl: string | null;
+  grpcTarget: string | null;
+  nats: boolean;
+}
+
+/**
+ * SQL select-list items giving CallbackDestinationParts from a `callback` jsonb column (as
+ * http_url, grpc_target, nats), so loads need not fetch and parse whole callbacks.
+ */
+export const CALLBACK_DESTINATION_COLUMNS =
+  "callback->'http'->>'url' AS http_url, callback->'grpc'->>'target' AS grpc_target, callback ? 'nats' AS nats";
+
+/** The same key from the parts selected by CALLBACK_DESTINATION_COLUMNS. */
+export function destinationOfParts(p: CallbackDestinationParts): string {
+  if (p.httpUrl !== null) return httpDestination(p.httpUrl);
+  if (p.grpcTarget !== null) return `grpc://${p.grpcTarget.toLowerCase()}`;
+  return p.nats ? "nats" : "";
 }
 
 function httpDestination(url: string): string {
