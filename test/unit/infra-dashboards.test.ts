@@ -381,7 +381,7 @@ test("every alert has a severity, a summary, a description and a runbook", () =>
     rules.map((r) => r.alert).sort(),
     [
       "CallbackFailureRateHigh", "DatabaseConnectionPoolExhaustion", "DispatcherDown", "HighTimerCreationFailureRate",
-      "ShardLagHigh", "ShardsUnowned", "TimerExecutionBacklog", "TimerFireLatenessHigh",
+      "MeshMessagesDropped", "ShardLagHigh", "ShardsUnowned", "TimerExecutionBacklog", "TimerFireLatenessHigh",
     ],
   );
   const readme = readFileSync(join(root, "infra/README.md"), "utf8");
