@@ -51,12 +51,7 @@ export async function startHttpReceiver(respond: (r: Received) => number = () =>
     });
   });
   server.keepAliveTimeout = 60_000;
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const close = () =>
-    new Promise<void>((r) => {
-      server.closeAllConnections();
-      server.close(() => r());
-    });
+  const close = await listenOnLoopback(server);
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
     received,
@@ -134,12 +129,7 @@ export async function startHangingHttpReceiver(): Promise<{
   });
   server.requestTimeout = 0;
   server.headersTimeout = 0;
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const close = () =>
-    new Promise<void>((r) => {
-      server.closeAllConnections();
-      server.close(() => r());
-    });
+  const close = await listenOnLoopback(server);
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
     received,
@@ -147,4 +137,14 @@ export async function startHangingHttpReceiver(): Promise<{
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/** Listens on a free loopback port; returns how to close the server with its open connections. */
+async function listenOnLoopback(server: http.Server): Promise<() => Promise<void>> {
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return () =>
+    new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    });
 }
