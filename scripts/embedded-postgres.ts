@@ -87,11 +87,6 @@ export interface PostgresHandle extends AsyncDisposable {
   stop(): Promise<void>;
 }
 
-/** The URL with its password (in the user info or a password= parameter) replaced by **** (redact.ts). */
-export function maskDatabaseUrl(url: string): string {
-  return redactUrl(url);
-}
-
 /** Connects to `url` and runs `select 1`; throws an error that names the (masked) URL. */
 export async function checkDatabaseUrl(url: string, timeoutMs = 10_000): Promise<void> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: timeoutMs });
@@ -100,7 +95,7 @@ export async function checkDatabaseUrl(url: string, timeoutMs = 10_000): Promise
     await client.connect();
     await client.query("select 1");
   } catch (err) {
-    throw new Error(`cannot connect to DATABASE_URL=${maskDatabaseUrl(url)}: ${errorText(err)}`);
+    throw new Error(`cannot connect to DATABASE_URL=${redactUrl(url)}: ${errorText(err)}`);
   } finally {
     await client.end().catch(() => {});
   }

@@ -241,11 +241,6 @@ export function natsHostPorts(natsUrl: string): Array<{ host: string; port: numb
     });
 }
 
-/** NATS_URL with user/password/token replaced by ****. */
-export function maskNatsUrl(natsUrl: string): string {
-  return redactUrl(natsUrl);
-}
-
 export interface NatsServerOptions {
   /** Passwords of the users of infra/nats/nats.conf, which the server runs with. */
   passwords: NatsPasswords;
@@ -458,7 +453,7 @@ export async function resolveNats(
     try {
       targets = natsHostPorts(url);
     } catch {
-      throw new Error(`NATS_URL is not a valid URL: ${maskNatsUrl(url)}`);
+      throw new Error(`NATS_URL is not a valid URL: ${redactUrl(url)}`);
     }
     const given = SERVICE_USERS.filter((u) => env[passwordVariable(u)]);
     if (given.length > 0 && given.length < SERVICE_USERS.length) {
@@ -480,7 +475,7 @@ export async function resolveNats(
       }
     }
     throw new Error(
-      `NATS_URL=${maskNatsUrl(url)} is not reachable (no TCP connection to ` +
+      `NATS_URL=${redactUrl(url)} is not reachable (no TCP connection to ` +
         `${targets.map((t) => `${t.host}:${t.port}`).join(", ")}). Start that server or unset NATS_URL.`,
     );
   }

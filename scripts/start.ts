@@ -35,7 +35,8 @@ import { existsSync } from "node:fs";
 import { readFile, rm, writeFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { ensureDevAuth, type DevAuth } from "./dev-auth.js";
-import { maskDatabaseUrl, resolvePostgres } from "./embedded-postgres.js";
+import { redactUrl } from "../services/shared/src/redact.js";
+import { resolvePostgres } from "./embedded-postgres.js";
 import {
   REPO_ROOT,
   describeExit,
@@ -44,7 +45,6 @@ import {
   hasLiveNodeParent,
   isAlive,
   isPortFree,
-  maskNatsUrl,
   NatsServerNotFoundError,
   processInfo,
   resolveNats,
@@ -282,8 +282,8 @@ function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, nats: 
     ...specs.map(
       (s) => `  ${s.name.padEnd(11)} gRPC 127.0.0.1:${String(s.grpcPort).padEnd(6)} HTTP http://127.0.0.1:${s.httpPort}  (/readyz)`,
     ),
-    `  ${"Postgres".padEnd(11)} ${maskDatabaseUrl(dbUrl)}${dbEmbedded ? "  (embedded, data in .data/postgres)" : "  (DATABASE_URL)"}`,
-    `  ${"NATS".padEnd(11)} ${maskNatsUrl(nats.url)}${nats.server ? "  (nats-server child, JetStream data in .data/nats)" : "  (NATS_URL)"}`,
+    `  ${"Postgres".padEnd(11)} ${redactUrl(dbUrl)}${dbEmbedded ? "  (embedded, data in .data/postgres)" : "  (DATABASE_URL)"}`,
+    `  ${"NATS".padEnd(11)} ${redactUrl(nats.url)}${nats.server ? "  (nats-server child, JetStream data in .data/nats)" : "  (NATS_URL)"}`,
     `  ${"NATS users".padEnd(11)} ${nats.credentials}`,
     `  ${"Tokens".padEnd(11)} ${auth.source}`,
     `  ${"Callbacks".padEnd(11)} ${env.CALLBACK_ALLOWED_NETWORKS ? `public addresses and CALLBACK_ALLOWED_NETWORKS=${env.CALLBACK_ALLOWED_NETWORKS}` : `public and loopback addresses (development default CALLBACK_ALLOWED_NETWORKS=${DEV_CALLBACK_NETWORKS})`}`,
@@ -325,7 +325,7 @@ async function main(): Promise<void> {
       resources.push({ name: "nats-server", stop: nats.stop });
       watchExit("nats-server", nats.server.exited);
     }
-    say(`NATS: ${maskNatsUrl(nats.url)}${nats.server ? ` (nats-server child, pid ${nats.server.child.pid})` : " (NATS_URL)"}; ${nats.credentials}`);
+    say(`NATS: ${redactUrl(nats.url)}${nats.server ? ` (nats-server child, pid ${nats.server.child.pid})` : " (NATS_URL)"}; ${nats.credentials}`);
     if (!nats.server && nats.credentials.startsWith("no credentials")) {
       complain("WARNING: NATS_URL is set without NATS_*_PASSWORD: the services connect without credentials and tenant callbacks can publish on the mesh's subjects");
     }
@@ -337,7 +337,7 @@ async function main(): Promise<void> {
       resources.push({ name: "Postgres", stop: db.stop });
       watchExit("Postgres", db.embedded.exited);
     }
-    say(`Postgres: ${maskDatabaseUrl(db.url)}${db.embedded ? ` (embedded, pid ${db.embedded.child.pid})` : ""}`);
+    say(`Postgres: ${redactUrl(db.url)}${db.embedded ? ` (embedded, pid ${db.embedded.child.pid})` : ""}`);
     if (shutdown) return;
 
     await checkPorts(specs);

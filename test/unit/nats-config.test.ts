@@ -1,10 +1,13 @@
 // NATS users and the admin's own dispatcher credential, as the services read them.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { ConfigError } from "../../services/shared/src/env.js";
 import { loadAdminConfig } from "../../services/admin/src/config.js";
 import { loadDispatcherConfig } from "../../services/dispatcher/src/config.js";
 import { loadTimerConfig } from "../../services/timer/src/config.js";
+import { RESERVED_SUBJECTS } from "../../services/shared/src/tenant-subjects.js";
 
 const base = { AUTH_DISABLED: "true" };
 const configError = (variable: string) => (e: Error) => e instanceof ConfigError && e.message.includes(variable);
@@ -38,4 +41,12 @@ test("the admin's own dispatcher token comes from DISPATCHER_TOKEN or DISPATCHER
   assert.equal(loadAdminConfig(base).dispatcherToken, undefined);
   assert.throws(() => loadAdminConfig({ ...base, DISPATCHER_TOKEN: "a", DISPATCHER_TOKEN_FILE: "/f" }), configError("DISPATCHER_TOKEN"));
   assert.throws(() => loadAdminConfig({ ...base, DISPATCHER_TOKEN: "a b" }), configError("DISPATCHER_TOKEN"));
+});
+
+test("the callbacks user of infra/nats/nats.conf is denied exactly the subjects the timer service reserves", () => {
+  const conf = readFileSync(fileURLToPath(new URL("../../infra/nats/nats.conf", import.meta.url)), "utf8");
+  const block = /user:\s*callbacks\b[\s\S]*?deny:\s*\[([^\]]*)\]/.exec(conf);
+  assert.ok(block, "nats.conf has a callbacks user with a publish deny list");
+  const denied = [...block[1]!.matchAll(/"([^"]+)"/g)].map((m) => m[1]);
+  assert.deepEqual(denied.sort(), [...RESERVED_SUBJECTS].sort());
 });
