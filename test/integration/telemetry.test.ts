@@ -118,7 +118,13 @@ describe("traces and logs", () => {
     const find = (pred: (s: ExportedSpan) => boolean) => spans.find(pred);
     await waitFor(() => {
       spans = otlp.spans;
-      return find((s) => s.name === "fire timer" && s.attributes["timer.id"] === "story") && find((s) => s.name.startsWith("process timers.shard."));
+      // Each process exports on its own schedule: wait for the timer service's spans as well.
+      return (
+        find((s) => s.name === "fire timer" && s.attributes["timer.id"] === "story") &&
+        find((s) => s.name.startsWith("process timers.shard.")) &&
+        find((s) => s.service === "timer" && s.traceId === traceId && s.name === "timer.v1.TimerService/CreateTimer") &&
+        find((s) => s.traceId === traceId && s.name.startsWith("send timers.shard."))
+      );
     }, 15_000, "spans to be exported");
 
     const createSpan = find((s) => s.service === "timer" && s.name === "timer.v1.TimerService/CreateTimer" && s.traceId === traceId);
