@@ -21,8 +21,11 @@ export interface Received {
   body: Buffer;
 }
 
-/** An HTTP receiver; `respond` picks the status for each request (200 by default). */
-export async function startHttpReceiver(respond: (r: Received) => number = () => 200): Promise<{
+/**
+ * An HTTP receiver; `respond` picks the status for each request (200 by default), and may take
+ * its time (a slow receiver) by returning a promise.
+ */
+export async function startHttpReceiver(respond: (r: Received) => number | Promise<number> = () => 200): Promise<{
   url: string;
   received: Received[];
   close(): Promise<void>;
@@ -46,8 +49,10 @@ export async function startHttpReceiver(respond: (r: Received) => number = () =>
         body: Buffer.concat(chunks),
       };
       received.push(r);
-      res.statusCode = respond(r);
-      res.end();
+      void Promise.resolve(respond(r)).then((status) => {
+        res.statusCode = status;
+        res.end();
+      });
     });
   });
   server.keepAliveTimeout = 60_000;

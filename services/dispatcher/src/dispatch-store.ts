@@ -148,7 +148,10 @@ export async function claimTimers(
 
 /**
  * Writes back a batch of delivery outcomes and records each attempt, in one statement. Only
- * claims still held by this process (`claimOwner`) for that attempt are changed.
+ * claims still held by this process (`claimOwner`) for that attempt are changed, and only
+ * those attempts are recorded: a claim taken back after its deadline (reclaimExpired) was
+ * recorded as abandoned by the dispatcher that took it, and its late outcome is not history.
+ * Returns how many outcomes were applied.
  */
 export async function completeAttempts(
   pool: pg.Pool,
@@ -175,10 +178,11 @@ export async function completeAttempts(
          FROM c
         WHERE t.group_id = c.g AND t.timer_id = c.id AND t.attempt = c.attempt
           AND t.state = ${State.Firing} AND t.claim_owner = $11
-       RETURNING 1
+       RETURNING t.group_id, t.timer_id, t.attempt
      ), a AS (
        INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
-       SELECT g, id, attempt, $1, started_at, finished_at, outcome, error FROM c
+       SELECT c.g, c.id, c.attempt, $1, c.started_at, c.finished_at, c.outcome, c.error
+         FROM c JOIN u ON u.group_id = c.g AND u.timer_id = c.id AND u.attempt = c.attempt
      )
      SELECT count(*) AS n FROM u`,
     [
@@ -199,9 +203,16 @@ export async function completeAttempts(
 }
 
 /**
- * Returns to SCHEDULED (due now) the timers of the given shards whose claim expired and whose
- * dispatcher is gone (or whose claim is over five minutes stale). The interrupted attempt is
- * recorded as abandoned.
+ * Returns to SCHEDULED (due now) the timers of the given shards whose claim passed its delivery
+ * deadline (claim_expires_at: claim time + callback timeout + a margin) while the process that
+ * made it is gone. The interrupted attempt is recorded as abandoned.
+ *
+ * This is the only way a claim is taken back, also right after a takeover: the previous owner
+ * may only have stalled (GC, CPU starvation, a slow Postgres) with its deliveries in flight.
+ * If it wakes before the deadline it renews its dispatcher lease and records its outcomes
+ * (its claims are still its own); re-delivering them at the takeover would deliver every one
+ * of them twice. A process that really died has its claims delivered again once their
+ * deadline passed, at least once, and the idempotency key lets the receiver see the repeat.
  */
 export async function reclaimExpired(pool: pg.Pool, owner: string, shards: number[], limit: number): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
@@ -209,11 +220,14 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
      WITH x AS (
        SELECT group_id, timer_id FROM timers
         WHERE state = ${State.Firing} AND claim_expires_at < now() AND shard = ANY($1::int[])
-          -- A claim is taken back only when its dispatcher is gone (its liveness lease expired),
-          -- or as a safety net when it is absurdly old: a live dispatcher under load may hold a
-          -- claim past its TTL, and taking it back would deliver that timer twice.
+          -- Taken back only when the claiming process is gone: its dispatcher's lease expired,
+          -- or that dispatcher restarted since (another incarnation holds the lease). A live
+          -- dispatcher under load may hold a claim past its deadline; taking it back would
+          -- deliver that timer twice. A claim over five minutes past its deadline is taken back
+          -- anyway, as a safety net.
           AND (NOT EXISTS (SELECT 1 FROM dispatcher_leases d
-                            WHERE d.owner = split_part(timers.claim_owner, '#', 1) AND d.expires_at > now())
+                            WHERE d.owner = split_part(timers.claim_owner, '#', 1) AND d.expires_at > now()
+                              AND (d.incarnation IS NULL OR d.incarnation = timers.claim_owner))
                OR claim_expires_at < now() - interval '5 minutes')
           AND shard IN (SELECT shard FROM shard_leases WHERE owner = $3)
           AND EXISTS (SELECT 1 FROM dispatcher_leases d WHERE d.owner = $3 AND d.expires_at > now())
@@ -223,13 +237,13 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
      ), u AS (
        UPDATE timers t
           SET state = ${State.Scheduled}, next_attempt_at = now(),
-              last_error = 'delivery abandoned: dispatcher ' || coalesce(t.claim_owner, '?') || ' stopped mid-delivery',
+              last_error = 'delivery abandoned: ' || coalesce(t.claim_owner, '?') || ' recorded no outcome by the claim''s deadline',
               claim_owner = NULL, claim_expires_at = NULL
          FROM x WHERE t.group_id = x.group_id AND t.timer_id = x.timer_id
        RETURNING t.group_id, t.timer_id, t.shard, t.next_attempt_at, t.attempt, t.last_error, t.callback
      ), a AS (
        INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
-       SELECT group_id, timer_id, attempt, 'reclaimer', now(), now(), 'abandoned', last_error FROM u
+       SELECT group_id, timer_id, attempt, $3, now(), now(), 'abandoned', last_error FROM u
      )
      SELECT ${DUE_COLUMNS} FROM u`,
     [shards, limit, owner],
@@ -248,31 +262,4 @@ export async function shardLag(pool: pg.Pool, shards: number[]): Promise<Map<num
     [shards],
   );
   return new Map(rows.map((r) => [r.shard, r.lag]));
-}
-
-/**
- * Returns to SCHEDULED (due now) the timers of shards just taken over from an owner whose
- * lease expired, that this process did not claim: the previous owner died or hung while
- * delivering them. They are delivered again (at least once); the idempotency key lets the
- * receiver see the repeat.
- */
-export async function reclaimOrphans(pool: pg.Pool, shards: number[], claimOwner: string): Promise<number> {
-  if (shards.length === 0) return 0;
-  const { rows } = await pool.query<{ n: string }>(
-    `-- reclaim_orphans
-     WITH u AS (
-       UPDATE timers t
-          SET state = ${State.Scheduled}, next_attempt_at = now(),
-              last_error = 'delivery abandoned: ' || coalesce(t.claim_owner, '?') || ' lost the shard mid-delivery',
-              claim_owner = NULL, claim_expires_at = NULL
-        WHERE t.state = ${State.Firing} AND t.shard = ANY($1::int[]) AND t.claim_owner IS DISTINCT FROM $2
-       RETURNING t.group_id, t.timer_id, t.attempt, t.last_error
-     ), a AS (
-       INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
-       SELECT group_id, timer_id, attempt, $2, now(), now(), 'abandoned', last_error FROM u
-     )
-     SELECT count(*) AS n FROM u`,
-    [shards, claimOwner],
-  );
-  return Number(rows[0]!.n);
 }

@@ -5,6 +5,7 @@ import type { Logger } from "../../shared/src/logger.js";
 import { State } from "../../shared/src/timer-model.js";
 import type { DeliveryResult } from "./delivery.js";
 import { GaugeSeries } from "../../shared/src/telemetry/gauge-series.js";
+import { METRICS } from "../../shared/src/telemetry/metric-names.js";
 
 /** What the firing loop reports. */
 export interface DispatcherMetrics {
@@ -27,6 +28,8 @@ export interface DispatcherGauges {
   timersParked(): number;
   /** Times a due timer was parked by fair delivery since start. */
   timersParkedTotal(): number;
+  /** This machine's wall clock minus Postgres's, in ms; undefined until first measured. */
+  clockOffsetMs(): number | undefined;
 }
 
 const LAG_REFRESH_MS = 5_000;
@@ -57,6 +60,12 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
   gauge("dispatcher_deliveries_in_flight", "Deliveries in flight", gauges.deliveriesInFlight);
   gauge("timer_execution_queue_size", "Timers held in memory that are due and not yet being delivered", gauges.dueNotStarted);
   gauge("dispatcher_timers_parked", "Due timers waiting because their group or callback destination holds its full share of delivery slots", gauges.timersParked);
+  meter
+    .createObservableGauge("dispatcher_clock_offset_seconds", { description: METRICS.dispatcher_clock_offset_seconds.help, unit: "s" })
+    .addCallback((r) => {
+      const ms = gauges.clockOffsetMs();
+      if (ms !== undefined) r.observe(ms / 1000);
+    });
   meter
     .createObservableCounter("dispatcher_timers_parked_total", { description: "Times a due timer was parked by fair delivery (DELIVERY_GROUP_SHARE, DELIVERY_DESTINATION_SHARE)" })
     .addCallback((r) => r.observe(gauges.timersParkedTotal()));

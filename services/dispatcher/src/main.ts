@@ -22,7 +22,8 @@ import { runMain, runService } from "../../shared/src/service-runtime.js";
 import { DispatcherService, file_dispatcher_v1_dispatcher } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
 import { loadDispatcherConfig } from "./config.js";
 import { CallbackDeliverer } from "./delivery.js";
-import { reclaimOrphans, shardLag } from "./dispatch-store.js";
+import { shardLag } from "./dispatch-store.js";
+import { DbClock } from "./db-clock.js";
 import { createDispatcherService } from "./handlers.js";
 import { Membership } from "./membership.js";
 import { Scheduler } from "./scheduler.js";
@@ -106,9 +107,12 @@ runMain(bootLog, async () => {
     shardSubs.delete(shard);
   };
 
+  // Fire times, claims and "never early" are judged by Postgres's clock, measured here.
+  const clock = new DbClock(pool, log);
   const leases: LeaseKeeper = new LeaseKeeper(
     pool,
     config.dispatcherId,
+    claimOwner,
     { leaseTtlMs: config.leaseTtlMs, tickMs: config.leaseTickMs },
     {
       releasing: async (shards) => {
@@ -117,8 +121,10 @@ runMain(bootLog, async () => {
       },
       gained: async (shards, takenOver) => {
         for (const s of shards) subscribeShard(s);
-        const orphans = await reclaimOrphans(pool, takenOver, claimOwner);
-        if (orphans > 0) log.warn({ count: orphans }, "re-delivering timers whose previous owner died mid-delivery");
+        // Claims the previous owner left in flight are not taken back here: it may only have
+        // stalled and still record their outcomes. The poll takes back those whose deadline
+        // passes without one (reclaimExpired).
+        if (takenOver.length > 0) log.warn({ shards: takenOver.length }, "took over shards whose previous owner's lease expired");
         await scheduler.loadShards(shards);
       },
       lost: (shards) => {
@@ -134,6 +140,7 @@ runMain(bootLog, async () => {
     leases,
     {
       dispatcherId: config.dispatcherId,
+      clock,
       claimOwner,
       lookaheadMs: config.lookaheadMs,
       pollIntervalMs: config.pollIntervalMs,
@@ -174,6 +181,7 @@ runMain(bootLog, async () => {
     dueNotStarted: () => scheduler.dueNotStarted(),
     timersParked: () => scheduler.parked,
     timersParkedTotal: () => scheduler.parkedTotal,
+    clockOffsetMs: () => clock.wallOffsetMs(),
   }, log);
   const reassign = () => {
     const mine = draining ? [] : shardsOf(config.dispatcherId, membership.activeIds(), config.shardCount);
@@ -208,6 +216,7 @@ runMain(bootLog, async () => {
   // for every free shard.
   await new Promise((r) => setTimeout(r, Math.min(config.memberTtlMs, 2 * config.heartbeatMs)));
   reassign();
+  await clock.start();
   leases.start();
   scheduler.start();
 
@@ -256,6 +265,7 @@ runMain(bootLog, async () => {
     grpcMaxRequestBytes: config.grpcMaxRequestBytes,
     onStop: async () => {
       metrics.stop();
+      clock.stop();
       // Leave the ring, hand the shards over (stop claiming, then release), then finish
       // the deliveries already in flight and record them.
       draining = true;

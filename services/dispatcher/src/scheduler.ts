@@ -31,6 +31,7 @@ import {
 import { claimSplitting } from "./claim-split.js";
 import { DueQueue, timerKey, type DueTimer } from "./due-queue.js";
 import { FairShare, slotsOf, type Lane, type Unparked } from "./fair-share.js";
+import type { Clock } from "./db-clock.js";
 
 /** Which shards this dispatcher may fire. */
 export interface ShardOwnership {
@@ -44,6 +45,11 @@ export interface ShardOwnership {
 /** Tuning of the firing loop; see the dispatcher's config.ts for meanings and defaults. */
 export interface SchedulerOptions {
   dispatcherId: string;
+  /**
+   * Postgres's clock (db-clock.ts): fire times, claims and "never early" are all judged by it,
+   * not by this machine's wall clock.
+   */
+  clock: Clock;
   /** Written to timers.claim_owner: the dispatcher id and this process's incarnation. */
   claimOwner: string;
   lookaheadMs: number;
@@ -79,7 +85,8 @@ export class Scheduler {
   private readonly onTime = new DueQueue();
   private readonly catchUp = new DueQueue();
   private readonly fair: FairShare;
-  private cursor: LoadCursor;
+  /** Where the window loader stopped; starts at the first load (once the clock is measured). */
+  private cursorAt: LoadCursor | undefined;
   private overdueCursor: LoadCursor = OVERDUE_START;
   private claimBackoffMs = CLAIM_BACKOFF_MIN_MS;
   private inFlight = 0;
@@ -104,11 +111,23 @@ export class Scheduler {
     private readonly tracer: Tracer = trace.getTracer("dispatcher"),
     private readonly tracing = false,
   ) {
-    this.cursor = { atMs: Date.now() - opts.overdueGraceMs, groupId: "", timerId: "" };
     this.fair = new FairShare({
       perGroup: slotsOf(opts.maxInFlight, opts.groupShare),
       perDestination: slotsOf(opts.maxInFlight, opts.destinationShare),
     });
+  }
+
+  /** Milliseconds since the epoch by Postgres's clock (never ahead of it). */
+  private now(): number {
+    return this.opts.clock.now();
+  }
+
+  private get cursor(): LoadCursor {
+    return (this.cursorAt ??= { atMs: this.now() - this.opts.overdueGraceMs, groupId: "", timerId: "" });
+  }
+
+  private set cursor(c: LoadCursor) {
+    this.cursorAt = c;
   }
 
   /** Timers held in memory, waiting for their time (parked ones included). */
@@ -133,7 +152,7 @@ export class Scheduler {
 
   /** Held timers already due and not yet being delivered (a backlog when high). */
   dueNotStarted(): number {
-    const now = Date.now();
+    const now = this.now();
     return this.onTime.countDue(now) + this.catchUp.countDue(now) + this.fair.parked;
   }
 
@@ -151,7 +170,7 @@ export class Scheduler {
   /** Takes a timer announced over NATS (a new or rescheduled timer due soon), decoded and checked by the subscriber. */
   announce(t: Announcement): void {
     if (this.stopped || !this.ownership.owns(t.shard)) return;
-    if (t.dueMs > Date.now() + this.opts.lookaheadMs) return; // the window loader will get it
+    if (t.dueMs > this.now() + this.opts.lookaheadMs) return; // the window loader will get it
     if (this.catchUp.has(t.groupId, t.timerId)) return;
     this.holdAt({ groupId: t.groupId, timerId: t.timerId, shard: t.shard, dueMs: t.dueMs, destination: t.destination });
     this.schedule();
@@ -170,7 +189,7 @@ export class Scheduler {
    * for newly owned shards; older overdue timers come through the catch-up loader in batches.
    */
   async loadShards(shards: number[]): Promise<void> {
-    let after: LoadCursor = { atMs: Date.now() - this.opts.overdueGraceMs, groupId: "", timerId: "" };
+    let after: LoadCursor = { atMs: this.now() - this.opts.overdueGraceMs, groupId: "", timerId: "" };
     while (this.held < this.opts.maxHeld && !this.stopped) {
       const limit = Math.min(5000, this.opts.maxHeld - this.held);
       const rows = await loadWindow(this.pool, shards, after, this.cursor.atMs, limit);
@@ -211,7 +230,7 @@ export class Scheduler {
     if (reclaimed.length > 0) this.log.warn({ count: reclaimed.length }, "took back expired claims");
     for (const t of reclaimed) this.hold(t);
 
-    const until = Date.now() + this.opts.lookaheadMs;
+    const until = this.now() + this.opts.lookaheadMs;
     while (this.held < this.opts.maxHeld && !this.stopped) {
       const limit = Math.min(5000, this.opts.maxHeld - this.held);
       const rows = await loadWindow(this.pool, shards, this.cursor, until, limit);
@@ -280,14 +299,14 @@ export class Scheduler {
       this.wakeTimer = undefined;
       this.wakeAt = Infinity;
       void this.claimDue();
-    }, Math.max(0, at - Date.now()));
+    }, Math.max(0, at - this.now()));
   }
 
   private async claimDue(): Promise<void> {
     if (this.claiming || this.stopped) return;
     const free = this.opts.maxInFlight - this.inFlight;
     if (free <= 0) return; // a finishing delivery calls schedule() again
-    const horizon = Date.now() + this.opts.claimLeadMs;
+    const horizon = this.now() + this.opts.claimLeadMs;
     const batchMax = Math.min(free, this.opts.claimBatch);
     // Timers whose group or destination holds its full share are parked on the way.
     const batch = this.fair.admitDue(this.onTime, "onTime", horizon, batchMax);
@@ -369,7 +388,7 @@ export class Scheduler {
     this.inFlight++;
     if (late) this.catchUpInFlight++;
     const dueMs = row.next_attempt_at.getTime();
-    const wait = dueMs - Date.now();
+    const wait = dueMs - this.now();
     const go = () => void this.deliver(row, dueMs).finally(() => {
       this.inFlight--;
       if (late) this.catchUpInFlight--;
@@ -384,13 +403,14 @@ export class Scheduler {
 
   private claimDueIfDue(): Promise<void> {
     const next = Math.min(this.onTime.peekDueMs() ?? Infinity, this.catchUp.peekDueMs() ?? Infinity);
-    return next <= Date.now() + this.opts.claimLeadMs ? this.claimDue() : Promise.resolve();
+    return next <= this.now() + this.opts.claimLeadMs ? this.claimDue() : Promise.resolve();
   }
 
   private async deliver(row: ClaimedTimer, dueMs: number): Promise<void> {
-    // setTimeout may wake a fraction of a millisecond early; a timer must never fire early.
-    while (Date.now() < dueMs) await new Promise((r) => setImmediate(r));
-    const startedAt = new Date();
+    // setTimeout may wake a fraction of a millisecond early; a timer must never fire early (by
+    // Postgres's clock: this.now() is never ahead of it).
+    while (this.now() < dueMs) await new Promise((r) => setImmediate(r));
+    const startedAt = new Date(this.now());
     if (row.attempt === 1) this.events.fired?.(startedAt.getTime() - row.fire_at.getTime());
     const callback = callbackFromJson(row.callback);
     const transport = callback.target.case ?? "none";
@@ -408,7 +428,7 @@ export class Scheduler {
       }),
     );
     this.events.attempted?.(transport, result);
-    const finishedAt = new Date();
+    const finishedAt = new Date(this.now());
     const policy = {
       maxAttempts: row.max_attempts,
       initialBackoffMs: row.initial_backoff_ms,
@@ -423,7 +443,7 @@ export class Scheduler {
     } else if (result.retryable && mayRetry(policy, row.attempt)) {
       const next = finishedAt.getTime() + backoffMs(policy, row.attempt);
       completion = base("retry", new Date(next), result.error);
-      if (next - Date.now() <= this.opts.lookaheadMs) {
+      if (next - this.now() <= this.opts.lookaheadMs) {
         retryAt = { groupId: row.group_id, timerId: row.timer_id, shard: row.shard, dueMs: next, destination: destinationOfJson(row.callback) };
       }
     } else {
@@ -483,7 +503,12 @@ export class Scheduler {
       while (this.pendingDone.length > 0) {
         const batch = this.pendingDone.splice(0, 1000);
         try {
-          await completeAttempts(this.pool, this.opts.dispatcherId, this.opts.claimOwner, batch.map((b) => b.c));
+          const applied = await completeAttempts(this.pool, this.opts.dispatcherId, this.opts.claimOwner, batch.map((b) => b.c));
+          if (applied < batch.length) {
+            // This process stalled or lost Postgres past those claims' deadline and another
+            // dispatcher took them back: they are delivered again there (at least once).
+            this.log.warn({ count: batch.length - applied }, "delivery outcomes arrived after their claims were taken back; not recorded");
+          }
           for (const b of batch) if (b.retryAt && this.ownership.owns(b.retryAt.shard)) this.holdAt(b.retryAt);
           this.schedule();
           delay = 50;

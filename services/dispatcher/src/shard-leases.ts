@@ -38,6 +38,8 @@ export class LeaseKeeper implements ShardOwnership {
   constructor(
     private readonly pool: pg.Pool,
     private readonly owner: string,
+    /** This process (the claim owner written on its claims): see reclaimExpired. */
+    private readonly incarnation: string,
     private readonly opts: { leaseTtlMs: number; tickMs: number },
     private readonly hooks: LeaseHooks,
     private readonly log: Logger,
@@ -133,9 +135,9 @@ export class LeaseKeeper implements ShardOwnership {
     //    which shards are still ours: any other was taken after our lease expired.
     await this.pool.query(
       `-- renew_dispatcher_lease
-       INSERT INTO dispatcher_leases (owner, expires_at) VALUES ($1, now() + make_interval(secs => $2::float8 / 1000))
-       ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at`,
-      [this.owner, this.opts.leaseTtlMs],
+       INSERT INTO dispatcher_leases (owner, expires_at, incarnation) VALUES ($1, now() + make_interval(secs => $2::float8 / 1000), $3)
+       ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at, incarnation = EXCLUDED.incarnation`,
+      [this.owner, this.opts.leaseTtlMs, this.incarnation],
     );
     if (this.held.size > 0) {
       const { rows } = await this.pool.query<{ shard: number; epoch: string }>(
@@ -152,7 +154,8 @@ export class LeaseKeeper implements ShardOwnership {
         this.hooks.lost(lost);
       }
     }
-    this.lastRenewOkMs = Date.now();
+    // Monotonic: a step of the wall clock must neither fake nor hide a missed renewal.
+    this.lastRenewOkMs = performance.now();
 
     // 3. Acquire what we should own and is free (released, expired, or ours from a previous run).
     const want = [...this.desired].filter((s) => !this.held.has(s));
@@ -186,7 +189,7 @@ export class LeaseKeeper implements ShardOwnership {
   // Without a successful renewal for a whole TTL our leases may have expired: stop claiming
   // locally too (the database would refuse the claims anyway).
   private expireLocally(): void {
-    if (this.held.size > 0 && Date.now() - this.lastRenewOkMs > this.opts.leaseTtlMs) {
+    if (this.held.size > 0 && performance.now() - this.lastRenewOkMs > this.opts.leaseTtlMs) {
       const lost = [...this.held.keys()];
       this.held.clear();
       this.refresh();

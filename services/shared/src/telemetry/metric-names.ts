@@ -28,6 +28,7 @@ export const METRICS = {
   dispatcher_deliveries_in_flight: { type: "gauge", labels: [], services: ["dispatcher"], help: "Deliveries in flight" },
   dispatcher_timers_parked: { type: "gauge", labels: [], services: ["dispatcher"], help: "Due timers waiting because their group or callback destination holds its full share of delivery slots" },
   dispatcher_timers_parked_total: { type: "counter", labels: [], services: ["dispatcher"], help: "Times a due timer was parked by fair delivery (DELIVERY_GROUP_SHARE, DELIVERY_DESTINATION_SHARE)" },
+  dispatcher_clock_offset_seconds: { type: "gauge", labels: [], services: ["dispatcher"], help: "This machine's wall clock minus Postgres's clock (positive: ahead); firing follows Postgres's clock whatever this is" },
   dispatcher_claim_entries_dropped_total: { type: "counter", labels: [], services: ["dispatcher"], help: "Timers dropped because Postgres refuses them in a claim statement even alone" },
   // RPCs, following the OpenTelemetry RPC semantic conventions.
   rpc_server_call_duration_seconds: { type: "histogram", labels: ["rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code"], services: ["timer", "dispatcher", "admin"], help: "Duration of RPCs served" },
