@@ -51,7 +51,7 @@ function startScheduler() {
   let dropped = 0;
   const opts: SchedulerOptions = {
     // The test's Postgres runs on this machine: its clock is ours.
-    dispatcherId: OWNER, clock: { now: () => Date.now() }, claimOwner: `${OWNER}#1`, lookaheadMs: 30_000, pollIntervalMs: 200, overdueGraceMs: 2_000, claimLeadMs: 25,
+    dispatcherId: OWNER, clock: { now: () => Date.now() }, announcementsFlowing: () => true, claimOwner: `${OWNER}#1`, lookaheadMs: 30_000, pollIntervalMs: 200, overdueGraceMs: 2_000, claimLeadMs: 25,
     claimBatch: 500, maxInFlight: 512, maxHeld: 10_000, claimTtlMs: 60_000, catchUpShare: 0.25, groupShare: 0.25, destinationShare: 0.25,
   };
   const scheduler = new Scheduler(

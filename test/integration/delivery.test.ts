@@ -343,12 +343,15 @@ describe("cancellation", () => {
   test("a timer cancelled before its fire time never arrives", async () => {
     await using rx = await startHttpReceiver();
     const group = "cancel";
-    const cancelled = (await createAll(mesh.client, [timerReq(group, "c-cancelled", 1000, httpCallback(rx.url))])).get("c-cancelled")!;
+    // Due in 3 s: the create and the cancel must both be done before the dispatcher claims it
+    // (a claim makes the cancel FAILED_PRECONDITION). Two calls take milliseconds; 3 s leaves
+    // room for a machine far busier than that.
+    const cancelled = (await createAll(mesh.client, [timerReq(group, "c-cancelled", 3_000, httpCallback(rx.url))])).get("c-cancelled")!;
     const c = await mesh.client.call("cancelTimer", { $typeName: "timer.v1.CancelTimerRequest", groupId: group, timerId: "c-cancelled" });
     assert.equal(c.timer!.state, State.Cancelled);
     // Created after the cancelled one and due after it: once it has arrived, the cancelled
     // timer's moment has passed with the dispatcher demonstrably working.
-    const witness = (await createAll(mesh.client, [timerReq(group, "c-witness", 1500, httpCallback(rx.url))])).get("c-witness")!;
+    const witness = (await createAll(mesh.client, [timerReq(group, "c-witness", 3_500, httpCallback(rx.url))])).get("c-witness")!;
     assert.ok(fireAtMsOf(witness) > fireAtMsOf(cancelled));
     await waitFor(() => rx.received.some((r) => r.timerId === "c-witness"), 30_000, "the witness timer");
     await waitFor(() => Date.now() > fireAtMsOf(cancelled) + 1000, 30_000, "well past the cancelled timer's fire time");
@@ -357,5 +360,81 @@ describe("cancellation", () => {
     assert.equal(final.get("c-witness")!.state, State.Succeeded);
     assert.equal(rx.received.filter((r) => r.timerId === "c-cancelled").length, 0, "the cancelled timer was delivered");
     assert.deepEqual((await attemptRows(group)).map((a) => a.timer_id), ["c-witness"]);
+  });
+});
+
+describe("core NATS callbacks while NATS is down", () => {
+  test("a callback due during an outage is retried, never recorded SUCCEEDED unsent, and published once NATS is back", async () => {
+    const group = "nats-outage";
+    const subject = "test.timers.outage";
+    const stream = "TIMERS_OUTAGE_TEST";
+    // The subscriber is a stream on the subject: its interest lives in the server (and its
+    // store survives the restart), so it is in place the moment the restarted server lets the
+    // dispatcher in, where a client's subscription would first have to reconnect (a race).
+    {
+      const nc = await mesh.nats.connectAs("operator");
+      try {
+        await (await jetstreamManager(nc)).streams.add({ name: stream, subjects: [subject] });
+      } finally {
+        await nc.close();
+      }
+    }
+    // Backoff 200 ms growing to 2 s: dozens of attempts fit in any outage this test makes.
+    const policy = create(RetryPolicySchema, { maxAttempts: 50, initialBackoff: durationFromMs(200), maxBackoff: durationFromMs(2_000), multiplier: 1.5 });
+    await mesh.nats.stop();
+    let restarted = false;
+    try {
+      // Stored while NATS is away (the timer service needs only Postgres for that); the
+      // dispatcher's poll finds it.
+      const t = (await createAll(mesh.client, [timerReq(group, "o-1", 300, natsCallback(subject), { retryPolicy: policy })])).get("o-1")!;
+      const during = await waitFor(
+        async () => {
+          const a = await attemptRows(group);
+          const row = (await rows(group)).get("o-1");
+          const final = row && row.state !== State.Scheduled && row.state !== State.Firing;
+          return a.length >= 2 || final ? a : undefined;
+        },
+        30_000,
+        "two attempts of o-1 while NATS is down",
+      );
+      assert.deepEqual(
+        during.map((a) => a.outcome),
+        during.map(() => "retry"),
+        `with NATS down every attempt must be a retry, none "succeeded": ${JSON.stringify(during)}`,
+      );
+      for (const a of during) assert.match(a.error ?? "", /NATS/, `attempt ${a.attempt} should say why it was not sent`);
+      assert.notEqual((await rows(group)).get("o-1")!.state, State.Succeeded);
+
+      await mesh.nats.restart();
+      restarted = true;
+      const row = (await waitFinal(group, 1, 60_000)).get("o-1")!;
+      assert.equal(row.state, State.Succeeded, `after NATS returned: state ${row.state}, last error ${row.last_error}`);
+      const attempts = await attemptRows(group);
+      assert.deepEqual(
+        attempts.map((a) => [a.attempt, a.outcome]),
+        attempts.map((_, i) => [i + 1, i === attempts.length - 1 ? "succeeded" : "retry"]),
+        "the history shows the retries, then the one attempt that was published",
+      );
+      assert.equal(row.attempt, attempts.length);
+
+      // Exactly one message reached the server: the attempt recorded as succeeded, never early.
+      const nc = await waitFor(() => mesh.nats.connectAs("operator"), 15_000, "a connection to the restarted nats-server");
+      try {
+        const jsm = await jetstreamManager(nc);
+        const info = await waitFor(() => jsm.streams.info(stream), 15_000, "the stream after the restart");
+        assert.equal(info.state.messages, 1, "one message on the subject: nothing published during the outage arrived later as well");
+        const m = await jsm.streams.getMessage(stream, { seq: info.state.first_seq });
+        assert.ok(m);
+        assert.equal(m.header.get("x-timer-id"), "o-1");
+        assert.equal(m.header.get("x-timer-attempt"), String(row.attempt));
+        assert.equal(m.header.get("idempotency-key"), `${group}/o-1`);
+        assert.deepEqual(Buffer.from(m.data), Buffer.from(payloadOf("o-1")));
+        assert.ok(m.time.getTime() >= fireAtMsOf(t), `published ${fireAtMsOf(t) - m.time.getTime()}ms before fire_at`);
+      } finally {
+        await nc.close();
+      }
+    } finally {
+      if (!restarted) await mesh.nats.restart();
+    }
   });
 });

@@ -91,9 +91,10 @@ function shuffled<T>(xs: T[]): T[] {
 /**
  * A slow receiver: an HTTP proxy in front of a recording receiver (startHttpReceiver). Each
  * request is forwarded at once, so the receiver records its true arrival time, and the answer
- * goes back to the dispatcher only after `holdMs`.
+ * goes back to the dispatcher only after `hold`: a number of milliseconds (a receiver that is
+ * merely slow), or a promise the test resolves (a receiver that answers when the test says).
  */
-async function startSlowProxy(targetUrl: string, holdMs: number): Promise<{ url: string; answered: () => number } & AsyncDisposable> {
+async function startSlowProxy(targetUrl: string, hold: number | Promise<void>): Promise<{ url: string; answered: () => number } & AsyncDisposable> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
   let answered = 0;
   const server = http.createServer((inReq, inRes) => {
@@ -102,13 +103,15 @@ async function startSlowProxy(targetUrl: string, holdMs: number): Promise<{ url:
     inReq.on("end", () => {
       const up = http.request(targetUrl, { method: inReq.method, headers: inReq.headers, agent }, (upRes) => {
         upRes.resume();
-        upRes.on("end", () =>
-          setTimeout(() => {
+        upRes.on("end", () => {
+          const answer = () => {
             inRes.statusCode = upRes.statusCode ?? 502;
             answered++;
             inRes.end();
-          }, holdMs),
-        );
+          };
+          if (typeof hold === "number") setTimeout(answer, hold);
+          else void hold.then(answer);
+        });
       });
       up.on("error", () => {
         inRes.statusCode = 502;
@@ -181,15 +184,18 @@ describe("restart after downtime", () => {
     const displaced = order.map((k, pos) => ({ k, pos })).filter(({ k, pos }) => Math.abs(k - pos) > 20);
     assert.equal(displaced.length, 0, `backlog delivered out of due order (rank@position): ${displaced.slice(0, 10).map(({ k, pos }) => `${k}@${pos}`).join(" ")}`);
 
-    // Timers due now are not starved by the backlog: they arrive promptly while it still drains.
-    const lastBacklogAt = Math.max(...rx.received.filter((r) => rank.has(r.timerId)).map((r) => r.receivedAtMs));
+    // Timers due now are not starved by the backlog: each goes out while most of the backlog is
+    // still waiting. Counted in backlog deliveries rather than milliseconds, so a busy machine,
+    // which slows both alike, cannot fail it: a starved timer would wait behind the whole backlog
+    // (the backlog drains at about 25/s here, 5 slots x 200 ms, so half of it is some 6 s).
+    const arrivalIndex = new Map(rx.received.map((r, i) => [r.timerId, i]));
     for (const [id, t] of fresh) {
-      const r = rx.received.find((x) => x.timerId === id)!;
-      const late = r.receivedAtMs - fireAtMsOf(t);
-      assert.ok(late <= 2000, `${id} arrived ${late}ms after its fire time while the backlog drained`);
+      const at = arrivalIndex.get(id)!;
+      const backlogBefore = rx.received.slice(0, at).filter((r) => rank.has(r.timerId)).length;
+      const late = rx.received[at]!.receivedAtMs - fireAtMsOf(t);
       assert.ok(
-        r.receivedAtMs < lastBacklogAt,
-        `${id} arrived after the whole backlog had drained, so the test did not exercise starvation; make the backlog slower`,
+        backlogBefore < n / 2,
+        `${id} (due now) went out after ${backlogBefore} of the ${n} backlog timers (${late} ms late): it waited behind the backlog`,
       );
     }
   });
@@ -231,22 +237,35 @@ describe("two dispatchers on one database", () => {
 
 describe("SIGTERM with deliveries in flight", () => {
   test("the dispatcher finishes and records in-flight deliveries, then exits 0", async () => {
-    await using mesh = await startMesh({ dispatchers: 1, dispatcherEnv: { POLL_INTERVAL: "250ms", SHUTDOWN_TIMEOUT: "10s" } });
+    await using mesh = await startMesh({ dispatchers: 1, dispatcherEnv: { POLL_INTERVAL: "250ms", SHUTDOWN_TIMEOUT: "30s" } });
     await using rx = await startHttpReceiver();
-    await using slow = await startSlowProxy(rx.url, 1000);
+    // The receiver holds every answer until the test lets go, so the deliveries are surely in
+    // flight when SIGTERM comes, however slowly this machine runs.
+    let letGo!: () => void;
+    const gate = new Promise<void>((r) => (letGo = r));
+    await using slow = await startSlowProxy(rx.url, gate);
     const group = "inflight";
     const n = 20;
     const timers = await createAll(mesh.client, Array.from({ length: n }, (_, i) => req(group, `f-${i}`, slow.url, { delayMs: 0 })));
 
     await waitFor(() => new Set(rx.received.map((r) => r.timerId)).size >= n, 30_000, `the receiver to see all ${n} requests`);
-    assert.equal(slow.answered(), 0, "the receiver should still be holding every request when SIGTERM is sent");
     const d1 = mesh.dispatchers[0]!;
-    const t0 = Date.now();
-    const code = await d1.stop("SIGTERM", 20_000);
-    const tookMs = Date.now() - t0;
+    const stopping = d1.stop("SIGTERM", 60_000);
+    try {
+      // A dispatcher that has handed its shards back has nothing left to do but wait for the
+      // deliveries in flight: it must still be running, waiting for them.
+      await waitFor(
+        async () => (await mesh.db.pool.query("SELECT 1 FROM shard_owners WHERE owner = 'd1'")).rowCount === 0 || d1.child.exitCode !== null,
+        30_000,
+        "d1 to hand its shards back",
+      );
+      assert.equal(d1.child.exitCode, null, `the dispatcher exited with ${n} deliveries unanswered; output:\n${d1.output().slice(-3000)}`);
+      assert.equal(slow.answered(), 0);
+    } finally {
+      letGo();
+    }
+    const code = await stopping;
     assert.equal(code, 0, `dispatcher should exit 0; output:\n${d1.output().slice(-3000)}`);
-    assert.ok(tookMs < 8000, `dispatcher took ${tookMs}ms to stop`);
-    assert.ok(tookMs >= 500, `dispatcher exited after ${tookMs}ms, before the held deliveries could have finished`);
     assert.equal(slow.answered(), n, "every held request was answered before the dispatcher exited");
 
     const counts = await stateCounts(mesh, group);

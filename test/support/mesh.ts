@@ -1,5 +1,6 @@
 // The whole system for one test file: a fresh database, a private nats-server, the timer
 // service and N dispatchers, each a real process, each connecting to NATS as its own user.
+import pg from "pg";
 import { createTestDatabase, type TestDatabase } from "./database.js";
 import { startNats, type TestNats } from "./nats-server.js";
 import { startService, type ServiceProcess } from "./service-process.js";
@@ -26,8 +27,13 @@ export async function startMesh(opts: {
   env?: Record<string, string>;
   timerEnv?: Record<string, string>;
   dispatcherEnv?: Record<string, string>;
+  /**
+   * Use this (empty) database instead of a fresh one on the shared test server: a private
+   * cluster the test stops and starts (private-postgres.ts). It is left in place afterwards.
+   */
+  databaseUrl?: string;
 } = {}): Promise<TestMesh> {
-  const db = await createTestDatabase();
+  const db = opts.databaseUrl ? existingDatabase(opts.databaseUrl) : await createTestDatabase();
   const nats = await startNats();
   const env = { DATABASE_URL: db.url, NATS_URL: nats.url, SHARD_COUNT: "64", ...opts.env };
   const envFor = (service: "timer" | "dispatcher" | "admin") => ({ ...env, ...nats.serviceEnv(service) });
@@ -66,4 +72,13 @@ export async function startMesh(opts: {
     await db[Symbol.asyncDispose]();
     throw err;
   }
+}
+
+/** A pool on a database the caller owns; disposing only closes the pool. */
+function existingDatabase(url: string): TestDatabase {
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  // Its server may be stopped under it on purpose: an idle client's broken connection must not
+  // crash the test (a query on it still fails, as it should).
+  pool.on("error", () => {});
+  return { url, pool, [Symbol.asyncDispose]: () => pool.end() };
 }

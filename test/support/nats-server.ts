@@ -25,14 +25,18 @@ export interface TestNats extends AsyncDisposable {
   serviceEnv(service: "timer" | "dispatcher" | "admin"): Record<string, string>;
   /** A client connection as `user` (the test closes it). */
   connectAs(user: NatsUser): Promise<NatsConnection>;
-  /** Stops the server (SIGTERM) and waits for it to exit. */
-  stop(): Promise<void>;
-  /** Starts it again on the same port and store. */
+  /** Stops the server (SIGTERM; SIGKILL: a crash) and waits for it to exit. */
+  stop(signal?: "SIGTERM" | "SIGKILL"): Promise<void>;
+  /** Starts it (again) on the same port and store. */
   restart(): Promise<void>;
 }
 
-/** Starts nats-server with JetStream on a free port; fails clearly when the binary is missing. */
-export async function startNats(): Promise<TestNats> {
+/**
+ * Starts nats-server with JetStream on a free port; fails clearly when the binary is missing.
+ * With `launch: false` the port and users are chosen but nothing listens until restart():
+ * NATS down at the services' start.
+ */
+export async function startNats(opts: { launch?: boolean } = {}): Promise<TestNats> {
   const port = await freePort();
   const store = await mkdtemp(join(tmpdir(), "nats-test-"));
   const passwords = randomPasswords();
@@ -52,14 +56,14 @@ export async function startNats(): Promise<TestNats> {
     child = c;
     await Promise.race([waitFor(() => canConnect(port), 10_000, `nats-server on port ${port}`), spawnError, exited]);
   };
-  const stop = async () => {
+  const stop = async (signal: "SIGTERM" | "SIGKILL" = "SIGTERM") => {
     const c = child;
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const exited = new Promise((r) => c.once("exit", r));
-    c.kill("SIGTERM");
+    c.kill(signal);
     await exited;
   };
-  await launch();
+  if (opts.launch !== false) await launch();
   const url = `nats://127.0.0.1:${port}`;
   return {
     url,

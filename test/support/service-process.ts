@@ -14,12 +14,27 @@ export interface ServiceProcess extends AsyncDisposable {
   child: ChildProcess;
   /** Everything the process printed so far. */
   output(): string;
+  /** GET /readyz: its status code and JSON body (which checks pass, which are optional). */
+  readiness(): Promise<{ status: number; body: Readiness }>;
+  /** Waits until /readyz answers 200; throws with the output when the process exits first. */
+  waitReady(timeoutMs?: number): Promise<void>;
+  /** `p`, unless the process exits first: then a rejection with its exit code and output. */
+  whileAlive<T>(p: Promise<T>): Promise<T>;
   /** Sends a signal and waits for exit; returns the exit code (null when killed by signal). */
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
   exited: Promise<number | null>;
 }
 
-/** Spawns services/<name>/src/main.ts on free ports and waits for readiness. */
+/** What /readyz and /health answer. */
+export interface Readiness {
+  status: string;
+  service: string;
+  checks: Record<string, boolean>;
+  /** Checks shown but not needed for readiness. */
+  optional?: string[];
+}
+
+/** Spawns services/<name>/src/main.ts on free ports and (unless `waitReady: false`) waits for readiness. */
 export async function startService(
   name: "timer" | "dispatcher" | "admin",
   env: Record<string, string>,
@@ -51,28 +66,37 @@ export async function startService(
       clearTimeout(timer);
       return code;
     },
+    async readiness() {
+      const res = await fetch(`http://127.0.0.1:${httpPort}/readyz`);
+      return { status: res.status, body: (await res.json()) as Readiness };
+    },
+    whileAlive<T>(p: Promise<T>): Promise<T> {
+      p.catch(() => {}); // settled after an exit: nobody waits for it any more
+      const died = exited.then((code): never => {
+        throw new Error(`${name} exited (code ${code}); output:\n${out}`);
+      });
+      return Promise.race([p, died]);
+    },
+    async waitReady(timeoutMs = 30_000) {
+      try {
+        await proc.whileAlive(
+          waitFor(async () => (await fetch(`http://127.0.0.1:${httpPort}/readyz`)).status === 200, timeoutMs, `${name} to become ready`, 50),
+        );
+      } catch (err) {
+        throw new Error(`${name} did not become ready; output:\n${out}`, { cause: err });
+      }
+    },
     async [Symbol.asyncDispose]() {
       if (child.signalCode === "SIGSTOP") child.kill("SIGCONT");
       await proc.stop("SIGTERM");
     },
   };
   if (opts.waitReady !== false) {
-    let dead = false;
-    void exited.then(() => (dead = true));
     try {
-      await waitFor(
-        async () => {
-          if (dead) throw new Error(`${name} exited during start:\n${out}`);
-          const res = await fetch(`http://127.0.0.1:${httpPort}/readyz`);
-          return res.status === 200;
-        },
-        opts.readyTimeoutMs ?? 30_000,
-        `${name} to become ready`,
-        50,
-      );
+      await proc.waitReady(opts.readyTimeoutMs);
     } catch (err) {
       await proc.stop("SIGKILL");
-      throw new Error(`${name} did not become ready; output:\n${out}`, { cause: err });
+      throw err;
     }
   }
   return proc;

@@ -5,6 +5,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { NatsLink } from "../../services/shared/src/nats.js";
 import ipaddr from "ipaddr.js";
 import { ConfigError } from "../../services/shared/src/env.js";
 import {
@@ -257,13 +258,14 @@ describe("egress policy: names are checked on every address they resolve to", ()
 // CallbackDeliverer with a resolver stub and loopback receivers: the address connected to is
 // the vetted one, whatever a second lookup would say.
 
-/** A NATS connection stand-in recording publishes; only NATS delivery touches it. */
-function natsStub(): NatsConnection & { published: string[] } {
+/** A connected NATS link stand-in recording publishes; only NATS delivery touches it. */
+function natsStub(): Pick<NatsLink, "ifConnected"> & { published: string[] } {
   const published: string[] = [];
-  return Object.assign(
-    { options: {}, isClosed: () => false, publish: (subject: string) => void published.push(subject) },
-    { published },
-  ) as unknown as NatsConnection & { published: string[] };
+  const connection = {
+    publish: (subject: string) => void published.push(subject),
+    flush: async () => {},
+  } as unknown as NatsConnection;
+  return { ifConnected: () => connection, published };
 }
 
 function deliverer(resolve: Resolver, env: Record<string, string> = { CALLBACK_ALLOWED_NETWORKS: "127.0.0.1/32" }, nats = natsStub()): CallbackDeliverer {

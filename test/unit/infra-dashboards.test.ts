@@ -380,7 +380,7 @@ test("every alert has a severity, a summary, a description and a runbook", () =>
   assert.deepEqual(
     rules.map((r) => r.alert).sort(),
     [
-      "CallbackFailureRateHigh", "DatabaseConnectionPoolExhaustion", "DispatcherDown", "HighTimerCreationFailureRate",
+      "CallbackFailureRateHigh", "DatabaseConnectionPoolExhaustion", "DispatcherClockSkew", "DispatcherDown", "HighTimerCreationFailureRate",
       "MeshMessagesDropped", "ShardLagHigh", "ShardsUnowned", "TimerExecutionBacklog", "TimerFireLatenessHigh",
     ],
   );

@@ -32,15 +32,14 @@ export class DispatcherDirectory {
   private subs: Subscription[] = [];
 
   constructor(
-    private readonly nc: NatsConnection,
     private readonly memberTtlMs: number,
     private readonly drops: MeshMessageDrops,
   ) {}
 
-  /** Starts listening to heartbeats and goodbyes. */
-  start(): void {
+  /** Starts listening to heartbeats and goodbyes on `nc` (once NATS first connects; the subscriptions survive reconnects). */
+  start(nc: NatsConnection): void {
     this.subs.push(
-      this.nc.subscribe(HEARTBEAT_SUBJECT, {
+      nc.subscribe(HEARTBEAT_SUBJECT, {
         callback: (err, msg) => {
           if (err) return;
           const decoded = decodeHeartbeat(msg.data);
@@ -59,7 +58,7 @@ export class DispatcherDirectory {
           });
         },
       }),
-      this.nc.subscribe(LEAVE_SUBJECT, {
+      nc.subscribe(LEAVE_SUBJECT, {
         callback: (err, msg) => {
           if (err) return;
           const leave = decodeLeave(msg.data);

@@ -3,7 +3,6 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import type { NatsConnection } from "@nats-io/transport-node";
 import type pg from "pg";
 import {
   AttemptSchema,
@@ -25,6 +24,7 @@ import {
 } from "../../shared/src/gen/admin/v1/admin_pb.js";
 import { TimerState } from "../../shared/src/gen/timer/v1/timer_pb.js";
 import type { Logger } from "../../shared/src/logger.js";
+import type { NatsLink } from "../../shared/src/nats.js";
 import { pageOf } from "../../shared/src/page-bytes.js";
 import { destinationOfJson } from "../../shared/src/callback-destination.js";
 import { publishAnnouncement } from "../../shared/src/mesh-messages.js";
@@ -49,7 +49,7 @@ import type { MeshControl } from "./mesh-control.js";
 /** What the AdminService handlers work with. */
 export interface AdminDeps {
   pool: pg.Pool;
-  nats: NatsConnection;
+  nats: NatsLink;
   directory: DispatcherDirectory;
   control: MeshControl;
   auditor: Auditor;
@@ -110,11 +110,25 @@ function pauseOf(groupId: string, at: Date | null, by: string | null, reason: st
 export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminService> {
   const { pool, directory, auditor } = deps;
 
+  /**
+   * The NATS connection, for the calls that work through the dispatchers' heartbeats and
+   * replies. While NATS is away the admin service stays ready (its Postgres calls work), and
+   * these answer UNAVAILABLE naming NATS: the dispatchers it would list are not heard.
+   */
+  const requireNats = () => {
+    const nc = deps.nats.ifConnected();
+    if (!nc) throw new ConnectError("NATS is not connected: the admin service cannot reach the dispatchers now; retry later", Code.Unavailable);
+    return nc;
+  };
+
   /** Tells each retried timer's shard owner, so it fires now rather than at the next overdue scan. */
   const announce = (rows: store.SummaryRow[]) => {
+    // While NATS is away the owners' overdue scan finds them.
+    const nc = deps.nats.ifConnected();
+    if (!nc) return;
     for (const r of rows) {
       try {
-        publishAnnouncement(deps.nats, {
+        publishAnnouncement(nc, {
           groupId: r.group_id,
           timerId: r.timer_id,
           shard: r.shard,
@@ -130,6 +144,7 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
 
   return {
     async listDispatchers() {
+      requireNats();
       const owned = await store.ownedShardCounts(pool);
       const live = directory.live();
       const dispatchers = live.map((m) =>
@@ -176,6 +191,7 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
     },
 
     async drainDispatcher(req, ctx) {
+      requireNats();
       return auditor.change(ctx, req, async () => {
         const id = required(req.dispatcherId, "dispatcher_id");
         const d = directory.find(id);
@@ -197,10 +213,11 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
     },
 
     async rebalanceShards(req, ctx) {
+      const nc = requireNats();
       return auditor.change(ctx, req, async () => {
         for (const id of req.undrain) required(id, "undrain[]");
         const live = directory.live();
-        const answers = await deps.control.rebalance(req.undrain, live.length);
+        const answers = await deps.control.rebalance(nc, req.undrain, live.length);
         const missing = live.map((m) => m.id).filter((id) => !answers.some((a) => a.id === id));
         return {
           response: {

@@ -62,18 +62,17 @@ runMain(bootLog, async () => {
   const log = createLogger("admin", config.logLevel);
   const telemetry = startServiceTelemetry("admin", `admin-${hostname()}-${process.pid}`, config, SERVICE_VERSION);
   const tls = await dispatcherTls(config);
-  const pool = await openDatabase(config.databaseUrl, Math.min(config.dbPoolMax, 5), "admin", config.shardCount, log, telemetry);
+  const database = openDatabase(config, "admin", log, telemetry, Math.min(config.dbPoolMax, 5));
+  const pool = database.pool;
   const dispatcherToken = dispatcherTokenSource(config, log);
   await dispatcherToken(); // an unreadable DISPATCHER_TOKEN_FILE stops the start, not the first drain
   if (!config.dispatcherToken) {
     log.warn("DISPATCHER_TOKEN is not set: DrainDispatcher works only against dispatchers with AUTH_DISABLED=true");
   }
-  const nats = await connectNats(config.natsUrl, config.natsCredentials, "admin", log, telemetry.meter);
+  const nats = connectNats(config.natsUrl, config.natsCredentials, "admin", log, telemetry.meter);
   const drops = new MeshMessageDrops(telemetry.meter, log);
-  const directory = new DispatcherDirectory(nats, config.memberTtlMs, drops);
-  directory.start();
+  const directory = new DispatcherDirectory(config.memberTtlMs, drops);
   const control = new MeshControl(
-    nats,
     {
       rebalanceWaitMs: config.rebalanceWaitMs,
       callTimeoutMs: config.dispatcherCallTimeoutMs,
@@ -84,7 +83,7 @@ runMain(bootLog, async () => {
     log,
     drops,
   );
-  await runService({
+  const service = await runService({
     name: "admin",
     host: config.host,
     grpcPort: config.grpcPort,
@@ -107,17 +106,20 @@ runMain(bootLog, async () => {
           log,
         }),
       ),
-    checks: {
-      postgres: async () => (await pool.query("SELECT 1")).rowCount === 1,
-      nats: async () => !nats.isClosed() && (await nats.rtt()) >= 0,
-    },
+    // Most admin calls are Postgres alone, so the service is ready on Postgres: while NATS is
+    // away, only the calls that go through the dispatchers (ListDispatchers, DrainDispatcher,
+    // RebalanceShards) answer UNAVAILABLE, naming NATS (handlers.ts).
+    dependencies: { postgres: database, nats },
+    optional: ["nats"],
+    start: { after: [database] },
     telemetry,
     security: config.security,
     grpcMaxRequestBytes: config.grpcMaxRequestBytes,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
     onStop: async () => {
       directory.stop();
-      await nats.drain();
-      await pool.end();
     },
   });
+  // The directory hears heartbeats from the first connection on.
+  service.after([nats], async () => directory.start(await nats.ready));
 });

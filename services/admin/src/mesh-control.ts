@@ -29,7 +29,6 @@ export interface DispatcherTls {
 /** Calls dispatchers on behalf of operators. */
 export class MeshControl {
   constructor(
-    private readonly nc: NatsConnection,
     private readonly opts: {
       rebalanceWaitMs: number;
       callTimeoutMs: number;
@@ -79,11 +78,11 @@ export class MeshControl {
    * Asks every dispatcher to reconcile its shard leases now (undraining the named ones) and
    * collects the replies for up to REBALANCE_WAIT, or until `expected` have answered.
    */
-  async rebalance(undrain: string[], expected: number): Promise<RebalanceAnswer[]> {
+  async rebalance(nc: NatsConnection, undrain: string[], expected: number): Promise<RebalanceAnswer[]> {
     const answers: RebalanceAnswer[] = [];
     const body = encodeRebalanceRequest(undrain);
     try {
-      const replies = await this.nc.requestMany(REBALANCE_SUBJECT, body, {
+      const replies = await nc.requestMany(REBALANCE_SUBJECT, body, {
         maxWait: this.opts.rebalanceWaitMs,
         ...(expected > 0 ? { strategy: "count" as const, maxMessages: expected } : { strategy: "timer" as const }),
       });

@@ -32,7 +32,6 @@ export interface DispatcherConfig extends CommonConfig {
    */
   groupShare: number;
   destinationShare: number;
-  shutdownTimeoutMs: number;
   /** How often this dispatcher announces itself. */
   heartbeatMs: number;
   /** A member silent for longer is gone, and its shards are reassigned. */
@@ -91,7 +90,6 @@ export function loadDispatcherConfig(env: Record<string, string | undefined>): D
     catchUpShare: envInt(env, "CATCH_UP_PERCENT", 25, 1, 100) / 100,
     groupShare: envInt(env, "DELIVERY_GROUP_SHARE", 25, 1, 100) / 100,
     destinationShare: envInt(env, "DELIVERY_DESTINATION_SHARE", 25, 1, 100) / 100,
-    shutdownTimeoutMs: envDurationMs(env, "SHUTDOWN_TIMEOUT", 15_000, 0, 300_000),
     heartbeatMs,
     memberTtlMs,
     leaseTtlMs,

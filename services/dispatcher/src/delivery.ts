@@ -14,7 +14,8 @@ import type { LookupFunction } from "node:net";
 import { toBinary, fromBinary, create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
-import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import type { NatsLink } from "../../shared/src/nats.js";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import {
   OnTimerFiredRequestSchema,
@@ -52,8 +53,11 @@ export type DeliveryResult = { ok: true } | { ok: false; retryable: boolean; err
 
 /** What a CallbackDeliverer needs. */
 export interface DelivererOptions {
-  /** The connection tenant NATS callbacks are published on. */
-  nats: NatsConnection;
+  /**
+   * The connection tenant NATS callbacks are published on (a NatsLink): `ifConnected()` gives it
+   * only while it is connected.
+   */
+  nats: Pick<NatsLink, "ifConnected">;
   /** Bound on one attempt, name resolution included. */
   timeoutMs: number;
   maxSockets: number;
@@ -69,8 +73,9 @@ export class CallbackDeliverer {
   private readonly httpsAgent: https.Agent;
   /** Keyed by vetted address and authority: a name that resolves elsewhere gets its own channel. */
   private readonly grpcClients = new Map<string, grpc.Client>();
-  private readonly nats: NatsConnection;
-  private readonly js: JetStreamClient;
+  private readonly nats: Pick<NatsLink, "ifConnected">;
+  /** JetStream over the callbacks connection, made at the first JetStream callback. */
+  private js: JetStreamClient | undefined;
   private readonly timeoutMs: number;
   private readonly egress: EgressPolicy;
   private readonly tenantSubjects: TenantSubjects;
@@ -84,7 +89,6 @@ export class CallbackDeliverer {
     this.resolve = opts.resolve ?? cachingResolver(systemResolver, 1_000);
     this.httpAgent = new http.Agent({ keepAlive: true, maxSockets: opts.maxSockets, maxFreeSockets: 256 });
     this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: opts.maxSockets, maxFreeSockets: 256 });
-    this.js = jetstream(opts.nats, { timeout: opts.timeoutMs });
   }
 
   /** Makes one delivery attempt. Never throws. */
@@ -181,12 +185,24 @@ export class CallbackDeliverer {
     if (refused) return { ok: false, retryable: false, error: `callback.nats.subject "${subject}" ${refused}` };
     const h = natsHeaders();
     for (const [k, v] of Object.entries(this.standardHeaders(d))) h.set(k, v);
+    // A publish made while the client reconnects is only buffered (and dropped at its next
+    // dial), so nothing is published then: the attempt fails as retryable.
+    const nc = this.nats.ifConnected();
+    if (!nc) return { ok: false, retryable: true, error: "NATS not connected (reconnecting); not published" };
     if (useJetStream) {
+      this.js ??= jetstream(nc, { timeout: this.timeoutMs });
       await this.js.publish(subject, d.payload, { msgID: d.idempotencyKey, headers: h, timeout: this.timeoutMs });
       return { ok: true };
     }
-    if (this.nats.isClosed()) return { ok: false, retryable: true, error: "NATS connection closed" };
-    this.nats.publish(subject, d.payload, { headers: h });
+    // Core NATS has no acknowledgement: a publish counts as sent only once a PING written after
+    // it has its PONG, which the server sends after reading the message: at most once per
+    // attempt, and never "succeeded" into the void.
+    nc.publish(subject, d.payload, { headers: h });
+    try {
+      await withTimeout(nc.flush(), this.timeoutMs, `NATS flush timed out after ${this.timeoutMs}ms; the message may not have reached the server`);
+    } catch (err) {
+      return { ok: false, retryable: true, error: `NATS publish not confirmed: ${describe(err)}` };
+    }
     return { ok: true };
   }
 
@@ -255,6 +271,17 @@ export class CallbackDeliverer {
     this.httpsAgent.destroy();
     for (const c of this.grpcClients.values()) c.close();
     this.grpcClients.clear();
+  }
+}
+
+/** `p`, or a rejection with `message` after `ms`; a late settlement of `p` is ignored. */
+async function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  p.catch(() => {}); // a rejection after the timeout has nobody waiting for it
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)))]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -1,9 +1,11 @@
 import { randomBytes } from "node:crypto";
-import type { Subscription } from "@nats-io/transport-node";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
-import { createLogger } from "../../shared/src/logger.js";
+import type pg from "pg";
+import { createLogger, type Logger } from "../../shared/src/logger.js";
 import { extractFrom } from "../../shared/src/telemetry/trace-context.js";
-import { startServiceTelemetry } from "../../shared/src/telemetry/telemetry.js";
+import { startServiceTelemetry, type Telemetry } from "../../shared/src/telemetry/telemetry.js";
 import { SERVICE_VERSION } from "../../shared/src/version.js";
 import { createDispatcherMetrics } from "./dispatcher-metrics.js";
 import { ConfigError } from "../../shared/src/env.js";
@@ -17,14 +19,14 @@ import {
   REBALANCE_SUBJECT,
   shardSubject,
 } from "../../shared/src/mesh-messages.js";
-import { connectNats } from "../../shared/src/nats.js";
+import { connectNats, type NatsLink } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
 import { DispatcherService, file_dispatcher_v1_dispatcher } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
-import { loadDispatcherConfig } from "./config.js";
+import { loadDispatcherConfig, type DispatcherConfig } from "./config.js";
 import { CallbackDeliverer } from "./delivery.js";
 import { shardLag } from "./dispatch-store.js";
 import { DbClock } from "./db-clock.js";
-import { createDispatcherService } from "./handlers.js";
+import { createDispatcherService, type DispatcherState } from "./handlers.js";
 import { Membership } from "./membership.js";
 import { Scheduler } from "./scheduler.js";
 import { LeaseKeeper } from "./shard-leases.js";
@@ -47,14 +49,14 @@ runMain(bootLog, async () => {
   const claimOwner = `${config.dispatcherId}#${randomBytes(4).toString("hex")}`;
   // The firing path passes span contexts explicitly, so no implicit (AsyncLocalStorage) context.
   const telemetry = startServiceTelemetry("dispatcher", config.dispatcherId, config, SERVICE_VERSION, false);
-  const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, `dispatcher:${config.dispatcherId}`, config.shardCount, log, telemetry);
+  const database = openDatabase(config, `dispatcher:${config.dispatcherId}`, log, telemetry);
   // Two NATS connections: the mesh's own (membership, announcements, rebalance) and one for
   // tenant callbacks, whose user may publish only outside the mesh's subjects
   // (infra/nats/nats.conf), so no callback subject can speak for the mesh.
-  const nats = await connectNats(config.natsUrl, config.natsCredentials, `dispatcher:${config.dispatcherId}`, log, telemetry.meter);
+  const nats = connectNats(config.natsUrl, config.natsCredentials, `dispatcher:${config.dispatcherId}`, log, telemetry.meter);
   let callbackNats = nats;
   if (config.callbackNatsCredentials) {
-    callbackNats = await connectNats(config.natsUrl, config.callbackNatsCredentials, `dispatcher:${config.dispatcherId}:callbacks`, log);
+    callbackNats = connectNats(config.natsUrl, config.callbackNatsCredentials, `dispatcher:${config.dispatcherId}:callbacks`, log);
   } else {
     log.warn(
       "NATS_USER and CALLBACK_NATS_USER are not set: tenant callbacks are published on the mesh's own, unrestricted " +
@@ -63,6 +65,79 @@ runMain(bootLog, async () => {
     );
   }
   const drops = new MeshMessageDrops(telemetry.meter, log);
+  log.info({ egress: config.egress.describe(), natsSubjects: config.tenantSubjects.describe() }, "callback policy");
+
+  // Membership, leases and the scheduler need Postgres and NATS: the ports open at once, and
+  // the dispatcher starts dispatching (and becomes ready) once both are there.
+  let dispatching: Dispatching | undefined;
+  await runService({
+    name: "dispatcher",
+    host: config.host,
+    grpcPort: config.grpcPort,
+    httpPort: config.httpPort,
+    log,
+    files: [file_dispatcher_v1_dispatcher],
+    serviceNames: [DispatcherService.typeName],
+    routes: (router) =>
+      router.service(
+        DispatcherService,
+        createDispatcherService({
+          dispatcherId: config.dispatcherId,
+          shardCount: config.shardCount,
+          version: SERVICE_VERSION,
+          startTimeMs,
+          state: () => dispatching,
+          shardLag: (shards) => shardLag(database.pool, shards),
+        }),
+      ),
+    dependencies: { postgres: database, nats, ...(callbackNats !== nats ? { nats_callbacks: callbackNats } : {}) },
+    checks: { membership: async () => dispatching?.membership.connected ?? false },
+    start: {
+      after: [database, nats, callbackNats],
+      run: async (signal) => {
+        const [nc] = await Promise.all([nats.ready, callbackNats.ready]);
+        dispatching = await startDispatching({ config, log, telemetry, pool: database.pool, nats: nc, natsLink: nats, callbackNats, drops, claimOwner, startTimeMs }, signal);
+      },
+    },
+    telemetry,
+    security: config.security,
+    grpcMaxRequestBytes: config.grpcMaxRequestBytes,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
+    onStop: async () => {
+      await dispatching?.stop();
+    },
+  });
+});
+
+/** A started dispatcher: what its handlers read, and its hand-off at shutdown. */
+interface Dispatching extends DispatcherState {
+  membership: Membership;
+  /** Leaves the mesh, hands the shards over, and finishes (or records) the deliveries in flight. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Joins the mesh and starts dispatching. `signal` (shutdown) cuts the start short: what was
+ * started is returned all the same, for stop() to undo.
+ */
+async function startDispatching(
+  ctx: {
+    config: DispatcherConfig;
+    log: Logger;
+    telemetry: Telemetry;
+    pool: pg.Pool;
+    nats: NatsConnection;
+    /** The same connection, as a link that says whether it is connected right now. */
+    natsLink: NatsLink;
+    /** Tenant callbacks are published only while it is connected. */
+    callbackNats: NatsLink;
+    drops: MeshMessageDrops;
+    claimOwner: string;
+    startTimeMs: number;
+  },
+  signal: AbortSignal,
+): Promise<Dispatching> {
+  const { config, log, telemetry, pool, nats, natsLink, callbackNats, drops, claimOwner, startTimeMs } = ctx;
   const deliverer = new CallbackDeliverer({
     nats: callbackNats,
     timeoutMs: config.callbackTimeoutMs,
@@ -70,7 +145,6 @@ runMain(bootLog, async () => {
     egress: config.egress,
     tenantSubjects: config.tenantSubjects,
   });
-  log.info({ egress: config.egress.describe(), natsSubjects: config.tenantSubjects.describe() }, "callback policy");
 
   // Announcements of new near-term timers arrive on one subject per owned shard.
   const shardSubs = new Map<number, Subscription>();
@@ -141,6 +215,7 @@ runMain(bootLog, async () => {
     {
       dispatcherId: config.dispatcherId,
       clock,
+      announcementsFlowing: () => natsLink.ifConnected() !== undefined,
       claimOwner,
       lookaheadMs: config.lookaheadMs,
       pollIntervalMs: config.pollIntervalMs,
@@ -213,12 +288,18 @@ runMain(bootLog, async () => {
     },
   });
   // Hear the others before claiming anything, so a joining dispatcher does not first reach
-  // for every free shard.
-  await new Promise((r) => setTimeout(r, Math.min(config.memberTtlMs, 2 * config.heartbeatMs)));
-  reassign();
-  await clock.start();
-  leases.start();
-  scheduler.start();
+  // for every free shard. Shutdown cuts the wait short (the sleep rejects on abort).
+  await sleep(Math.min(config.memberTtlMs, 2 * config.heartbeatMs), undefined, { signal }).catch(() => {});
+  // Shutdown ends the first clock reading, which waits for Postgres.
+  signal.addEventListener("abort", () => clock.stop(), { once: true });
+  if (!signal.aborted) {
+    reassign();
+    await clock.start();
+  }
+  if (!signal.aborted) {
+    leases.start();
+    scheduler.start();
+  }
 
   const drain = async (): Promise<number> => {
     const before = leases.owned().length;
@@ -230,40 +311,16 @@ runMain(bootLog, async () => {
     return before - leases.owned().length;
   };
 
-  await runService({
-    name: "dispatcher",
-    host: config.host,
-    grpcPort: config.grpcPort,
-    httpPort: config.httpPort,
-    log,
-    files: [file_dispatcher_v1_dispatcher],
-    serviceNames: [DispatcherService.typeName],
-    routes: (router) =>
-      router.service(
-        DispatcherService,
-        createDispatcherService({
-          dispatcherId: config.dispatcherId,
-          shardCount: config.shardCount,
-          version: SERVICE_VERSION,
-          startTimeMs,
-          scheduler,
-          ownership: leases,
-          members: () => membership.list().map((m) => m.id),
-          draining: () => draining,
-          shardLag: () => shardLag(pool, leases.owned()),
-          drain,
-        }),
-      ),
-    checks: {
-      postgres: async () => (await pool.query("SELECT 1")).rowCount === 1,
-      nats: async () => !nats.isClosed() && (await nats.rtt()) >= 0,
-      ...(callbackNats !== nats ? { nats_callbacks: async () => !callbackNats.isClosed() && (await callbackNats.rtt()) >= 0 } : {}),
-      membership: async () => membership.connected,
-    },
-    telemetry,
-    security: config.security,
-    grpcMaxRequestBytes: config.grpcMaxRequestBytes,
-    onStop: async () => {
+  return {
+    scheduler,
+    ownership: leases,
+    membership,
+    members: () => membership.list().map((m) => m.id),
+    draining: () => draining,
+    drain,
+    // The NATS connections and the pool stay open for the runtime to close after the calls in
+    // flight (service-runtime.ts).
+    stop: async () => {
       metrics.stop();
       clock.stop();
       // Leave the ring, hand the shards over (stop claiming, then release), then finish
@@ -275,10 +332,6 @@ runMain(bootLog, async () => {
       for (const s of [...shardSubs.keys()]) unsubscribeShard(s);
       await scheduler.stop(config.shutdownTimeoutMs);
       deliverer.close();
-      if (callbackNats !== nats) await callbackNats.drain();
-      await nats.drain();
-      await pool.end();
     },
-    stopTimeoutMs: config.shutdownTimeoutMs + 10_000,
-  });
-});
+  };
+}

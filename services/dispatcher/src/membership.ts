@@ -22,6 +22,9 @@ import {
   type Heartbeat,
 } from "../../shared/src/mesh-messages.js";
 
+// How long leave() waits for NATS to take the goodbye.
+const LEAVE_FLUSH_TIMEOUT_MS = 1_000;
+
 /** A dispatcher as its heartbeats describe it. */
 export interface Member {
   id: string;
@@ -119,12 +122,19 @@ export class Membership {
     this.changed();
   }
 
-  /** Says goodbye and stops heartbeating. */
+  /**
+   * Says goodbye and stops heartbeating. The goodbye waits for the server for a second at most:
+   * with NATS away a flush would wait for its return, and the others expire this member anyway.
+   */
   async leave(): Promise<void> {
     clearInterval(this.timer);
     try {
       this.nc.publish(LEAVE_SUBJECT, encodeLeave(this.self.id));
-      await this.nc.flush();
+      const flushed = await Promise.race([
+        this.nc.flush().then(() => true),
+        new Promise<false>((r) => setTimeout(() => r(false), LEAVE_FLUSH_TIMEOUT_MS).unref()),
+      ]);
+      if (!flushed) throw new Error(`NATS did not confirm the goodbye within ${LEAVE_FLUSH_TIMEOUT_MS} ms`);
     } catch (err) {
       this.log.warn({ err }, "could not announce leave; the others will expire this member");
     }

@@ -50,6 +50,13 @@ export interface SchedulerOptions {
    * not by this machine's wall clock.
    */
   clock: Clock;
+  /**
+   * Whether announcements can reach this dispatcher (its mesh NATS connection is up). While they
+   * cannot, a timer created due soon is only in Postgres, behind the window loader's cursor:
+   * each poll then also re-reads the next moments of the window, and the whole window is read
+   * again once announcements flow again.
+   */
+  announcementsFlowing: () => boolean;
   /** Written to timers.claim_owner: the dispatcher id and this process's incarnation. */
   claimOwner: string;
   lookaheadMs: number;
@@ -87,6 +94,8 @@ export class Scheduler {
   private readonly fair: FairShare;
   /** Where the window loader stopped; starts at the first load (once the clock is measured). */
   private cursorAt: LoadCursor | undefined;
+  /** Announcements could not reach us at some poll since the window was last read whole. */
+  private announcementsMissed = false;
   private overdueCursor: LoadCursor = OVERDUE_START;
   private claimBackoffMs = CLAIM_BACKOFF_MIN_MS;
   private inFlight = 0;
@@ -229,6 +238,19 @@ export class Scheduler {
     const reclaimed = await reclaimExpired(this.pool, this.opts.dispatcherId, shards, 1000);
     if (reclaimed.length > 0) this.log.warn({ count: reclaimed.length }, "took back expired claims");
     for (const t of reclaimed) this.hold(t);
+
+    if (!this.opts.announcementsFlowing()) {
+      // Timers created now are not announced: read what falls due before the next poll but one
+      // (a short slice, whatever the window's size), so they fire on time all the same.
+      this.announcementsMissed = true;
+      const nearUntil = this.now() + 2 * this.opts.pollIntervalMs;
+      const near = await loadWindow(this.pool, shards, { atMs: this.now() - this.opts.overdueGraceMs, groupId: "", timerId: "" }, nearUntil, 5000);
+      for (const t of near) this.hold(t);
+    } else if (this.announcementsMissed) {
+      // Back: timers created during the gap and due later in the window are behind the cursor.
+      this.announcementsMissed = false;
+      this.cursor = { atMs: this.now() - this.opts.overdueGraceMs, groupId: "", timerId: "" };
+    }
 
     const until = this.now() + this.opts.lookaheadMs;
     while (this.held < this.opts.maxHeld && !this.stopped) {

@@ -49,8 +49,8 @@ export class AuthConfigError extends Error {
 /** The principal of every call when authentication is disabled. */
 export const ANONYMOUS: Principal = Object.freeze({ name: "anonymous", admin: true, groups: ["*"] });
 
-/** Services anyone may call without a token. */
-const OPEN_SERVICES = new Set([
+/** Services anyone may call without a token (and that answer before a service is ready: service-runtime.ts). */
+export const OPEN_SERVICES: ReadonlySet<string> = new Set([
   "grpc.health.v1.Health",
   "grpc.reflection.v1.ServerReflection",
   "grpc.reflection.v1alpha.ServerReflection",

@@ -1,7 +1,12 @@
 import { readdir, readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
+import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
+import { databaseUnavailable } from "./db-errors.js";
+import type { Dependency } from "./dependency.js";
+import type { CommonConfig } from "./env.js";
 import type { Logger } from "./logger.js";
+import { redactCredentials } from "./redact.js";
 import { instrumentPool } from "./telemetry/db-metrics.js";
 import type { Telemetry } from "./telemetry/telemetry.js";
 
@@ -10,28 +15,48 @@ const migrationsDir = fileURLToPath(new URL("../migrations/", import.meta.url));
 // Any constant works; it only has to be the same in every process that migrates.
 const MIGRATION_LOCK_KEY = 0x74696d72; // "timr"
 
-/** A pg pool with the settings every service uses. */
-export function createPool(databaseUrl: string, max: number, applicationName: string): pg.Pool {
-  const pool = new pg.Pool({
+// How long pool.query waits for a connection, and how long one start attempt waits to connect.
+const CONNECT_TIMEOUT_MS = 5_000;
+
+// The driver's query_timeout is the statement timeout plus this: a live server cancels first
+// (57014, a clear "statement timeout"), the driver only for a server that stopped answering.
+const QUERY_TIMEOUT_MARGIN_MS = 2_000;
+
+// Backoff between attempts to reach Postgres at start: quick at first (a database starting at
+// the same moment), then every 5 s at most while it stays away.
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 5_000;
+
+/**
+ * A pg pool with the settings every service uses: every query bounded by `statementTimeoutMs`
+ * on the server (statement_timeout) and, for a server that no longer answers, on the client
+ * (query_timeout); TCP keepalive so that a connection to a vanished host is noticed.
+ */
+export function createPool(databaseUrl: string, max: number, applicationName: string, statementTimeoutMs: number): pg.Pool {
+  return new pg.Pool({
     connectionString: databaseUrl,
     max,
     application_name: applicationName,
-    connectionTimeoutMillis: 5_000,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,
+    statement_timeout: statementTimeoutMs,
+    query_timeout: statementTimeoutMs + QUERY_TIMEOUT_MARGIN_MS,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
   });
-  return pool;
 }
 
 /**
  * Applies the numbered SQL files in services/shared/migrations that the database lacks, each in
  * its own transaction. An advisory lock makes concurrent starts wait for one another.
  */
-export async function migrate(pool: pg.Pool, log: Logger): Promise<number> {
+export async function migrate(target: pg.Pool | pg.ClientBase, log: Logger): Promise<number> {
   const files = (await readdir(migrationsDir)).filter((f) => /^\d{6}_.+\.sql$/.test(f)).sort();
   const versions = files.map((f) => f.slice(0, 6));
   const clash = versions.find((v, i) => versions.indexOf(v) !== i);
   if (clash) throw new Error(`two migrations are numbered ${clash}: renumber the newer one`);
-  const client = await pool.connect();
+  const pooled = target instanceof pg.Pool ? await target.connect() : undefined;
+  const client = pooled ?? (target as pg.ClientBase);
   let applied = 0;
   try {
     await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK_KEY]);
@@ -62,7 +87,7 @@ export async function migrate(pool: pg.Pool, log: Logger): Promise<number> {
       await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK_KEY]);
     }
   } finally {
-    client.release();
+    pooled?.release();
   }
   return applied;
 }
@@ -71,42 +96,146 @@ export async function migrate(pool: pg.Pool, log: Logger): Promise<number> {
  * Records the shard count on first start and refuses a different one later: every stored
  * timer's shard was computed from it.
  */
-export async function checkShardCount(pool: pg.Pool, shardCount: number): Promise<void> {
-  await pool.query(
+export async function checkShardCount(client: pg.ClientBase, shardCount: number): Promise<void> {
+  await client.query(
     "INSERT INTO mesh_settings (key, value) VALUES ('shard_count', $1) ON CONFLICT (key) DO NOTHING",
     [String(shardCount)],
   );
-  const { rows } = await pool.query<{ value: string }>("SELECT value FROM mesh_settings WHERE key = 'shard_count'");
+  const { rows } = await client.query<{ value: string }>("SELECT value FROM mesh_settings WHERE key = 'shard_count'");
   const stored = Number(rows[0]!.value);
   if (stored !== shardCount) {
     throw new Error(
       `SHARD_COUNT is ${shardCount} but this database was created with ${stored}; set SHARD_COUNT=${stored}`,
     );
   }
-  await pool.query(
+  await client.query(
     "INSERT INTO shard_leases (shard) SELECT s FROM generate_series(0, $1::int - 1) s ON CONFLICT (shard) DO NOTHING",
     [shardCount],
   );
 }
 
-/** Opens a pool, migrates, and checks the shard count: what every service does at start. */
-export async function openDatabase(
-  databaseUrl: string,
-  max: number,
-  service: string,
-  shardCount: number,
-  log: Logger,
-  telemetry?: Telemetry,
-): Promise<pg.Pool> {
-  const pool = createPool(databaseUrl, max, service);
-  if (telemetry) instrumentPool(pool, telemetry.meter, telemetry.tracer, telemetry.tracingEnabled, max);
-  pool.on("error", (err) => log.error({ err }, "idle Postgres client failed"));
-  try {
-    await migrate(pool, log);
-    await checkShardCount(pool, shardCount);
-  } catch (err) {
-    await pool.end();
-    throw err;
+/** What openDatabase needs: CommonConfig's database settings and who is asking. */
+export interface DatabaseOptions {
+  url: string;
+  /** Pool size. */
+  max: number;
+  /** application_name, as pg_stat_activity shows it. */
+  applicationName: string;
+  shardCount: number;
+  /** DB_STATEMENT_TIMEOUT. */
+  statementTimeoutMs: number;
+  log: Logger;
+  telemetry?: Telemetry;
+}
+
+/**
+ * Postgres for a service: the pool exists at once (queries fail until Postgres answers); in the
+ * background the database is reached, migrated and its shard count checked, retried with
+ * backoff while Postgres is unreachable, starting up or out of connections, so that a service
+ * starts whatever Postgres is doing and becomes ready when it comes. A failure retrying cannot
+ * fix (a migration's SQL error, SHARD_COUNT mismatch, a refused password) rejects `ready`.
+ */
+export class Database implements Dependency {
+  readonly name = "database";
+  readonly pool: pg.Pool;
+  readonly ready: Promise<void>;
+  #isReady = false;
+  readonly #closed = new AbortController();
+
+  constructor(private readonly opts: DatabaseOptions) {
+    this.pool = createPool(opts.url, opts.max, opts.applicationName, opts.statementTimeoutMs);
+    if (opts.telemetry) instrumentPool(this.pool, opts.telemetry.meter, opts.telemetry.tracer, opts.telemetry.tracingEnabled, opts.max);
+    this.pool.on("error", (err) => opts.log.error({ err }, "idle Postgres client failed"));
+    this.ready = new Promise<void>((resolve, reject) => void this.#prepare(resolve, reject));
   }
-  return pool;
+
+  get isReady(): boolean {
+    return this.#isReady;
+  }
+
+  async check(): Promise<boolean> {
+    return this.#isReady && (await this.pool.query("SELECT 1")).rowCount === 1;
+  }
+
+  async close(): Promise<void> {
+    this.#closed.abort();
+    await this.pool.end();
+  }
+
+  async #prepare(resolve: () => void, reject: (err: unknown) => void): Promise<void> {
+    const { log } = this.opts;
+    const startedAt = Date.now();
+    let waitMs = RETRY_MIN_MS;
+    let lastReason: string | undefined;
+    for (;;) {
+      try {
+        await this.#migrateOnce();
+      } catch (err) {
+        if (this.#closed.signal.aborted) return;
+        const unavailable = databaseUnavailable(err);
+        if (!unavailable) return reject(err);
+        // Once per kind of failure (refused, then "starting up"...), not once per attempt.
+        if (unavailable.rawMessage !== lastReason) {
+          lastReason = unavailable.rawMessage;
+          // Node's AggregateError (a host with several addresses, all refused) has no message, only a code.
+          const detail = redactCredentials((err instanceof Error && err.message) || String((err as { code?: unknown }).code ?? err));
+          log.warn({ retry_max_ms: RETRY_MAX_MS }, `Postgres not reachable yet (${detail}): not ready, retrying with backoff`);
+        }
+        try {
+          await sleep(waitMs, undefined, { signal: this.#closed.signal });
+        } catch {
+          return; // closed while waiting
+        }
+        waitMs = Math.min(2 * waitMs, RETRY_MAX_MS);
+        continue;
+      }
+      this.#isReady = true;
+      log.info(lastReason ? { waited_ms: Date.now() - startedAt } : {}, "Postgres reachable and migrated: database ready");
+      return resolve();
+    }
+  }
+
+  /**
+   * One attempt: migrate and check the shard count on a connection of its own, without the
+   * pools' statement timeout, which a long migration, or the wait for another process's
+   * migration (the advisory lock), must not be cut off by.
+   */
+  async #migrateOnce(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: this.opts.url,
+      application_name: `${this.opts.applicationName}:migrate`,
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
+    // A connection lost mid-migration surfaces as the failing query's error; this only keeps
+    // the emitter from throwing it a second time.
+    client.on("error", () => {});
+    await client.connect();
+    try {
+      await migrate(client, this.opts.log);
+      await checkShardCount(client, this.opts.shardCount);
+    } finally {
+      await client.end().catch(() => {});
+    }
+  }
+}
+
+/** Opens Postgres for a service with the common settings (see Database); `max` defaults to DB_POOL_MAX. */
+export function openDatabase(
+  config: Pick<CommonConfig, "databaseUrl" | "dbPoolMax" | "shardCount" | "dbStatementTimeoutMs">,
+  applicationName: string,
+  log: Logger,
+  telemetry: Telemetry,
+  max = config.dbPoolMax,
+): Database {
+  return new Database({
+    url: config.databaseUrl,
+    max,
+    applicationName,
+    shardCount: config.shardCount,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+    log,
+    telemetry,
+  });
 }

@@ -113,6 +113,17 @@ export interface CommonConfig {
   shardCount: number;
   logLevel: string;
   dbPoolMax: number;
+  /**
+   * DB_STATEMENT_TIMEOUT: the longest any query of the service pools may run, enforced by Postgres
+   * (statement_timeout) and, a little later, by the driver (query_timeout) for a server that no
+   * longer answers at all. Migrations run on their own connection without it.
+   */
+  dbStatementTimeoutMs: number;
+  /**
+   * SHUTDOWN_TIMEOUT: how long SIGTERM waits for work in flight (calls, and a dispatcher's
+   * deliveries) before closing what is left.
+   */
+  shutdownTimeoutMs: number;
   /** OTLP endpoint for traces (…/v1/traces); undefined when tracing is off. */
   tracesEndpoint: string | undefined;
   tracesProtocol: "http/protobuf" | "http/json";
@@ -153,6 +164,8 @@ export function loadCommonConfig(env: Env, ports: { grpc: number; http: number }
     shardCount: envInt(env, "SHARD_COUNT", 1024, 1, 65536),
     logLevel: envLogLevel(env, "LOG_LEVEL", "info"),
     dbPoolMax: envInt(env, "DB_POOL_MAX", 20, 1, 1000),
+    dbStatementTimeoutMs: envDurationMs(env, "DB_STATEMENT_TIMEOUT", 10_000, 100, 3_600_000),
+    shutdownTimeoutMs: envDurationMs(env, "SHUTDOWN_TIMEOUT", 15_000, 0, 300_000),
     ...loadOtelConfig(env),
     security: loadSecurityConfig(env),
   };

@@ -19,6 +19,7 @@ type Listener = (status: ServingStatus) => void;
 export class HealthStatus {
   readonly #statuses = new Map<string, ServingStatus>();
   readonly #listeners = new Map<string, Set<Listener>>();
+  readonly #closing = new AbortController();
 
   /** Creates the registry; by default the whole server ("") starts out SERVING, like grpc-go. */
   constructor(initial: Readonly<Record<string, ServingStatus>> = { "": ServingStatus.SERVING }) {
@@ -40,6 +41,20 @@ export class HealthStatus {
   clear(service: string): void {
     if (!this.#statuses.delete(service)) return;
     this.#notify(service, ServingStatus.SERVICE_UNKNOWN);
+  }
+
+  /**
+   * Ends every Watch stream, each after the last status it was to send, and makes later Watch
+   * calls answer once and end: at shutdown, after the statuses were set to NOT_SERVING, so that
+   * watchers hear it and the server can close (an open Watch stream would hold it open forever).
+   */
+  close(): void {
+    this.#closing.abort();
+  }
+
+  /** Aborted by close(). */
+  get closed(): AbortSignal {
+    return this.#closing.signal;
   }
 
   /** Returns the status of a service, or undefined when it was never set (or cleared). */
@@ -94,6 +109,7 @@ export function registerHealthService(router: ConnectRouter, health: HealthStatu
 
     async *watch(req: HealthCheckRequest, ctx: HandlerContext): AsyncGenerator<HealthCheckResponse> {
       const { signal } = ctx;
+      const { closed } = health;
       // Only the latest status matters: a slow reader may skip intermediate states (allowed by the spec).
       let pending: ServingStatus | undefined;
       let wake: (() => void) | undefined;
@@ -103,26 +119,30 @@ export function registerHealthService(router: ConnectRouter, health: HealthStatu
       });
       const onAbort = () => wake?.();
       signal.addEventListener("abort", onAbort);
+      closed.addEventListener("abort", onAbort);
       try {
         let last = health.get(req.service) ?? ServingStatus.SERVICE_UNKNOWN;
         yield create(HealthCheckResponseSchema, { status: last });
-        while (!signal.aborted) {
-          if (pending === undefined) {
-            await new Promise<void>((resolve) => {
-              wake = resolve;
-            });
-            wake = undefined;
+        for (;;) {
+          if (pending !== undefined) {
+            const status = pending;
+            pending = undefined;
+            if (status === last) continue;
+            last = status;
+            yield create(HealthCheckResponseSchema, { status });
             continue;
           }
-          const status = pending;
-          pending = undefined;
-          if (status === last) continue;
-          last = status;
-          yield create(HealthCheckResponseSchema, { status });
+          // Checked only once nothing is pending: the NOT_SERVING set at shutdown goes out first.
+          if (signal.aborted || closed.aborted) return;
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+          wake = undefined;
         }
       } finally {
         unsubscribe();
         signal.removeEventListener("abort", onAbort);
+        closed.removeEventListener("abort", onAbort);
       }
     },
   });

@@ -1,14 +1,16 @@
 import { readFile } from "node:fs/promises";
 import http from "node:http";
 import http2 from "node:http2";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { databaseUnavailable } from "./db-errors.js";
 import type { Logger } from "./logger.js";
 
 /**
- * Turns an unexpected error into INTERNAL without its text (which may carry SQL or hosts), and
- * logs it with its cause. ConnectErrors thrown on purpose pass through unchanged.
+ * Turns an unexpected error into INTERNAL without its text (which may carry SQL or hosts), or
+ * into UNAVAILABLE when the database is unreachable or timed out (db-errors.ts: the caller should
+ * retry), and logs it with its cause. ConnectErrors thrown on purpose pass through unchanged.
  */
 export function errorInterceptor(log: Logger): Interceptor {
   return (next) => async (req) => {
@@ -21,16 +23,16 @@ export function errorInterceptor(log: Logger): Interceptor {
         }
         throw err;
       }
+      const unavailable = databaseUnavailable(err);
+      if (unavailable) {
+        // Expected while Postgres is down or slow; the caller is told to retry.
+        log.warn({ err, rpc: req.url }, "rpc failed: database unavailable");
+        throw unavailable;
+      }
       log.error({ err, rpc: req.url }, "rpc failed");
-      if (isUnavailable(err)) throw new ConnectError("database unavailable, retry later", Code.Unavailable);
       throw new ConnectError("internal error", Code.Internal);
     }
   };
-}
-
-function isUnavailable(err: unknown): boolean {
-  const code = (err as { code?: string } | null)?.code;
-  return code === "ECONNREFUSED" || code === "57P01" || code === "53300" || /timeout exceeded when trying to connect/i.test(String((err as Error)?.message));
 }
 
 /** PEM material of a TLS gRPC port; with clientCa, clients must present a certificate it signed. */
@@ -69,7 +71,7 @@ export async function startGrpcServer(opts: {
   interceptors: Interceptor[];
   maxRequestBytes: number;
   tls?: TlsMaterial;
-}): Promise<{ server: http2.Http2Server | http2.Http2SecureServer; port: number; close(): Promise<void> }> {
+}): Promise<GrpcServer> {
   // readMaxBytes is checked against each message's length prefix (and a Connect unary call's
   // Content-Length) before the message is buffered or decoded: an oversized request costs a
   // few kilobytes of reading, then RESOURCE_EXHAUSTED naming the limit.
@@ -86,65 +88,111 @@ export async function startGrpcServer(opts: {
         handler,
       )
     : http2.createServer(handler);
+  // Sessions, to ask each to stop opening streams at shutdown; sockets, to cut what is left
+  // (HTTP/1.1 connections of a TLS port too) when in-flight calls overrun.
   const sessions = new Set<http2.Http2Session>();
   server.on("session", (s) => {
     sessions.add(s);
     s.on("close", () => sessions.delete(s));
+  });
+  const sockets = new Set<Socket>();
+  server.on("connection", (sock: Socket) => {
+    sockets.add(sock);
+    sock.on("close", () => sockets.delete(sock));
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.port, opts.host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
+  let closed: Promise<void> | undefined;
+  const stopAccepting = () => {
+    closed ??= new Promise<void>((resolve) => server.close(() => resolve()));
+    // GOAWAY: the client opens no new stream on the session, the streams in flight go on, and
+    // the session ends after the last (at once when idle).
+    for (const s of sessions) s.close();
+  };
   return {
     server,
     port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        // Let in-flight calls finish, then end idle sessions so close() can complete.
-        for (const s of sessions) s.close();
-      }),
+    stopAccepting,
+    async close(deadlineMs) {
+      stopAccepting();
+      const overrun = new Promise<void>((r) => setTimeout(r, Math.max(0, deadlineMs - Date.now())).unref());
+      await Promise.race([closed, overrun]);
+      for (const s of sessions) s.destroy();
+      for (const sock of sockets) sock.destroy();
+      await closed;
+    },
   };
+}
+
+/** A running gRPC port (startGrpcServer). */
+export interface GrpcServer {
+  server: http2.Http2Server | http2.Http2SecureServer;
+  port: number;
+  /** Takes no new connection, and asks every client (HTTP/2 GOAWAY) to open no new call; calls in flight go on. */
+  stopAccepting(): void;
+  /** stopAccepting(), then waits for the calls in flight until `deadlineMs` (epoch ms), then cuts the connections left. */
+  close(deadlineMs: number): Promise<void>;
 }
 
 /** A named readiness check; resolves true when the dependency is usable. */
 export type Check = () => Promise<boolean>;
 
+// A check that has not answered within this counts as failed: a probe must answer in time.
+const CHECK_TIMEOUT_MS = 2_000;
+
+/** Runs every check at once; one that fails, throws or takes longer than 2 s is false. */
+export async function runChecks(checks: Record<string, Check>): Promise<Record<string, boolean>> {
+  const entries = await Promise.all(
+    Object.entries(checks).map(async ([name, check]) => {
+      const ok = await Promise.race([
+        check().catch(() => false),
+        new Promise<boolean>((r) => setTimeout(() => r(false), CHECK_TIMEOUT_MS).unref()),
+      ]);
+      return [name, ok] as const;
+    }),
+  );
+  return Object.fromEntries(entries);
+}
+
 /** What the HTTP port serves besides health: /metrics, and anything a service adds. */
 export type ExtraRoute = (req: http.IncomingMessage, res: http.ServerResponse) => boolean | Promise<boolean>;
 
+/** The paths of the HTTP port's health answers; the /health/* aliases are the operations documents' names. */
+const LIVE_PATHS = new Set(["/healthz", "/health/live"]);
+const READY_PATHS = new Set(["/readyz", "/health/ready", "/health"]);
+
 /**
- * Serves /healthz (the process is alive), /readyz (every check passes), /health (JSON summary),
- * /health/db, and the extra routes (metrics) on the plain HTTP port.
+ * Serves /healthz and /health/live (the process is alive), /readyz and /health/ready (every
+ * check passes), /health (the same JSON summary), /health/db, and the extra routes (metrics) on
+ * the plain HTTP port. `optional` checks are reported but do not make the service unready;
+ * while `stopping()`, it is not ready.
  */
 export async function startHttpServer(opts: {
   host: string;
   port: number;
   service: string;
   checks: Record<string, Check>;
+  optional?: Record<string, Check>;
+  stopping?: () => boolean;
   extra?: ExtraRoute[];
-}): Promise<{ server: http.Server; port: number; close(): Promise<void> }> {
-  const runChecks = async (): Promise<Record<string, boolean>> => {
-    const entries = await Promise.all(
-      Object.entries(opts.checks).map(async ([name, check]) => {
-        const ok = await Promise.race([
-          check().catch(() => false),
-          new Promise<boolean>((r) => setTimeout(() => r(false), 2_000).unref()),
-        ]);
-        return [name, ok] as const;
-      }),
-    );
-    return Object.fromEntries(entries);
-  };
+}): Promise<{ server: http.Server; port: number; close(deadlineMs: number): Promise<void> }> {
   const server = http.createServer(async (req, res) => {
-    const path = (req.url ?? "/").split("?")[0];
+    const path = (req.url ?? "/").split("?")[0]!;
     try {
-      if (path === "/healthz") return send(res, 200, { status: "alive" });
-      if (path === "/readyz" || path === "/health") {
-        const checks = await runChecks();
-        const ok = Object.values(checks).every(Boolean);
-        return send(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready", service: opts.service, checks });
+      if (LIVE_PATHS.has(path)) return send(res, 200, { status: "alive" });
+      if (READY_PATHS.has(path)) {
+        const [required, optional] = await Promise.all([runChecks(opts.checks), runChecks(opts.optional ?? {})]);
+        const stopping = opts.stopping?.() ?? false;
+        const ok = !stopping && Object.values(required).every(Boolean);
+        return send(res, ok ? 200 : 503, {
+          status: stopping ? "stopping" : ok ? "ready" : "not ready",
+          service: opts.service,
+          checks: { ...required, ...optional },
+          ...(opts.optional ? { optional: Object.keys(opts.optional) } : {}),
+        });
       }
       if (path === "/health/db") {
         const db = opts.checks["postgres"];
@@ -164,7 +212,15 @@ export async function startHttpServer(opts: {
   return {
     server,
     port: (server.address() as AddressInfo).port,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    // Idle keep-alive connections close at once (Node 19+); a request in flight (a scrape) until the deadline.
+    close: (deadlineMs) =>
+      new Promise<void>((resolve) => {
+        const cut = setTimeout(() => server.closeAllConnections(), Math.max(0, deadlineMs - Date.now()));
+        server.close(() => {
+          clearTimeout(cut);
+          resolve();
+        });
+      }),
   };
 }
 

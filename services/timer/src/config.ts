@@ -14,6 +14,12 @@ export interface TimerConfig extends CommonConfig {
    * group quota) and group quota overrides are read again.
    */
   activeTimersRefreshMs: number;
+  /**
+   * CREATE_QUEUE_MAX: creates that may wait for a database batch (4 batches of 500 are in
+   * flight at once); beyond it a create is refused with RESOURCE_EXHAUSTED instead of piling up
+   * in memory while Postgres is slow or down.
+   */
+  createQueueMax: number;
   quotas: Quotas;
 }
 
@@ -54,6 +60,7 @@ export function loadTimerConfig(env: Record<string, string | undefined>): TimerC
     },
     announceWindowMs: envDurationMs(env, "ANNOUNCE_WINDOW", 60_000, 0, 86_400_000),
     activeTimersRefreshMs: envDurationMs(env, "ACTIVE_TIMERS_REFRESH", 30_000, 500, 3_600_000),
+    createQueueMax: envInt(env, "CREATE_QUEUE_MAX", 5_000, 1, 1_000_000),
     quotas: {
       listPageMaxBytes: loadListPageMaxBytes(env),
       groupMaxActiveTimers: envInt(env, "GROUP_MAX_ACTIVE_TIMERS", 1_000_000, 1, Number.MAX_SAFE_INTEGER),

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { NatsLink } from "../../shared/src/nats.js";
 import type pg from "pg";
 import { authorizeGroup, callerOf } from "../../shared/src/auth.js";
 import type { Logger } from "../../shared/src/logger.js";
@@ -31,7 +31,7 @@ import { pageOf } from "../../shared/src/page-bytes.js";
 /** Dependencies of the TimerService handlers. */
 export interface TimerDeps {
   pool: pg.Pool;
-  nats: NatsConnection;
+  nats: NatsLink;
   batcher: CreateBatcher;
   config: TimerConfig;
   log: Logger;
@@ -58,7 +58,7 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       throw invalid(err);
     }
     const shard = shardOf(timer.groupId, timer.timerId, config.shardCount);
-    const stored = await storeWithinQuota(deps, { ...timer, shard }, createTraceparent(ctx));
+    const stored = await storeWithinQuota(deps, { ...timer, shard }, createTraceparent(ctx), ctx.signal);
     if (stored.conflict) {
       throw new ConnectError(
         `timer ${timer.groupId}/${timer.timerId} already exists with a different schedule, callback, payload, retry policy or labels`,
@@ -145,9 +145,15 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
 
 /**
  * Stores a create if its group is within its limit of active timers. Over the limit, a replay of
- * a stored timer is still answered as one (the quota refuses new timers, not replays).
+ * a stored timer is still answered as one (the quota refuses new timers, not replays). `signal`
+ * (the caller's deadline or cancel) keeps a create nobody waits for any more from being stored.
  */
-async function storeWithinQuota(deps: TimerDeps, timer: NewTimer & { shard: number }, traceparent: string | undefined): Promise<StoredCreate> {
+async function storeWithinQuota(
+  deps: TimerDeps,
+  timer: NewTimer & { shard: number },
+  traceparent: string | undefined,
+  signal: AbortSignal,
+): Promise<StoredCreate> {
   const admission = deps.quota.admit(timer.groupId);
   if (isRefusal(admission)) {
     const existing = await findStoredCreate(deps.pool, timer.groupId, timer.timerId);
@@ -156,7 +162,7 @@ async function storeWithinQuota(deps: TimerDeps, timer: NewTimer & { shard: numb
   }
   let stored: StoredCreate;
   try {
-    stored = await deps.batcher.store(timer, traceparent);
+    stored = await deps.batcher.store(timer, traceparent, signal);
   } catch (err) {
     admission.released();
     throw err;
@@ -167,6 +173,9 @@ async function storeWithinQuota(deps: TimerDeps, timer: NewTimer & { shard: numb
 }
 
 function announce(deps: TimerDeps, a: Announcement): void {
+  // While NATS is away the announcement is skipped, not buffered: the owner's poll finds the timer.
+  const nc = deps.nats.ifConnected();
+  if (!nc) return;
   const subject = shardSubject(a.shard);
   const span = deps.tracer.startSpan(`send ${subject}`, {
     kind: SpanKind.PRODUCER,
@@ -175,7 +184,7 @@ function announce(deps: TimerDeps, a: Announcement): void {
   try {
     const h = natsHeaders();
     injectInto((k, v) => h.set(k, v), trace.setSpan(context.active(), span));
-    publishAnnouncement(deps.nats, a, h);
+    publishAnnouncement(nc, a, h);
   } catch (err) {
     // The timer is stored; its owner's poll finds it. Announcing only makes it faster.
     deps.log.warn({ err, group_id: a.groupId, timer_id: a.timerId, shard: a.shard }, "could not announce timer over NATS");

@@ -28,13 +28,14 @@ runMain(bootLog, async () => {
   const log = createLogger("timer", config.logLevel);
   log.info({ egress: config.limits.egress.describe(), natsSubjects: config.limits.tenantSubjects.describe() }, "callback policy");
   const telemetry = startServiceTelemetry("timer", `timer-${hostname()}-${process.pid}`, config, SERVICE_VERSION);
-  const pool = await openDatabase(config.databaseUrl, config.dbPoolMax, "timer", config.shardCount, log, telemetry);
-  const nats = await connectNats(config.natsUrl, config.natsCredentials, "timer", log, telemetry.meter);
-  const batcher = new CreateBatcher(pool);
+  const database = openDatabase(config, "timer", log, telemetry);
+  const pool = database.pool;
+  const nats = connectNats(config.natsUrl, config.natsCredentials, "timer", log, telemetry.meter);
+  const batcher = new CreateBatcher(pool, { maxQueued: config.createQueueMax });
   const metrics = createTimerMetrics(telemetry.meter);
   const quota = new GroupQuota(config.quotas.groupMaxActiveTimers);
   const createRate = new TokenBuckets(config.quotas.createRatePerToken, config.quotas.createBurstPerToken);
-  const recount = await startActiveTimerRecount(pool, log, config.activeTimersRefreshMs, [metrics, quota]);
+  let recount: { stop(): void } | undefined;
   await runService({
     name: "timer",
     host: config.host,
@@ -44,17 +45,24 @@ runMain(bootLog, async () => {
     files: [file_timer_v1_timer],
     serviceNames: [TimerService.typeName],
     routes: (router) => router.service(TimerService, createTimerService({ pool, nats, batcher, config, log, metrics, tracer: telemetry.tracer, quota, createRate })),
-    checks: {
-      postgres: async () => (await pool.query("SELECT 1")).rowCount === 1,
-      nats: async () => !nats.isClosed() && nats.info !== undefined && (await nats.rtt()) >= 0,
+    // Creating a timer needs Postgres alone: while NATS is away announcements are skipped (the
+    // dispatchers' poll finds the timers), so a NATS outage does not take the service out of
+    // rotation.
+    dependencies: { postgres: database, nats },
+    optional: ["nats"],
+    // The first recount, before the first create: the group quota checks against real counts.
+    start: {
+      after: [database],
+      run: async () => {
+        recount = await startActiveTimerRecount(pool, log, config.activeTimersRefreshMs, [metrics, quota]);
+      },
     },
     telemetry,
     security: config.security,
     grpcMaxRequestBytes: config.grpcMaxRequestBytes,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
     onStop: async () => {
-      recount.stop();
-      await nats.drain();
-      await pool.end();
+      recount?.stop();
     },
   });
 });

@@ -1,9 +1,10 @@
 // The timer service's SQL. Creates from concurrent callers are gathered into one multi-row
 // INSERT while the previous one is in flight, so throughput grows with load instead of
-// every call paying its own commit.
+// every call paying its own commit; create-queue.ts bounds what waits for a batch.
 import type pg from "pg";
 import { boundedPageSql, timerColumnsOf, TIMER_BYTES_SQL } from "../../shared/src/page-bytes.js";
 import { callbackToJson, State, TIMER_COLUMNS, type TimerRow } from "../../shared/src/timer-model.js";
+import { CreateQueue } from "./create-queue.js";
 import type { NewTimer } from "./validation.js";
 
 /** The outcome of storing a create: the stored row, and whether this call inserted it. */
@@ -14,49 +15,36 @@ export interface StoredCreate {
   conflict: boolean;
 }
 
-interface Pending {
+interface PendingCreate {
   timer: NewTimer & { shard: number };
   traceparent: string | undefined;
-  resolve(v: StoredCreate): void;
-  reject(e: unknown): void;
 }
 
 /** Stores new timers in batches; one instance per process. */
 export class CreateBatcher {
-  private queue: Pending[] = [];
-  private inFlight = 0;
+  private readonly queue: CreateQueue<PendingCreate, StoredCreate>;
 
   constructor(
-    private readonly pool: pg.Pool,
-    private readonly maxBatch = 500,
-    private readonly maxConcurrentBatches = 4,
-  ) {}
-
-  /** Stores one timer (or finds the one already stored under its key). */
-  store(timer: NewTimer & { shard: number }, traceparent: string | undefined): Promise<StoredCreate> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ timer, traceparent, resolve, reject });
-      this.pump();
+    pool: pg.Pool,
+    opts: { maxQueued: number; maxBatch?: number; maxConcurrentBatches?: number },
+  ) {
+    this.queue = new CreateQueue((batch) => insertBatch(pool, batch), {
+      maxQueued: opts.maxQueued,
+      maxBatch: opts.maxBatch ?? 500,
+      maxConcurrentBatches: opts.maxConcurrentBatches ?? 4,
     });
   }
 
-  private pump(): void {
-    while (this.queue.length > 0 && this.inFlight < this.maxConcurrentBatches) {
-      const batch = this.queue.splice(0, this.maxBatch);
-      this.inFlight++;
-      insertBatch(this.pool, batch)
-        .catch((err) => {
-          for (const p of batch) p.reject(err);
-        })
-        .finally(() => {
-          this.inFlight--;
-          this.pump();
-        });
-    }
+  /**
+   * Stores one timer (or finds the one already stored under its key). `signal` is the caller's
+   * (deadline or cancel): when it aborts before the timer's INSERT starts, it is never stored.
+   */
+  store(timer: NewTimer & { shard: number }, traceparent: string | undefined, signal?: AbortSignal): Promise<StoredCreate> {
+    return this.queue.add({ timer, traceparent }, signal);
   }
 }
 
-async function insertBatch(pool: pg.Pool, batch: Pending[]): Promise<void> {
+async function insertBatch(pool: pg.Pool, batch: PendingCreate[]): Promise<PromiseSettledResult<StoredCreate>[]> {
   const t = batch.map((p) => p.timer);
   const { rows } = await pool.query<TimerRow>(
     `-- create_timers
@@ -103,18 +91,16 @@ async function insertBatch(pool: pg.Pool, batch: Pending[]): Promise<void> {
   // The first request for a key that this INSERT wrote created it; any later one in the same
   // batch, and every request for a key stored before, is compared with the stored row.
   const createdHere = new Set(rows.map((r) => key(r.group_id, r.timer_id)));
-  for (const p of batch) {
+  return batch.map((p): PromiseSettledResult<StoredCreate> => {
     const k = key(p.timer.groupId, p.timer.timerId);
     const row = stored.get(k);
     if (!row) {
       // Stored a moment ago and purged since: vanishingly rare; the caller may retry.
-      p.reject(new Error(`timer ${k} vanished between insert and read`));
-    } else if (createdHere.delete(k)) {
-      p.resolve({ row, created: true, conflict: false });
-    } else {
-      p.resolve({ row, created: false, conflict: !row.request_hash.equals(p.timer.requestHash) });
+      return { status: "rejected", reason: new Error(`timer ${k} vanished between insert and read`) };
     }
-  }
+    if (createdHere.delete(k)) return { status: "fulfilled", value: { row, created: true, conflict: false } };
+    return { status: "fulfilled", value: { row, created: false, conflict: !row.request_hash.equals(p.timer.requestHash) } };
+  });
 }
 
 function key(g: string, t: string): string {
