@@ -15,6 +15,7 @@ import { toBinary, fromBinary, create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { headers as natsHeaders } from "@nats-io/transport-node";
+import { within } from "../../shared/src/bounded-wait.js";
 import type { NatsLink } from "../../shared/src/nats.js";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import {
@@ -115,16 +116,9 @@ export class CallbackDeliverer {
    * Resolution counts against the attempt's time, like connecting does.
    */
   private async vet(host: string, deadlineMs: number): Promise<HostAddress[]> {
-    const vetting = this.egress.vet(parseCallbackHost(host), this.resolve);
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`resolving ${host} timed out after ${this.timeoutMs}ms`)), Math.max(0, deadlineMs - Date.now()));
-    });
-    try {
-      return await Promise.race([vetting, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+    const vetted = await within(this.egress.vet(parseCallbackHost(host), this.resolve), deadlineMs - Date.now());
+    if (!vetted) throw new Error(`resolving ${host} timed out after ${this.timeoutMs}ms`);
+    return vetted.value;
   }
 
   private standardHeaders(d: Delivery): Record<string, string> {
@@ -199,7 +193,9 @@ export class CallbackDeliverer {
     // attempt, and never "succeeded" into the void.
     nc.publish(subject, d.payload, { headers: h });
     try {
-      await withTimeout(nc.flush(), this.timeoutMs, `NATS flush timed out after ${this.timeoutMs}ms; the message may not have reached the server`);
+      if (!(await within(nc.flush(), this.timeoutMs))) {
+        throw new Error(`NATS flush timed out after ${this.timeoutMs}ms; the message may not have reached the server`);
+      }
     } catch (err) {
       return { ok: false, retryable: true, error: `NATS publish not confirmed: ${describe(err)}` };
     }
@@ -271,17 +267,6 @@ export class CallbackDeliverer {
     this.httpsAgent.destroy();
     for (const c of this.grpcClients.values()) c.close();
     this.grpcClients.clear();
-  }
-}
-
-/** `p`, or a rejection with `message` after `ms`; a late settlement of `p` is ignored. */
-async function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  p.catch(() => {}); // a rejection after the timeout has nobody waiting for it
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)))]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { Subscription } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
 import type pg from "pg";
 import { createLogger, type Logger } from "../../shared/src/logger.js";
@@ -95,8 +95,7 @@ runMain(bootLog, async () => {
     start: {
       after: [database, nats, callbackNats],
       run: async (signal) => {
-        const [nc] = await Promise.all([nats.ready, callbackNats.ready]);
-        dispatching = await startDispatching({ config, log, telemetry, pool: database.pool, nats: nc, natsLink: nats, callbackNats, drops, claimOwner, startTimeMs }, signal);
+        dispatching = await startDispatching({ config, log, telemetry, pool: database.pool, natsLink: nats, callbackNats, drops, claimOwner, startTimeMs }, signal);
       },
     },
     telemetry,
@@ -126,8 +125,7 @@ async function startDispatching(
     log: Logger;
     telemetry: Telemetry;
     pool: pg.Pool;
-    nats: NatsConnection;
-    /** The same connection, as a link that says whether it is connected right now. */
+    /** The mesh's own connection (connected: `start.after` waited for it). */
     natsLink: NatsLink;
     /** Tenant callbacks are published only while it is connected. */
     callbackNats: NatsLink;
@@ -137,7 +135,8 @@ async function startDispatching(
   },
   signal: AbortSignal,
 ): Promise<Dispatching> {
-  const { config, log, telemetry, pool, nats, natsLink, callbackNats, drops, claimOwner, startTimeMs } = ctx;
+  const { config, log, telemetry, pool, natsLink, callbackNats, drops, claimOwner, startTimeMs } = ctx;
+  const nats = await natsLink.ready;
   const deliverer = new CallbackDeliverer({
     nats: callbackNats,
     timeoutMs: config.callbackTimeoutMs,

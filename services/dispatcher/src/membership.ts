@@ -10,6 +10,7 @@
 // Heartbeats and goodbyes are mesh.v1 messages, decoded and checked by mesh-messages.ts; one
 // that does not fit is dropped and counted, never taken as a member or a departure.
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { within } from "../../shared/src/bounded-wait.js";
 import type { Logger } from "../../shared/src/logger.js";
 import type { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
 import {
@@ -130,11 +131,7 @@ export class Membership {
     clearInterval(this.timer);
     try {
       this.nc.publish(LEAVE_SUBJECT, encodeLeave(this.self.id));
-      const flushed = await Promise.race([
-        this.nc.flush().then(() => true),
-        new Promise<false>((r) => setTimeout(() => r(false), LEAVE_FLUSH_TIMEOUT_MS).unref()),
-      ]);
-      if (!flushed) throw new Error(`NATS did not confirm the goodbye within ${LEAVE_FLUSH_TIMEOUT_MS} ms`);
+      if (!(await within(this.nc.flush(), LEAVE_FLUSH_TIMEOUT_MS))) throw new Error(`NATS did not confirm the goodbye within ${LEAVE_FLUSH_TIMEOUT_MS} ms`);
     } catch (err) {
       this.log.warn({ err }, "could not announce leave; the others will expire this member");
     }

@@ -10,6 +10,7 @@
 // delivery slots; its other due timers are parked, unclaimed, while everyone else's go on. And
 // one bad entry never wedges a claim batch (claim-split.ts).
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Tracer } from "@opentelemetry/api";
+import { within } from "../../shared/src/bounded-wait.js";
 import { randomTraceparent, spanContextOf, traceparentOf } from "../../shared/src/telemetry/trace-context.js";
 import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
@@ -222,11 +223,7 @@ export class Scheduler {
       if (this.inFlight === 0 && !this.claiming) resolve();
       else this.idleWaiters.push(resolve);
     });
-    const timedOut = await Promise.race([
-      idle.then(() => false),
-      new Promise<boolean>((r) => setTimeout(() => r(true), timeoutMs).unref()),
-    ]);
-    if (timedOut) {
+    if (!(await within(idle, timeoutMs))) {
       this.log.warn({ in_flight: this.inFlight }, "deliveries still in flight at shutdown; their claims expire and another dispatcher retries them");
     }
     await this.flushCompletions();

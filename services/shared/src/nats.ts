@@ -2,6 +2,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type { Meter } from "@opentelemetry/api";
 import type { Dependency } from "./dependency.js";
 import type { Logger } from "./logger.js";
+import { within } from "./bounded-wait.js";
 
 /** A NATS user and its password (NATS_USER/NATS_PASSWORD); undefined for a server without authorization. */
 export interface NatsCredentials {
@@ -73,14 +74,14 @@ export class NatsLink implements Dependency {
     if (!nc || nc.isClosed()) return;
     if (this.#connected) {
       // A drain flushes through the server: it can wait forever for one that went away.
-      const drained = await Promise.race([
+      const drained = await within(
         nc.drain().then(
           () => true,
           () => false,
         ),
-        new Promise<false>((r) => setTimeout(() => r(false), DRAIN_TIMEOUT_MS).unref()),
-      ]);
-      if (drained) return;
+        DRAIN_TIMEOUT_MS,
+      );
+      if (drained?.value) return;
     }
     await nc.close();
   }

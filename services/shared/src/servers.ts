@@ -6,6 +6,7 @@ import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@conne
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { databaseUnavailable } from "./db-errors.js";
 import type { Logger } from "./logger.js";
+import { within } from "./bounded-wait.js";
 
 /**
  * Turns an unexpected error into INTERNAL without its text (which may carry SQL or hosts), or
@@ -106,23 +107,24 @@ export async function startGrpcServer(opts: {
   });
   const port = (server.address() as AddressInfo).port;
   let closed: Promise<void> | undefined;
-  const stopAccepting = () => {
+  /** Resolves once the server has closed (after its last connection). */
+  const stopAccepting = (): Promise<void> => {
     closed ??= new Promise<void>((resolve) => server.close(() => resolve()));
     // GOAWAY: the client opens no new stream on the session, the streams in flight go on, and
     // the session ends after the last (at once when idle).
     for (const s of sessions) s.close();
+    return closed;
   };
   return {
     server,
     port,
     stopAccepting,
     async close(deadlineMs) {
-      stopAccepting();
-      const overrun = new Promise<void>((r) => setTimeout(r, Math.max(0, deadlineMs - Date.now())).unref());
-      await Promise.race([closed, overrun]);
+      const done = stopAccepting();
+      await within(done, deadlineMs - Date.now());
       for (const s of sessions) s.destroy();
       for (const sock of sockets) sock.destroy();
-      await closed;
+      await done;
     },
   };
 }
@@ -147,10 +149,7 @@ const CHECK_TIMEOUT_MS = 2_000;
 export async function runChecks(checks: Record<string, Check>): Promise<Record<string, boolean>> {
   const entries = await Promise.all(
     Object.entries(checks).map(async ([name, check]) => {
-      const ok = await Promise.race([
-        check().catch(() => false),
-        new Promise<boolean>((r) => setTimeout(() => r(false), CHECK_TIMEOUT_MS).unref()),
-      ]);
+      const ok = (await within(check().catch(() => false), CHECK_TIMEOUT_MS))?.value ?? false;
       return [name, ok] as const;
     }),
   );

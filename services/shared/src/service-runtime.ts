@@ -12,6 +12,7 @@ import { HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_p
 import { HealthStatus, registerHealthService } from "./grpc-health.js";
 import { registerReflectionServices } from "./grpc-reflection.js";
 import type { Logger } from "./logger.js";
+import { within } from "./bounded-wait.js";
 import { redactCredentials, redactDeep } from "./redact.js";
 import { rpcServerInterceptor } from "./telemetry/rpc.js";
 import type { Telemetry } from "./telemetry/telemetry.js";
@@ -237,18 +238,15 @@ export async function runService(opts: {
       auth.stop();
       // Start work still going on sees the abort and returns; the service's onStop then
       // stops whatever it got to.
-      await Promise.race([Promise.allSettled(runs), sleepUntil(workDeadline)]);
+      await within(Promise.allSettled(runs), workDeadline - Date.now());
       await opts.onStop();
       await grpc.close(workDeadline);
-      await Promise.race([
-        Promise.allSettled(Object.values(opts.dependencies).map((d) => d.close())),
-        sleepUntil(Date.now() + CLOSE_DEPENDENCIES_MS),
-      ]);
+      await within(Promise.allSettled(Object.values(opts.dependencies).map((d) => d.close())), CLOSE_DEPENDENCIES_MS);
       await httpServer.close(Date.now() + CLOSE_HTTP_MS);
-      await Promise.race([
+      await within(
         opts.telemetry.shutdown().catch((err: unknown) => log.warn({ err }, "flushing telemetry failed")),
-        sleepUntil(Date.now() + FLUSH_TELEMETRY_MS),
-      ]);
+        FLUSH_TELEMETRY_MS,
+      );
       clearTimeout(hard);
       log.info("stopped");
     })();
@@ -270,10 +268,6 @@ export async function runService(opts: {
     `${opts.name} listening`,
   );
   return { grpcPort: grpc.port, httpPort: httpServer.port, health, after, stop };
-}
-
-function sleepUntil(deadlineMs: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, Math.max(0, deadlineMs - Date.now())).unref());
 }
 
 /**
