@@ -3,7 +3,7 @@
 //   cd /work/main && npm run bench:fairness
 //
 // Starts a fresh database, a private nats-server, the timer service and ONE dispatcher as real
-// processes (test/support/mesh.ts, dispatcher defaults: MAX_IN_FLIGHT 512, CALLBACK_TIMEOUT
+// processes (test/support/mesh.ts, dispatcher defaults: MAX_IN_FLIGHT 2048, CALLBACK_TIMEOUT
 // 10 s, DELIVERY_GROUP_SHARE and DELIVERY_DESTINATION_SHARE 25%), and two loopback receivers in
 // this process: one that accepts every callback and never answers (team A's), one that
 // answers 200 at once (team B's). Then BENCH_A_TIMERS (1,500) timers of team A due at T and

@@ -4,13 +4,11 @@
 //
 // Egress: an HTTP or gRPC callback host is resolved here, every address it resolves to is
 // checked against the egress policy, and the connection goes only to the addresses that were
-// checked (the HTTP socket through a pinned `lookup`, the gRPC channel on an `ipv4:`/`ipv6:`
+// checked (the HTTP socket through a pinned `lookup`, in a pool per vetted address set:
+// http-callbacks.ts; the gRPC channel on an `ipv4:`/`ipv6:`
 // target), so a second DNS answer cannot redirect it (DNS rebinding). A refused callback fails for good,
 // before any packet is sent, so last_error never tells whether a refused address would answer.
 // NATS callbacks on subjects reserved for the mesh fail for good too.
-import http from "node:http";
-import https from "node:https";
-import type { LookupFunction } from "node:net";
 import { toBinary, fromBinary, create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
@@ -30,11 +28,15 @@ import {
   parseCallbackHost,
   parseGrpcTarget,
   systemResolver,
+  type CallbackHost,
   type EgressPolicy,
   type Resolver,
   type HostAddress,
 } from "../../shared/src/egress.js";
 import type { TenantSubjects } from "../../shared/src/tenant-subjects.js";
+import { HttpCallbackClient, classifyHttp, describe } from "./http-callbacks.js";
+
+export { classifyHttp };
 
 /** One delivery attempt of one timer. */
 export interface Delivery {
@@ -61,7 +63,12 @@ export interface DelivererOptions {
   nats: Pick<NatsLink, "ifConnected">;
   /** Bound on one attempt, name resolution included. */
   timeoutMs: number;
+  /** Most connections to one HTTP origin. */
   maxSockets: number;
+  /** Requests in flight on one HTTP connection (1: no pipelining; see http-callbacks.ts). */
+  httpPipelining?: number;
+  /** Certificate authorities trusted for https callbacks instead of Node's bundled ones (tests, private PKI). */
+  httpsCa?: string | Buffer | (string | Buffer)[];
   egress: EgressPolicy;
   tenantSubjects: TenantSubjects;
   /** How callback host names are resolved; the system resolver (cached 1 s) unless a test injects a stub. */
@@ -70,8 +77,15 @@ export interface DelivererOptions {
 
 /** Delivers callbacks; one per dispatcher process, holding connection pools and clients. */
 export class CallbackDeliverer {
-  private readonly httpAgent: http.Agent;
-  private readonly httpsAgent: https.Agent;
+  private readonly http: HttpCallbackClient;
+  /**
+   * Vetting results per callback host, with the resolver answer they were made from: while the
+   * resolver hands out the same answer (its cache), the check is not made again; a new answer is
+   * checked anew. Literal addresses are checked once.
+   */
+  private readonly vetted = new Map<string, VetEntry>();
+  /** The flush that will confirm the core NATS publishes made until it is sent (see confirmPublished). */
+  private pendingFlush: { nc: NatsConnectionOf<DelivererOptions["nats"]>; confirmed: Promise<void> } | undefined;
   /** Keyed by vetted address and authority: a name that resolves elsewhere gets its own channel. */
   private readonly grpcClients = new Map<string, grpc.Client>();
   private readonly nats: Pick<NatsLink, "ifConnected">;
@@ -88,8 +102,12 @@ export class CallbackDeliverer {
     this.egress = opts.egress;
     this.tenantSubjects = opts.tenantSubjects;
     this.resolve = opts.resolve ?? cachingResolver(systemResolver, 1_000);
-    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets: opts.maxSockets, maxFreeSockets: 256 });
-    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: opts.maxSockets, maxFreeSockets: 256 });
+    this.http = new HttpCallbackClient({
+      timeoutMs: opts.timeoutMs,
+      connectionsPerOrigin: opts.maxSockets,
+      ...(opts.httpPipelining !== undefined ? { pipelining: opts.httpPipelining } : {}),
+      ...(opts.httpsCa !== undefined ? { ca: opts.httpsCa } : {}),
+    });
   }
 
   /** Makes one delivery attempt. Never throws. */
@@ -116,61 +134,58 @@ export class CallbackDeliverer {
    * Resolution counts against the attempt's time, like connecting does.
    */
   private async vet(host: string, deadlineMs: number): Promise<HostAddress[]> {
-    const vetted = await within(this.egress.vet(parseCallbackHost(host), this.resolve), deadlineMs - Date.now());
+    const entry = this.vetEntry(host);
+    if (entry.value) return entry.value; // checked already, for this very answer
+    const vetted = await within(entry.vetted, deadlineMs - Date.now());
     if (!vetted) throw new Error(`resolving ${host} timed out after ${this.timeoutMs}ms`);
     return vetted.value;
   }
 
-  private standardHeaders(d: Delivery): Record<string, string> {
-    return {
-      "x-timer-group": d.groupId,
-      "x-timer-id": d.timerId,
-      "x-timer-attempt": String(d.attempt),
-      "x-timer-fire-at": new Date(d.fireAtMs).toISOString(),
-      "idempotency-key": d.idempotencyKey,
-      traceparent: d.traceparent,
-    };
+  /** egress.vet for a callback host, made again only when the resolver gives a different answer. */
+  private vetEntry(host: string): VetEntry {
+    const hit = this.vetted.get(host);
+    if (hit && hit.answer === undefined) return hit; // a literal address (or an invalid host): the same every time
+    let parsed: CallbackHost;
+    try {
+      parsed = parseCallbackHost(host);
+    } catch (err) {
+      return this.remember(host, undefined, Promise.reject(err));
+    }
+    if (parsed.kind === "address") return this.remember(host, undefined, this.egress.vet(parsed, this.resolve));
+    const answer = this.resolve(parsed.name);
+    if (hit && hit.answer === answer) return hit;
+    return this.remember(host, answer, this.egress.vet(parsed, () => answer));
+  }
+
+  private remember(host: string, answer: Promise<HostAddress[]> | undefined, vetted: Promise<HostAddress[]>): VetEntry {
+    const entry: VetEntry = { answer, vetted, value: undefined };
+    vetted.then((v) => (entry.value = v), () => {}); // a refusal is handled by each caller, not here
+    if (this.vetted.size >= MAX_VETTED_HOSTS) this.vetted.clear();
+    this.vetted.set(host, entry);
+    return entry;
+  }
+
+  /** The contract's headers of every delivery, handed to `set` one by one (no intermediate object). */
+  private standardHeaders(d: Delivery, set: (name: string, value: string) => void): void {
+    set("x-timer-group", d.groupId);
+    set("x-timer-id", d.timerId);
+    set("x-timer-attempt", String(d.attempt));
+    set("x-timer-fire-at", new Date(d.fireAtMs).toISOString());
+    set("idempotency-key", d.idempotencyKey);
+    set("traceparent", d.traceparent);
   }
 
   private async deliverHttp(d: Delivery, url: string, own: Record<string, string>): Promise<DeliveryResult> {
     const deadlineMs = Date.now() + this.timeoutMs;
-    const target = new URL(url);
-    const isHttps = target.protocol === "https:";
-    if (!isHttps && target.protocol !== "http:") return { ok: false, retryable: false, error: `callback URL scheme ${target.protocol} is not http or https` };
+    const target = this.http.parse(url);
+    if (typeof target === "string") return { ok: false, retryable: false, error: target };
     const vetted = await this.vet(target.hostname, deadlineMs);
-    const body = Buffer.from(d.payload.buffer, d.payload.byteOffset, d.payload.byteLength);
-    return new Promise((resolve) => {
-      // No redirect is ever followed (node's client does not): a 3xx is a failure like any 4xx.
-      const req = (isHttps ? https : http).request(
-        target,
-        {
-          method: "POST",
-          agent: isHttps ? this.httpsAgent : this.httpAgent,
-          // The socket goes to a vetted address; TLS still checks the certificate against the name.
-          lookup: pinnedLookup(vetted),
-          headers: {
-            ...own,
-            ...this.standardHeaders(d),
-            "content-type": "application/octet-stream",
-            "content-length": body.length,
-          },
-          timeout: this.timeoutMs,
-        },
-        (res) => {
-          res.resume();
-          const status = res.statusCode ?? 0;
-          res.on("end", () => resolve(classifyHttp(status)));
-          res.on("error", (err) => resolve({ ok: false, retryable: true, error: describe(err) }));
-        },
-      );
-      // `timeout` only counts socket inactivity; this bounds the whole attempt, including time
-      // spent queued for a pooled socket.
-      const deadline = setTimeout(() => req.destroy(new Error(`timed out after ${this.timeoutMs}ms`)), Math.max(0, deadlineMs - Date.now()));
-      req.on("close", () => clearTimeout(deadline));
-      req.on("timeout", () => req.destroy(new Error(`timed out after ${this.timeoutMs}ms`)));
-      req.on("error", (err) => resolve({ ok: false, retryable: true, error: describe(err) }));
-      req.end(body);
-    });
+    const headers: string[] = [];
+    for (const k in own) headers.push(k, own[k]!);
+    this.standardHeaders(d, (k, v) => headers.push(k, v));
+    headers.push("content-type", "application/octet-stream");
+    // No redirect is ever followed (undici's dispatch does not): a 3xx is a failure like any 4xx.
+    return this.http.post({ url: target, vetted, headers, body: d.payload }, deadlineMs);
   }
 
   private async deliverNats(d: Delivery, subject: string, useJetStream: boolean): Promise<DeliveryResult> {
@@ -178,7 +193,7 @@ export class CallbackDeliverer {
     const refused = this.tenantSubjects.refusalOf(subject, d.groupId);
     if (refused) return { ok: false, retryable: false, error: `callback.nats.subject "${subject}" ${refused}` };
     const h = natsHeaders();
-    for (const [k, v] of Object.entries(this.standardHeaders(d))) h.set(k, v);
+    this.standardHeaders(d, (k, v) => h.set(k, v));
     // A publish made while the client reconnects is only buffered (and dropped at its next
     // dial), so nothing is published then: the attempt fails as retryable.
     const nc = this.nats.ifConnected();
@@ -193,13 +208,35 @@ export class CallbackDeliverer {
     // attempt, and never "succeeded" into the void.
     nc.publish(subject, d.payload, { headers: h });
     try {
-      if (!(await within(nc.flush(), this.timeoutMs))) {
-        throw new Error(`NATS flush timed out after ${this.timeoutMs}ms; the message may not have reached the server`);
-      }
+      await this.confirmPublished(nc);
     } catch (err) {
       return { ok: false, retryable: true, error: `NATS publish not confirmed: ${describe(err)}` };
     }
     return { ok: true };
+  }
+
+  /**
+   * Resolves once the server has read everything published on `nc` before this call: one
+   * PING/PONG (a flush) confirms all the publishes made in the same turn of the event loop,
+   * instead of one round trip per message. The flush is sent at the next turn (setImmediate),
+   * after every publish that shares it; a publish made later waits for the next flush.
+   */
+  private confirmPublished(nc: NatsConnectionOf<DelivererOptions["nats"]>): Promise<void> {
+    if (this.pendingFlush?.nc === nc) return this.pendingFlush.confirmed;
+    const pending = {
+      nc,
+      confirmed: new Promise<void>((resolve, reject) => {
+        setImmediate(() => {
+          if (this.pendingFlush === pending) this.pendingFlush = undefined;
+          within(nc.flush(), this.timeoutMs).then((done) => {
+            if (done) resolve();
+            else reject(new Error(`NATS flush timed out after ${this.timeoutMs}ms; the message may not have reached the server`));
+          }, reject);
+        });
+      }),
+    };
+    this.pendingFlush = pending;
+    return pending.confirmed;
   }
 
   private async deliverGrpc(d: Delivery, target: string): Promise<DeliveryResult> {
@@ -217,7 +254,7 @@ export class CallbackDeliverer {
       idempotencyKey: d.idempotencyKey,
     });
     const metadata = new grpc.Metadata();
-    for (const [k, v] of Object.entries(this.standardHeaders(d))) metadata.set(k, v);
+    this.standardHeaders(d, (k, v) => metadata.set(k, v));
     return new Promise((resolve) => {
       client.makeUnaryRequest<typeof request, OnTimerFiredResponse>(
         "/timer.v1.TimerCallbackService/OnTimerFired",
@@ -263,8 +300,7 @@ export class CallbackDeliverer {
 
   /** Closes pooled connections. */
   close(): void {
-    this.httpAgent.destroy();
-    this.httpsAgent.destroy();
+    void this.http.close();
     for (const c of this.grpcClients.values()) c.close();
     this.grpcClients.clear();
   }
@@ -280,25 +316,15 @@ const PERMANENT_GRPC_CODES = new Set<number>([
   grpc.status.UNAUTHENTICATED,
 ]);
 
-/** 2xx succeeds; 408, 429 and 5xx are retried; any other status fails the timer at once. */
-export function classifyHttp(status: number): DeliveryResult {
-  if (status >= 200 && status < 300) return { ok: true };
-  const retryable = status === 408 || status === 429 || status >= 500;
-  return { ok: false, retryable, error: `HTTP ${status}` };
+/** The egress check of one callback host for one resolver answer (undefined for a literal address). */
+interface VetEntry {
+  answer: Promise<HostAddress[]> | undefined;
+  vetted: Promise<HostAddress[]>;
+  /** The vetted addresses, once the check passed. */
+  value: HostAddress[] | undefined;
 }
 
-/** A `lookup` that answers every query with the vetted addresses (all of them, for happy eyeballs). */
-function pinnedLookup(vetted: HostAddress[]): LookupFunction {
-  return (_hostname, options, callback) => {
-    if (options.all) callback(null, vetted.map((v) => ({ address: v.address, family: v.family })));
-    else callback(null, vetted[0]!.address, vetted[0]!.family);
-  };
-}
+/** Hosts whose vetting is kept (see CallbackDeliverer.vetted); the map starts over beyond it. */
+const MAX_VETTED_HOSTS = 10_000;
 
-function describe(err: unknown): string {
-  if (err instanceof Error) {
-    const code = (err as { code?: string }).code;
-    return code && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;
-  }
-  return String(err);
-}
+type NatsConnectionOf<T> = T extends { ifConnected(): infer C } ? NonNullable<C> : never;
