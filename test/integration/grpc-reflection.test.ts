@@ -1,20 +1,19 @@
-// Integration test: gRPC health + server reflection against a real plain-HTTP/2 server,
+// Integration test: gRPC health + server reflection on a real gRPC port (startGrpcServer),
 // exercised with the real `buf curl` CLI (reflection v1) and a Connect gRPC client (v1alpha).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import http2 from "node:http2";
-import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { create, createFileRegistry, fromBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema, type FileDescriptorProto } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type ConnectRouter } from "@connectrpc/connect";
-import { connectNodeAdapter, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import { HealthStatus, registerHealthService } from "../../services/shared/src/grpc-health.js";
 import { registerReflectionServices } from "../../services/shared/src/grpc-reflection.js";
+import { startGrpcServer, type GrpcServer } from "../../services/shared/src/servers.js";
 import {
   Health,
   HealthCheckResponse_ServingStatus as ServingStatus,
@@ -59,44 +58,39 @@ function unimplemented(): never {
 }
 
 describe("gRPC health and server reflection", () => {
-  let server: http2.Http2Server;
+  let grpcPort: GrpcServer;
   let baseUrl: string;
-  const serverSessions = new Set<http2.ServerHttp2Session>();
   const health = new HealthStatus();
   let sessionManager: Http2SessionManager;
 
   before(async () => {
     health.set(TimerService.typeName, ServingStatus.SERVING);
-    const routes = (router: ConnectRouter) => {
-      registerHealthService(router, health);
-      registerReflectionServices(router, [file_timer_v1_timer]);
-      router.service(TimerService, {
-        createTimer: unimplemented,
-        getTimer: unimplemented,
-        cancelTimer: unimplemented,
-        listTimers: unimplemented,
-      });
-    };
-    server = http2.createServer(connectNodeAdapter({ routes }));
-    server.on("session", (session) => {
-      serverSessions.add(session);
-      session.once("close", () => serverSessions.delete(session));
+    // The services' own gRPC port: gRPC over h2c is served by grpc-js through the adapter
+    // (grpc-js-server.ts), health's Watch as a server stream, reflection as a bidi stream.
+    grpcPort = await startGrpcServer({
+      host: "127.0.0.1",
+      port: 0,
+      maxRequestBytes: 1024 * 1024,
+      interceptors: [],
+      routes: (router: ConnectRouter) => {
+        registerHealthService(router, health);
+        registerReflectionServices(router, [file_timer_v1_timer]);
+        router.service(TimerService, {
+          createTimer: unimplemented,
+          createTimers: unimplemented,
+          getTimer: unimplemented,
+          cancelTimer: unimplemented,
+          listTimers: unimplemented,
+        });
+      },
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(0, "127.0.0.1", () => resolve());
-    });
-    const { port } = server.address() as AddressInfo;
-    baseUrl = `http://127.0.0.1:${port}`;
+    baseUrl = `http://127.0.0.1:${grpcPort.port}`;
     sessionManager = new Http2SessionManager(baseUrl);
   });
 
   after(async () => {
     sessionManager?.abort();
-    if (!server) return;
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    for (const session of serverSessions) session.destroy();
-    await closed;
+    await grpcPort?.close(Date.now());
   });
 
   // connect-node v2: the gRPC transport is always HTTP/2 (GrpcTransportOptions has no httpVersion).
@@ -223,7 +217,7 @@ describe("gRPC health and server reflection", () => {
     const [first, ...deps] = files;
     assert.ok(first);
     const registry = createFileRegistry(first, (name) => deps.find((d) => d.name === name));
-    assert.equal(registry.getService("timer.v1.TimerService")?.methods.length, 4);
+    assert.equal(registry.getService("timer.v1.TimerService")?.methods.length, TimerService.methods.length);
 
     assert.equal(decode(byMethod)[0]?.name, "timer/v1/timer.proto");
     assert.equal(decode(byMsg)[0]?.name, "timer/v1/timer.proto");

@@ -1,9 +1,11 @@
 import { readFile } from "node:fs/promises";
 import http from "node:http";
-import http2 from "node:http2";
-import type { AddressInfo, Socket } from "node:net";
-import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import net, { type AddressInfo, type Socket } from "node:net";
+import { Server as TlsServer, type TLSSocket } from "node:tls";
+import * as grpc from "@grpc/grpc-js";
+import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImplSpec } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { recordingRouter, registerOnGrpcJs } from "./grpc-js-server.js";
 import { databaseUnavailable } from "./db-errors.js";
 import type { Logger } from "./logger.js";
 import { within } from "./bounded-wait.js";
@@ -56,14 +58,22 @@ export async function readTlsMaterial(files: { certFile: string; keyFile: string
   };
 }
 
+/** The first bytes of every HTTP/2 connection (RFC 9113 3.4); HTTP/1.1 never starts with them. */
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
 /**
- * Serves gRPC, gRPC-Web and Connect on one HTTP/2 port: plaintext (h2c), or TLS when `tls` is
- * given (HTTP/1.1 allowed too, for gRPC-Web and Connect), with client certificates required
- * when it names a client CA (mTLS). Requests larger than `maxRequestBytes` are refused with
- * RESOURCE_EXHAUSTED before decoding. Node's own HTTP/2 limits stay at their defaults, which
- * are sane for this: at most 10 MB of buffered data per session (maxSessionMemory; beyond it new
- * streams are refused), 64 KiB of headers per request, and a 64 KiB flow-control window per
- * stream, so a client sending faster than a handler reads is held back by HTTP/2 itself.
+ * Serves on one port, plaintext or TLS when `tls` is given (client certificates required when it
+ * names a client CA: mTLS):
+ * - gRPC over HTTP/2 (h2c, or h2 by ALPN) from an @grpc/grpc-js server, through the same
+ *   Connect interceptors and handler context as connect-node (grpc-js-server.ts): grpc-js costs
+ *   a fraction of connect-node's CPU per call;
+ * - HTTP/1.1 (what browsers speak) from connect-node: Connect and gRPC-Web.
+ * The Connect protocol and gRPC-Web over HTTP/2 are not served (grpc-js answers them 415).
+ * Each connection goes to one or the other by its first bytes (plaintext: the HTTP/2 preface)
+ * or by its ALPN protocol (TLS).
+ *
+ * Requests larger than `maxRequestBytes` are refused with RESOURCE_EXHAUSTED by their length
+ * prefix (and a Connect unary call's Content-Length), before they are buffered or decoded.
  */
 export async function startGrpcServer(opts: {
   host: string;
@@ -73,65 +83,146 @@ export async function startGrpcServer(opts: {
   maxRequestBytes: number;
   tls?: TlsMaterial;
 }): Promise<GrpcServer> {
-  // readMaxBytes is checked against each message's length prefix (and a Connect unary call's
-  // Content-Length) before the message is buffered or decoded: an oversized request costs a
-  // few kilobytes of reading, then RESOURCE_EXHAUSTED naming the limit.
-  const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors, readMaxBytes: opts.maxRequestBytes });
-  const tls = opts.tls;
-  const server: http2.Http2Server | http2.Http2SecureServer = tls
-    ? http2.createSecureServer(
-        {
-          cert: tls.cert,
-          key: tls.key,
-          allowHTTP1: true,
-          ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
-        },
-        handler,
-      )
-    : http2.createServer(handler);
-  // Sessions, to ask each to stop opening streams at shutdown; sockets, to cut what is left
-  // (HTTP/1.1 connections of a TLS port too) when in-flight calls overrun.
-  const sessions = new Set<http2.Http2Session>();
-  server.on("session", (s) => {
-    sessions.add(s);
-    s.on("close", () => sessions.delete(s));
+  const specs: ServiceImplSpec[] = [];
+  const connectHandler = connectNodeAdapter({
+    routes: (router) => opts.routes(recordingRouter(router, specs)),
+    interceptors: opts.interceptors,
+    readMaxBytes: opts.maxRequestBytes,
   });
+  const grpcServer = new grpc.Server({
+    "grpc.max_receive_message_length": opts.maxRequestBytes,
+    // Node's own HTTP/2 default, which grpc-js lifts: at most 10 MB buffered per connection
+    // (beyond it new streams are refused). With HTTP/2's 64 KiB flow-control window per stream,
+    // a client sending faster than a handler reads is held back by HTTP/2 itself.
+    "grpc-node.max_session_memory": 10,
+  });
+  registerOnGrpcJs(grpcServer, specs, opts.interceptors);
+  const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  // Never listens: gets the HTTP/1.1 connections routed to it. A server that never listened
+  // does not track its connections (closeIdleConnections does nothing), so its calls in flight
+  // are counted here, per connection, for shutdown.
+  const http1 = http.createServer(connectHandler);
+  const http1Calls = new Map<Socket, number>();
+  http1.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const sock = req.socket;
+    http1Calls.set(sock, (http1Calls.get(sock) ?? 0) + 1);
+    res.once("close", () => {
+      const left = (http1Calls.get(sock) ?? 1) - 1;
+      http1Calls.set(sock, left);
+      if (left === 0 && stopping) sock.end();
+    });
+  });
+
+  // Every connection, to cut what is left when in-flight calls overrun the shutdown deadline.
   const sockets = new Set<Socket>();
-  server.on("connection", (sock: Socket) => {
+  // Plaintext connections that have not sent enough to be routed: no call of theirs is in
+  // flight, so shutdown closes them at once.
+  const unrouted = new Set<Socket>();
+  let stopping = false;
+  const route = (sock: Socket, h2: boolean) => {
+    if (stopping) {
+      sock.destroy();
+      return;
+    }
+    if (h2) {
+      injector.injectConnection(sock);
+    } else {
+      http1Calls.set(sock, 0);
+      sock.once("close", () => http1Calls.delete(sock));
+      http1.emit("connection", sock);
+      // The peeked bytes wait in the paused socket's buffer: flowing again hands them to the parser.
+      sock.resume();
+    }
+  };
+  const track = (sock: Socket) => {
     sockets.add(sock);
-    sock.on("close", () => sockets.delete(sock));
-  });
+    sock.on("close", () => {
+      sockets.delete(sock);
+      unrouted.delete(sock);
+    });
+    // A connection reset before it was routed must not crash the process.
+    sock.on("error", () => {});
+  };
+  const tls = opts.tls;
+  let server: net.Server;
+  if (tls) {
+    server = new TlsServer(
+      {
+        cert: tls.cert,
+        key: tls.key,
+        ALPNProtocols: ["h2", "http/1.1"],
+        ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+      },
+      (sock: TLSSocket) => route(sock, sock.alpnProtocol === "h2"),
+    );
+    server.on("connection", track);
+    // A failed handshake (no or an untrusted client certificate) ends that connection only.
+    server.on("tlsClientError", () => {});
+  } else {
+    server = net.createServer((sock) => {
+      track(sock);
+      unrouted.add(sock);
+      peekProtocol(sock, (h2) => {
+        unrouted.delete(sock);
+        route(sock, h2);
+      });
+    });
+  }
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.port, opts.host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
   let closed: Promise<void> | undefined;
-  /** Resolves once the server has closed (after its last connection). */
+  /** Resolves once the listener has closed and its last connection with it. */
   const stopAccepting = (): Promise<void> => {
-    closed ??= new Promise<void>((resolve) => server.close(() => resolve()));
-    // GOAWAY: the client opens no new stream on the session, the streams in flight go on, and
-    // the session ends after the last (at once when idle).
-    for (const s of sessions) s.close();
+    if (!closed) {
+      stopping = true;
+      // The listener's close callback runs after its last connection has closed.
+      closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // GOAWAY on every HTTP/2 connection: the client opens no new call on it, the calls in
+      // flight go on, and the connection ends after the last (at once when idle).
+      injector.destroy();
+      // HTTP/1.1: idle keep-alive connections close now, busy ones after their response.
+      for (const [sock, calls] of http1Calls) if (calls === 0) sock.end();
+      for (const sock of unrouted) sock.destroy();
+    }
     return closed;
   };
   return {
-    server,
     port,
     stopAccepting,
     async close(deadlineMs) {
       const done = stopAccepting();
       await within(done, deadlineMs - Date.now());
-      for (const s of sessions) s.destroy();
+      grpcServer.forceShutdown();
       for (const sock of sockets) sock.destroy();
       await done;
     },
   };
 }
 
+/**
+ * Calls `route(true)` once the socket's first bytes are the HTTP/2 preface, `route(false)` once
+ * they cannot be; the bytes read are put back (unshift) for whoever reads the socket next.
+ */
+function peekProtocol(sock: Socket, route: (h2: boolean) => void): void {
+  let seen: Buffer = Buffer.alloc(0);
+  const onData = (chunk: Buffer) => {
+    seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+    const n = Math.min(seen.length, H2_PREFACE.length);
+    const h2 = seen.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+    if (h2 && n < H2_PREFACE.length) return; // could still be either: read on
+    sock.off("data", onData);
+    sock.pause();
+    sock.unshift(seen);
+    route(h2);
+  };
+  sock.on("data", onData);
+}
+
 /** A running gRPC port (startGrpcServer). */
 export interface GrpcServer {
-  server: http2.Http2Server | http2.Http2SecureServer;
   port: number;
   /** Takes no new connection, and asks every client (HTTP/2 GOAWAY) to open no new call; calls in flight go on. */
   stopAccepting(): void;
