@@ -8,8 +8,10 @@ import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   CallbackSchema,
   CreateTimerRequestSchema,
+  CreateTimersRequestSchema,
   TimerService,
   type CreateTimerRequest,
+  type CreateTimersResult,
   type Timer,
 } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 
@@ -44,6 +46,13 @@ export class GrpcTimerClient {
   close(): void {
     this.client.close();
   }
+}
+
+/** One CreateTimers call with these creates; its results, one per create in order. */
+export async function createTimers(client: GrpcTimerClient, reqs: CreateTimerRequest[], metadata?: grpc.Metadata): Promise<CreateTimersResult[]> {
+  const res = await client.call("createTimers", create(CreateTimersRequestSchema, { requests: reqs }), metadata);
+  assert.equal(res.results.length, reqs.length, "one result per create");
+  return res.results;
 }
 
 /** Creates every timer, `concurrency` at a time, asserting each is new; the stored timers by id. */

@@ -162,6 +162,83 @@ test("several batches run at once up to maxConcurrentBatches", async () => {
   assert.deepEqual(await Promise.all(all), ["stored a", "stored b", "stored c"]);
 });
 
+test("a batch formed already (CreateTimers) runs whole in a slot of its own, in turn with waiting items", async () => {
+  const f = fakeRunner();
+  const q = new CreateQueue(f.run, { maxQueued: 100, maxBatch: 10, maxConcurrentBatches: 1 });
+  const a = q.add("a"); // takes the only slot
+  const b = q.add("b");
+  const jobs: { resolve(v: string): void }[] = [];
+  const whole = q.runWhole(30, () => new Promise<string>((resolve) => jobs.push({ resolve })));
+  const c = q.add("c");
+  assert.equal(q.queued, 1 + 30 + 1, "the unit counts as its creates");
+  f.batches[0]!.settle();
+  await tick();
+  // "b" goes alone: the unit behind it is not merged into a batch of items.
+  assert.deepEqual(f.batches.map((x) => x.items), [["a"], ["b"]]);
+  assert.equal(jobs.length, 0);
+  f.batches[1]!.settle();
+  await tick();
+  assert.equal(jobs.length, 1, "the unit runs once the slot is free");
+  assert.equal(q.running, 1);
+  assert.equal(f.batches.length, 2, "and nothing runs beside it");
+  jobs[0]!.resolve("stored 30");
+  assert.equal(await whole, "stored 30");
+  await tick();
+  f.batches[2]!.settle();
+  assert.deepEqual(await Promise.all([a, b, c]), ["stored a", "stored b", "stored c"]);
+  assert.equal(q.running, 0);
+});
+
+test("a unit run whole is refused when the queue has no room for its creates, but not when nothing waits", async () => {
+  const f = fakeRunner();
+  const q = new CreateQueue(f.run, { maxQueued: 10, maxBatch: 10, maxConcurrentBatches: 1 });
+  let ran = 0;
+  const job = () => {
+    ran++;
+    return Promise.resolve("done");
+  };
+  // Nothing waits: a unit larger than the queue still gets its turn.
+  assert.equal(await q.runWhole(50, job), "done");
+  const first = q.add("a"); // in flight
+  const waiting = q.add("b");
+  const err = await rejection(q.runWhole(10, job));
+  assert.equal(err.code, Code.ResourceExhausted);
+  assert.match(err.message, /at most 10 \(CREATE_QUEUE_MAX\)/);
+  assert.equal(ran, 1);
+  f.batches[0]!.settle();
+  await tick();
+  f.batches[1]!.settle();
+  assert.deepEqual(await Promise.all([first, waiting]), ["stored a", "stored b"]);
+});
+
+test("a unit whose caller gives up before it starts never runs; once started it is awaited", async () => {
+  const f = fakeRunner();
+  const q = new CreateQueue(f.run, { maxQueued: 100, maxBatch: 10, maxConcurrentBatches: 1 });
+  const first = q.add("a");
+  const ac = new AbortController();
+  let ran = false;
+  const whole = q.runWhole(5, async () => {
+    ran = true;
+    return "x";
+  }, ac.signal);
+  ac.abort(new ConnectError("deadline", Code.DeadlineExceeded));
+  const err = await rejection(whole);
+  assert.equal(err.code, Code.DeadlineExceeded);
+  assert.equal(q.queued, 0, "its creates no longer count as waiting");
+  f.batches[0]!.settle();
+  await first;
+  await tick();
+  assert.equal(ran, false);
+
+  const started = new AbortController();
+  let finish!: (v: string) => void;
+  const running = q.runWhole(5, () => new Promise<string>((r) => (finish = r)), started.signal);
+  await tick();
+  started.abort(new ConnectError("cancelled", Code.Canceled));
+  finish("stored");
+  assert.equal(await running, "stored");
+});
+
 test("CREATE_QUEUE_MAX is read from the environment and checked", () => {
   assert.equal(loadTimerConfig({ AUTH_DISABLED: "true" }).createQueueMax, 5000);
   assert.equal(loadTimerConfig({ AUTH_DISABLED: "true", CREATE_QUEUE_MAX: "200" }).createQueueMax, 200);

@@ -44,6 +44,17 @@ describe("TokenBuckets", () => {
     assert.equal(b.take("k", 1_000).allowed, false);
   });
 
+  test("a CreateTimers call takes one token per create, all or none", () => {
+    const b = new TokenBuckets(100, 1000); // a token every 10 ms
+    assert.deepEqual(b.take("ci", 0, 600), { allowed: true });
+    // 400 left: 500 more are refused and take nothing; the delay is until 500 are there.
+    assert.deepEqual(b.take("ci", 0, 500), { allowed: false, retryAfterMs: 1_000 });
+    assert.deepEqual(b.take("ci", 0, 400), { allowed: true });
+    assert.equal(b.take("ci", 0, 1).allowed, false);
+    // More than the burst is never there.
+    assert.equal(b.take("other", 0, 1001).allowed, false);
+  });
+
   test("a tiny rate gives a long but finite retry delay", () => {
     const b = new TokenBuckets(0.001, 1);
     b.take("k", 0);
@@ -171,6 +182,38 @@ describe("retry policy bounds", () => {
     for (const [env, message] of bad) {
       assert.throws(() => loadTimerConfig({ ...base, ...env }), (e: Error) => e instanceof ConfigError && message.test(e.message), JSON.stringify(env));
     }
+  });
+});
+
+describe("validation shared by CreateTimer and CreateTimers", () => {
+  const config = loadTimerConfig({ ...base, CALLBACK_ALLOWED_NETWORKS: "10.0.0.0/8" });
+  const http = (url: string, headers: Record<string, string> = {}): CreateTimerRequest =>
+    create(CreateTimerRequestSchema, {
+      groupId: "billing",
+      timerId: "invoice-42",
+      schedule: { case: "delay", value: durationFromMs(30_000) },
+      callback: { target: { case: "http", value: { url, headers } } },
+      payload: new Uint8Array([104, 105]),
+      labels: { tenant: "acme", env: "prod" },
+    });
+
+  test("URL checks remembered across a call's creates answer as fresh ones, for allowed and refused URLs alike", () => {
+    const urls = new Map();
+    for (let i = 0; i < 2; i++) {
+      assert.equal(validateCreate(http("http://10.1.2.3:9000/hook"), config.limits, 0, urls).callback.target.case, "http");
+      for (const [url, reason] of [["http://127.0.0.1:9000/hook", /loopback|not allowed|CALLBACK_ALLOWED/], ["ftp://10.1.2.3/x", /must use http or https/]] as const) {
+        assert.throws(() => validateCreate(http(url), config.limits, 0, urls), (e: unknown) => e instanceof ValidationError && e.field === "callback.http.url" && reason.test(e.reason));
+        assert.throws(() => validateCreate(http(url), config.limits, 0), (e: unknown) => e instanceof ValidationError && e.field === "callback.http.url" && reason.test(e.reason));
+      }
+    }
+    assert.equal(urls.size, 3);
+    // Headers are checked per create, whatever the URL's verdict.
+    assert.throws(() => validateCreate(http("http://10.1.2.3:9000/hook", { host: "x" }), config.limits, 0, urls), (e: unknown) => e instanceof ValidationError && e.field === "callback.http.headers");
+  });
+
+  test("the request hash is unchanged: a replay of a timer stored by an earlier version is still a replay", () => {
+    // Computed by the version before CreateTimers (createHash over the canonical JSON).
+    assert.equal(validateCreate(http("http://10.1.2.3:9000/hook", { "x-b": "2", "x-a": "1" }), config.limits, 0).requestHash.toString("hex"), "507fea2ff0dd43c67f82db74ab60fcc8472ed8ca0c901bc2b3a7651bfab41f6f");
   });
 });
 

@@ -1,7 +1,7 @@
 // The mesh's NATS messages: what each receiver accepts and what it drops (with which reason).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { metrics } from "@opentelemetry/api";
 import { pino } from "pino";
 import { Writable } from "node:stream";
@@ -12,17 +12,20 @@ import {
 } from "../../services/shared/src/gen/mesh/v1/mesh_pb.js";
 import { MeshMessageDrops } from "../../services/shared/src/mesh-message-drops.js";
 import {
-  decodeAnnouncement,
+  decodeAnnouncements,
   decodeHeartbeat,
   decodeLeave,
   decodeRebalanceReply,
   decodeRebalanceRequest,
   encodeAnnouncement,
+  encodeAnnouncements,
   encodeHeartbeat,
   encodeLeave,
   encodeRebalanceReply,
   encodeRebalanceRequest,
   isHostPort,
+  MAX_ANNOUNCED_PER_MESSAGE,
+  MAX_ANNOUNCEMENT_BYTES,
   type Announcement,
 } from "../../services/shared/src/mesh-messages.js";
 import { shardOf } from "../../services/shared/src/shard.js";
@@ -41,27 +44,81 @@ const reasonOf = (d: { ok: boolean; reason?: string }) => (d.ok ? "ok" : d.reaso
 
 test("an announcement survives the round trip", () => {
   const a = announcement();
-  assert.deepEqual(decodeAnnouncement(encodeAnnouncement(a), a.shard, SHARDS, NOW), { ok: true, value: a });
+  assert.deepEqual(decodeAnnouncements(encodeAnnouncement(a), a.shard, SHARDS, NOW), { ok: true, value: [a] });
 });
 
 test("the issue's JSON announcement, and protobuf ones with bad ids, shards or times, are refused", () => {
   const a = announcement();
   // What a tenant's NATS callback used to inject: it wedged every claim batch of the shard.
   const json = bytes(JSON.stringify({ g: ["a", "b"], t: "x", s: 0, at: NOW }));
-  assert.equal(decodeAnnouncement(json, 0, SHARDS, NOW).ok, false);
-  assert.equal(reasonOf(decodeAnnouncement(new Uint8Array([0xff, 0xff, 0xff]), a.shard, SHARDS, NOW)), "undecodable");
+  assert.equal(decodeAnnouncements(json, 0, SHARDS, NOW).ok, false);
+  assert.equal(reasonOf(decodeAnnouncements(new Uint8Array([0xff, 0xff, 0xff]), a.shard, SHARDS, NOW)), "undecodable");
   for (const groupId of ['{"a","b"}', "", "a b", "x".repeat(129), "-lead", "grüße"]) {
     const bad = toBinary(TimerAnnouncementSchema, create(TimerAnnouncementSchema, { groupId, timerId: "t", shard: 0, dueAtMs: BigInt(NOW) }));
-    assert.equal(reasonOf(decodeAnnouncement(bad, 0, SHARDS, NOW)), "invalid_id", groupId);
+    assert.equal(reasonOf(decodeAnnouncements(bad, 0, SHARDS, NOW)), "invalid_id", groupId);
   }
   const other = (a.shard + 1) % SHARDS;
-  assert.equal(reasonOf(decodeAnnouncement(encodeAnnouncement({ ...a, shard: other }), other, SHARDS, NOW)), "invalid_shard", "not the shard the key hashes to");
-  assert.equal(reasonOf(decodeAnnouncement(encodeAnnouncement(a), other, SHARDS, NOW)), "invalid_shard", "not the subject's shard");
-  assert.equal(reasonOf(decodeAnnouncement(encodeAnnouncement(a), a.shard, a.shard, NOW)), "invalid_shard", "beyond SHARD_COUNT");
-  assert.equal(reasonOf(decodeAnnouncement(encodeAnnouncement({ ...a, dueMs: 0 }), a.shard, SHARDS, NOW)), "invalid_time");
-  assert.equal(reasonOf(decodeAnnouncement(encodeAnnouncement({ ...a, dueMs: NOW + 10 * 365 * 86_400_000 }), a.shard, SHARDS, NOW)), "invalid_time");
-  assert.equal(reasonOf(decodeAnnouncement(encodeAnnouncement({ ...a, destination: "x".repeat(301) }), a.shard, SHARDS, NOW)), "invalid_field");
-  assert.equal(reasonOf(decodeAnnouncement(new Uint8Array(4097), a.shard, SHARDS, NOW)), "too_large");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, shard: other }), other, SHARDS, NOW)), "invalid_shard", "not the shard the key hashes to");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement(a), other, SHARDS, NOW)), "invalid_shard", "not the subject's shard");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement(a), a.shard, a.shard, NOW)), "invalid_shard", "beyond SHARD_COUNT");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, dueMs: 0 }), a.shard, SHARDS, NOW)), "invalid_time");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, dueMs: NOW + 10 * 365 * 86_400_000 }), a.shard, SHARDS, NOW)), "invalid_time");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, destination: "x".repeat(301) }), a.shard, SHARDS, NOW)), "invalid_field");
+  assert.equal(reasonOf(decodeAnnouncements(new Uint8Array(MAX_ANNOUNCEMENT_BYTES + 1), a.shard, SHARDS, NOW)), "too_large");
+});
+
+/** `n` announcements of distinct timers of `shard` (ids searched for: the shard is the key's hash). */
+function announcementsOf(shard: number, n: number, idLength = 8): Announcement[] {
+  const out: Announcement[] = [];
+  for (let i = 0; out.length < n; i++) {
+    const timerId = `t${i}`.padEnd(idLength, "x");
+    if (shardOf("billing", timerId, SHARDS) === shard) out.push(announcement({ timerId, shard }));
+  }
+  return out;
+}
+
+test("one message carries many timers of a shard, up to MAX_ANNOUNCED_PER_MESSAGE, in order", () => {
+  const list = announcementsOf(3, MAX_ANNOUNCED_PER_MESSAGE);
+  assert.deepEqual(decodeAnnouncements(encodeAnnouncements(list), 3, SHARDS, NOW), { ok: true, value: list });
+  assert.throws(() => encodeAnnouncements([...list, list[0]!]), /1 to 1000 timers/);
+  // A forged message beyond the count is refused (encoded by hand: the encoder will not).
+  const entry = (a: Announcement) => ({ groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs) });
+  const tooMany = toBinary(TimerAnnouncementSchema, create(TimerAnnouncementSchema, { ...entry(list[0]!), more: list.map(entry) }));
+  assert.equal(reasonOf(decodeAnnouncements(tooMany, 3, SHARDS, NOW)), "too_large");
+});
+
+test("the largest valid batch fits MAX_ANNOUNCEMENT_BYTES: 1,000 timers with 128-character ids and 300-character destinations", () => {
+  const groupId = "g".repeat(128);
+  const long: Announcement[] = [];
+  for (let i = 0; long.length < MAX_ANNOUNCED_PER_MESSAGE; i++) {
+    const timerId = `t${i}`.padEnd(128, "x");
+    if (shardOf(groupId, timerId, SHARDS) === 5) long.push({ groupId, timerId, shard: 5, dueMs: NOW + 86_400_000, destination: "d".repeat(300) });
+  }
+  const data = encodeAnnouncements(long);
+  assert.ok(data.length <= MAX_ANNOUNCEMENT_BYTES, `${data.length} bytes`);
+  assert.deepEqual(decodeAnnouncements(data, 5, SHARDS, NOW), { ok: true, value: long });
+});
+
+test("every entry of a batch is checked: one bad entry refuses the message, and entries may not nest", () => {
+  const list = announcementsOf(7, 5);
+  const bad = (i: number, over: Partial<Announcement>) => list.map((a, j) => (i === j ? { ...a, ...over } : a));
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncements(bad(3, { timerId: "bad id" })), 7, SHARDS, NOW)), "invalid_id");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncements(bad(4, { timerId: announcementsOf(8, 1)[0]!.timerId })), 7, SHARDS, NOW)), "invalid_shard");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncements(bad(1, { dueMs: 0 })), 7, SHARDS, NOW)), "invalid_time");
+  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncements(bad(2, { destination: "a\nb" })), 7, SHARDS, NOW)), "invalid_field");
+  const entry = (a: Announcement) => ({ groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs) });
+  const nested = toBinary(
+    TimerAnnouncementSchema,
+    create(TimerAnnouncementSchema, { ...entry(list[0]!), more: [{ ...entry(list[1]!), more: [entry(list[2]!)] }] }),
+  );
+  assert.equal(reasonOf(decodeAnnouncements(nested, 7, SHARDS, NOW)), "invalid_field");
+});
+
+test("a receiver that predates `more` still reads the first timer of a batch", () => {
+  const list = announcementsOf(9, 3);
+  const data = encodeAnnouncements(list);
+  const old = fromBinary(TimerAnnouncementSchema, data);
+  assert.deepEqual([old.groupId, old.timerId, old.shard, Number(old.dueAtMs)], [list[0]!.groupId, list[0]!.timerId, 9, list[0]!.dueMs]);
 });
 
 test("a heartbeat survives the round trip; a malformed one is refused with its reason", () => {

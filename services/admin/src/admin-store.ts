@@ -81,9 +81,10 @@ export async function listShards(pool: pg.Pool, owner: string | null, minLagSeco
             coalesce(extract(epoch FROM now() - d.oldest), 0)::float8 AS lag,
             coalesce(d.due, 0)::text AS due
        FROM shard_owners l
-       LEFT JOIN (SELECT shard, count(*) AS due, min(next_attempt_at) AS oldest FROM timers
-                   WHERE state = ${State.Scheduled} AND next_attempt_at <= now()
-                   GROUP BY shard) d ON d.shard = l.shard
+       -- Per shard, so each reads the due part of its own range of timers_due_idx (led by the
+       -- shard) instead of the whole index.
+       CROSS JOIN LATERAL (SELECT count(*) AS due, min(next_attempt_at) AS oldest FROM timers
+                            WHERE state = ${State.Scheduled} AND shard = l.shard AND next_attempt_at <= now()) d
       WHERE ($1::text IS NULL OR l.owner = $1::text)
         AND ($2::float8 IS NULL OR coalesce(extract(epoch FROM now() - d.oldest), 0) > $2::float8)
       ORDER BY l.shard`,
@@ -191,7 +192,7 @@ export async function listFailedTimers(
   const { rows } = await pool.query<FailedRow>(
     `-- list_failed_timers
      ${boundedPageSql({
-       keysetQuery: `SELECT group_id, timer_id, finish_time, finish_time::text AS finish_key, ${TIMER_BYTES_SQL} AS bytes FROM timers
+       keysetQuery: `SELECT shard, group_id, timer_id, finish_time, finish_time::text AS finish_key, ${TIMER_BYTES_SQL} AS bytes FROM timers
                       WHERE state = ${State.Failed} AND finish_time IS NOT NULL
                         AND ($1::text IS NULL OR group_id = $1::text)
                         AND ($2::timestamptz IS NULL OR (finish_time, group_id, timer_id) < ($2::timestamptz, $3::text, $4::text))
@@ -222,12 +223,12 @@ export interface SummaryRow {
 
 const SUMMARY_COLUMNS = "group_id, timer_id, shard, fire_at, next_attempt_at, state, attempt, last_error";
 
-/** The state of one timer, or undefined when there is none. */
-export async function timerState(pool: pg.Pool, groupId: string, timerId: string): Promise<number | undefined> {
+/** The state of one timer (its shard: shardOf(groupId, timerId, SHARD_COUNT)), or undefined when there is none. */
+export async function timerState(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<number | undefined> {
   const { rows } = await pool.query<{ state: number }>(
     `-- timer_state
-     SELECT state FROM timers WHERE group_id = $1 AND timer_id = $2`,
-    [groupId, timerId],
+     SELECT state FROM timers WHERE shard = $3 AND group_id = $1 AND timer_id = $2`,
+    [groupId, timerId, shard],
   );
   return rows[0]?.state;
 }
@@ -269,7 +270,7 @@ export function retryTimers(pool: pg.Pool, sel: TimerSelection, audit: AuditInfo
     pool,
     `-- retry_timers
      WITH picked AS (
-       SELECT group_id, timer_id FROM timers
+       SELECT shard, group_id, timer_id FROM timers
         WHERE state = ${State.Failed} AND ${SELECTION}
         ORDER BY fire_at, group_id, timer_id
         LIMIT $5
@@ -282,7 +283,7 @@ export function retryTimers(pool: pg.Pool, sel: TimerSelection, audit: AuditInfo
           SET state = ${State.Scheduled}, next_attempt_at = now(), attempt = 0, finish_time = NULL,
               claim_owner = NULL, claim_expires_at = NULL
          FROM picked p
-        WHERE t.group_id = p.group_id AND t.timer_id = p.timer_id AND t.state = ${State.Failed}
+        WHERE t.shard = p.shard AND t.group_id = p.group_id AND t.timer_id = p.timer_id AND t.state = ${State.Failed}
        RETURNING t.${SUMMARY_COLUMNS.split(", ").join(", t.")}, t.callback
      ), audit AS (
        ${insertAudit(6, "'OK'", `jsonb_build_object('retried', (SELECT count(*) FROM u), 'more', m.has_more, 'sample', ${sampleJson("u")})`, "FROM m")}
@@ -320,7 +321,7 @@ export function cancelTimers(pool: pg.Pool, sel: TimerSelection, audit: AuditInf
     pool,
     `-- cancel_timers
      WITH picked AS (
-       SELECT group_id, timer_id FROM timers
+       SELECT shard, group_id, timer_id FROM timers
         WHERE state = ${State.Scheduled} AND ${SELECTION}
         ORDER BY fire_at, group_id, timer_id
         LIMIT $5
@@ -331,7 +332,7 @@ export function cancelTimers(pool: pg.Pool, sel: TimerSelection, audit: AuditInf
      ), u AS (
        UPDATE timers t SET state = ${State.Cancelled}, finish_time = now()
          FROM picked p
-        WHERE t.group_id = p.group_id AND t.timer_id = p.timer_id AND t.state = ${State.Scheduled}
+        WHERE t.shard = p.shard AND t.group_id = p.group_id AND t.timer_id = p.timer_id AND t.state = ${State.Scheduled}
        RETURNING t.${SUMMARY_COLUMNS.split(", ").join(", t.")}
      ), audit AS (
        ${insertAudit(6, "'OK'", `jsonb_build_object('cancelled', (SELECT count(*) FROM u), 'more', m.has_more, 'sample', ${sampleJson("u")})`, "FROM m")}
@@ -391,18 +392,18 @@ export async function purgeBatch(
   const { rows } = await pool.query<{ timers: string; attempts: string; audit_id: string }>(
     `-- purge_timers_batch
      WITH doomed AS (
-       SELECT group_id, timer_id FROM timers
+       SELECT shard, group_id, timer_id FROM timers
         WHERE state IN (${FINISHED}) AND finish_time < $1::timestamptz
         ORDER BY finish_time
         LIMIT $2
         FOR UPDATE SKIP LOCKED
      ), t AS (
        DELETE FROM timers x USING doomed d
-        WHERE x.group_id = d.group_id AND x.timer_id = d.timer_id
+        WHERE x.shard = d.shard AND x.group_id = d.group_id AND x.timer_id = d.timer_id
        RETURNING 1
      ), a AS (
        DELETE FROM timer_attempts x USING doomed d
-        WHERE x.group_id = d.group_id AND x.timer_id = d.timer_id
+        WHERE x.shard = d.shard AND x.group_id = d.group_id AND x.timer_id = d.timer_id
        RETURNING 1
      ), c AS (
        SELECT (SELECT count(*) FROM t) AS timers, (SELECT count(*) FROM a) AS attempts
@@ -445,10 +446,10 @@ export async function previewPurge(pool: pg.Pool, cutoff: string, audit: AuditIn
   const { rows } = await pool.query<{ timers: string; attempts: string }>(
     `-- purge_timers_dry_run
      WITH d AS (
-       SELECT group_id, timer_id FROM timers WHERE state IN (${FINISHED}) AND finish_time < $1::timestamptz
+       SELECT shard, group_id, timer_id FROM timers WHERE state IN (${FINISHED}) AND finish_time < $1::timestamptz
      ), c AS (
        SELECT (SELECT count(*) FROM d) AS timers,
-              (SELECT count(*) FROM timer_attempts x JOIN d ON x.group_id = d.group_id AND x.timer_id = d.timer_id) AS attempts
+              (SELECT count(*) FROM timer_attempts x JOIN d ON x.shard = d.shard AND x.group_id = d.group_id AND x.timer_id = d.timer_id) AS attempts
      ), audit AS (
        ${insertAudit(2, "'OK'", "jsonb_build_object('dry_run', true, 'would_delete_timers', c.timers, 'would_delete_attempts', c.attempts, 'cutoff', $1::timestamptz)", "FROM c")}
      )
@@ -475,7 +476,7 @@ export type ExplainRow = TimerRow & {
 };
 
 /** Everything ExplainTimer needs from the timer's row and its shard, or undefined. */
-export async function explainTimer(pool: pg.Pool, groupId: string, timerId: string): Promise<ExplainRow | undefined> {
+export async function explainTimer(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<ExplainRow | undefined> {
   const { rows } = await pool.query<ExplainRow>(
     `-- explain_timer
      SELECT ${TIMER_COLUMNS.split(", ").map((c) => `t.${c}`).join(", ")},
@@ -487,8 +488,8 @@ export async function explainTimer(pool: pg.Pool, groupId: string, timerId: stri
        FROM timers t
        LEFT JOIN shard_owners l ON l.shard = t.shard
        LEFT JOIN paused_groups p ON p.group_id = t.group_id
-      WHERE t.group_id = $1 AND t.timer_id = $2`,
-    [groupId, timerId],
+      WHERE t.shard = $3 AND t.group_id = $1 AND t.timer_id = $2`,
+    [groupId, timerId, shard],
   );
   return rows[0];
 }
@@ -504,13 +505,13 @@ export interface AttemptRow {
 }
 
 /** A timer's delivery attempts, oldest first. */
-export async function timerAttempts(pool: pg.Pool, groupId: string, timerId: string): Promise<AttemptRow[]> {
+export async function timerAttempts(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<AttemptRow[]> {
   const { rows } = await pool.query<AttemptRow>(
     `-- timer_attempts
      SELECT attempt, dispatcher_id, started_at, finished_at, outcome, error FROM timer_attempts
-      WHERE group_id = $1 AND timer_id = $2
+      WHERE shard = $3 AND group_id = $1 AND timer_id = $2
       ORDER BY id`,
-    [groupId, timerId],
+    [groupId, timerId, shard],
   );
   return rows;
 }
@@ -546,7 +547,10 @@ export interface StatsRow {
 export async function meshCounters(pool: pg.Pool): Promise<StatsRow> {
   const { rows } = await pool.query<StatsRow>(
     `-- mesh_counters
-     SELECT (SELECT count(*) FROM timers WHERE state = ${State.Scheduled} AND next_attempt_at <= now())::text AS due_now,
+     SELECT (SELECT sum(d.n) FROM shard_leases l
+               -- Per shard: each counts the due part of its range of timers_due_idx (led by the shard).
+               CROSS JOIN LATERAL (SELECT count(*) AS n FROM timers
+                                    WHERE state = ${State.Scheduled} AND shard = l.shard AND next_attempt_at <= now()) d)::text AS due_now,
             count(*) FILTER (WHERE attempt = 1 AND finished_at > now() - interval '1 minute')::text AS fired_minute,
             count(*) FILTER (WHERE attempt = 1)::text AS fired_hour,
             count(*) FILTER (WHERE finished_at > now() - interval '1 minute')::text AS attempts_minute,

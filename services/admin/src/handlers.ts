@@ -28,6 +28,7 @@ import type { NatsLink } from "../../shared/src/nats.js";
 import { pageOf } from "../../shared/src/page-bytes.js";
 import { destinationOfJson } from "../../shared/src/callback-destination.js";
 import { publishAnnouncement } from "../../shared/src/mesh-messages.js";
+import { shardOf } from "../../shared/src/shard.js";
 import { rowToTimer, State } from "../../shared/src/timer-model.js";
 import {
   cancelSelection,
@@ -287,7 +288,7 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
       return auditor.change<MessageInitShape<typeof RetryTimersResponseSchema>>(ctx, req, async (audit) => {
         const sel = checked(() => retrySelection(req));
         if (sel.single) {
-          const state = await store.timerState(pool, sel.groupId!, sel.timerId!);
+          const state = await store.timerState(pool, sel.groupId!, sel.timerId!, shardOf(sel.groupId!, sel.timerId!, deps.shardCount));
           if (state === undefined) throw new ConnectError(`timer ${sel.groupId}/${sel.timerId} not found`, Code.NotFound);
           if (state !== State.Failed) {
             throw new ConnectError(
@@ -386,7 +387,8 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
     async explainTimer(req) {
       const groupId = required(req.groupId, "group_id");
       const timerId = required(req.timerId, "timer_id");
-      const [row, attempts] = await Promise.all([store.explainTimer(pool, groupId, timerId), store.timerAttempts(pool, groupId, timerId)]);
+      const shard = shardOf(groupId, timerId, deps.shardCount);
+      const [row, attempts] = await Promise.all([store.explainTimer(pool, groupId, timerId, shard), store.timerAttempts(pool, groupId, timerId, shard)]);
       if (!row) throw new ConnectError(`timer ${groupId}/${timerId} not found`, Code.NotFound);
       const ownerLive = row.lease_owner !== null && directory.find(row.lease_owner) !== undefined;
       const next = whatHappensNext({

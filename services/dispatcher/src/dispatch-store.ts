@@ -17,6 +17,7 @@ export type ClaimedTimer = Pick<
 export interface Completion {
   groupId: string;
   timerId: string;
+  shard: number;
   attempt: number;
   startedAt: Date;
   finishedAt: Date;
@@ -50,29 +51,74 @@ function toDue(r: DueRow): DueTimer {
   return { groupId: r.group_id, timerId: r.timer_id, shard: r.shard, dueMs: r.next_attempt_at.getTime(), destination: destinationOfParts(parts) };
 }
 
+// The due reads go shard by shard: a LATERAL join over the owned shards, each an index scan of
+// that shard's range of timers_due_idx (shard, next_attempt_at) in due order that stops after
+// `perShard` rows, merged by a sort. With "shard = ANY(owned)" Postgres would read every due row
+// of the range in every owned shard and sort them all: under a backlog of a million, each page
+// of 2,000 would read the million. Each shard's scan stops at its share instead (a little more
+// than limit / shards), so a statement reads at most about 1.25 x limit + 16 x shards rows,
+// whatever the size of the table or of the backlog (bench/scale.ts shows the plans).
+//
+// A shard that filled its share may have more rows after its last, so the merged rows are in
+// order only up to the earliest such last row (the cut); the statement returns those, and
+// `complete` says whether there was no cut. While there was one and the page is not full, the
+// next statement goes on from the last row returned, at its exact time (next_attempt_at::text:
+// a millisecond Date would read rows of the same millisecond again, or forever).
+
+function dueSql(name: string, bound: string, filter = ""): string {
+  return `-- ${name}
+     WITH x AS MATERIALIZED (
+       SELECT w.* FROM unnest($1::int[]) AS s(shard)
+        CROSS JOIN LATERAL (
+          SELECT ${DUE_COLUMNS}, next_attempt_at::text AS due_at FROM timers
+           WHERE state = ${State.Scheduled} AND timers.shard = s.shard
+             AND (next_attempt_at, group_id, timer_id) > ($2::timestamptz, $3::text, $4::text)
+             AND ${bound} ${filter}
+           ORDER BY next_attempt_at, group_id, timer_id
+           LIMIT $5) w
+     ), full_last AS (
+       SELECT DISTINCT ON (shard) next_attempt_at, group_id, timer_id FROM x
+        WHERE shard IN (SELECT shard FROM x GROUP BY shard HAVING count(*) >= $5)
+        ORDER BY shard, next_attempt_at DESC, group_id DESC, timer_id DESC
+     ), cut AS (
+       SELECT next_attempt_at, group_id, timer_id FROM full_last ORDER BY 1, 2, 3 LIMIT 1
+     )
+     SELECT x.*, NOT EXISTS (SELECT 1 FROM cut) AS complete FROM x
+      WHERE NOT EXISTS (SELECT 1 FROM cut)
+         OR (x.next_attempt_at, x.group_id, x.timer_id) <= (SELECT next_attempt_at, group_id, timer_id FROM cut)
+      ORDER BY x.next_attempt_at, x.group_id, x.timer_id
+      LIMIT $6`;
+}
+
+/** Runs a dueSql statement until `limit` rows or the end of the range; `bound` is its $7. */
+async function readDue(pool: pg.Pool, sql: string, shards: number[], after: LoadCursor, limit: number, bound: unknown): Promise<DueTimer[]> {
+  if (shards.length === 0 || limit <= 0) return [];
+  const perShard = Math.min(limit, Math.ceil((1.25 * limit) / shards.length) + 16);
+  const out: DueTimer[] = [];
+  let from: [string, string, string] = [new Date(after.atMs).toISOString(), after.groupId, after.timerId];
+  for (;;) {
+    const { rows } = await pool.query<DueRow & { due_at: string; complete: boolean }>(sql, [shards, ...from, perShard, limit - out.length, bound]);
+    for (const r of rows) out.push(toDue(r));
+    const last = rows.at(-1);
+    if (!last || last.complete || out.length >= limit) return out;
+    from = [last.due_at, last.group_id, last.timer_id];
+  }
+}
+
+const LOAD_WINDOW_SQL = dueSql("load_window", "next_attempt_at <= $7::timestamptz");
+
+const LOAD_OVERDUE_SQL = dueSql(
+  "load_overdue",
+  "next_attempt_at <= now() - make_interval(secs => $7::float8 / 1000)",
+  "AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = timers.group_id)",
+);
+
 /**
  * Scheduled timers of the given shards due after `after` and at or before `untilMs`, in due
  * order, at most `limit`: the next slice of the lookahead window.
  */
-export async function loadWindow(
-  pool: pg.Pool,
-  shards: number[],
-  after: LoadCursor,
-  untilMs: number,
-  limit: number,
-): Promise<DueTimer[]> {
-  const { rows } = await pool.query<DueRow>(
-    `-- load_window
-     SELECT ${DUE_COLUMNS} FROM timers
-      WHERE state = ${State.Scheduled}
-        AND (next_attempt_at, group_id, timer_id) > ($2::timestamptz, $3::text, $4::text)
-        AND next_attempt_at <= $5::timestamptz
-        AND shard = ANY($1::int[])
-      ORDER BY next_attempt_at, group_id, timer_id
-      LIMIT $6`,
-    [shards, new Date(after.atMs), after.groupId, after.timerId, new Date(untilMs), limit],
-  );
-  return rows.map(toDue);
+export function loadWindow(pool: pg.Pool, shards: number[], after: LoadCursor, untilMs: number, limit: number): Promise<DueTimer[]> {
+  return readDue(pool, LOAD_WINDOW_SQL, shards, after, limit, new Date(untilMs));
 }
 
 /**
@@ -81,20 +127,8 @@ export async function loadWindow(
  * anything whose announcement was lost. The cursor lets a pass move past overdue timers the
  * dispatcher already holds unclaimed (parked by fair delivery) instead of reading them again.
  */
-export async function loadOverdue(pool: pg.Pool, shards: number[], graceMs: number, after: LoadCursor, limit: number): Promise<DueTimer[]> {
-  const { rows } = await pool.query<DueRow>(
-    `-- load_overdue
-     SELECT ${DUE_COLUMNS} FROM timers
-      WHERE state = ${State.Scheduled}
-        AND next_attempt_at <= now() - make_interval(secs => $2::float8 / 1000)
-        AND (next_attempt_at, group_id, timer_id) > ($4::timestamptz, $5::text, $6::text)
-        AND shard = ANY($1::int[])
-        AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = timers.group_id)
-      ORDER BY next_attempt_at, group_id, timer_id
-      LIMIT $3`,
-    [shards, graceMs, limit, new Date(after.atMs), after.groupId, after.timerId],
-  );
-  return rows.map(toDue);
+export function loadOverdue(pool: pg.Pool, shards: number[], graceMs: number, after: LoadCursor, limit: number): Promise<DueTimer[]> {
+  return readDue(pool, LOAD_OVERDUE_SQL, shards, after, limit, graceMs);
 }
 
 /**
@@ -123,7 +157,7 @@ export async function claimTimers(
             claim_expires_at = now() + make_interval(secs => $5::float8 / 1000),
             fired_time = coalesce(t.fired_time, greatest(now(), t.next_attempt_at))
        FROM unnest($2::text[], $3::text[], $6::bigint[], $8::int[]) AS k(g, id, epoch, shard), shard_leases l
-      WHERE t.group_id = k.g AND t.timer_id = k.id AND t.shard = k.shard
+      WHERE t.shard = k.shard AND t.group_id = k.g AND t.timer_id = k.id
         -- Joining the lease on k.shard (not only through t) gives the planner one lease row per
         -- timer whatever it estimates for owner/expiry; otherwise it may pair every timer with
         -- every lease and filter afterwards (batch x shard-count lookups per claim).
@@ -165,8 +199,8 @@ export async function completeAttempts(
     `-- complete_attempts
      WITH c AS (
        SELECT * FROM unnest($2::text[], $3::text[], $4::int[], $5::smallint[], $6::timestamptz[], $7::text[],
-                            $8::timestamptz[], $9::timestamptz[], $10::text[])
-         AS c(g, id, attempt, state, next_at, error, started_at, finished_at, outcome)
+                            $8::timestamptz[], $9::timestamptz[], $10::text[], $12::int[])
+         AS c(g, id, attempt, state, next_at, error, started_at, finished_at, outcome, shard)
      ), u AS (
        UPDATE timers t
           SET state = c.state,
@@ -176,13 +210,13 @@ export async function completeAttempts(
               claim_owner = NULL,
               claim_expires_at = NULL
          FROM c
-        WHERE t.group_id = c.g AND t.timer_id = c.id AND t.attempt = c.attempt
+        WHERE t.shard = c.shard AND t.group_id = c.g AND t.timer_id = c.id AND t.attempt = c.attempt
           AND t.state = ${State.Firing} AND t.claim_owner = $11
-       RETURNING t.group_id, t.timer_id, t.attempt
+       RETURNING t.shard, t.group_id, t.timer_id, t.attempt
      ), a AS (
-       INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
-       SELECT c.g, c.id, c.attempt, $1, c.started_at, c.finished_at, c.outcome, c.error
-         FROM c JOIN u ON u.group_id = c.g AND u.timer_id = c.id AND u.attempt = c.attempt
+       INSERT INTO timer_attempts (shard, group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
+       SELECT c.shard, c.g, c.id, c.attempt, $1, c.started_at, c.finished_at, c.outcome, c.error
+         FROM c JOIN u ON u.shard = c.shard AND u.group_id = c.g AND u.timer_id = c.id AND u.attempt = c.attempt
      )
      SELECT count(*) AS n FROM u`,
     [
@@ -197,6 +231,7 @@ export async function completeAttempts(
       done.map((d) => d.finishedAt),
       done.map((d) => d.outcome),
       claimOwner,
+      done.map((d) => d.shard),
     ],
   );
   return Number(rows[0]!.n);
@@ -218,7 +253,7 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
   const { rows } = await pool.query<DueRow>(
     `-- reclaim_expired
      WITH x AS (
-       SELECT group_id, timer_id FROM timers
+       SELECT shard, group_id, timer_id FROM timers
         WHERE state = ${State.Firing} AND claim_expires_at < now() AND shard = ANY($1::int[])
           -- Taken back only when the claiming process is gone: its dispatcher's lease expired,
           -- or that dispatcher restarted since (another incarnation holds the lease). A live
@@ -239,11 +274,11 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
           SET state = ${State.Scheduled}, next_attempt_at = now(),
               last_error = 'delivery abandoned: ' || coalesce(t.claim_owner, '?') || ' recorded no outcome by the claim''s deadline',
               claim_owner = NULL, claim_expires_at = NULL
-         FROM x WHERE t.group_id = x.group_id AND t.timer_id = x.timer_id
+         FROM x WHERE t.shard = x.shard AND t.group_id = x.group_id AND t.timer_id = x.timer_id
        RETURNING t.group_id, t.timer_id, t.shard, t.next_attempt_at, t.attempt, t.last_error, t.callback
      ), a AS (
-       INSERT INTO timer_attempts (group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
-       SELECT group_id, timer_id, attempt, $3, now(), now(), 'abandoned', last_error FROM u
+       INSERT INTO timer_attempts (shard, group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
+       SELECT shard, group_id, timer_id, attempt, $3, now(), now(), 'abandoned', last_error FROM u
      )
      SELECT ${DUE_COLUMNS} FROM u`,
     [shards, limit, owner],
@@ -255,10 +290,12 @@ export async function reclaimExpired(pool: pg.Pool, owner: string, shards: numbe
 export async function shardLag(pool: pg.Pool, shards: number[]): Promise<Map<number, number>> {
   const { rows } = await pool.query<{ shard: number; lag: number }>(
     `-- shard_lag_owned
-     SELECT shard, extract(epoch FROM now() - min(next_attempt_at))::float8 AS lag
-       FROM timers
-      WHERE state = ${State.Scheduled} AND next_attempt_at <= now() AND shard = ANY($1::int[])
-      GROUP BY shard`,
+     SELECT s.shard, extract(epoch FROM now() - d.oldest)::float8 AS lag
+       FROM unnest($1::int[]) AS s(shard)
+       -- The first entry of each shard's due range, not every due row.
+       CROSS JOIN LATERAL (SELECT min(next_attempt_at) AS oldest FROM timers
+                            WHERE state = ${State.Scheduled} AND timers.shard = s.shard AND next_attempt_at <= now()) d
+      WHERE d.oldest IS NOT NULL`,
     [shards],
   );
   return new Map(rows.map((r) => [r.shard, r.lag]));

@@ -81,9 +81,10 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
         `-- shard_lag
          SELECT l.shard, l.owner, extract(epoch FROM now() - d.oldest)::float8 AS lag
            FROM shard_owners l
-           LEFT JOIN (SELECT shard, min(next_attempt_at) AS oldest FROM timers
-                       WHERE state = ${State.Scheduled} AND next_attempt_at <= now() GROUP BY shard) d
-             ON d.shard = l.shard
+           -- Per shard: the first entry of its range of timers_due_idx (led by the shard), not
+           -- every due row of the table.
+           CROSS JOIN LATERAL (SELECT min(next_attempt_at) AS oldest FROM timers
+                                WHERE state = ${State.Scheduled} AND shard = l.shard AND next_attempt_at <= now()) d
           WHERE l.shard < $1`,
         [shardCount],
       );

@@ -13,7 +13,7 @@ import { openDatabase } from "../../shared/src/db.js";
 import { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
 import {
   ANNOUNCEMENT_SUBJECTS,
-  decodeAnnouncement,
+  decodeAnnouncements,
   decodeRebalanceRequest,
   encodeRebalanceReply,
   REBALANCE_SUBJECT,
@@ -156,9 +156,9 @@ async function startDispatching(
           if (err) return log.warn({ err, shard }, "announcement subscription error");
           const receive = () => {
             // Checked here, so nothing malformed ever reaches a claim batch.
-            const a = decodeAnnouncement(msg.data, shard, config.shardCount);
+            const a = decodeAnnouncements(msg.data, shard, config.shardCount);
             if (!a.ok) return drops.drop(ANNOUNCEMENT_SUBJECTS, a.reason);
-            scheduler.announce(a.value);
+            for (const t of a.value) scheduler.announce(t);
           };
           if (!telemetry.tracingEnabled) return receive();
           const parent = extractFrom((k) => msg.headers?.get(k) || undefined);

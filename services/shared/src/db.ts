@@ -43,15 +43,20 @@ export function createPool(databaseUrl: string, max: number, applicationName: st
     query_timeout: statementTimeoutMs + QUERY_TIMEOUT_MARGIN_MS,
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
+    // No JIT compilation: every query here is short, and the dispatchers' per-shard due reads
+    // (a LATERAL join over up to SHARD_COUNT shards) are estimated above jit_above_cost with a
+    // large shard count, which would compile each of them (tens of ms) to run it in one.
+    options: "-c jit=off",
   });
 }
 
 /**
  * Applies the numbered SQL files in services/shared/migrations that the database lacks, each in
- * its own transaction. An advisory lock makes concurrent starts wait for one another.
+ * its own transaction. An advisory lock makes concurrent starts wait for one another. `upTo`
+ * stops after that version: a database as an earlier release left it, for upgrade tests.
  */
-export async function migrate(target: pg.Pool | pg.ClientBase, log: Logger): Promise<number> {
-  const files = (await readdir(migrationsDir)).filter((f) => /^\d{6}_.+\.sql$/.test(f)).sort();
+export async function migrate(target: pg.Pool | pg.ClientBase, log: Logger, upTo = Infinity): Promise<number> {
+  const files = (await readdir(migrationsDir)).filter((f) => /^\d{6}_.+\.sql$/.test(f) && Number(f.slice(0, 6)) <= upTo).sort();
   const versions = files.map((f) => f.slice(0, 6));
   const clash = versions.find((v, i) => versions.indexOf(v) !== i);
   if (clash) throw new Error(`two migrations are numbered ${clash}: renumber the newer one`);

@@ -15,6 +15,7 @@ import {
   RebalanceReplySchema,
   RebalanceRequestSchema,
   TimerAnnouncementSchema,
+  type TimerAnnouncement,
 } from "./gen/mesh/v1/mesh_pb.js";
 import { shardOf } from "./shard.js";
 import { isValidId } from "./timer-id.js";
@@ -41,10 +42,19 @@ export const REBALANCE_REPLIES = "mesh.dispatchers.rebalance (reply)";
 
 /** Largest mesh message accepted, in bytes: ids are at most 128 characters, so real ones are far smaller. */
 export const MAX_MESH_MESSAGE_BYTES = 4096;
+/** Most timers one announcement carries: a CreateTimers call's (at most 1,000) of one shard. */
+export const MAX_ANNOUNCED_PER_MESSAGE = 1000;
+/**
+ * Largest announcement accepted, in bytes: MAX_ANNOUNCED_PER_MESSAGE timers of the largest
+ * valid size (two 128-character ids, a 300-character destination, a shard and a time, with
+ * their tags and lengths: under 600 bytes each). Checked before decoding, like every bound here.
+ */
+export const MAX_ANNOUNCEMENT_BYTES = MAX_ANNOUNCED_PER_MESSAGE * 600;
 /** Largest rebalance request: it may name many dispatchers to undrain. */
 export const MAX_REBALANCE_REQUEST_BYTES = 64 * 1024;
 const MAX_UNDRAIN = 256;
-const MAX_DESTINATION_CHARS = 300;
+/** Longest destination an announcement may carry. */
+export const MAX_DESTINATION_CHARS = 300;
 const MAX_VERSION_CHARS = 64;
 /** Timestamps further than this from our clock are nonsense, whatever the sender meant. */
 const MAX_CLOCK_DISTANCE_MS = 400 * 86_400_000;
@@ -87,12 +97,20 @@ const refuse = (reason: DropReason): { ok: false; reason: DropReason } => ({ ok:
 // ---------------------------------------------------------------------------------------------
 // Announcements: timer and admin services publish, the shard's owner consumes.
 
-/** The wire form of an announcement. */
+/** The wire form of one announcement. */
 export function encodeAnnouncement(a: Announcement): Uint8Array {
-  return toBinary(
-    TimerAnnouncementSchema,
-    create(TimerAnnouncementSchema, { groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs), destination: a.destination }),
-  );
+  return encodeAnnouncements([a]);
+}
+
+/**
+ * The wire form of announcements of one shard (1 to MAX_ANNOUNCED_PER_MESSAGE): the first in
+ * the message's own fields, the others in `more` (see proto/mesh/v1/mesh.proto).
+ */
+export function encodeAnnouncements(list: readonly Announcement[]): Uint8Array {
+  const [first, ...rest] = list;
+  if (!first || list.length > MAX_ANNOUNCED_PER_MESSAGE) throw new RangeError(`an announcement carries 1 to ${MAX_ANNOUNCED_PER_MESSAGE} timers, not ${list.length}`);
+  const entry = (a: Announcement) => ({ groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs), destination: a.destination });
+  return toBinary(TimerAnnouncementSchema, create(TimerAnnouncementSchema, { ...entry(first), more: rest.map(entry) }));
 }
 
 /**
@@ -104,13 +122,40 @@ export function publishAnnouncement(nc: NatsConnection, a: Announcement, headers
 }
 
 /**
- * Decodes an announcement received on the subject of `subjectShard`: ids by the API's rule,
- * the shard both the subject's and the one (group, timer) hashes to, the due time near now.
+ * Publishes announcements of timers of one shard on its subject, MAX_ANNOUNCED_PER_MESSAGE to
+ * a message: one message where there used to be one per timer. Throws as publishAnnouncement.
  */
-export function decodeAnnouncement(data: Uint8Array, subjectShard: number, shardCount: number, nowMs = Date.now()): Decoded<Announcement> {
-  if (data.length > MAX_MESH_MESSAGE_BYTES) return refuse("too_large");
+export function publishAnnouncements(nc: NatsConnection, shard: number, list: readonly Announcement[], headers?: MsgHdrs): void {
+  for (const a of list) if (a.shard !== shard) throw new RangeError(`timer ${a.groupId}/${a.timerId} is of shard ${a.shard}, not ${shard}`);
+  for (let i = 0; i < list.length; i += MAX_ANNOUNCED_PER_MESSAGE) {
+    nc.publish(shardSubject(shard), encodeAnnouncements(list.slice(i, i + MAX_ANNOUNCED_PER_MESSAGE)), headers ? { headers } : undefined);
+  }
+}
+
+/**
+ * Decodes an announcement received on the subject of `subjectShard`: every timer it carries,
+ * each checked (ids by the API's rule, the shard both the subject's and the one (group, timer)
+ * hashes to, the due time near now, the destination). One bad entry refuses the whole message:
+ * our own services never send one, so its other entries are not trusted either (their owner's
+ * poll still finds real timers).
+ */
+export function decodeAnnouncements(data: Uint8Array, subjectShard: number, shardCount: number, nowMs = Date.now()): Decoded<Announcement[]> {
+  if (data.length > MAX_ANNOUNCEMENT_BYTES) return refuse("too_large");
   const m = parse(() => fromBinary(TimerAnnouncementSchema, data));
   if (!m) return refuse("undecodable");
+  if (m.more.length >= MAX_ANNOUNCED_PER_MESSAGE) return refuse("too_large");
+  const out: Announcement[] = [];
+  for (const entry of [m, ...m.more]) {
+    // Entries of `more` are flat: nesting would let a message hide timers from the count above.
+    if (entry !== m && entry.more.length > 0) return refuse("invalid_field");
+    const a = checkAnnouncement(entry, subjectShard, shardCount, nowMs);
+    if (!a.ok) return a;
+    out.push(a.value);
+  }
+  return { ok: true, value: out };
+}
+
+function checkAnnouncement(m: TimerAnnouncement, subjectShard: number, shardCount: number, nowMs: number): Decoded<Announcement> {
   if (!isValidId(m.groupId) || !isValidId(m.timerId)) return refuse("invalid_id");
   if (m.shard !== subjectShard || m.shard < 0 || m.shard >= shardCount || shardOf(m.groupId, m.timerId, shardCount) !== m.shard) {
     return refuse("invalid_shard");

@@ -18,7 +18,7 @@ export const TIMER_BYTES_SQL = "(octet_length(payload) + pg_column_size(callback
 
 /**
  * Wraps a keyset query over timers into one that keeps the page within `maxBytesParam` bytes.
- * `keysetQuery` selects at least `group_id, timer_id`, the columns of `orderBy`, and
+ * `keysetQuery` selects at least the key `shard, group_id, timer_id`, the columns of `orderBy`, and
  * `${TIMER_BYTES_SQL} AS bytes`, ordered by `orderBy` and limited to page size + 1. `columns`
  * name what to return, qualified by `t.` (the timers row) or `s.` (the keyset query's row).
  * Returns the rows that fit (the first always does) in order, each with `window_rows`: how many
@@ -33,7 +33,7 @@ export function boundedPageSql(opts: { keysetQuery: string; orderBy: string; col
          FROM w
      )
      SELECT ${opts.columns}, s.window_rows::int AS window_rows
-       FROM sized s JOIN timers t ON t.group_id = s.group_id AND t.timer_id = s.timer_id
+       FROM sized s JOIN timers t ON t.shard = s.shard AND t.group_id = s.group_id AND t.timer_id = s.timer_id
       WHERE s.n = 1 OR s.through <= ${opts.maxBytesParam}
       ORDER BY s.n`;
 }

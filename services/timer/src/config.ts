@@ -15,7 +15,7 @@ export interface TimerConfig extends CommonConfig {
    */
   activeTimersRefreshMs: number;
   /**
-   * CREATE_QUEUE_MAX: creates that may wait for a database batch (4 batches of 500 are in
+   * CREATE_QUEUE_MAX: creates that may wait for a database batch (2 statements are in
    * flight at once); beyond it a create is refused with RESOURCE_EXHAUSTED instead of piling up
    * in memory while Postgres is slow or down.
    */

@@ -19,6 +19,31 @@ export function takeCreateToken(buckets: TokenBuckets, tokenName: string, nowMs:
   );
 }
 
+/**
+ * Takes a CreateTimers call's `count` creates from the token's bucket at once: all or none, so
+ * a refused call stores nothing. RESOURCE_EXHAUSTED with RetryInfo when they are not there yet;
+ * without it when `count` is more than the bucket holds (CREATE_BURST_PER_TOKEN): waiting
+ * cannot help, smaller calls can.
+ */
+export function takeCreateTokens(buckets: TokenBuckets, tokenName: string, nowMs: number, count: number): void {
+  // Written without , ; : / (grpc-js clients leave those percent-encoded in a status message).
+  if (count > buckets.burst) {
+    throw new ConnectError(
+      `token "${tokenName}" may make at most ${buckets.burst} creates at once (CREATE_BURST_PER_TOKEN) and this call has ${count}. Send fewer per call`,
+      Code.ResourceExhausted,
+    );
+  }
+  const d = buckets.take(tokenName, nowMs, count);
+  if (d.allowed) return;
+  throw new ConnectError(
+    `token "${tokenName}" is over its create rate of ${buckets.ratePerSecond} per second with bursts of ${buckets.burst} ` +
+      `(CREATE_RATE_PER_TOKEN and CREATE_BURST_PER_TOKEN). The ${count} creates of this call can be made in ${d.retryAfterMs} ms`,
+    Code.ResourceExhausted,
+    undefined,
+    [{ desc: RetryInfoSchema, value: { retryDelay: durationFromMs(d.retryAfterMs) } }],
+  );
+}
+
 /** The refusal of a create that would take a group over its limit of active timers. */
 export function groupQuotaExceeded(r: QuotaRefusal): ConnectError {
   const limit = r.overridden

@@ -5,6 +5,14 @@
 // or cancelled) while it waited is taken out and never inserted: inserting it later would store
 // a timer nobody was told about, and a retried create with a server-made id would become a
 // second timer.
+//
+// A CreateTimers call is a batch already, so it is not split up and merged with unary creates
+// (that would break its one INSERT into several); but it does not bypass the queue either: N
+// concurrent calls would put N statements on Postgres, and while Postgres hangs their creates
+// would pile up in memory unbounded. It waits here as one unit (runWhole), counted as its number
+// of creates against CREATE_QUEUE_MAX, and takes a batch slot of its own, so unary and batch
+// creates together never have more than `maxConcurrentBatches` statements in flight, and a call
+// whose caller gave up before its turn is never stored, as for unary creates.
 import { Code, ConnectError } from "@connectrpc/connect";
 
 /** Settles one batch: one result per item, in order; a rejection settles every item with it. */
@@ -19,17 +27,33 @@ export interface CreateQueueOptions {
   maxConcurrentBatches: number;
 }
 
-interface Waiting<T, R> {
-  item: T;
-  resolve(v: R): void;
+interface Wait {
   reject(e: unknown): void;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
 }
 
+/** A create to run in a batch with others (add). */
+interface WaitingItem<T, R> extends Wait {
+  kind: "item";
+  item: T;
+  resolve(v: R): void;
+}
+
+/** A batch formed already (runWhole): it takes a slot alone, and counts as `weight` creates. */
+interface WaitingWhole extends Wait {
+  kind: "whole";
+  weight: number;
+  run(): void;
+}
+
+type Waiting<T, R> = WaitingItem<T, R> | WaitingWhole;
+
 /** A bounded batching queue; items whose signal aborts while they wait are dropped. */
 export class CreateQueue<T, R> {
   private waiting: Waiting<T, R>[] = [];
+  /** Creates waiting: items, plus the weight of each whole unit. */
+  private waitingCreates = 0;
   private inFlight = 0;
 
   constructor(
@@ -37,9 +61,9 @@ export class CreateQueue<T, R> {
     private readonly opts: CreateQueueOptions,
   ) {}
 
-  /** Items waiting for a batch slot. */
+  /** Creates waiting for a batch slot (a unit run whole counts as its weight). */
   get queued(): number {
-    return this.waiting.length;
+    return this.waitingCreates;
   }
 
   /** Batches being run. */
@@ -53,34 +77,82 @@ export class CreateQueue<T, R> {
    * batch starts. Once its batch has started, the item's result is awaited whatever the signal.
    */
   add(item: T, signal?: AbortSignal): Promise<R> {
-    return new Promise<R>((resolve, reject) => {
-      if (signal?.aborted) return reject(abandoned(signal));
-      if (this.waiting.length >= this.opts.maxQueued) {
-        return reject(
-          new ConnectError(
-            `too many creates are waiting for the database. The queue holds at most ${this.opts.maxQueued} (CREATE_QUEUE_MAX). Retry with backoff`,
-            Code.ResourceExhausted,
-          ),
-        );
-      }
-      const w: Waiting<T, R> = { item, resolve, reject, signal, onAbort: undefined };
-      if (signal) {
-        w.onAbort = () => {
-          const i = this.waiting.indexOf(w);
-          if (i < 0) return; // already in a batch
-          this.waiting.splice(i, 1);
-          reject(abandoned(signal));
-        };
-        signal.addEventListener("abort", w.onAbort, { once: true });
-      }
-      this.waiting.push(w);
-      this.pump();
+    return new Promise<R>((resolve, reject) => this.enqueue({ kind: "item", item, resolve, reject, signal, onAbort: undefined }, 1));
+  }
+
+  /**
+   * Runs `job` (a batch formed already, `weight` creates) alone in a batch slot, in turn with
+   * the items waiting before it. Refused like add() when the queue has no room for `weight`
+   * more creates, unless nothing waits: a unit larger than the whole queue still gets its turn.
+   * When `signal` aborts before the job starts, it never runs; once started it is awaited.
+   */
+  runWhole<J>(weight: number, job: () => Promise<J>, signal?: AbortSignal): Promise<J> {
+    return new Promise<J>((resolve, reject) => {
+      this.enqueue(
+        {
+          kind: "whole",
+          weight,
+          // The slot is free before the caller goes on.
+          run: () => void job().finally(() => this.finished()).then(resolve, reject),
+          reject,
+          signal,
+          onAbort: undefined,
+        },
+        weight,
+      );
     });
+  }
+
+  private enqueue(w: Waiting<T, R>, weight: number): void {
+    const { signal } = w;
+    if (signal?.aborted) return w.reject(abandoned(signal));
+    if (this.waiting.length > 0 && this.waitingCreates + weight > this.opts.maxQueued) {
+      return w.reject(
+        new ConnectError(
+          `too many creates are waiting for the database. The queue holds at most ${this.opts.maxQueued} (CREATE_QUEUE_MAX). Retry with backoff`,
+          Code.ResourceExhausted,
+        ),
+      );
+    }
+    if (signal) {
+      w.onAbort = () => {
+        const i = this.waiting.indexOf(w);
+        if (i < 0) return; // already in a batch
+        this.waiting.splice(i, 1);
+        this.waitingCreates -= weight;
+        w.reject(abandoned(signal));
+      };
+      signal.addEventListener("abort", w.onAbort, { once: true });
+    }
+    this.waiting.push(w);
+    this.waitingCreates += weight;
+    this.pump();
+  }
+
+  private finished(): void {
+    this.inFlight--;
+    this.pump();
   }
 
   private pump(): void {
     while (this.waiting.length > 0 && this.inFlight < this.opts.maxConcurrentBatches) {
-      const batch = this.waiting.splice(0, this.opts.maxBatch);
+      const head = this.waiting[0]!;
+      if (head.kind === "whole") {
+        this.waiting.shift();
+        this.waitingCreates -= head.weight;
+        if (head.onAbort) head.signal!.removeEventListener("abort", head.onAbort);
+        this.inFlight++;
+        head.run();
+        continue;
+      }
+      // Items up to maxBatch, stopping at a unit run whole.
+      const batch: WaitingItem<T, R>[] = [];
+      for (const w of this.waiting) {
+        if (w.kind !== "item" || batch.length === this.opts.maxBatch) break;
+        batch.push(w);
+      }
+      this.waiting.splice(0, batch.length);
+      this.waitingCreates -= batch.length;
       // From here on the item is inserted whatever its caller does.
       for (const w of batch) if (w.onAbort) w.signal!.removeEventListener("abort", w.onAbort);
       this.inFlight++;
@@ -98,10 +170,7 @@ export class CreateQueue<T, R> {
             for (const w of batch) w.reject(err);
           },
         )
-        .finally(() => {
-          this.inFlight--;
-          this.pump();
-        });
+        .finally(() => this.finished());
     }
   }
 }

@@ -3,7 +3,7 @@
 // from the token configuration ("anonymous" when authentication is off), so the map stays as
 // small as the token list.
 
-/** The outcome of taking one create from a bucket. */
+/** The outcome of taking creates from a bucket. */
 export type RateDecision = { allowed: true } | { allowed: false; retryAfterMs: number };
 
 /** A token bucket per key: `burst` creates at once, refilled at `ratePerSecond`. */
@@ -17,17 +17,20 @@ export class TokenBuckets {
     if (!(ratePerSecond > 0) || !(burst >= 1)) throw new RangeError("ratePerSecond must be > 0 and burst >= 1");
   }
 
-  /** Takes one token from `key`'s bucket, or says how long until one is there. */
-  take(key: string, nowMs: number): RateDecision {
+  /**
+   * Takes `count` tokens from `key`'s bucket (all or none: a CreateTimers call takes one per
+   * create), or says how long until that many are there. More than `burst` are never there.
+   */
+  take(key: string, nowMs: number, count = 1): RateDecision {
     const b = this.buckets.get(key);
     // A clock stepping back refills nothing (and takes nothing away).
     const elapsedMs = b ? Math.max(0, nowMs - b.atMs) : 0;
     const tokens = b ? Math.min(this.burst, b.tokens + (elapsedMs * this.ratePerSecond) / 1000) : this.burst;
-    if (tokens >= 1) {
-      this.buckets.set(key, { tokens: tokens - 1, atMs: nowMs });
+    if (tokens >= count) {
+      this.buckets.set(key, { tokens: tokens - count, atMs: nowMs });
       return { allowed: true };
     }
     this.buckets.set(key, { tokens, atMs: nowMs });
-    return { allowed: false, retryAfterMs: Math.max(1, Math.ceil(((1 - tokens) * 1000) / this.ratePerSecond)) };
+    return { allowed: false, retryAfterMs: Math.max(1, Math.ceil(((count - tokens) * 1000) / this.ratePerSecond)) };
   }
 }

@@ -17,7 +17,9 @@ import {
 } from "../../shared/src/gen/timer/v1/timer_pb.js";
 import { context, SpanKind, trace, type Tracer } from "@opentelemetry/api";
 import { headers as natsHeaders } from "@nats-io/transport-node";
-import { injectInto, traceparentOf } from "../../shared/src/telemetry/trace-context.js";
+import { injectInto } from "../../shared/src/telemetry/trace-context.js";
+import { createTraceparent, grpcCodeName } from "./call-support.js";
+import { createTimers } from "./create-timers.js";
 import type { TimerMetrics } from "./timer-metrics.js";
 import type { TimerConfig } from "./config.js";
 import { cancelTimer, findStoredCreate, getTimer, listTimers, type CreateBatcher, type StoredCreate } from "./timer-store.js";
@@ -43,7 +45,7 @@ export interface TimerDeps {
   createRate: TokenBuckets;
 }
 
-/** The timer.v1.TimerService implementation: validate, store, announce. */
+/** The timer.v1.TimerService implementation: validate, store, announce (CreateTimers: create-timers.ts). */
 export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerService> {
   const { pool, config } = deps;
   const createOnce = async (req: CreateTimerRequest, ctx: HandlerContext): Promise<CreateTimerResponse> => {
@@ -91,10 +93,12 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       }
     },
 
+    createTimers: (req, ctx) => createTimers(deps, req, ctx),
+
     async getTimer(req, ctx) {
       const key = checkKey(req.groupId, req.timerId);
       authorizeGroup(ctx, key.groupId);
-      const row = await getTimer(pool, key.groupId, key.timerId);
+      const row = await getTimer(pool, key.groupId, key.timerId, shardOf(key.groupId, key.timerId, config.shardCount));
       if (!row) throw notFound(key);
       return { timer: rowToTimer(row) };
     },
@@ -102,7 +106,7 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     async cancelTimer(req, ctx) {
       const key = checkKey(req.groupId, req.timerId);
       authorizeGroup(ctx, key.groupId);
-      const row = await cancelTimer(pool, key.groupId, key.timerId);
+      const row = await cancelTimer(pool, key.groupId, key.timerId, shardOf(key.groupId, key.timerId, config.shardCount));
       if (!row) throw notFound(key);
       if (row.state !== State.Cancelled) {
         throw new ConnectError(
@@ -156,7 +160,7 @@ async function storeWithinQuota(
 ): Promise<StoredCreate> {
   const admission = deps.quota.admit(timer.groupId);
   if (isRefusal(admission)) {
-    const existing = await findStoredCreate(deps.pool, timer.groupId, timer.timerId);
+    const existing = await findStoredCreate(deps.pool, timer.groupId, timer.timerId, timer.shard);
     if (!existing) throw groupQuotaExceeded(admission);
     return { row: existing, created: false, conflict: !existing.request_hash.equals(timer.requestHash) };
   }
@@ -193,14 +197,6 @@ function announce(deps: TimerDeps, a: Announcement): void {
   }
 }
 
-// The trace a timer's firing links back to: our CreateTimer span when tracing is on, else the
-// caller's own traceparent, if it sent one.
-function createTraceparent(ctx: HandlerContext): string | undefined {
-  const sc = trace.getActiveSpan()?.spanContext();
-  if (sc && trace.isSpanContextValid(sc)) return traceparentOf(sc);
-  return ctx.requestHeader.get("traceparent") ?? undefined;
-}
-
 function checkKey(groupId: string, timerId: string): { groupId: string; timerId: string } {
   if (groupId === "") throw new ConnectError("group_id is required", Code.InvalidArgument);
   if (timerId === "") throw new ConnectError("timer_id is required", Code.InvalidArgument);
@@ -216,7 +212,3 @@ function invalid(err: unknown): ConnectError {
   throw err;
 }
 
-/** INVALID_ARGUMENT for Code.InvalidArgument: the gRPC spelling operators know. */
-function grpcCodeName(code: Code): string {
-  return (Code[code] ?? "Unknown").replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
-}

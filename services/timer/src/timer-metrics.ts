@@ -3,11 +3,14 @@ import type { Meter } from "@opentelemetry/api";
 import { GaugeSeries } from "../../shared/src/telemetry/gauge-series.js";
 import type { RecountListener } from "./active-timer-recount.js";
 
-/** Counters the CreateTimer handler updates; active_timers_total follows the recount. */
+/**
+ * Counters the CreateTimer and CreateTimers handlers update, in creates (a CreateTimers call
+ * counts each of its items); active_timers_total follows the recount.
+ */
 export interface TimerMetrics extends RecountListener {
-  attempt(): void;
-  created(): void;
-  failed(code: string): void;
+  attempt(n?: number): void;
+  created(n?: number): void;
+  failed(code: string, n?: number): void;
 }
 
 // active_timers_total has one series per group: only the largest groups get their own, the rest
@@ -25,9 +28,9 @@ export function largestGroups(activeByGroup: ReadonlyMap<string, number>, top: n
 
 /** Creates the timer service's instruments; active_timers_total is set from each recount (active-timer-recount.ts). */
 export function createTimerMetrics(meter: Meter): TimerMetrics {
-  const attempts = meter.createCounter("timer_creation_attempts_total", { description: "CreateTimer calls" });
+  const attempts = meter.createCounter("timer_creation_attempts_total", { description: "Creates asked for (CreateTimer calls and CreateTimers items)" });
   const creations = meter.createCounter("timer_creations_total", { description: "Timers created (not replays)" });
-  const failures = meter.createCounter("timer_creation_failures_total", { description: "CreateTimer calls that failed, by gRPC code" });
+  const failures = meter.createCounter("timer_creation_failures_total", { description: "Creates that failed, by gRPC code" });
   // Present from the first scrape, so rate() has a starting point.
   attempts.add(0);
   creations.add(0);
@@ -38,9 +41,9 @@ export function createTimerMetrics(meter: Meter): TimerMetrics {
     .createObservableGauge("active_timers_total", { description: "Scheduled or firing timers per group (largest 50 groups; the rest as _other)" })
     .addCallback((r) => activeSeries.observe(r, active.map((a) => ({ attributes: { group_id: a.group_id }, value: a.n }))));
   return {
-    attempt: () => attempts.add(1),
-    created: () => creations.add(1),
-    failed: (code) => failures.add(1, { code }),
+    attempt: (n = 1) => attempts.add(n),
+    created: (n = 1) => creations.add(n),
+    failed: (code, n = 1) => failures.add(n, { code }),
     recountStarting: () => (result) => {
       if (result) active = largestGroups(result.activeByGroup, TOP_GROUPS);
     },

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file timer/v1/timer.proto.
  */
 export const file_timer_v1_timer: GenFile = /*@__PURE__*/
-  fileDesc("ChR0aW1lci92MS90aW1lci5wcm90bxIIdGltZXIudjEiugQKBVRpbWVyEhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBXN0YXRlGAQgASgOMhQudGltZXIudjEuVGltZXJTdGF0ZRIPCgdhdHRlbXB0GAUgASgFEg0KBXNoYXJkGAYgASgFEiQKCGNhbGxiYWNrGAcgASgLMhIudGltZXIudjEuQ2FsbGJhY2sSDwoHcGF5bG9hZBgIIAEoDBIrCgZsYWJlbHMYCSADKAsyGy50aW1lci52MS5UaW1lci5MYWJlbHNFbnRyeRIvCgtjcmVhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZmlyZWRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbGFzdF9lcnJvchgMIAEoCRIrCgxyZXRyeV9wb2xpY3kYDSABKAsyFS50aW1lci52MS5SZXRyeVBvbGljeRI1ChFuZXh0X2F0dGVtcHRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEijAEKCENhbGxiYWNrEiYKBGh0dHAYASABKAsyFi50aW1lci52MS5IdHRwQ2FsbGJhY2tIABImCgRuYXRzGAIgASgLMhYudGltZXIudjEuTmF0c0NhbGxiYWNrSAASJgoEZ3JwYxgDIAEoCzIWLnRpbWVyLnYxLkdycGNDYWxsYmFja0gAQggKBnRhcmdldCKBAQoMSHR0cENhbGxiYWNrEgsKA3VybBgBIAEoCRI0CgdoZWFkZXJzGAIgAygLMiMudGltZXIudjEuSHR0cENhbGxiYWNrLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIyCgxOYXRzQ2FsbGJhY2sSDwoHc3ViamVjdBgBIAEoCRIRCglqZXRzdHJlYW0YAiABKAgiHgoMR3JwY0NhbGxiYWNrEg4KBnRhcmdldBgBIAEoCSKbAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgptdWx0aXBsaWVyGAQgASgBIuwCChJDcmVhdGVUaW1lclJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEAoIdGltZXJfaWQYAiABKAkSLQoHZmlyZV9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABIqCgVkZWxheRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAEiQKCGNhbGxiYWNrGAUgASgLMhIudGltZXIudjEuQ2FsbGJhY2sSDwoHcGF5bG9hZBgGIAEoDBIrCgxyZXRyeV9wb2xpY3kYByABKAsyFS50aW1lci52MS5SZXRyeVBvbGljeRI4CgZsYWJlbHMYCCADKAsyKC50aW1lci52MS5DcmVhdGVUaW1lclJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIKCghzY2hlZHVsZSJGChNDcmVhdGVUaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXISDwoHY3JlYXRlZBgCIAEoCCI1Cg9HZXRUaW1lclJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEAoIdGltZXJfaWQYAiABKAkiMgoQR2V0VGltZXJSZXNwb25zZRIeCgV0aW1lchgBIAEoCzIPLnRpbWVyLnYxLlRpbWVyIjgKEkNhbmNlbFRpbWVyUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIQCgh0aW1lcl9pZBgCIAEoCSI1ChNDYW5jZWxUaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXIicgoRTGlzdFRpbWVyc1JlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSJAoGc3RhdGVzGAIgAygOMhQudGltZXIudjEuVGltZXJTdGF0ZRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJOChJMaXN0VGltZXJzUmVzcG9uc2USHwoGdGltZXJzGAEgAygLMg8udGltZXIudjEuVGltZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIosCChNPblRpbWVyRmlyZWRSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2F0dGVtcHQYBCABKAUSDwoHcGF5bG9hZBgFIAEoDBI5CgZsYWJlbHMYBiADKAsyKS50aW1lci52MS5PblRpbWVyRmlyZWRSZXF1ZXN0LkxhYmVsc0VudHJ5EhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIhYKFE9uVGltZXJGaXJlZFJlc3BvbnNlKqoBCgpUaW1lclN0YXRlEhsKF1RJTUVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVVElNRVJfU1RBVEVfU0NIRURVTEVEEAESFgoSVElNRVJfU1RBVEVfRklSSU5HEAISGQoVVElNRVJfU1RBVEVfU1VDQ0VFREVEEAMSFgoSVElNRVJfU1RBVEVfRkFJTEVEEAQSGQoVVElNRVJfU1RBVEVfQ0FOQ0VMTEVEEAUysgIKDFRpbWVyU2VydmljZRJKCgtDcmVhdGVUaW1lchIcLnRpbWVyLnYxLkNyZWF0ZVRpbWVyUmVxdWVzdBodLnRpbWVyLnYxLkNyZWF0ZVRpbWVyUmVzcG9uc2USQQoIR2V0VGltZXISGS50aW1lci52MS5HZXRUaW1lclJlcXVlc3QaGi50aW1lci52MS5HZXRUaW1lclJlc3BvbnNlEkoKC0NhbmNlbFRpbWVyEhwudGltZXIudjEuQ2FuY2VsVGltZXJSZXF1ZXN0Gh0udGltZXIudjEuQ2FuY2VsVGltZXJSZXNwb25zZRJHCgpMaXN0VGltZXJzEhsudGltZXIudjEuTGlzdFRpbWVyc1JlcXVlc3QaHC50aW1lci52MS5MaXN0VGltZXJzUmVzcG9uc2UyZQoUVGltZXJDYWxsYmFja1NlcnZpY2USTQoMT25UaW1lckZpcmVkEh0udGltZXIudjEuT25UaW1lckZpcmVkUmVxdWVzdBoeLnRpbWVyLnYxLk9uVGltZXJGaXJlZFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChR0aW1lci92MS90aW1lci5wcm90bxIIdGltZXIudjEiugQKBVRpbWVyEhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBXN0YXRlGAQgASgOMhQudGltZXIudjEuVGltZXJTdGF0ZRIPCgdhdHRlbXB0GAUgASgFEg0KBXNoYXJkGAYgASgFEiQKCGNhbGxiYWNrGAcgASgLMhIudGltZXIudjEuQ2FsbGJhY2sSDwoHcGF5bG9hZBgIIAEoDBIrCgZsYWJlbHMYCSADKAsyGy50aW1lci52MS5UaW1lci5MYWJlbHNFbnRyeRIvCgtjcmVhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZmlyZWRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbGFzdF9lcnJvchgMIAEoCRIrCgxyZXRyeV9wb2xpY3kYDSABKAsyFS50aW1lci52MS5SZXRyeVBvbGljeRI1ChFuZXh0X2F0dGVtcHRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEijAEKCENhbGxiYWNrEiYKBGh0dHAYASABKAsyFi50aW1lci52MS5IdHRwQ2FsbGJhY2tIABImCgRuYXRzGAIgASgLMhYudGltZXIudjEuTmF0c0NhbGxiYWNrSAASJgoEZ3JwYxgDIAEoCzIWLnRpbWVyLnYxLkdycGNDYWxsYmFja0gAQggKBnRhcmdldCKBAQoMSHR0cENhbGxiYWNrEgsKA3VybBgBIAEoCRI0CgdoZWFkZXJzGAIgAygLMiMudGltZXIudjEuSHR0cENhbGxiYWNrLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIyCgxOYXRzQ2FsbGJhY2sSDwoHc3ViamVjdBgBIAEoCRIRCglqZXRzdHJlYW0YAiABKAgiHgoMR3JwY0NhbGxiYWNrEg4KBnRhcmdldBgBIAEoCSKbAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgptdWx0aXBsaWVyGAQgASgBIuwCChJDcmVhdGVUaW1lclJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEAoIdGltZXJfaWQYAiABKAkSLQoHZmlyZV9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABIqCgVkZWxheRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAEiQKCGNhbGxiYWNrGAUgASgLMhIudGltZXIudjEuQ2FsbGJhY2sSDwoHcGF5bG9hZBgGIAEoDBIrCgxyZXRyeV9wb2xpY3kYByABKAsyFS50aW1lci52MS5SZXRyeVBvbGljeRI4CgZsYWJlbHMYCCADKAsyKC50aW1lci52MS5DcmVhdGVUaW1lclJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIKCghzY2hlZHVsZSJGChNDcmVhdGVUaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXISDwoHY3JlYXRlZBgCIAEoCCJFChNDcmVhdGVUaW1lcnNSZXF1ZXN0Ei4KCHJlcXVlc3RzGAEgAygLMhwudGltZXIudjEuQ3JlYXRlVGltZXJSZXF1ZXN0IkUKFENyZWF0ZVRpbWVyc1Jlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC50aW1lci52MS5DcmVhdGVUaW1lcnNSZXN1bHQinwEKEkNyZWF0ZVRpbWVyc1Jlc3VsdBIQCgh0aW1lcl9pZBgBIAEoCRIPCgdjcmVhdGVkGAIgASgIEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNoYXJkGAQgASgFEioKBWVycm9yGAUgASgLMhsudGltZXIudjEuQ3JlYXRlVGltZXJzRXJyb3IiMgoRQ3JlYXRlVGltZXJzRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJIjUKD0dldFRpbWVyUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIQCgh0aW1lcl9pZBgCIAEoCSIyChBHZXRUaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXIiOAoSQ2FuY2VsVGltZXJSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJIjUKE0NhbmNlbFRpbWVyUmVzcG9uc2USHgoFdGltZXIYASABKAsyDy50aW1lci52MS5UaW1lciJyChFMaXN0VGltZXJzUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIkCgZzdGF0ZXMYAiADKA4yFC50aW1lci52MS5UaW1lclN0YXRlEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIk4KEkxpc3RUaW1lcnNSZXNwb25zZRIfCgZ0aW1lcnMYASADKAsyDy50aW1lci52MS5UaW1lchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiwIKE09uVGltZXJGaXJlZFJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEAoIdGltZXJfaWQYAiABKAkSKwoHZmlyZV9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYXR0ZW1wdBgEIAEoBRIPCgdwYXlsb2FkGAUgASgMEjkKBmxhYmVscxgGIAMoCzIpLnRpbWVyLnYxLk9uVGltZXJGaXJlZFJlcXVlc3QuTGFiZWxzRW50cnkSFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFgoUT25UaW1lckZpcmVkUmVzcG9uc2UqqgEKClRpbWVyU3RhdGUSGwoXVElNRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVUSU1FUl9TVEFURV9TQ0hFRFVMRUQQARIWChJUSU1FUl9TVEFURV9GSVJJTkcQAhIZChVUSU1FUl9TVEFURV9TVUNDRUVERUQQAxIWChJUSU1FUl9TVEFURV9GQUlMRUQQBBIZChVUSU1FUl9TVEFURV9DQU5DRUxMRUQQBTKBAwoMVGltZXJTZXJ2aWNlEkoKC0NyZWF0ZVRpbWVyEhwudGltZXIudjEuQ3JlYXRlVGltZXJSZXF1ZXN0Gh0udGltZXIudjEuQ3JlYXRlVGltZXJSZXNwb25zZRJNCgxDcmVhdGVUaW1lcnMSHS50aW1lci52MS5DcmVhdGVUaW1lcnNSZXF1ZXN0Gh4udGltZXIudjEuQ3JlYXRlVGltZXJzUmVzcG9uc2USQQoIR2V0VGltZXISGS50aW1lci52MS5HZXRUaW1lclJlcXVlc3QaGi50aW1lci52MS5HZXRUaW1lclJlc3BvbnNlEkoKC0NhbmNlbFRpbWVyEhwudGltZXIudjEuQ2FuY2VsVGltZXJSZXF1ZXN0Gh0udGltZXIudjEuQ2FuY2VsVGltZXJSZXNwb25zZRJHCgpMaXN0VGltZXJzEhsudGltZXIudjEuTGlzdFRpbWVyc1JlcXVlc3QaHC50aW1lci52MS5MaXN0VGltZXJzUmVzcG9uc2UyZQoUVGltZXJDYWxsYmFja1NlcnZpY2USTQoMT25UaW1lckZpcmVkEh0udGltZXIudjEuT25UaW1lckZpcmVkUmVxdWVzdBoeLnRpbWVyLnYxLk9uVGltZXJGaXJlZFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message timer.v1.Timer
@@ -337,6 +337,123 @@ export const CreateTimerResponseSchema: GenMessage<CreateTimerResponse> = /*@__P
   messageDesc(file_timer_v1_timer, 7);
 
 /**
+ * @generated from message timer.v1.CreateTimersRequest
+ */
+export type CreateTimersRequest = Message<"timer.v1.CreateTimersRequest"> & {
+  /**
+   * 1-1,000 creates, each as CreateTimer takes it.
+   *
+   * @generated from field: repeated timer.v1.CreateTimerRequest requests = 1;
+   */
+  requests: CreateTimerRequest[];
+};
+
+/**
+ * Describes the message timer.v1.CreateTimersRequest.
+ * Use `create(CreateTimersRequestSchema)` to create a new message.
+ */
+export const CreateTimersRequestSchema: GenMessage<CreateTimersRequest> = /*@__PURE__*/
+  messageDesc(file_timer_v1_timer, 8);
+
+/**
+ * @generated from message timer.v1.CreateTimersResponse
+ */
+export type CreateTimersResponse = Message<"timer.v1.CreateTimersResponse"> & {
+  /**
+   * One per request, in request order.
+   *
+   * @generated from field: repeated timer.v1.CreateTimersResult results = 1;
+   */
+  results: CreateTimersResult[];
+};
+
+/**
+ * Describes the message timer.v1.CreateTimersResponse.
+ * Use `create(CreateTimersResponseSchema)` to create a new message.
+ */
+export const CreateTimersResponseSchema: GenMessage<CreateTimersResponse> = /*@__PURE__*/
+  messageDesc(file_timer_v1_timer, 9);
+
+/**
+ * The outcome of one create of a CreateTimers call: stored now (created), stored before by the
+ * same request (a replay), or refused (error).
+ *
+ * @generated from message timer.v1.CreateTimersResult
+ */
+export type CreateTimersResult = Message<"timer.v1.CreateTimersResult"> & {
+  /**
+   * The timer's id: the request's, or the one generated for it. Empty when refused.
+   *
+   * @generated from field: string timer_id = 1;
+   */
+  timerId: string;
+
+  /**
+   * True when this call stored the timer; false on a replay or an error.
+   *
+   * @generated from field: bool created = 2;
+   */
+  created: boolean;
+
+  /**
+   * When it fires (fire_at, or the time delay resolved to). Unset when refused.
+   *
+   * @generated from field: google.protobuf.Timestamp fire_at = 3;
+   */
+  fireAt?: Timestamp | undefined;
+
+  /**
+   * Virtual shard of the timer. 0 when refused.
+   *
+   * @generated from field: int32 shard = 4;
+   */
+  shard: number;
+
+  /**
+   * Set when this item was refused; nothing was stored for it.
+   *
+   * @generated from field: timer.v1.CreateTimersError error = 5;
+   */
+  error?: CreateTimersError | undefined;
+};
+
+/**
+ * Describes the message timer.v1.CreateTimersResult.
+ * Use `create(CreateTimersResultSchema)` to create a new message.
+ */
+export const CreateTimersResultSchema: GenMessage<CreateTimersResult> = /*@__PURE__*/
+  messageDesc(file_timer_v1_timer, 10);
+
+/**
+ * Why one item of a CreateTimers call was refused: the gRPC status CreateTimer would have
+ * returned for it, and a message naming the item's index and field, e.g.
+ * "requests[17].callback.http.url: ...".
+ *
+ * @generated from message timer.v1.CreateTimersError
+ */
+export type CreateTimersError = Message<"timer.v1.CreateTimersError"> & {
+  /**
+   * A google.rpc.Code / gRPC status code: 3 INVALID_ARGUMENT, 6 ALREADY_EXISTS,
+   * 7 PERMISSION_DENIED, 8 RESOURCE_EXHAUSTED, ...
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message timer.v1.CreateTimersError.
+ * Use `create(CreateTimersErrorSchema)` to create a new message.
+ */
+export const CreateTimersErrorSchema: GenMessage<CreateTimersError> = /*@__PURE__*/
+  messageDesc(file_timer_v1_timer, 11);
+
+/**
  * @generated from message timer.v1.GetTimerRequest
  */
 export type GetTimerRequest = Message<"timer.v1.GetTimerRequest"> & {
@@ -356,7 +473,7 @@ export type GetTimerRequest = Message<"timer.v1.GetTimerRequest"> & {
  * Use `create(GetTimerRequestSchema)` to create a new message.
  */
 export const GetTimerRequestSchema: GenMessage<GetTimerRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 8);
+  messageDesc(file_timer_v1_timer, 12);
 
 /**
  * @generated from message timer.v1.GetTimerResponse
@@ -373,7 +490,7 @@ export type GetTimerResponse = Message<"timer.v1.GetTimerResponse"> & {
  * Use `create(GetTimerResponseSchema)` to create a new message.
  */
 export const GetTimerResponseSchema: GenMessage<GetTimerResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 9);
+  messageDesc(file_timer_v1_timer, 13);
 
 /**
  * @generated from message timer.v1.CancelTimerRequest
@@ -395,7 +512,7 @@ export type CancelTimerRequest = Message<"timer.v1.CancelTimerRequest"> & {
  * Use `create(CancelTimerRequestSchema)` to create a new message.
  */
 export const CancelTimerRequestSchema: GenMessage<CancelTimerRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 10);
+  messageDesc(file_timer_v1_timer, 14);
 
 /**
  * @generated from message timer.v1.CancelTimerResponse
@@ -412,7 +529,7 @@ export type CancelTimerResponse = Message<"timer.v1.CancelTimerResponse"> & {
  * Use `create(CancelTimerResponseSchema)` to create a new message.
  */
 export const CancelTimerResponseSchema: GenMessage<CancelTimerResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 11);
+  messageDesc(file_timer_v1_timer, 15);
 
 /**
  * @generated from message timer.v1.ListTimersRequest
@@ -450,7 +567,7 @@ export type ListTimersRequest = Message<"timer.v1.ListTimersRequest"> & {
  * Use `create(ListTimersRequestSchema)` to create a new message.
  */
 export const ListTimersRequestSchema: GenMessage<ListTimersRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 12);
+  messageDesc(file_timer_v1_timer, 16);
 
 /**
  * @generated from message timer.v1.ListTimersResponse
@@ -474,7 +591,7 @@ export type ListTimersResponse = Message<"timer.v1.ListTimersResponse"> & {
  * Use `create(ListTimersResponseSchema)` to create a new message.
  */
 export const ListTimersResponseSchema: GenMessage<ListTimersResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 13);
+  messageDesc(file_timer_v1_timer, 17);
 
 /**
  * @generated from message timer.v1.OnTimerFiredRequest
@@ -523,7 +640,7 @@ export type OnTimerFiredRequest = Message<"timer.v1.OnTimerFiredRequest"> & {
  * Use `create(OnTimerFiredRequestSchema)` to create a new message.
  */
 export const OnTimerFiredRequestSchema: GenMessage<OnTimerFiredRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 14);
+  messageDesc(file_timer_v1_timer, 18);
 
 /**
  * @generated from message timer.v1.OnTimerFiredResponse
@@ -536,7 +653,7 @@ export type OnTimerFiredResponse = Message<"timer.v1.OnTimerFiredResponse"> & {
  * Use `create(OnTimerFiredResponseSchema)` to create a new message.
  */
 export const OnTimerFiredResponseSchema: GenMessage<OnTimerFiredResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 15);
+  messageDesc(file_timer_v1_timer, 19);
 
 /**
  * @generated from enum timer.v1.TimerState
@@ -607,6 +724,24 @@ export const TimerService: GenService<{
     methodKind: "unary";
     input: typeof CreateTimerRequestSchema;
     output: typeof CreateTimerResponseSchema;
+  },
+  /**
+   * CreateTimers stores up to 1,000 timers in one call, each exactly as CreateTimer would
+   * (validation, idempotency, authorization, quotas), with one result per request in request
+   * order. An item that is refused carries its own error; the others are stored regardless.
+   * The call itself fails only when it cannot be judged item by item, and then nothing of it is
+   * stored: unauthenticated, no requests or more than 1,000, over the caller's create rate, too
+   * many creates already waiting for the database (CREATE_QUEUE_MAX), the caller's deadline or
+   * cancel before the INSERT started, or the database unavailable (when it fails just after the
+   * INSERT committed, the items are stored all the same). A retry of the whole batch is always
+   * safe: items stored by an earlier try replay.
+   *
+   * @generated from rpc timer.v1.TimerService.CreateTimers
+   */
+  createTimers: {
+    methodKind: "unary";
+    input: typeof CreateTimersRequestSchema;
+    output: typeof CreateTimersResponseSchema;
   },
   /**
    * GetTimer returns one timer, NOT_FOUND when there is none.
