@@ -32,8 +32,10 @@ export async function startMesh(opts: {
    * cluster the test stops and starts (private-postgres.ts). It is left in place afterwards.
    */
   databaseUrl?: string;
+  /** Name prefix of the fresh database ("t"); the benchmarks use "bench" so a leftover is recognizable. */
+  databasePrefix?: string;
 } = {}): Promise<TestMesh> {
-  const db = opts.databaseUrl ? existingDatabase(opts.databaseUrl) : await createTestDatabase();
+  const db = opts.databaseUrl ? existingDatabase(opts.databaseUrl) : await createTestDatabase(opts.databasePrefix);
   const nats = await startNats();
   const env = { DATABASE_URL: db.url, NATS_URL: nats.url, SHARD_COUNT: "64", ...opts.env };
   const envFor = (service: "timer" | "dispatcher" | "admin") => ({ ...env, ...nats.serviceEnv(service) });
