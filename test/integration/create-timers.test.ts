@@ -6,20 +6,19 @@
 // minute here, so timers due within seconds fire on time only if their batch announced them.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { create } from "@bufbuild/protobuf";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { hashToken } from "../../services/shared/src/auth.js";
 import { RetryInfoSchema } from "../../services/shared/src/gen/google/rpc/error_details_pb.js";
-import { CreateTimerRequestSchema, TimerService, type CreateTimerRequest, type CreateTimersResult } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import { TimerService, type CreateTimerRequest, type CreateTimersResult } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { shardOf } from "../../services/shared/src/shard.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { bufCurl } from "../support/buf-curl.js";
 import { startHttpReceiver } from "../support/receivers.js";
 import { startService } from "../support/service-process.js";
-import { createTimers, GrpcTimerClient, httpTimerAt } from "../support/timer-client.js";
+import { createTimers, GrpcTimerClient, hourAhead, httpTimerAt } from "../support/timer-client.js";
 import { waitFor } from "../support/wait.js";
 
 const SHARDS = 64; // startMesh's SHARD_COUNT
@@ -41,16 +40,6 @@ after(async () => {
   await rx?.close();
 });
 
-/** A create an hour out (nothing fires while the test looks at it). */
-function later(groupId: string, timerId: string, over: Partial<Omit<CreateTimerRequest, "$typeName">> = {}): CreateTimerRequest {
-  return create(CreateTimerRequestSchema, {
-    groupId,
-    timerId,
-    schedule: { case: "delay", value: durationFromMs(3_600_000) },
-    callback: { target: { case: "http", value: { url: "http://127.0.0.1:9/hook", headers: {} } } },
-    ...over,
-  });
-}
 
 const bearer = (token: string) => {
   const md = new grpc.Metadata();
@@ -118,15 +107,15 @@ describe("item by item", () => {
   test("invalid creates get their own INVALID_ARGUMENT naming requests[i] and the field; the valid ones are stored", async () => {
     const metricsBefore = await creationMetrics();
     const reqs = [
-      later("mixed", "ok-0"),
-      later("", "no-group"),
-      later("mixed", "bad id!"),
-      later("mixed", "no-callback", { callback: undefined }),
-      later("mixed", "bad-url", { callback: { target: { case: "http", value: { url: "ftp://x/y", headers: {} } } } } as Partial<CreateTimerRequest>),
-      later("mixed", "ok-5"),
-      later("mixed", "too-far", { schedule: { case: "delay", value: durationFromMs(400 * 86_400_000) } }),
-      later("mixed", "no-schedule", { schedule: { case: undefined } }),
-      later("mixed", "ok-8", { schedule: { case: "fireAt", value: timestampFromMs(Date.now() + 3_600_000) } }),
+      hourAhead("mixed", "ok-0"),
+      hourAhead("", "no-group"),
+      hourAhead("mixed", "bad id!"),
+      hourAhead("mixed", "no-callback", { callback: undefined }),
+      hourAhead("mixed", "bad-url", { callback: { target: { case: "http", value: { url: "ftp://x/y", headers: {} } } } } as Partial<CreateTimerRequest>),
+      hourAhead("mixed", "ok-5"),
+      hourAhead("mixed", "too-far", { schedule: { case: "delay", value: durationFromMs(400 * 86_400_000) } }),
+      hourAhead("mixed", "no-schedule", { schedule: { case: undefined } }),
+      hourAhead("mixed", "ok-8", { schedule: { case: "fireAt", value: timestampFromMs(Date.now() + 3_600_000) } }),
     ];
     const results = await createTimers(mesh.client, reqs);
     assertCreated(results[0], "ok-0", "requests[0]");
@@ -148,7 +137,7 @@ describe("item by item", () => {
   });
 
   test("the same batch again is a replay: created=false with the same ids and fire times; a changed create is ALREADY_EXISTS alone", async () => {
-    const reqs = Array.from({ length: 50 }, (_, i) => later("replay", `r-${i}`, { payload: new Uint8Array([i]) }));
+    const reqs = Array.from({ length: 50 }, (_, i) => hourAhead("replay", `r-${i}`, { payload: new Uint8Array([i]) }));
     const first = await createTimers(mesh.client, reqs);
     first.forEach((r, i) => assertCreated(r, `r-${i}`, `first call, requests[${i}]`));
     const again = await createTimers(mesh.client, reqs);
@@ -160,7 +149,7 @@ describe("item by item", () => {
       assert.equal(r.shard, first[i]!.shard);
     });
     const changed = [...reqs];
-    changed[17] = later("replay", "r-17", { payload: new Uint8Array([99]) });
+    changed[17] = hourAhead("replay", "r-17", { payload: new Uint8Array([99]) });
     const third = await createTimers(mesh.client, changed);
     assertItemError(third[17], grpc.status.ALREADY_EXISTS, /^requests\[17\]\.timer_id: timer replay\/r-17 already exists with a different/, "requests[17]");
     third.forEach((r, i) => {
@@ -172,9 +161,9 @@ describe("item by item", () => {
   });
 
   test("a key twice in one call is handled as two concurrent CreateTimer calls: the first creates, an identical one replays, a different one is ALREADY_EXISTS", async () => {
-    const a = later("dup", "a", { payload: new Uint8Array([1]) });
-    const aChanged = later("dup", "a", { payload: new Uint8Array([2]) });
-    const results = await createTimers(mesh.client, [a, later("dup", "b"), a, aChanged, later("dup", "c")]);
+    const a = hourAhead("dup", "a", { payload: new Uint8Array([1]) });
+    const aChanged = hourAhead("dup", "a", { payload: new Uint8Array([2]) });
+    const results = await createTimers(mesh.client, [a, hourAhead("dup", "b"), a, aChanged, hourAhead("dup", "c")]);
     assertCreated(results[0], "a", "requests[0]");
     assertCreated(results[1], "b", "requests[1]");
     assert.equal(results[2]!.error, undefined, results[2]!.error?.message);
@@ -202,7 +191,7 @@ describe("item by item", () => {
   });
 
   test("1,001 creates, or none, are refused as a whole with INVALID_ARGUMENT naming the limit; nothing is stored", async () => {
-    const reqs = Array.from({ length: 1001 }, (_, i) => later("too-many", `t-${i}`));
+    const reqs = Array.from({ length: 1001 }, (_, i) => hourAhead("too-many", `t-${i}`));
     const err = await callError(createTimers(mesh.client, reqs));
     assert.equal(err.code, grpc.status.INVALID_ARGUMENT, err.details);
     assert.match(err.details, /requests has 1001 creates\. A CreateTimers call takes at most 1000/);
@@ -225,12 +214,12 @@ describe("tokens: authorization per create, the create rate per call", () => {
     await using timer = await startService("timer", { ...mesh.envFor("timer"), AUTH_TOKENS: tokens });
     const client = new GrpcTimerClient(`127.0.0.1:${timer.grpcPort}`);
     try {
-      const results = await createTimers(client, [later("billing", "inv-1"), later("payroll", "p-1"), later("billing", "inv-2")], bearer(BILLING));
+      const results = await createTimers(client, [hourAhead("billing", "inv-1"), hourAhead("payroll", "p-1"), hourAhead("billing", "inv-2")], bearer(BILLING));
       assertCreated(results[0], "inv-1", "requests[0]");
       assertItemError(results[1], grpc.status.PERMISSION_DENIED, /^requests\[1\]\.group_id: token "billing-only" may not use group "payroll"$/, "requests[1]");
       assertCreated(results[2], "inv-2", "requests[2]");
       assert.deepEqual(await storedIds("payroll"), []);
-      const err = await callError(createTimers(client, [later("billing", "inv-3")]));
+      const err = await callError(createTimers(client, [hourAhead("billing", "inv-3")]));
       assert.equal(err.code, grpc.status.UNAUTHENTICATED, err.details);
       assert.deepEqual(await storedIds("billing"), ["inv-1", "inv-2"]);
     } finally {
@@ -244,19 +233,19 @@ describe("tokens: authorization per create, the create rate per call", () => {
     await using timer = await startService("timer", { ...mesh.envFor("timer"), AUTH_TOKENS: tokens, CREATE_RATE_PER_TOKEN: "0.001", CREATE_BURST_PER_TOKEN: "10" });
     const client = new GrpcTimerClient(`127.0.0.1:${timer.grpcPort}`);
     try {
-      const big = await callError(createTimers(client, Array.from({ length: 11 }, (_, i) => later("rate", `big-${i}`)), bearer(RATE)));
+      const big = await callError(createTimers(client, Array.from({ length: 11 }, (_, i) => hourAhead("rate", `big-${i}`)), bearer(RATE)));
       assert.equal(big.code, grpc.status.RESOURCE_EXHAUSTED, big.details);
       assert.match(big.details, /at most 10 creates at once \(CREATE_BURST_PER_TOKEN\) and this call has 11/);
 
-      const first = await createTimers(client, Array.from({ length: 7 }, (_, i) => later("rate", `a-${i}`)), bearer(RATE));
+      const first = await createTimers(client, Array.from({ length: 7 }, (_, i) => hourAhead("rate", `a-${i}`)), bearer(RATE));
       assert.ok(first.every((r) => r.created));
       // 3 tokens left: a call of 4 is refused whole, not 3 stored and 1 refused.
-      const err = await callError(createTimers(client, Array.from({ length: 4 }, (_, i) => later("rate", `b-${i}`)), bearer(RATE)));
+      const err = await callError(createTimers(client, Array.from({ length: 4 }, (_, i) => hourAhead("rate", `b-${i}`)), bearer(RATE)));
       assert.equal(err.code, grpc.status.RESOURCE_EXHAUSTED, err.details);
       for (const m of ['"rate"', "CREATE_RATE_PER_TOKEN", "CREATE_BURST_PER_TOKEN"]) assert.ok(err.details.includes(m), `"${err.details}" should mention ${m}`);
       // The delay, in the error details (read with a connect client, which decodes them).
       const connect = createClient(TimerService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${timer.grpcPort}` }));
-      const detailed = await connect.createTimers({ requests: [later("rate", "d-0"), later("rate", "d-1"), later("rate", "d-2"), later("rate", "d-3")] }, { headers: { authorization: `Bearer ${RATE}` } }).then(
+      const detailed = await connect.createTimers({ requests: [hourAhead("rate", "d-0"), hourAhead("rate", "d-1"), hourAhead("rate", "d-2"), hourAhead("rate", "d-3")] }, { headers: { authorization: `Bearer ${RATE}` } }).then(
         () => assert.fail("the call of 4 should be refused"),
         (e: unknown) => ConnectError.from(e),
       );
@@ -264,7 +253,7 @@ describe("tokens: authorization per create, the create rate per call", () => {
       assert.ok(retry?.retryDelay, "RetryInfo with a retry_delay in the error details");
       assert.deepEqual((await storedIds("rate")).filter((id) => !id.startsWith("a-")), []);
       // The 3 left are still there.
-      const last = await createTimers(client, Array.from({ length: 3 }, (_, i) => later("rate", `c-${i}`)), bearer(RATE));
+      const last = await createTimers(client, Array.from({ length: 3 }, (_, i) => hourAhead("rate", `c-${i}`)), bearer(RATE));
       assert.ok(last.every((r) => r.created));
     } finally {
       client.close();
@@ -277,7 +266,7 @@ describe("the group quota (GROUP_MAX_ACTIVE_TIMERS) per create", () => {
     await using timer = await startService("timer", { ...mesh.envFor("timer"), GROUP_MAX_ACTIVE_TIMERS: "5" });
     const client = new GrpcTimerClient(`127.0.0.1:${timer.grpcPort}`);
     try {
-      const reqs = [...Array.from({ length: 8 }, (_, i) => later("quota", `q-${i}`)), later("quota-other", "o-1")];
+      const reqs = [...Array.from({ length: 8 }, (_, i) => hourAhead("quota", `q-${i}`)), hourAhead("quota-other", "o-1")];
       const results = await createTimers(client, reqs);
       for (let i = 0; i < 5; i++) assertCreated(results[i], `q-${i}`, `requests[${i}]`);
       for (let i = 5; i < 8; i++) {
@@ -287,7 +276,7 @@ describe("the group quota (GROUP_MAX_ACTIVE_TIMERS) per create", () => {
       assert.deepEqual(await storedIds("quota"), ["q-0", "q-1", "q-2", "q-3", "q-4"]);
 
       // Over the limit, the stored ones replay (and a changed one is a conflict); the others are refused again.
-      const again = await createTimers(client, [...reqs.slice(0, 8), later("quota", "q-0", { payload: new Uint8Array([5]) })]);
+      const again = await createTimers(client, [...reqs.slice(0, 8), hourAhead("quota", "q-0", { payload: new Uint8Array([5]) })]);
       for (let i = 0; i < 5; i++) {
         assert.equal(again[i]!.error, undefined, again[i]!.error?.message);
         assert.deepEqual([again[i]!.timerId, again[i]!.created], [`q-${i}`, false], `requests[${i}] replays`);

@@ -5,7 +5,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { create } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -13,10 +12,10 @@ import * as grpc from "@grpc/grpc-js";
 import { hashToken } from "../../services/shared/src/auth.js";
 import { AdminService } from "../../services/shared/src/gen/admin/v1/admin_pb.js";
 import { RetryInfoSchema } from "../../services/shared/src/gen/google/rpc/error_details_pb.js";
-import { CreateTimerRequestSchema, TimerService, type CreateTimerRequest, type Timer } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import { TimerService, type Timer } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startService, type ServiceProcess } from "../support/service-process.js";
-import { GrpcTimerClient } from "../support/timer-client.js";
+import { GrpcTimerClient, hourAhead } from "../support/timer-client.js";
 import { waitFor } from "../support/wait.js";
 
 const PAGE_MAX_BYTES = 65_536;
@@ -38,15 +37,6 @@ after(async () => {
   await mesh?.[Symbol.asyncDispose]();
 });
 
-function req(groupId: string, timerId: string, over: Partial<Omit<CreateTimerRequest, "$typeName">> = {}): CreateTimerRequest {
-  return create(CreateTimerRequestSchema, {
-    groupId,
-    timerId,
-    schedule: { case: "delay", value: durationFromMs(3_600_000) },
-    callback: { target: { case: "http", value: { url: "http://127.0.0.1:9/hook", headers: {} } } },
-    ...over,
-  });
-}
 
 async function refused(p: Promise<unknown>, code: grpc.status, ...mentions: string[]): Promise<string> {
   let details = "";
@@ -61,7 +51,7 @@ async function refused(p: Promise<unknown>, code: grpc.status, ...mentions: stri
 
 describe("maximum request size (GRPC_MAX_REQUEST_BYTES, 1 MiB by default)", () => {
   test("an 8 MiB CreateTimer is refused before it is decoded, and the service stays ready and serving", async () => {
-    const big = req("size", "eight-mib", { payload: new Uint8Array(8 * 1024 * 1024) });
+    const big = hourAhead("size", "eight-mib", { payload: new Uint8Array(8 * 1024 * 1024) });
     const details = await refused(mesh.client.call("createTimer", big), grpc.status.RESOURCE_EXHAUSTED, "larger than max", "1048576");
     // Decoded, it would have reached validation and been refused for its payload instead.
     assert.doesNotMatch(details, /payload/);
@@ -72,10 +62,10 @@ describe("maximum request size (GRPC_MAX_REQUEST_BYTES, 1 MiB by default)", () =
     assert.equal(ready.status, 200);
     assert.equal(mesh.timer.child.exitCode, null);
     // The same connection and a new one both still work.
-    assert.equal((await mesh.client.call("createTimer", req("size", "small"))).created, true);
+    assert.equal((await mesh.client.call("createTimer", hourAhead("size", "small"))).created, true);
     const fresh = new GrpcTimerClient(`127.0.0.1:${mesh.timer.grpcPort}`);
     try {
-      assert.equal((await fresh.call("createTimer", req("size", "small-2"))).created, true);
+      assert.equal((await fresh.call("createTimer", hourAhead("size", "small-2"))).created, true);
     } finally {
       fresh.close();
     }
@@ -83,7 +73,7 @@ describe("maximum request size (GRPC_MAX_REQUEST_BYTES, 1 MiB by default)", () =
 
   test("a request just under the limit is read and validated as usual", async () => {
     // 1 MiB minus room for the other fields: decoded, then refused by MAX_PAYLOAD_BYTES.
-    const nearly = req("size", "nearly", { payload: new Uint8Array(1024 * 1024 - 512) });
+    const nearly = hourAhead("size", "nearly", { payload: new Uint8Array(1024 * 1024 - 512) });
     await refused(mesh.client.call("createTimer", nearly), grpc.status.INVALID_ARGUMENT, "payload");
   });
 });
@@ -109,7 +99,7 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
     // Shuffled sizes over fire_at order, so big and small timers share pages.
     const order = ids.map((id, i) => ({ id, size: sizes[(i * 7) % sizes.length]! }));
     for (const [i, t] of order.entries()) {
-      const r = req("pages", t.id, { payload: randomBytes(t.size), schedule: { case: "delay", value: durationFromMs(3_600_000 + i * 1000) } });
+      const r = hourAhead("pages", t.id, { payload: randomBytes(t.size), schedule: { case: "delay", value: durationFromMs(3_600_000 + i * 1000) } });
       assert.equal((await mesh.client.call("createTimer", r)).created, true);
     }
     const pages: Timer[][] = [];
@@ -128,7 +118,7 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
   test("ListFailedTimers pages are bounded the same way", async () => {
     const ids = sizes.map((_, i) => `f-${String(i).padStart(2, "0")}`);
     for (const [i, id] of ids.entries()) {
-      assert.equal((await mesh.client.call("createTimer", req("failed-pages", id, { payload: randomBytes(sizes[i]!) }))).created, true);
+      assert.equal((await mesh.client.call("createTimer", hourAhead("failed-pages", id, { payload: randomBytes(sizes[i]!) }))).created, true);
     }
     // Failed for good, a second apart, as a dispatcher would leave them.
     await mesh.db.pool.query(
@@ -151,20 +141,20 @@ describe("retry policy bounds", () => {
     const policy = (maxAttempts: number, initialBackoffMs: number) =>
       ({ $typeName: "timer.v1.RetryPolicy", maxAttempts, initialBackoff: durationFromMs(initialBackoffMs), multiplier: 2 }) as const;
     await refused(
-      mesh.client.call("createTimer", req("retry", "many", { retryPolicy: policy(100, 1000) })),
+      mesh.client.call("createTimer", hourAhead("retry", "many", { retryPolicy: policy(100, 1000) })),
       grpc.status.INVALID_ARGUMENT,
       "retry_policy.max_attempts",
       "50",
       "RETRY_MAX_ATTEMPTS_LIMIT",
     );
     await refused(
-      mesh.client.call("createTimer", req("retry", "fast", { retryPolicy: policy(5, 1) })),
+      mesh.client.call("createTimer", hourAhead("retry", "fast", { retryPolicy: policy(5, 1) })),
       grpc.status.INVALID_ARGUMENT,
       "retry_policy.initial_backoff",
       "100ms",
       "RETRY_MIN_BACKOFF",
     );
-    const ok = await mesh.client.call("createTimer", req("retry", "bounded", { retryPolicy: policy(50, 100) }));
+    const ok = await mesh.client.call("createTimer", hourAhead("retry", "bounded", { retryPolicy: policy(50, 100) }));
     assert.equal(ok.timer!.retryPolicy!.maxAttempts, 50);
     const { rows } = await mesh.db.pool.query("SELECT timer_id FROM timers WHERE group_id = 'retry'");
     assert.deepEqual(rows.map((r) => r.timer_id), ["bounded"]);
@@ -177,7 +167,7 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
     const client = new GrpcTimerClient(`127.0.0.1:${timer.grpcPort}`);
     try {
       // Concurrently: the limit holds for creates stored in the same batch.
-      const results = await Promise.allSettled(Array.from({ length: 14 }, (_, i) => client.call("createTimer", req("quota-a", `q-${i}`))));
+      const results = await Promise.allSettled(Array.from({ length: 14 }, (_, i) => client.call("createTimer", hourAhead("quota-a", `q-${i}`))));
       const created = results.filter((r) => r.status === "fulfilled");
       assert.equal(created.length, 10, "exactly 10 created");
       for (const r of results) {
@@ -189,16 +179,16 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
       }
       const createdIds = results.flatMap((r) => (r.status === "fulfilled" ? [r.value.timer!.timerId] : []));
       const refusedIds = Array.from({ length: 14 }, (_, i) => `q-${i}`).filter((id) => !createdIds.includes(id));
-      await refused(client.call("createTimer", req("quota-a", refusedIds[0]!)), grpc.status.RESOURCE_EXHAUSTED, "GROUP_MAX_ACTIVE_TIMERS");
+      await refused(client.call("createTimer", hourAhead("quota-a", refusedIds[0]!)), grpc.status.RESOURCE_EXHAUSTED, "GROUP_MAX_ACTIVE_TIMERS");
 
       // A replay of a stored timer is answered as one; a different request under its key is still a conflict.
-      const replay = await client.call("createTimer", req("quota-a", createdIds[0]!));
+      const replay = await client.call("createTimer", hourAhead("quota-a", createdIds[0]!));
       assert.equal(replay.created, false);
       assert.equal(replay.timer!.timerId, createdIds[0]);
-      await refused(client.call("createTimer", req("quota-a", createdIds[0]!, { payload: new Uint8Array([1]) })), grpc.status.ALREADY_EXISTS);
+      await refused(client.call("createTimer", hourAhead("quota-a", createdIds[0]!, { payload: new Uint8Array([1]) })), grpc.status.ALREADY_EXISTS);
 
       // Another group is unaffected.
-      assert.equal((await client.call("createTimer", req("quota-b", "b-1"))).created, true);
+      assert.equal((await client.call("createTimer", hourAhead("quota-b", "b-1"))).created, true);
 
       // An admin raises quota-a's limit to 12; the timer service picks it up at its next recount.
       const set = await adminClient.setGroupQuota({ groupId: "quota-a", maxActiveTimers: 12n });
@@ -212,7 +202,7 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
       assert.equal(audit.rows[0].result.max_active_timers, "12");
 
       await waitFor(
-        () => client.call("createTimer", req("quota-a", refusedIds[0]!)).then((r) => r.created, () => false),
+        () => client.call("createTimer", hourAhead("quota-a", refusedIds[0]!)).then((r) => r.created, () => false),
         15_000,
         "the override to reach the timer service",
         100,
@@ -220,12 +210,12 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
       // Until the next recount, a create that committed while one ran may be counted twice: never
       // too few, sometimes one too many for a moment.
       await waitFor(
-        () => client.call("createTimer", req("quota-a", refusedIds[1]!)).then((r) => r.created, () => false),
+        () => client.call("createTimer", hourAhead("quota-a", refusedIds[1]!)).then((r) => r.created, () => false),
         15_000,
         "the 12th timer to fit",
         100,
       );
-      await refused(client.call("createTimer", req("quota-a", refusedIds[2]!)), grpc.status.RESOURCE_EXHAUSTED, "own limit of 12", "SetGroupQuota");
+      await refused(client.call("createTimer", hourAhead("quota-a", refusedIds[2]!)), grpc.status.RESOURCE_EXHAUSTED, "own limit of 12", "SetGroupQuota");
 
       const listed = await adminClient.listGroupQuotas({});
       assert.deepEqual(
@@ -258,8 +248,8 @@ describe("creates per token (CREATE_RATE_PER_TOKEN, CREATE_BURST_PER_TOKEN)", ()
     await using timer = await startService("timer", { ...mesh.envFor("timer"), AUTH_TOKENS: tokens, CREATE_RATE_PER_TOKEN: "0.001", CREATE_BURST_PER_TOKEN: "3" });
     const client = createClient(TimerService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${timer.grpcPort}` }));
     const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
-    for (let i = 0; i < 3; i++) assert.equal((await client.createTimer(req("rate", `a-${i}`), as(A))).created, true);
-    const err = await client.createTimer(req("rate", "a-3"), as(A)).then(
+    for (let i = 0; i < 3; i++) assert.equal((await client.createTimer(hourAhead("rate", `a-${i}`), as(A))).created, true);
+    const err = await client.createTimer(hourAhead("rate", "a-3"), as(A)).then(
       () => assert.fail("the 4th create of team-a should be refused"),
       (e: unknown) => ConnectError.from(e),
     );
@@ -270,7 +260,7 @@ describe("creates per token (CREATE_RATE_PER_TOKEN, CREATE_BURST_PER_TOKEN)", ()
     assert.ok(durationMs(retry.retryDelay) > 0, `retry delay ${durationMs(retry.retryDelay)} ms`);
     assert.ok(durationMs(retry.retryDelay) <= 1_000_000);
 
-    assert.equal((await client.createTimer(req("rate", "b-0"), as(B))).created, true);
+    assert.equal((await client.createTimer(hourAhead("rate", "b-0"), as(B))).created, true);
     const { rows } = await mesh.db.pool.query("SELECT timer_id FROM timers WHERE group_id = 'rate' ORDER BY timer_id");
     assert.deepEqual(rows.map((r) => r.timer_id), ["a-0", "a-1", "a-2", "b-0"]);
   });

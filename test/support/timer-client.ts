@@ -4,7 +4,7 @@ import * as grpc from "@grpc/grpc-js";
 import { fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   CallbackSchema,
   CreateTimerRequestSchema,
@@ -80,5 +80,19 @@ export function httpTimerAt(groupId: string, timerId: string, fireAtMs: number, 
     timerId,
     schedule: { case: "fireAt", value: timestampFromMs(fireAtMs) },
     callback: create(CallbackSchema, { target: { case: "http", value: { url, headers: {} } } }),
+  });
+}
+
+/**
+ * A create of a timer an hour out (nothing fires while a test looks at it) with an HTTP
+ * callback to a closed port; `over` replaces any field.
+ */
+export function hourAhead(groupId: string, timerId: string, over: Partial<Omit<CreateTimerRequest, "$typeName">> = {}): CreateTimerRequest {
+  return create(CreateTimerRequestSchema, {
+    groupId,
+    timerId,
+    schedule: { case: "delay", value: durationFromMs(3_600_000) },
+    callback: { target: { case: "http", value: { url: "http://127.0.0.1:9/hook", headers: {} } } },
+    ...over,
   });
 }

@@ -111,19 +111,30 @@ function unaryHandler(spec: MethodImplSpec, path: string, interceptors: Intercep
   const typed = spec as MethodImplSpec & { kind: "unary" };
   return (call, callback) => {
     const { ctx, controller } = handlerContext(call, service, spec, path);
-    invokeUnaryImplementation(typed, ctx, call.request as never, interceptors).then(
-      (res) => {
-        const header = metadataOf(ctx.responseHeader);
-        if (header) call.sendMetadata(header);
-        callback(null, res, metadataOf(ctx.responseTrailer));
-        controller.abort(CALL_OVER);
-      },
-      (err: unknown) => {
-        callback(statusOf(err, ctx));
-        controller.abort(CALL_OVER);
-      },
-    );
+    answerOnce(call, callback, ctx, controller, invokeUnaryImplementation(typed, ctx, call.request as never, interceptors));
   };
+}
+
+/** Sends a single-answer call's headers, answer and trailers (or its error status), then ends its context. */
+function answerOnce(
+  call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>,
+  callback: grpc.sendUnaryData<unknown>,
+  ctx: HandlerContext,
+  controller: AbortController,
+  answer: Promise<unknown>,
+): void {
+  answer.then(
+    (res) => {
+      const header = metadataOf(ctx.responseHeader);
+      if (header) call.sendMetadata(header);
+      callback(null, res, metadataOf(ctx.responseTrailer));
+      controller.abort(CALL_OVER);
+    },
+    (err: unknown) => {
+      callback(statusOf(err, ctx));
+      controller.abort(CALL_OVER);
+    },
+  );
 }
 
 /** Server streaming and bidi: every answer written as it comes, with backpressure; then the status. */
@@ -158,22 +169,12 @@ function clientStreamHandler(spec: MethodImplSpec, path: string, interceptors: I
   const service = spec.method.parent;
   return (call, callback) => {
     const { ctx, controller } = handlerContext(call, service, spec, path);
-    void (async () => {
-      let answer: unknown;
-      for await (const message of transformInvokeImplementation(spec, ctx, interceptors)(requestsOf(call) as AsyncIterable<never>)) answer = message;
-      return answer;
-    })().then(
-      (res) => {
-        const header = metadataOf(ctx.responseHeader);
-        if (header) call.sendMetadata(header);
-        callback(null, res, metadataOf(ctx.responseTrailer));
-        controller.abort(CALL_OVER);
-      },
-      (err: unknown) => {
-        callback(statusOf(err, ctx));
-        controller.abort(CALL_OVER);
-      },
-    );
+    const answer = (async () => {
+      let last: unknown;
+      for await (const message of transformInvokeImplementation(spec, ctx, interceptors)(requestsOf(call) as AsyncIterable<never>)) last = message;
+      return last;
+    })();
+    answerOnce(call, callback, ctx, controller, answer);
   };
 }
 
