@@ -6,14 +6,12 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
-import { context, SpanKind, trace } from "@opentelemetry/api";
-import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
 import { authorizeGroup, callerOf } from "../../shared/src/auth.js";
 import { destinationOf } from "../../shared/src/callback-destination.js";
-import { ANNOUNCEMENT_SUBJECTS, MAX_DESTINATION_CHARS, publishAnnouncements, type Announcement } from "../../shared/src/mesh-messages.js";
+import type { Announcement } from "../../shared/src/mesh-messages.js";
 import { shardOf } from "../../shared/src/shard.js";
-import { injectInto } from "../../shared/src/telemetry/trace-context.js";
 import type { CreateTimersRequest, CreateTimersResponseSchema, CreateTimersResultSchema } from "../../shared/src/gen/timer/v1/timer_pb.js";
+import { announceTimers } from "./announce.js";
 import { createTraceparent, grpcCodeName } from "./call-support.js";
 import { groupQuotaExceeded, takeCreateTokens } from "./create-limits.js";
 import { isRefusal, type Admission, type QuotaRefusal } from "./group-quota.js";
@@ -158,52 +156,11 @@ async function judgeAndStore(deps: TimerDeps, req: CreateTimersRequest, ctx: Han
           `timer ${t.groupId}/${t.timerId} already exists with a different schedule, callback, payload, retry policy or labels`,
         );
   }
-  if (announcements.length > 0) announce(deps, announcements);
+  announceTimers(deps, announcements);
   return results as Result[];
 }
 
 /** An item's refusal: its gRPC code, and a message naming its index and field. */
 function itemError(i: number, field: string, code: Code, reason: string): Result {
   return { error: { code, message: `requests[${i}].${field}: ${reason}` } };
-}
-
-/**
- * Announces a call's timers due soon: one message per shard with all of that shard's (a
- * message per timer would cost NATS and the owners a message each). With the default 1,024
- * shards a call of 1,000 timers still spans about 630 shards; messages go per shard because
- * owners subscribe per shard.
- */
-function announce(deps: TimerDeps, list: Announcement[]): void {
-  // While NATS is away the announcements are skipped, not buffered: the owners' poll finds the timers.
-  const nc = deps.nats.ifConnected();
-  if (!nc) return;
-  const byShard = new Map<number, Announcement[]>();
-  for (const a of list) {
-    // The receiver refuses a message with a destination this long, and with it the shard's
-    // other timers: leave this one to the poll (only a host name over 280 characters does this).
-    if (a.destination.length > MAX_DESTINATION_CHARS) continue;
-    const same = byShard.get(a.shard);
-    if (same) same.push(a);
-    else byShard.set(a.shard, [a]);
-  }
-  // One span for the call's announcements; every message carries it as the parent.
-  const span = deps.tracer.startSpan(`send ${ANNOUNCEMENT_SUBJECTS}`, {
-    kind: SpanKind.PRODUCER,
-    attributes: {
-      "messaging.system": "nats",
-      "messaging.operation.type": "send",
-      "messaging.destination.name": ANNOUNCEMENT_SUBJECTS,
-      "messaging.batch.message_count": byShard.size,
-    },
-  });
-  try {
-    let h: MsgHdrs | undefined;
-    injectInto((k, v) => (h ??= natsHeaders()).set(k, v), trace.setSpan(context.active(), span));
-    for (const [shard, same] of byShard) publishAnnouncements(nc, shard, same, h);
-  } catch (err) {
-    // The timers are stored; their owners' poll finds them. Announcing only makes it faster.
-    deps.log.warn({ err, timers: list.length }, "could not announce created timers over NATS");
-  } finally {
-    span.end();
-  }
 }

@@ -5,7 +5,6 @@ import type pg from "pg";
 import { authorizeGroup, callerOf } from "../../shared/src/auth.js";
 import type { Logger } from "../../shared/src/logger.js";
 import { destinationOf } from "../../shared/src/callback-destination.js";
-import { publishAnnouncement, shardSubject, type Announcement } from "../../shared/src/mesh-messages.js";
 import { shardOf } from "../../shared/src/shard.js";
 import { rowToTimer, State } from "../../shared/src/timer-model.js";
 import {
@@ -15,9 +14,8 @@ import {
   type CreateTimerResponse,
   type TimerService,
 } from "../../shared/src/gen/timer/v1/timer_pb.js";
-import { context, SpanKind, trace, type Tracer } from "@opentelemetry/api";
-import { headers as natsHeaders } from "@nats-io/transport-node";
-import { injectInto } from "../../shared/src/telemetry/trace-context.js";
+import type { Tracer } from "@opentelemetry/api";
+import { announceTimers } from "./announce.js";
 import { createTraceparent, grpcCodeName } from "./call-support.js";
 import { createTimers } from "./create-timers.js";
 import type { TimerMetrics } from "./timer-metrics.js";
@@ -69,13 +67,13 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     }
     const row = stored.row;
     if (stored.created && row.next_attempt_at.getTime() - now <= config.announceWindowMs) {
-      announce(deps, {
+      announceTimers(deps, [{
         groupId: row.group_id,
         timerId: row.timer_id,
         shard: row.shard,
         dueMs: row.next_attempt_at.getTime(),
         destination: destinationOf(timer.callback),
-      });
+      }]);
     }
     return create(CreateTimerResponseSchema, { timer: rowToTimer(row), created: stored.created });
   };
@@ -174,27 +172,6 @@ async function storeWithinQuota(
   if (stored.created) admission.created();
   else admission.released();
   return stored;
-}
-
-function announce(deps: TimerDeps, a: Announcement): void {
-  // While NATS is away the announcement is skipped, not buffered: the owner's poll finds the timer.
-  const nc = deps.nats.ifConnected();
-  if (!nc) return;
-  const subject = shardSubject(a.shard);
-  const span = deps.tracer.startSpan(`send ${subject}`, {
-    kind: SpanKind.PRODUCER,
-    attributes: { "messaging.system": "nats", "messaging.operation.type": "send", "messaging.destination.name": subject, "timer.shard": a.shard },
-  });
-  try {
-    const h = natsHeaders();
-    injectInto((k, v) => h.set(k, v), trace.setSpan(context.active(), span));
-    publishAnnouncement(nc, a, h);
-  } catch (err) {
-    // The timer is stored; its owner's poll finds it. Announcing only makes it faster.
-    deps.log.warn({ err, group_id: a.groupId, timer_id: a.timerId, shard: a.shard }, "could not announce timer over NATS");
-  } finally {
-    span.end();
-  }
 }
 
 function checkKey(groupId: string, timerId: string): { groupId: string; timerId: string } {
