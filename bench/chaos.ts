@@ -62,7 +62,9 @@ async function receiverMain(): Promise<void> {
   process.send!({ url: receiver.url });
   process.on("message", (m: string) => {
     if (m !== "take") return;
-    const rows: Arrival[] = receiver.received.splice(0).map((r) => [r.timerId, r.fireAtMs, r.receivedAtMs, r.idempotencyKey, r.attempt]);
+    const rows: Arrival[] = receiver.received
+      .splice(0)
+      .map((r) => [r.timerId, r.fireAtMs, r.receivedAtMs, r.idempotencyKey, r.attempt]);
     process.send!({ rows });
   });
   process.on("disconnect", () => void receiver.close().then(() => process.exit(0)));
@@ -77,7 +79,11 @@ interface ReceiverChild {
 }
 
 async function startReceiverChild(): Promise<ReceiverChild> {
-  const child: ChildProcess = fork(SELF, ["--receiver"], { cwd: ROOT, execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const child: ChildProcess = fork(SELF, ["--receiver"], {
+    cwd: ROOT,
+    execArgv: ["--import", "tsx"],
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
   child.on("error", (err) => log(`receiver process: ${err.message}`));
   const url = await new Promise<string>((resolve, reject) => {
     child.once("message", (m: { url: string }) => resolve(m.url));
@@ -126,13 +132,16 @@ function startLoad(mesh: TestMesh, url: string, ratePerSecond: number) {
       const entry: Created = { fireAtMs, answer: "pending" };
       created.set(id, entry);
       pending++;
-      mesh.client.call("createTimer", httpTimerAt(GROUP, id, fireAtMs, url)).then(
-        () => (entry.answer = "OK"),
-        (err: grpc.ServiceError) => {
-          entry.answer = grpc.status[err.code] ?? String(err.code);
-          entry.detail = err.details;
-        },
-      ).finally(() => pending--);
+      mesh.client
+        .call("createTimer", httpTimerAt(GROUP, id, fireAtMs, url))
+        .then(
+          () => (entry.answer = "OK"),
+          (err: grpc.ServiceError) => {
+            entry.answer = grpc.status[err.code] ?? String(err.code);
+            entry.detail = err.details;
+          },
+        )
+        .finally(() => pending--);
     }
   }, 10);
   return {
@@ -175,8 +184,16 @@ function dispatcher(c: Chaos, id: string): ServiceProcess {
   return p;
 }
 
-async function addDispatcher(c: Chaos, id: string, env: Record<string, string> = {}): Promise<ServiceProcess> {
-  const p = await c.mesh.addDispatcher(id, { LEASE_TTL: `${LEASE_TTL_MS}ms`, CALLBACK_TIMEOUT: `${CALLBACK_TIMEOUT_MS}ms`, ...env });
+async function addDispatcher(
+  c: Chaos,
+  id: string,
+  env: Record<string, string> = {},
+): Promise<ServiceProcess> {
+  const p = await c.mesh.addDispatcher(id, {
+    LEASE_TTL: `${LEASE_TTL_MS}ms`,
+    CALLBACK_TIMEOUT: `${CALLBACK_TIMEOUT_MS}ms`,
+    ...env,
+  });
   dispatcherIds.set(p, id);
   return p;
 }
@@ -281,7 +298,8 @@ function analyse(
   }
   const problems: string[] = [];
   for (const [id, c] of created) {
-    if (c.answer === "OK" && !stored.has(id)) problems.push(`create of ${id} answered OK but the timer is not stored`);
+    if (c.answer === "OK" && !stored.has(id))
+      problems.push(`create of ${id} answered OK but the timer is not stored`);
   }
   for (const id of byId.keys()) if (!stored.has(id)) problems.push(`timer ${id} fired but was never stored`);
 
@@ -290,7 +308,17 @@ function analyse(
     while (i + 1 < phases.length && phases[i + 1]!.fromMs <= fireAtMs) i++;
     return i;
   };
-  const rows: Row[] = phases.map((p) => ({ phase: p.name, stored: 0, createErrors: 0, fired: 0, lost: 0, dupInFlight: 0, dupOther: 0, early: 0, lateMs: [] }));
+  const rows: Row[] = phases.map((p) => ({
+    phase: p.name,
+    stored: 0,
+    createErrors: 0,
+    fired: 0,
+    lost: 0,
+    dupInFlight: 0,
+    dupOther: 0,
+    early: 0,
+    lateMs: [],
+  }));
   for (const [id, c] of created) {
     if (c.answer !== "OK" && !stored.has(id)) rows[phaseOf(c.fireAtMs)]!.createErrors++;
   }
@@ -311,8 +339,14 @@ function analyse(
     row.lateMs.push(got[0]![2] - fireAtMs);
     // What a receiver relies on: the fire time it is told is the stored one, and a repeat
     // carries the same idempotency key as the first delivery (so it can be recognised).
-    if (got.some((a) => a[1] !== fireAtMs)) problems.push(`timer ${id} was delivered with x-timer-fire-at ${new Date(got[0]![1]).toISOString()}, stored ${new Date(fireAtMs).toISOString()}`);
-    if (new Set(got.map((a) => a[3])).size > 1) problems.push(`timer ${id}'s deliveries carried different idempotency keys: ${got.map((a) => a[3]).join(", ")}`);
+    if (got.some((a) => a[1] !== fireAtMs))
+      problems.push(
+        `timer ${id} was delivered with x-timer-fire-at ${new Date(got[0]![1]).toISOString()}, stored ${new Date(fireAtMs).toISOString()}`,
+      );
+    if (new Set(got.map((a) => a[3])).size > 1)
+      problems.push(
+        `timer ${id}'s deliveries carried different idempotency keys: ${got.map((a) => a[3]).join(", ")}`,
+      );
     if (got.length > 1) {
       const first = got[0]![2];
       const second = got[1]![2];
@@ -322,11 +356,24 @@ function analyse(
       if (explained) row.dupInFlight++;
       else {
         row.dupOther++;
-        if (row.dupOther <= 3) problems.push(`timer ${id} fired ${got.length} times (at ${got.map((a) => new Date(a[2]).toISOString().slice(11, 23)).join(", ")}) with no crash in flight`);
+        if (row.dupOther <= 3)
+          problems.push(
+            `timer ${id} fired ${got.length} times (at ${got.map((a) => new Date(a[2]).toISOString().slice(11, 23)).join(", ")}) with no crash in flight`,
+          );
       }
     }
   }
-  const total: Row = { phase: "total", stored: 0, createErrors: 0, fired: 0, lost: 0, dupInFlight: 0, dupOther: 0, early: 0, lateMs: [] };
+  const total: Row = {
+    phase: "total",
+    stored: 0,
+    createErrors: 0,
+    fired: 0,
+    lost: 0,
+    dupInFlight: 0,
+    dupOther: 0,
+    early: 0,
+    lateMs: [],
+  };
   for (const r of rows) {
     total.stored += r.stored;
     total.createErrors += r.createErrors;
@@ -355,17 +402,23 @@ function logDigest(output: string): string[] {
       // not a log record
     }
   }
-  return [...counts].sort((a, b) => b[1] - a[1]).slice(0, 6).map(([m, n]) => `${n} × ${m}`);
+  return [...counts]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 6)
+    .map(([m, n]) => `${n} × ${m}`);
 }
 
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
   const seconds = Number(process.argv[2] ?? envInt("CHAOS_SECONDS", 210));
-  if (!Number.isInteger(seconds) || seconds <= 0) throw new Error(`the run length must be a whole number of seconds, got "${process.argv[2]}"`);
+  if (!Number.isInteger(seconds) || seconds <= 0)
+    throw new Error(`the run length must be a whole number of seconds, got "${process.argv[2]}"`);
   const rate = envInt("CHAOS_RATE", 200);
   await access(LIBFAKETIME).catch(() => {
-    throw new Error(`${LIBFAKETIME} is missing: install Debian's faketime package (apt-get install faketime)`);
+    throw new Error(
+      `${LIBFAKETIME} is missing: install Debian's faketime package (apt-get install faketime)`,
+    );
   });
   const slotMs = Math.max(MIN_SLOT_MS, (seconds * 1000 - WARMUP_MS) / FAULTS.length);
   const runMs = WARMUP_MS + slotMs * FAULTS.length;
@@ -373,7 +426,9 @@ async function main(): Promise<number> {
   const tmp = await mkdtemp(join(tmpdir(), "chaos-"));
   const clockFile = join(tmp, "faketime");
   await writeFile(clockFile, "+0s\n");
-  log("starting Postgres, nats-server, receiver, timer service and dispatchers d1, d2, d3 (d3 under libfaketime)");
+  log(
+    "starting Postgres, nats-server, receiver, timer service and dispatchers d1, d2, d3 (d3 under libfaketime)",
+  );
   const pg = await startPrivatePostgres();
   const receiver = await startReceiverChild();
   let mesh: TestMesh | undefined;
@@ -381,7 +436,9 @@ async function main(): Promise<number> {
   const cleanUp = () =>
     (cleaning ??= (async () => {
       try {
-        await Promise.resolve(mesh?.[Symbol.asyncDispose]()).catch((err: unknown) => log(`stopping the mesh: ${String(err)}`));
+        await Promise.resolve(mesh?.[Symbol.asyncDispose]()).catch((err: unknown) =>
+          log(`stopping the mesh: ${String(err)}`),
+        );
         receiver.close();
       } finally {
         await pg[Symbol.asyncDispose]();
@@ -413,19 +470,27 @@ async function main(): Promise<number> {
     const unexpectedExits: string[] = [];
     const watch = (p: ServiceProcess) =>
       void p.exited.then((code) => {
-        if (!c.killed.has(p)) unexpectedExits.push(`${p.name} ${dispatcherIds.get(p) ?? ""} exited (${code ?? p.child.signalCode}):\n${p.output().slice(-2000)}`);
+        if (!c.killed.has(p))
+          unexpectedExits.push(
+            `${p.name} ${dispatcherIds.get(p) ?? ""} exited (${code ?? p.child.signalCode}):\n${p.output().slice(-2000)}`,
+          );
       });
     watch(mesh.timer);
     const watched = new Set<ServiceProcess>();
     const watchAll = () => {
-      for (const p of c.mesh.dispatchers) if (!watched.has(p)) (watched.add(p), watch(p));
+      for (const p of c.mesh.dispatchers) if (!watched.has(p)) watched.add(p), watch(p);
     };
     watchAll();
     await waitFor(() => allReady(c), 60_000, "every service to be ready");
 
-    log(`load: ${rate} creates/s for ${fmtInt(runMs / 1000)} s; faults every ${fmtInt(slotMs / 1000)} s after ${WARMUP_MS / 1000} s of warm-up`);
+    log(
+      `load: ${rate} creates/s for ${fmtInt(runMs / 1000)} s; faults every ${fmtInt(slotMs / 1000)} s after ${WARMUP_MS / 1000} s of warm-up`,
+    );
     const load = startLoad(mesh, receiver.url, rate);
-    const collector = setInterval(() => void receiver.collect().catch((err: Error) => log(err.message)), 5_000);
+    const collector = setInterval(
+      () => void receiver.collect().catch((err: Error) => log(err.message)),
+      5_000,
+    );
     const runStart = Date.now();
     const phases: { name: string; fromMs: number }[] = [{ name: "no fault (warm-up)", fromMs: 0 }];
     const records: FaultRecord[] = [];
@@ -452,7 +517,10 @@ async function main(): Promise<number> {
     try {
       await waitFor(
         async () => {
-          const { rows } = await mesh!.db.pool.query<{ n: number }>("SELECT count(*)::int AS n FROM timers WHERE group_id = $1 AND state IN (1, 2)", [GROUP]);
+          const { rows } = await mesh!.db.pool.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM timers WHERE group_id = $1 AND state IN (1, 2)",
+            [GROUP],
+          );
           open = rows[0]!.n;
           return open === 0;
         },
@@ -463,24 +531,53 @@ async function main(): Promise<number> {
     } catch {
       log(`${open} timers still scheduled or firing after 120 s: counted as lost`);
     }
-    const { rows } = await mesh.db.pool.query<{ timer_id: string; fire_at: Date }>("SELECT timer_id, fire_at FROM timers WHERE group_id = $1", [GROUP]);
+    const { rows } = await mesh.db.pool.query<{ timer_id: string; fire_at: Date }>(
+      "SELECT timer_id, fire_at FROM timers WHERE group_id = $1",
+      [GROUP],
+    );
     const stored = new Map(rows.map((r) => [r.timer_id, r.fire_at.getTime()]));
     await receiver.collect();
 
     const { rows: table, problems } = analyse(load.created, stored, receiver.arrivals, phases, c.kills);
-    console.log(`\n## Chaos run: ${fmtInt(runMs / 1000)} s at ${rate} creates/s, timer service + 3 dispatchers\n`);
+    console.log(
+      `\n## Chaos run: ${fmtInt(runMs / 1000)} s at ${rate} creates/s, timer service + 3 dispatchers\n`,
+    );
     console.log(
       renderTable(
-        ["phase (by fire time)", "timers stored", "create errors", "fired", "lost", "dup: in flight at kill", "dup: other", "early", "lateness p99 ms", "worst lateness ms"],
+        [
+          "phase (by fire time)",
+          "timers stored",
+          "create errors",
+          "fired",
+          "lost",
+          "dup: in flight at kill",
+          "dup: other",
+          "early",
+          "lateness p99 ms",
+          "worst lateness ms",
+        ],
         table.map((r) => {
           const late = summarize(r.lateMs);
-          return [r.phase, fmtInt(r.stored), fmtInt(r.createErrors), fmtInt(r.fired), fmtInt(r.lost), fmtInt(r.dupInFlight), fmtInt(r.dupOther), fmtInt(r.early), fmtMs(late.p99), fmtMs(late.max)];
+          return [
+            r.phase,
+            fmtInt(r.stored),
+            fmtInt(r.createErrors),
+            fmtInt(r.fired),
+            fmtInt(r.lost),
+            fmtInt(r.dupInFlight),
+            fmtInt(r.dupOther),
+            fmtInt(r.early),
+            fmtMs(late.p99),
+            fmtMs(late.max),
+          ];
         }),
       ),
     );
     console.log("\nFaults:\n");
     for (const r of records) {
-      console.log(`- t+${fmtInt((r.startedAtMs - runStart) / 1000)} s ${r.name}: ${r.note}; every service ready again after ${fmtInt(r.recoveredAtMs - r.startedAtMs)} ms`);
+      console.log(
+        `- t+${fmtInt((r.startedAtMs - runStart) / 1000)} s ${r.name}: ${r.note}; every service ready again after ${fmtInt(r.recoveredAtMs - r.startedAtMs)} ms`,
+      );
     }
     const errors = new Map<string, { n: number; example: string }>();
     for (const c2 of load.created.values()) {
@@ -490,19 +587,26 @@ async function main(): Promise<number> {
       errors.set(c2.answer, e);
     }
     if (errors.size > 0) {
-      console.log("\nCreate errors by code (a failed create may still be stored: the table counts what Postgres holds):\n");
+      console.log(
+        "\nCreate errors by code (a failed create may still be stored: the table counts what Postgres holds):\n",
+      );
       for (const [code, e] of errors) console.log(`- ${code}: ${fmtInt(e.n)}, e.g. "${e.example}"`);
     }
     for (const e of unexpectedExits) problems.push(`a service exited: ${e}`);
     console.log("\nWarnings and errors the services logged (count, message):\n");
     for (const p of [mesh.timer, ...mesh.dispatchers]) {
       const digest = logDigest(p.output());
-      if (digest.length > 0) console.log(`- ${p.name} ${dispatcherIds.get(p) ?? ""} (port ${p.grpcPort}): ${digest.join("; ")}`);
+      if (digest.length > 0)
+        console.log(`- ${p.name} ${dispatcherIds.get(p) ?? ""} (port ${p.grpcPort}): ${digest.join("; ")}`);
     }
     const total = table[table.length - 1]!;
     const failed = total.lost > 0 || total.early > 0 || total.dupOther > 0 || problems.length > 0;
     if (problems.length > 0) console.log(`\nProblems:\n${problems.map((p) => `- ${p}`).join("\n")}`);
-    console.log(failed ? "\nFAILED: timers lost, early, or fired twice without a crash to explain it" : "\nOK: nothing lost, nothing early, duplicates only where a delivery was in flight at a SIGKILL");
+    console.log(
+      failed
+        ? "\nFAILED: timers lost, early, or fired twice without a crash to explain it"
+        : "\nOK: nothing lost, nothing early, duplicates only where a delivery was in flight at a SIGKILL",
+    );
     return failed ? 1 : 0;
   } finally {
     await cleanUp();

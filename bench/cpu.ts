@@ -30,7 +30,12 @@ export function readProc(pid: number): ProcSample | undefined {
     const s = readFileSync(`/proc/${pid}/stat`, "utf8");
     const close = s.lastIndexOf(")");
     const f = s.slice(close + 2).split(" "); // f[0] is field 3 (state)
-    return { ppid: Number(f[1]), comm: s.slice(s.indexOf("(") + 1, close), ticks: Number(f[11]) + Number(f[12]), start: Number(f[19]) };
+    return {
+      ppid: Number(f[1]),
+      comm: s.slice(s.indexOf("(") + 1, close),
+      ticks: Number(f[11]) + Number(f[12]),
+      start: Number(f[19]),
+    };
   } catch {
     return undefined;
   }
@@ -69,7 +74,9 @@ function categorize(pid: number, p: ProcSample, k: Known): string {
   if (named) return named;
   if (p.comm === "nats-server" && cmdline(pid).includes(` -p ${k.natsPort} `)) return "nats-server (private)";
   if (k.postmasterPid !== undefined && (pid === k.postmasterPid || p.ppid === k.postmasterPid)) {
-    return cmdline(pid).includes(` ${k.dbName} `) ? "postgres: bench-db backends" : "postgres: other (walwriter, ckpt, other dbs)";
+    return cmdline(pid).includes(` ${k.dbName} `)
+      ? "postgres: bench-db backends"
+      : "postgres: other (walwriter, ckpt, other dbs)";
   }
   return `${OTHER}${shortCommand(pid, p.comm)}`;
 }
@@ -99,19 +106,35 @@ export function cpuTable(a: CpuSnapshot, b: CpuSnapshot, k: Known): string {
     const cat = categorize(pid, p, k);
     by.set(cat, (by.get(cat) ?? 0) + d / CLK_TCK);
   }
-  const order = [...k.pids.values(), "nats-server (private)", "postgres: bench-db backends", "postgres: other (walwriter, ckpt, other dbs)"];
+  const order = [
+    ...k.pids.values(),
+    "nats-server (private)",
+    "postgres: bench-db backends",
+    "postgres: other (walwriter, ckpt, other dbs)",
+  ];
   const row = (name: string, s: number) => [name, fmt(s, 2), `${fmt((100 * s) / wallS, 0)}%`];
   const rows = order.filter((c) => by.has(c)).map((c) => row(c, by.get(c)!));
   // Everything else, biggest first: other people's tests and builds show up here.
   const others = [...by].filter(([c]) => c.startsWith(OTHER)).sort((x, y) => y[1] - x[1]);
-  for (const [c, v] of others.slice(0, 4)) if (v >= 0.05) rows.push(row(c.length > 70 ? `${c.slice(0, 67)}...` : c, v));
-  const rest = others.slice(4).reduce((a, [, v]) => a + v, 0) + others.slice(0, 4).filter(([, v]) => v < 0.05).reduce((a, [, v]) => a + v, 0);
+  for (const [c, v] of others.slice(0, 4))
+    if (v >= 0.05) rows.push(row(c.length > 70 ? `${c.slice(0, 67)}...` : c, v));
+  const rest =
+    others.slice(4).reduce((a, [, v]) => a + v, 0) +
+    others
+      .slice(0, 4)
+      .filter(([, v]) => v < 0.05)
+      .reduce((a, [, v]) => a + v, 0);
   if (rest >= 0.01) rows.push(row("other: everything else", rest));
   const accounted = [...by.values()].reduce((a, v) => a + v, 0);
   const machineS = (b.busy - a.busy) / CLK_TCK;
-  if (machineS - accounted >= 0.05) rows.push(row("other: exited meanwhile (closed pg connections, others' tests)", machineS - accounted));
+  if (machineS - accounted >= 0.05)
+    rows.push(row("other: exited meanwhile (closed pg connections, others' tests)", machineS - accounted));
   const machine = (100 * cpus().length * (b.busy - a.busy)) / Math.max(1, b.total - a.total);
-  rows.push([`machine total (${cpus().length} cores = ${cpus().length * 100}%)`, fmt(((b.busy - a.busy) / CLK_TCK), 2), `${fmt(machine, 0)}%`]);
+  rows.push([
+    `machine total (${cpus().length} cores = ${cpus().length * 100}%)`,
+    fmt((b.busy - a.busy) / CLK_TCK, 2),
+    `${fmt(machine, 0)}%`,
+  ]);
   return renderTable(["process", "CPU s", "% of a core"], rows);
 }
 

@@ -35,12 +35,14 @@ export function createRate(run: CreateRun): number {
 
 /** "12 of 20,000 not acknowledged (first: ...)" or "". */
 export function failureNote(run: CreateRun): string {
-  if (run.unimplemented) return `${run.method === "batch" ? "CreateTimers" : "CreateTimer"} is UNIMPLEMENTED on the server`;
+  if (run.unimplemented)
+    return `${run.method === "batch" ? "CreateTimers" : "CreateTimer"} is UNIMPLEMENTED on the server`;
   if (run.failed.size === 0) return "";
   return `${run.failed.size} of ${run.requested} not acknowledged (first: ${run.firstError ?? "?"})`;
 }
 
-const isUnimplemented = (err: unknown) => (err as grpc.ServiceError | undefined)?.code === grpc.status.UNIMPLEMENTED;
+const isUnimplemented = (err: unknown) =>
+  (err as grpc.ServiceError | undefined)?.code === grpc.status.UNIMPLEMENTED;
 const describe = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
 /** The shared loop: `workers` loops each taking the next `size` indexes until the amount is done. */
@@ -57,7 +59,8 @@ async function drive(
   let unimplemented = false;
   let next = 0;
   let acknowledged = 0;
-  const more = () => !unimplemented && ("count" in amount ? next < amount.count : Date.now() < amount.untilMs);
+  const more = () =>
+    !unimplemented && ("count" in amount ? next < amount.count : Date.now() < amount.untilMs);
   const start = performance.now();
   await Promise.all(
     Array.from({ length: workers }, async () => {
@@ -85,11 +88,26 @@ async function drive(
     }),
   );
   const durationMs = performance.now() - start;
-  return { method, requested: next, acknowledged, failed, firstError, unimplemented, durationMs, endedAtMs: Date.now(), latency: summarize(lat) };
+  return {
+    method,
+    requested: next,
+    acknowledged,
+    failed,
+    firstError,
+    unimplemented,
+    durationMs,
+    endedAtMs: Date.now(),
+    latency: summarize(lat),
+  };
 }
 
 /** Unary CreateTimer from `callers` concurrent callers, each with one call in flight, on `client`'s one channel. */
-export function createUnary(client: GrpcTimerClient, callers: number, amount: Amount, build: (i: number) => CreateTimerRequest): Promise<CreateRun> {
+export function createUnary(
+  client: GrpcTimerClient,
+  callers: number,
+  amount: Amount,
+  build: (i: number) => CreateTimerRequest,
+): Promise<CreateRun> {
   return drive("unary", amount, callers, 1, async (i) => {
     const res = await client.call("createTimer", build(i));
     return [res.created ? undefined : `timer ${res.timer?.timerId ?? "?"} was not created (a replay)`];
@@ -97,10 +115,25 @@ export function createUnary(client: GrpcTimerClient, callers: number, amount: Am
 }
 
 /** CreateTimers batches of `batchSize`, `inFlight` batches at a time, on `client`'s one channel. */
-export function createBatches(client: GrpcTimerClient, batchSize: number, inFlight: number, amount: Amount, build: (i: number) => CreateTimerRequest): Promise<CreateRun> {
+export function createBatches(
+  client: GrpcTimerClient,
+  batchSize: number,
+  inFlight: number,
+  amount: Amount,
+  build: (i: number) => CreateTimerRequest,
+): Promise<CreateRun> {
   return drive("batch", amount, inFlight, batchSize, async (from, n) => {
-    const results = await createTimers(client, Array.from({ length: n }, (_, k) => build(from + k)));
-    return results.map((r) => (r.error ? `code ${r.error.code}: ${r.error.message}` : r.created ? undefined : `timer ${r.timerId} was not created (a replay)`));
+    const results = await createTimers(
+      client,
+      Array.from({ length: n }, (_, k) => build(from + k)),
+    );
+    return results.map((r) =>
+      r.error
+        ? `code ${r.error.code}: ${r.error.message}`
+        : r.created
+          ? undefined
+          : `timer ${r.timerId} was not created (a replay)`,
+    );
   });
 }
 
@@ -128,14 +161,18 @@ export class Creator {
   observe(run: CreateRun): void {
     if (run.method === "batch") {
       if (run.unimplemented) {
-        if (this.batches !== false) this.log("CreateTimers is UNIMPLEMENTED on this server: timers are created ahead with unary CreateTimer calls instead (slower)");
+        if (this.batches !== false)
+          this.log(
+            "CreateTimers is UNIMPLEMENTED on this server: timers are created ahead with unary CreateTimer calls instead (slower)",
+          );
         this.batches = false;
         return;
       }
       this.batches = true;
     }
     const r = createRate(run);
-    if (run.acknowledged > 0 && Number.isFinite(r)) this.slowest[run.method] = Math.min(this.slowest[run.method] ?? Infinity, r);
+    if (run.acknowledged > 0 && Number.isFinite(r))
+      this.slowest[run.method] = Math.min(this.slowest[run.method] ?? Infinity, r);
   }
 
   async create(count: number, build: (i: number) => CreateTimerRequest): Promise<CreateRun> {

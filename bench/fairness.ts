@@ -24,8 +24,6 @@ import { envInt, envPairs } from "./bench-env.js";
 
 const TARGET_B_P99_MS = 1_000;
 
-
-
 const cfg = {
   aTimers: envInt("BENCH_A_TIMERS", 1_500),
   bTimers: envInt("BENCH_B_TIMERS", 200),
@@ -40,7 +38,6 @@ const cfg = {
 const log = (msg: string) => console.log(`[${new Date().toISOString().slice(11, 23)}] ${msg}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 
-
 interface RunResult {
   label: string;
   /** Creation ended less than a second before T (a busy machine): the figures would measure creation, not delivery. */
@@ -54,14 +51,20 @@ async function run(label: string, dispatcherEnv: Record<string, string>, leadMs:
   console.log(`\n## ${label}\n`);
   log("starting database, nats-server, timer service and one dispatcher");
   // The hanging deliveries must not hold up the teardown.
-  const mesh = await startMesh({ dispatchers: 1, env: { LOG_LEVEL: "warn" }, dispatcherEnv: { SHUTDOWN_TIMEOUT: "1s", ...dispatcherEnv } });
+  const mesh = await startMesh({
+    dispatchers: 1,
+    env: { LOG_LEVEL: "warn" },
+    dispatcherEnv: { SHUTDOWN_TIMEOUT: "1s", ...dispatcherEnv },
+  });
   const hanging = await startHangingHttpReceiver();
   const healthy = await startHttpReceiver();
   try {
     const createStartMs = Date.now();
     const aDue = createStartMs + leadMs;
     const bDue = aDue + cfg.bOffsetMs;
-    log(`creating ${fmtInt(cfg.aTimers)} timers of team-a (receiver never answers) due at T, ${fmtInt(cfg.bTimers)} of team-b (healthy receiver) due at T + ${cfg.bOffsetMs} ms`);
+    log(
+      `creating ${fmtInt(cfg.aTimers)} timers of team-a (receiver never answers) due at T, ${fmtInt(cfg.bTimers)} of team-b (healthy receiver) due at T + ${cfg.bOffsetMs} ms`,
+    );
     await createAll(mesh.client, [
       ...Array.from({ length: cfg.aTimers }, (_, i) => httpTimerAt("team-a", `a-${i}`, aDue, hanging.url)),
       ...Array.from({ length: cfg.bTimers }, (_, i) => httpTimerAt("team-b", `b-${i}`, bDue, healthy.url)),
@@ -69,7 +72,9 @@ async function run(label: string, dispatcherEnv: Record<string, string>, leadMs:
     const slack = aDue - Date.now();
     log(`created in ${Date.now() - createStartMs} ms; T is ${slack} ms away`);
     if (slack < 1_000) {
-      log("creation ran into T: this run would measure creation, not delivery; it is run again with more lead");
+      log(
+        "creation ran into T: this run would measure creation, not delivery; it is run again with more lead",
+      );
       return { label, overlapped: { createMs: Date.now() - createStartMs }, rows: [], bP99: NaN, bFired: 0 };
     }
     await sleep(aDue + cfg.observeMs - Date.now());
@@ -82,7 +87,9 @@ async function run(label: string, dispatcherEnv: Record<string, string>, leadMs:
     const early = b.filter((r) => r.receivedAtMs < r.fireAtMs).length;
     const metrics = await (await fetch(`http://127.0.0.1:${mesh.dispatchers[0]!.httpPort}/metrics`)).text();
     const parked = /^dispatcher_timers_parked (\S+)/m.exec(metrics)?.[1] ?? "?";
-    log(`team-a: ${hanging.open()} callbacks still hanging at the end of the window; dispatcher_timers_parked ${parked}; team-b: ${early} early, ${b.length - bUnique} duplicate`);
+    log(
+      `team-a: ${hanging.open()} callbacks still hanging at the end of the window; dispatcher_timers_parked ${parked}; team-b: ${early} early, ${b.length - bUnique} duplicate`,
+    );
     const window = `${cfg.observeMs / 1000} s`;
     return {
       label,
@@ -90,8 +97,24 @@ async function run(label: string, dispatcherEnv: Record<string, string>, leadMs:
       bP99: bUnique === cfg.bTimers ? bLate.p99 : Infinity,
       bFired: bUnique,
       rows: [
-        [label, "team-a (hanging receiver)", `${fmtInt(a.length)} / ${fmtInt(cfg.aTimers)} in ${window}`, fmtMs(aLate.p50), fmtMs(aLate.p99), fmtMs(aLate.max), "(reported: capped at its share)"],
-        [label, "team-b (healthy receiver)", `${fmtInt(bUnique)} / ${fmtInt(cfg.bTimers)} in ${window}`, fmtMs(bLate.p50), fmtMs(bLate.p99), fmtMs(bLate.max), `all fired, p99 < ${fmtInt(TARGET_B_P99_MS)} ms`],
+        [
+          label,
+          "team-a (hanging receiver)",
+          `${fmtInt(a.length)} / ${fmtInt(cfg.aTimers)} in ${window}`,
+          fmtMs(aLate.p50),
+          fmtMs(aLate.p99),
+          fmtMs(aLate.max),
+          "(reported: capped at its share)",
+        ],
+        [
+          label,
+          "team-b (healthy receiver)",
+          `${fmtInt(bUnique)} / ${fmtInt(cfg.bTimers)} in ${window}`,
+          fmtMs(bLate.p50),
+          fmtMs(bLate.p99),
+          fmtMs(bLate.max),
+          `all fired, p99 < ${fmtInt(TARGET_B_P99_MS)} ms`,
+        ],
       ],
     };
   } finally {
@@ -103,26 +126,40 @@ async function run(label: string, dispatcherEnv: Record<string, string>, leadMs:
 }
 
 async function main(): Promise<number> {
-  console.log(`# Fair delivery: ${fmtInt(cfg.aTimers)} timers of team-a at a receiver that never answers, ${fmtInt(cfg.bTimers)} of team-b ${cfg.bOffsetMs} ms later at a healthy one`);
+  console.log(
+    `# Fair delivery: ${fmtInt(cfg.aTimers)} timers of team-a at a receiver that never answers, ${fmtInt(cfg.bTimers)} of team-b ${cfg.bOffsetMs} ms later at a healthy one`,
+  );
   const measured = async (label: string, env: Record<string, string>) => {
     let r = await run(label, env, cfg.leadMs);
-    for (let tries = 1; r.overlapped && tries < 3; tries++) r = await run(label, env, 2 * r.overlapped.createMs + 3_000);
-    if (r.overlapped) throw new Error("creating the timers kept running into their fire time; the machine is too busy");
+    for (let tries = 1; r.overlapped && tries < 3; tries++)
+      r = await run(label, env, 2 * r.overlapped.createMs + 3_000);
+    if (r.overlapped)
+      throw new Error("creating the timers kept running into their fire time; the machine is too busy");
     return r;
   };
   const results = [await measured("fair delivery (defaults)", cfg.dispatcherEnv)];
   if (cfg.baseline) {
-    results.push(await measured("no fair delivery (shares 100%)", { ...cfg.dispatcherEnv, DELIVERY_GROUP_SHARE: "100", DELIVERY_DESTINATION_SHARE: "100" }));
+    results.push(
+      await measured("no fair delivery (shares 100%)", {
+        ...cfg.dispatcherEnv,
+        DELIVERY_GROUP_SHARE: "100",
+        DELIVERY_DESTINATION_SHARE: "100",
+      }),
+    );
   }
   console.log("\n## Summary (lateness = receipt - fire_at; team-a: receipt - T)\n");
-  console.log(renderTable(
-    ["run", "group", "fired", "p50 ms", "p99 ms", "max ms", "target"],
-    results.flatMap((r) => r.rows),
-    ["left", "left", "right", "right", "right", "right", "left"],
-  ));
+  console.log(
+    renderTable(
+      ["run", "group", "fired", "p50 ms", "p99 ms", "max ms", "target"],
+      results.flatMap((r) => r.rows),
+      ["left", "left", "right", "right", "right", "right", "left"],
+    ),
+  );
   const fair = results[0]!;
   const pass = fair.bFired === cfg.bTimers && fair.bP99 < TARGET_B_P99_MS;
-  console.log(`\nteam-b p99 ${fmtMs(fair.bP99)} ms with fair delivery: ${pass ? "PASS" : "MISS"} (target < ${fmtInt(TARGET_B_P99_MS)} ms, all ${fmtInt(cfg.bTimers)} fired)`);
+  console.log(
+    `\nteam-b p99 ${fmtMs(fair.bP99)} ms with fair delivery: ${pass ? "PASS" : "MISS"} (target < ${fmtInt(TARGET_B_P99_MS)} ms, all ${fmtInt(cfg.bTimers)} fired)`,
+  );
   return cfg.strict && !pass ? 1 : 0;
 }
 

@@ -4,7 +4,10 @@
 // every delivery: none early, none twice, none missing, and how late.
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { CreateTimerRequestSchema, type CreateTimerRequest } from "../services/shared/src/gen/timer/v1/timer_pb.js";
+import {
+  CreateTimerRequestSchema,
+  type CreateTimerRequest,
+} from "../services/shared/src/gen/timer/v1/timer_pb.js";
 import type { TestDatabase } from "../test/support/database.js";
 import { waitFor } from "../test/support/wait.js";
 import { createRate, failureNote, type CreateRun, type Creator } from "./creates.js";
@@ -42,33 +45,57 @@ export interface FireOutcome {
 }
 
 /** A timer request of a fire run. */
-export function timerRequest(group: string, timerId: string, fireAtMs: number, callback: CallbackKind, url: string, payload?: Uint8Array): CreateTimerRequest {
+export function timerRequest(
+  group: string,
+  timerId: string,
+  fireAtMs: number,
+  callback: CallbackKind,
+  url: string,
+  payload?: Uint8Array,
+): CreateTimerRequest {
   return create(CreateTimerRequestSchema, {
     groupId: group,
     timerId,
     schedule: { case: "fireAt", value: timestampFromMs(fireAtMs) },
-    callback: callback === "nats" ? { target: { case: "nats", value: { subject: NATS_SUBJECT } } } : { target: { case: "http", value: { url, headers: {} } } },
+    callback:
+      callback === "nats"
+        ? { target: { case: "nats", value: { subject: NATS_SUBJECT } } }
+        : { target: { case: "http", value: { url, headers: {} } } },
     ...(payload ? { payload } : {}),
   });
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
 
-export async function fireRun(creator: Creator, receiver: Receiver, spec: FireSpec, log: (m: string) => void): Promise<FireOutcome> {
+export async function fireRun(
+  creator: Creator,
+  receiver: Receiver,
+  spec: FireSpec,
+  log: (m: string) => void,
+): Promise<FireOutcome> {
   const { group, count: n, spanMs } = spec;
   // Fire times are fixed at creation, so the window's start is predicted from the slowest create
   // rate seen so far, with a margin; an overlap is reported and fails the run's rows.
   const predictedMs = (n / creator.plannedRate()) * 1000 * 1.5 + 1_000;
   const startMs = Math.ceil((Date.now() + predictedMs + spec.leadMs) / 1000) * 1000;
   const dueOf = (i: number) => startMs + Math.floor((i * spanMs) / n);
-  log(`${group}: creating ${fmtInt(n)} timers due over ${fmt(spanMs / 1000, 1)} s (${spec.callback} callbacks); first due at +${fmt((startMs - Date.now()) / 1000, 1)} s`);
+  log(
+    `${group}: creating ${fmtInt(n)} timers due over ${fmt(spanMs / 1000, 1)} s (${spec.callback} callbacks); first due at +${fmt((startMs - Date.now()) / 1000, 1)} s`,
+  );
   await spec.onPhase?.("creating");
-  const made = await creator.create(n, (i) => timerRequest(group, `${group}-${i}`, dueOf(i), spec.callback, receiver.url, spec.payload));
+  const made = await creator.create(n, (i) =>
+    timerRequest(group, `${group}-${i}`, dueOf(i), spec.callback, receiver.url, spec.payload),
+  );
   await spec.onPhase?.("created");
   const gapMs = startMs - made.endedAtMs;
   const note = failureNote(made);
-  log(`${group}: ${made.method} created ${fmtInt(made.acknowledged)} in ${fmt(made.durationMs / 1000, 2)} s (${fmtInt(createRate(made))}/s, call p99 ${fmtMs(made.latency.p99)} ms)${note ? `; ${note}` : ""}; first fire_at is ${fmt(gapMs / 1000, 1)} s after creation ended`);
-  if (gapMs < 1_000) log(`${group}: WARNING: creation ended only ${gapMs} ms before the first fire_at; creation load overlaps firing`);
+  log(
+    `${group}: ${made.method} created ${fmtInt(made.acknowledged)} in ${fmt(made.durationMs / 1000, 2)} s (${fmtInt(createRate(made))}/s, call p99 ${fmtMs(made.latency.p99)} ms)${note ? `; ${note}` : ""}; first fire_at is ${fmt(gapMs / 1000, 1)} s after creation ended`,
+  );
+  if (gapMs < 1_000)
+    log(
+      `${group}: WARNING: creation ended only ${gapMs} ms before the first fire_at; creation load overlaps firing`,
+    );
   const expected = new Map<string, number>();
   for (let i = 0; i < n; i++) if (!made.failed.has(i)) expected.set(`${group}-${i}`, dueOf(i));
 
@@ -99,13 +126,29 @@ export async function fireRun(creator: Creator, receiver: Receiver, spec: FireSp
 
 /** The timers of `group` by state in Postgres, once none is mid-delivery (or after 15 s). */
 export async function dbStates(db: TestDatabase, group: string): Promise<string> {
-  const names: Record<number, string> = { 1: "scheduled", 2: "firing", 3: "succeeded", 4: "failed", 5: "cancelled" };
+  const names: Record<number, string> = {
+    1: "scheduled",
+    2: "firing",
+    3: "succeeded",
+    4: "failed",
+    5: "cancelled",
+  };
   let rows: { state: number; n: string }[] = [];
   try {
-    await waitFor(async () => {
-      rows = (await db.pool.query<{ state: number; n: string }>("SELECT state, count(*) AS n FROM timers WHERE group_id = $1 GROUP BY state ORDER BY state", [group])).rows;
-      return !rows.some((r) => r.state === 2);
-    }, 15_000, "outcomes to be written back", 250);
+    await waitFor(
+      async () => {
+        rows = (
+          await db.pool.query<{ state: number; n: string }>(
+            "SELECT state, count(*) AS n FROM timers WHERE group_id = $1 GROUP BY state ORDER BY state",
+            [group],
+          )
+        ).rows;
+        return !rows.some((r) => r.state === 2);
+      },
+      15_000,
+      "outcomes to be written back",
+      250,
+    );
   } catch {
     // report whatever is there
   }

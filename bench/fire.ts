@@ -37,15 +37,36 @@ import { cpus } from "node:os";
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { CreateTimerRequestSchema, type CreateTimerRequest } from "../services/shared/src/gen/timer/v1/timer_pb.js";
+import {
+  CreateTimerRequestSchema,
+  type CreateTimerRequest,
+} from "../services/shared/src/gen/timer/v1/timer_pb.js";
 import { startMesh, type TestMesh } from "../test/support/mesh.js";
 import { envInt, envPairs } from "./bench-env.js";
 import { cpuSnapshot, cpuTable, machineBusyPct, readProc, type CpuSnapshot, type Known } from "./cpu.js";
 import { createBatches, createRate, createUnary, Creator, failureNote, type CreateRun } from "./creates.js";
 import { dbStates, fireRun, type FireOutcome } from "./fire-run.js";
 import { startReceiver, type Receiver } from "./receiver.js";
-import { checksLine, exactlyOnce, fireRate, fmt, fmtInt, fmtMs, renderTable, timeline, type Summary } from "./stats.js";
-import { exitCode, judged, mustBeZero, summaryTable, TARGETS, type PeerMeasure, type Verdict } from "./targets.js";
+import {
+  checksLine,
+  exactlyOnce,
+  fireRate,
+  fmt,
+  fmtInt,
+  fmtMs,
+  renderTable,
+  timeline,
+  type Summary,
+} from "./stats.js";
+import {
+  exitCode,
+  judged,
+  mustBeZero,
+  summaryTable,
+  TARGETS,
+  type PeerMeasure,
+  type Verdict,
+} from "./targets.js";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -58,10 +79,14 @@ const cfg = {
   fires: envInt("BENCH_FIRES", 20_000),
   fireWindowMs: Math.max(1, envInt("BENCH_FIRE_WINDOW_MS", 2_000)),
   fireLeadMs: envInt("BENCH_FIRE_LEAD_MS", 10_000),
-  steadyRates: (process.env["BENCH_STEADY_RATES"] ?? "5000,1000").split(",").filter(Boolean).map((r) => {
-    if (!/^\d+$/.test(r.trim()) || Number(r) === 0) throw new Error(`BENCH_STEADY_RATES must be positive integers separated by commas, got "${r}"`);
-    return Number(r);
-  }),
+  steadyRates: (process.env["BENCH_STEADY_RATES"] ?? "5000,1000")
+    .split(",")
+    .filter(Boolean)
+    .map((r) => {
+      if (!/^\d+$/.test(r.trim()) || Number(r) === 0)
+        throw new Error(`BENCH_STEADY_RATES must be positive integers separated by commas, got "${r}"`);
+      return Number(r);
+    }),
   steadyCount: envInt("BENCH_STEADY_COUNT", 20_000),
   steadyLeadMs: envInt("BENCH_STEADY_LEAD_MS", 5_000),
   drainTimeoutMs: envInt("BENCH_DRAIN_TIMEOUT_MS", 60_000),
@@ -82,8 +107,14 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0,
 /** The commit the services run from, and whether services/ has uncommitted changes. */
 function sourceVersion(): string {
   try {
-    const head = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).trim();
-    const dirty = execFileSync("git", ["status", "--porcelain", "--", "services"], { cwd: ROOT, encoding: "utf8" }).trim();
+    const head = execFileSync("git", ["rev-parse", "--short", "HEAD"], {
+      cwd: ROOT,
+      encoding: "utf8",
+    }).trim();
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "services"], {
+      cwd: ROOT,
+      encoding: "utf8",
+    }).trim();
     return `services at ${head}${dirty ? ` + ${dirty.split("\n").length} uncommitted file(s) in services/` : " (clean)"}`;
   } catch {
     return "services at unknown commit";
@@ -125,7 +156,8 @@ async function main(): Promise<number> {
           console.error(`cleanup: ${what} failed:`, err);
         }
       };
-      if (mesh) await step("stopping the mesh (services, nats-server, database)", () => mesh![Symbol.asyncDispose]());
+      if (mesh)
+        await step("stopping the mesh (services, nats-server, database)", () => mesh![Symbol.asyncDispose]());
       if (rx) await step("stopping the receiver", () => rx!.close());
     })());
   const onSignal = (sig: NodeJS.Signals) => {
@@ -136,7 +168,8 @@ async function main(): Promise<number> {
   process.once("SIGTERM", onSignal);
   process.once("exit", () => {
     // Last resort if cleanup could not run: never leave processes behind.
-    for (const s of mesh ? [mesh.timer, ...mesh.dispatchers] : []) if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill("SIGKILL");
+    for (const s of mesh ? [mesh.timer, ...mesh.dispatchers] : [])
+      if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill("SIGKILL");
     if (rx && rx.child.exitCode === null) rx.child.kill("SIGKILL");
   });
 
@@ -150,7 +183,9 @@ async function main(): Promise<number> {
     const idle0 = cpuSnapshot();
     await sleep(1_000);
     const busyPct = machineBusyPct(idle0, cpuSnapshot());
-    log(`machine CPU busy before start: ${fmt(busyPct, 0)}% of ${cpus().length * 100}%${busyPct > 20 ? ' -- WARNING: other work is running; results will be distorted (see the "other:" rows)' : ""}`);
+    log(
+      `machine CPU busy before start: ${fmt(busyPct, 0)}% of ${cpus().length * 100}%${busyPct > 20 ? ' -- WARNING: other work is running; results will be distorted (see the "other:" rows)' : ""}`,
+    );
 
     rx = await startReceiver();
     mesh = await startMesh({
@@ -165,7 +200,8 @@ async function main(): Promise<number> {
     const { db, timer, client } = mesh;
     const dispatcher = mesh.dispatchers[0]!;
     const dbName = new URL(db.url).pathname.slice(1);
-    const pgVersion = (await db.pool.query<{ server_version: string }>("SHOW server_version")).rows[0]!.server_version;
+    const pgVersion = (await db.pool.query<{ server_version: string }>("SHOW server_version")).rows[0]!
+      .server_version;
     const autovacuum = (await db.pool.query<{ autovacuum: string }>("SHOW autovacuum")).rows[0]!.autovacuum;
     const backendPid = (await db.pool.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
     const known: Known = {
@@ -179,14 +215,21 @@ async function main(): Promise<number> {
       postmasterPid: readProc(backendPid)?.ppid,
       dbName,
     };
-    log(`database ${dbName} (Postgres ${pgVersion}, autovacuum ${autovacuum}${cfg.vacuum ? "; the bench runs VACUUM ANALYZE after each creation step" : autovacuum === "off" ? "; tables are never vacuumed or analyzed during the run (BENCH_VACUUM=1 changes that)" : ""}), nats ${mesh.nats.url}, timer pid ${timer.child.pid} grpc :${timer.grpcPort}, dispatcher pid ${dispatcher.child.pid}, receiver pid ${rx.child.pid} at ${rx.url}`);
+    log(
+      `database ${dbName} (Postgres ${pgVersion}, autovacuum ${autovacuum}${cfg.vacuum ? "; the bench runs VACUUM ANALYZE after each creation step" : autovacuum === "off" ? "; tables are never vacuumed or analyzed during the run (BENCH_VACUUM=1 changes that)" : ""}), nats ${mesh.nats.url}, timer pid ${timer.child.pid} grpc :${timer.grpcPort}, dispatcher pid ${dispatcher.child.pid}, receiver pid ${rx.child.pid} at ${rx.url}`,
+    );
 
     const payload = new Uint8Array(cfg.payloadBytes).map((_, i) => 97 + (i % 26));
-    const inAnHour = (group: string) => (i: number): CreateTimerRequest =>
-      create(CreateTimerRequestSchema, {
-        groupId: group, timerId: `${group}-${i}`, schedule: { case: "delay", value: durationFromMs(3_600_000) },
-        callback: { target: { case: "http", value: { url: rx!.url, headers: {} } } }, payload,
-      });
+    const inAnHour =
+      (group: string) =>
+      (i: number): CreateTimerRequest =>
+        create(CreateTimerRequestSchema, {
+          groupId: group,
+          timerId: `${group}-${i}`,
+          schedule: { case: "delay", value: durationFromMs(3_600_000) },
+          callback: { target: { case: "http", value: { url: rx!.url, headers: {} } } },
+          payload,
+        });
     const vacuum = async () => {
       const t = Date.now();
       await db.pool.query("VACUUM (ANALYZE)");
@@ -198,8 +241,22 @@ async function main(): Promise<number> {
       const a = cpuSnapshot();
       const r = await run();
       const b = cpuSnapshot();
-      console.log(renderTable(PHASE_HEADERS, [[r.method, fmtInt(r.acknowledged), fmt(r.durationMs / 1000, 2), fmtInt(createRate(r)), fmtMs(r.latency.p50), fmtMs(r.latency.p99), fmtMs(r.latency.max)]]));
-      console.log(`\nnot acknowledged: ${r.failed.size}${r.firstError ? ` (first: ${r.firstError})` : ""}; call latency mean ${fmtMs(r.latency.mean)} ms, p90 ${fmtMs(r.latency.p90)} ms\n`);
+      console.log(
+        renderTable(PHASE_HEADERS, [
+          [
+            r.method,
+            fmtInt(r.acknowledged),
+            fmt(r.durationMs / 1000, 2),
+            fmtInt(createRate(r)),
+            fmtMs(r.latency.p50),
+            fmtMs(r.latency.p99),
+            fmtMs(r.latency.max),
+          ],
+        ]),
+      );
+      console.log(
+        `\nnot acknowledged: ${r.failed.size}${r.firstError ? ` (first: ${r.firstError})` : ""}; call latency mean ${fmtMs(r.latency.mean)} ms, p90 ${fmtMs(r.latency.p90)} ms\n`,
+      );
       console.log(cpuTable(a, b, known));
       if (cfg.vacuum) await vacuum();
       return r;
@@ -216,68 +273,181 @@ async function main(): Promise<number> {
         () => createUnary(client, cfg.callers, { count: cfg.creates }, inAnHour("bench-unary")),
       );
       creator.observe(unary);
-      verdicts.push(judged(`unary CreateTimer/s (${cfg.callers} callers, one grpc-js channel)`, createRate(unary), fmtInt(createRate(unary)), TARGETS.unaryCreates, {
-        valid: unary.failed.size === 0, note: failureNote(unary), peers: "unary",
-      }));
-      verdicts.push({ measure: "  CreateTimer call p50 / p99 / max ms", result: triple(unary.latency), target: "", pass: undefined });
+      verdicts.push(
+        judged(
+          `unary CreateTimer/s (${cfg.callers} callers, one grpc-js channel)`,
+          createRate(unary),
+          fmtInt(createRate(unary)),
+          TARGETS.unaryCreates,
+          {
+            valid: unary.failed.size === 0,
+            note: failureNote(unary),
+            peers: "unary",
+          },
+        ),
+      );
+      verdicts.push({
+        measure: "  CreateTimer call p50 / p99 / max ms",
+        result: triple(unary.latency),
+        target: "",
+        pass: undefined,
+      });
     }
 
     // ---- 2. batch creates ------------------------------------------------------------------
     let batch: CreateRun | undefined;
     if (cfg.creates > 0) {
       const label = `batch CreateTimers: timers/s (${fmtInt(cfg.batchSize)} a call, ${cfg.batchInFlight} in flight, one client)`;
-      const warm = await createBatches(client, cfg.batchSize, 1, { count: cfg.batchSize }, inAnHour("bench-warmup-batch"));
+      const warm = await createBatches(
+        client,
+        cfg.batchSize,
+        1,
+        { count: cfg.batchSize },
+        inAnHour("bench-warmup-batch"),
+      );
       if (warm.unimplemented) {
         creator.observe(warm);
-        console.log(`\n## 2. Batch CreateTimers: not run, the server answers UNIMPLEMENTED (${warm.firstError ?? ""})\n`);
-        verdicts.push({ measure: label, result: "UNIMPLEMENTED", target: `>= ${fmtInt(TARGETS.batchCreates.value)}/s`, pass: false, note: "the server has no CreateTimers", peers: "batch" });
+        console.log(
+          `\n## 2. Batch CreateTimers: not run, the server answers UNIMPLEMENTED (${warm.firstError ?? ""})\n`,
+        );
+        verdicts.push({
+          measure: label,
+          result: "UNIMPLEMENTED",
+          target: `>= ${fmtInt(TARGETS.batchCreates.value)}/s`,
+          pass: false,
+          note: "the server has no CreateTimers",
+          peers: "batch",
+        });
       } else {
         batch = await createStep(
           `2. Batch CreateTimers: ${fmtInt(cfg.creates)} timers in calls of ${fmtInt(cfg.batchSize)}, ${cfg.batchInFlight} call(s) in flight, one client`,
-          () => createBatches(client, cfg.batchSize, cfg.batchInFlight, { count: cfg.creates }, inAnHour("bench-batch")),
+          () =>
+            createBatches(
+              client,
+              cfg.batchSize,
+              cfg.batchInFlight,
+              { count: cfg.creates },
+              inAnHour("bench-batch"),
+            ),
         );
         creator.observe(batch);
-        verdicts.push(judged(label, createRate(batch), fmtInt(createRate(batch)), TARGETS.batchCreates, { valid: batch.failed.size === 0, note: failureNote(batch), peers: "batch" }));
-        verdicts.push({ measure: "  CreateTimers call p50 / p99 / max ms", result: triple(batch.latency), target: "", pass: undefined });
+        verdicts.push(
+          judged(label, createRate(batch), fmtInt(createRate(batch)), TARGETS.batchCreates, {
+            valid: batch.failed.size === 0,
+            note: failureNote(batch),
+            peers: "batch",
+          }),
+        );
+        verdicts.push({
+          measure: "  CreateTimers call p50 / p99 / max ms",
+          result: triple(batch.latency),
+          target: "",
+          pass: undefined,
+        });
       }
     }
 
     // ---- 3. and 4.: the fire runs -----------------------------------------------------------
-    const fireStep = async (title: string, group: string, count: number, spanMs: number, leadMs: number): Promise<FireOutcome> => {
+    const fireStep = async (
+      title: string,
+      group: string,
+      count: number,
+      spanMs: number,
+      leadMs: number,
+    ): Promise<FireOutcome> => {
       console.log(`\n## ${title}\n`);
       const cpu: Partial<Record<"creating" | "created" | "firing" | "fired", CpuSnapshot>> = {};
-      const o = await fireRun(creator, rx!, {
-        group, count, spanMs, leadMs, callback: "http", payload, drainTimeoutMs: cfg.drainTimeoutMs,
-        onPhase: async (p) => {
-          cpu[p] = cpuSnapshot();
-          if (p === "created" && cfg.vacuum) await vacuum();
+      const o = await fireRun(
+        creator,
+        rx!,
+        {
+          group,
+          count,
+          spanMs,
+          leadMs,
+          callback: "http",
+          payload,
+          drainTimeoutMs: cfg.drainTimeoutMs,
+          onPhase: async (p) => {
+            cpu[p] = cpuSnapshot();
+            if (p === "created" && cfg.vacuum) await vacuum();
+          },
         },
-      }, log);
+        log,
+      );
       const r = o.result;
       console.log();
-      console.log(renderTable(PHASE_HEADERS, [[`${group} (lateness)`, fmtInt(r.unique), fmt((r.lastAtMs - r.firstAtMs) / 1000, 2), fmtInt(fireRate(r)), fmtMs(r.lateness.p50), fmtMs(r.lateness.p99), fmtMs(r.lateness.max)]]));
-      console.log(`\nchecks: ${checksLine(r)}; in Postgres: ${await dbStates(db, group)}; lateness mean ${fmtMs(r.lateness.mean)} ms, p90 ${fmtMs(r.lateness.p90)} ms`);
-      console.log(`rate = timers delivered / (last receipt - first receipt); first receipt ${r.firstAtMs - o.startMs} ms after the first fire_at, last ${r.lastAtMs - (o.startMs + spanMs)} ms after the last fire_at\n`);
+      console.log(
+        renderTable(PHASE_HEADERS, [
+          [
+            `${group} (lateness)`,
+            fmtInt(r.unique),
+            fmt((r.lastAtMs - r.firstAtMs) / 1000, 2),
+            fmtInt(fireRate(r)),
+            fmtMs(r.lateness.p50),
+            fmtMs(r.lateness.p99),
+            fmtMs(r.lateness.max),
+          ],
+        ]),
+      );
+      console.log(
+        `\nchecks: ${checksLine(r)}; in Postgres: ${await dbStates(db, group)}; lateness mean ${fmtMs(r.lateness.mean)} ms, p90 ${fmtMs(r.lateness.p90)} ms`,
+      );
+      console.log(
+        `rate = timers delivered / (last receipt - first receipt); first receipt ${r.firstAtMs - o.startMs} ms after the first fire_at, last ${r.lastAtMs - (o.startMs + spanMs)} ms after the last fire_at\n`,
+      );
       console.log(timeline(r, o.startMs));
-      if (cpu.creating && cpu.created) console.log(`\nCPU while creating the ${fmtInt(count)} timers (${fmt((cpu.created.atMs - cpu.creating.atMs) / 1000, 1)} s, ${o.made.method}):\n\n${cpuTable(cpu.creating, cpu.created, known)}`);
-      if (cpu.firing && cpu.fired) console.log(`\nCPU while firing (${fmt((cpu.fired.atMs - cpu.firing.atMs) / 1000, 1)} s, from 0.3 s before the first fire_at to the last receipt):\n\n${cpuTable(cpu.firing, cpu.fired, known)}`);
+      if (cpu.creating && cpu.created)
+        console.log(
+          `\nCPU while creating the ${fmtInt(count)} timers (${fmt((cpu.created.atMs - cpu.creating.atMs) / 1000, 1)} s, ${o.made.method}):\n\n${cpuTable(cpu.creating, cpu.created, known)}`,
+        );
+      if (cpu.firing && cpu.fired)
+        console.log(
+          `\nCPU while firing (${fmt((cpu.fired.atMs - cpu.firing.atMs) / 1000, 1)} s, from 0.3 s before the first fire_at to the last receipt):\n\n${cpuTable(cpu.firing, cpu.fired, known)}`,
+        );
       return o;
     };
     /** Why a fire run's figures cannot be trusted, if they cannot. */
     const invalidity = (o: FireOutcome) =>
-      [o.overlapped ? "creation overlapped firing" : "", failureNote(o.made), exactlyOnce(o.result) ? "" : "not exactly once"].filter(Boolean).join("; ");
+      [
+        o.overlapped ? "creation overlapped firing" : "",
+        failureNote(o.made),
+        exactlyOnce(o.result) ? "" : "not exactly once",
+      ]
+        .filter(Boolean)
+        .join("; ");
     const onceRow = (what: string, o: FireOutcome) =>
-      mustBeZero(`${what}: early / twice / missing / unexpected / create refused`, [o.result.early, o.result.redelivered, o.result.missing, o.result.unexpected, o.made.failed.size], o.made.failed.size ? failureNote(o.made) : undefined);
+      mustBeZero(
+        `${what}: early / twice / missing / unexpected / create refused`,
+        [o.result.early, o.result.redelivered, o.result.missing, o.result.unexpected, o.made.failed.size],
+        o.made.failed.size ? failureNote(o.made) : undefined,
+      );
 
     if (cfg.fires > 0) {
       const o = await fireStep(
         `3. Fire throughput: ${fmtInt(cfg.fires)} HTTP-callback timers due evenly over ${fmt(cfg.fireWindowMs / 1000, 1)} s (offered ${fmtInt(cfg.fires / (cfg.fireWindowMs / 1000))}/s), one dispatcher`,
-        "bench-fire", cfg.fires, cfg.fireWindowMs, cfg.fireLeadMs,
+        "bench-fire",
+        cfg.fires,
+        cfg.fireWindowMs,
+        cfg.fireLeadMs,
       );
       const rate = fireRate(o.result);
       const bad = invalidity(o);
-      verdicts.push(judged(`fires/s, HTTP callbacks, one dispatcher (${fmtInt(cfg.fires)} due within ${fmt(cfg.fireWindowMs / 1000, 1)} s)`, rate, fmtInt(rate), TARGETS.httpFires, { valid: !bad, note: bad, peers: "fires" }));
-      verdicts.push({ measure: "  lateness p50 / p99 / max ms at saturation", result: triple(o.result.lateness), target: "", pass: undefined });
+      verdicts.push(
+        judged(
+          `fires/s, HTTP callbacks, one dispatcher (${fmtInt(cfg.fires)} due within ${fmt(cfg.fireWindowMs / 1000, 1)} s)`,
+          rate,
+          fmtInt(rate),
+          TARGETS.httpFires,
+          { valid: !bad, note: bad, peers: "fires" },
+        ),
+      );
+      verdicts.push({
+        measure: "  lateness p50 / p99 / max ms at saturation",
+        result: triple(o.result.lateness),
+        target: "",
+        pass: undefined,
+      });
       verdicts.push(onceRow("  exactly once", o));
     }
 
@@ -285,28 +455,65 @@ async function main(): Promise<number> {
       const spanMs = Math.round((cfg.steadyCount / rate) * 1000);
       const o = await fireStep(
         `4. Lateness at ${fmtInt(rate)} fires/s: ${fmtInt(cfg.steadyCount)} HTTP-callback timers over ${fmt(spanMs / 1000, 1)} s, stored ahead`,
-        `bench-steady-${rate}`, cfg.steadyCount, spanMs, cfg.steadyLeadMs,
+        `bench-steady-${rate}`,
+        cfg.steadyCount,
+        spanMs,
+        cfg.steadyLeadMs,
       );
       const bad = invalidity(o);
-      const peers: PeerMeasure | undefined = rate === 5_000 ? "p99At5000" : rate === 1_000 ? "p50p99At1000" : undefined;
-      verdicts.push(judged(`lateness p50 / p99 / max ms at ${fmtInt(rate)} fires/s (stored ahead)`, o.result.lateness.p99, triple(o.result.lateness), TARGETS.lateP99, {
-        valid: !bad, note: bad, ...(peers ? { peers } : {}),
-      }));
-      verdicts.push({ measure: "  fires/s delivered in that run", result: fmtInt(fireRate(o.result)), target: "", pass: undefined });
+      const peers: PeerMeasure | undefined =
+        rate === 5_000 ? "p99At5000" : rate === 1_000 ? "p50p99At1000" : undefined;
+      verdicts.push(
+        judged(
+          `lateness p50 / p99 / max ms at ${fmtInt(rate)} fires/s (stored ahead)`,
+          o.result.lateness.p99,
+          triple(o.result.lateness),
+          TARGETS.lateP99,
+          {
+            valid: !bad,
+            note: bad,
+            ...(peers ? { peers } : {}),
+          },
+        ),
+      );
+      verdicts.push({
+        measure: "  fires/s delivered in that run",
+        result: fmtInt(fireRate(o.result)),
+        target: "",
+        pass: undefined,
+      });
       verdicts.push(onceRow("  exactly once", o));
     }
 
     for (const s of [timer, dispatcher]) {
       const out = s.output().trim();
-      if (out) console.log(`\n${s.name} logged (LOG_LEVEL=warn), last lines:\n${out.split("\n").slice(-8).map((l) => `  ${l.slice(0, 300)}`).join("\n")}`);
+      if (out)
+        console.log(
+          `\n${s.name} logged (LOG_LEVEL=warn), last lines:\n${out
+            .split("\n")
+            .slice(-8)
+            .map((l) => `  ${l.slice(0, 300)}`)
+            .join("\n")}`,
+        );
     }
 
     console.log(`\n## Summary\n`);
-    console.log(`machine: ${machine}; node ${process.version}; Postgres ${pgVersion}; ${sourceVersion()}; CPU busy with other work before the start: ${fmt(busyPct, 0)}% of ${cpus().length * 100}%`);
-    console.log(`peer columns: as measured by issue 10 on this machine with the same 20,000-job workload (quoted from the issue, not re-measured by this script); "timer-mesh before" is this project before issue 10\n`);
-    console.log(summaryTable([{ measure: "cores on this machine", result: String(cpus().length), target: "", pass: undefined }, ...verdicts]));
+    console.log(
+      `machine: ${machine}; node ${process.version}; Postgres ${pgVersion}; ${sourceVersion()}; CPU busy with other work before the start: ${fmt(busyPct, 0)}% of ${cpus().length * 100}%`,
+    );
+    console.log(
+      `peer columns: as measured by issue 10 on this machine with the same 20,000-job workload (quoted from the issue, not re-measured by this script); "timer-mesh before" is this project before issue 10\n`,
+    );
+    console.log(
+      summaryTable([
+        { measure: "cores on this machine", result: String(cpus().length), target: "", pass: undefined },
+        ...verdicts,
+      ]),
+    );
     const missed = verdicts.filter((v) => v.pass === false).length;
-    console.log(`\n${missed === 0 ? "every target met" : `${missed} row(s) missed their target`}${cfg.strict ? " (BENCH_STRICT=1: exit code reflects it)" : " (BENCH_STRICT=1 to exit non-zero on a miss)"}`);
+    console.log(
+      `\n${missed === 0 ? "every target met" : `${missed} row(s) missed their target`}${cfg.strict ? " (BENCH_STRICT=1: exit code reflects it)" : " (BENCH_STRICT=1 to exit non-zero on a miss)"}`,
+    );
     return exitCode(verdicts, cfg.strict);
   } finally {
     log("cleaning up (services, receiver, nats-server, database)");

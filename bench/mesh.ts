@@ -52,10 +52,14 @@ const cfg = {
   skipOtel: process.env["BENCH_SKIP_OTEL"] === "1",
   strict: process.env["BENCH_STRICT"] === "1",
 };
-for (const t of cfg.transports) if (t !== "nats" && t !== "http") throw new Error(`BENCH_TRANSPORTS takes nats and http, got "${t}"`);
-for (const d of cfg.dispatchers) if (!Number.isInteger(d) || d < 1) throw new Error(`BENCH_DISPATCHERS takes counts of 1 or more, got "${process.env["BENCH_DISPATCHERS"]}"`);
+for (const t of cfg.transports)
+  if (t !== "nats" && t !== "http") throw new Error(`BENCH_TRANSPORTS takes nats and http, got "${t}"`);
+for (const d of cfg.dispatchers)
+  if (!Number.isInteger(d) || d < 1)
+    throw new Error(`BENCH_DISPATCHERS takes counts of 1 or more, got "${process.env["BENCH_DISPATCHERS"]}"`);
 
-const log = (m: string) => process.stderr.write(`[bench:mesh ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
+const log = (m: string) =>
+  process.stderr.write(`[bench:mesh ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)));
 
 /** The mesh under test, its receiver, and a Creator on its timer service. */
@@ -73,7 +77,11 @@ async function startBenchMesh(dispatchers: number, tracing: false | number = fal
   const otel: Record<string, string> =
     tracing === false
       ? { OTEL_SDK_DISABLED: "true" }
-      : { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.otlpEndpoint, OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: String(tracing) };
+      : {
+          OTEL_EXPORTER_OTLP_ENDPOINT: receiver.otlpEndpoint,
+          OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+          OTEL_TRACES_SAMPLER_ARG: String(tracing),
+        };
   let mesh: TestMesh;
   try {
     mesh = await startMesh({
@@ -95,16 +103,38 @@ async function startBenchMesh(dispatchers: number, tracing: false | number = fal
   };
   try {
     await receiver.listenNats(mesh.nats.url, "operator", mesh.nats.passwords.operator);
-    await waitFor(async () => {
-      const { rows } = await mesh.db.pool.query("SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL");
-      return rows[0].owners === dispatchers && rows[0].n === SHARDS;
-    }, 30_000, "every shard to be owned");
+    await waitFor(
+      async () => {
+        const { rows } = await mesh.db.pool.query(
+          "SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL",
+        );
+        return rows[0].owners === dispatchers && rows[0].n === SHARDS;
+      },
+      30_000,
+      "every shard to be owned",
+    );
     const creator = new Creator(mesh.client, log, { callers: cfg.callers, batchSize: 1_000 });
     // Learn whether CreateTimers is there and how fast creation goes once warm (the first calls
     // of a fresh process are slow), so that the first fire run's window is planned after its
     // creation ends without waiting far longer than needed.
-    const warm = await createBatches(mesh.client, 1_000, 1, { count: 2_000 }, farFuture("bench-warmup", receiver.url));
-    creator.observe(warm.unimplemented ? warm : await createBatches(mesh.client, 1_000, 1, { count: 5_000 }, farFuture("bench-probe", receiver.url)));
+    const warm = await createBatches(
+      mesh.client,
+      1_000,
+      1,
+      { count: 2_000 },
+      farFuture("bench-warmup", receiver.url),
+    );
+    creator.observe(
+      warm.unimplemented
+        ? warm
+        : await createBatches(
+            mesh.client,
+            1_000,
+            1,
+            { count: 5_000 },
+            farFuture("bench-probe", receiver.url),
+          ),
+    );
     return { mesh, receiver, creator, close };
   } catch (err) {
     await close();
@@ -124,19 +154,49 @@ function farFuture(group: string, url: string) {
 }
 
 /** A fire run on the mesh, vacuuming first (this machine's Postgres runs with autovacuum off). */
-async function run(b: BenchMesh, group: string, count: number, spanMs: number, callback: CallbackKind, during?: FireSpec["during"]): Promise<FireOutcome> {
+async function run(
+  b: BenchMesh,
+  group: string,
+  count: number,
+  spanMs: number,
+  callback: CallbackKind,
+  during?: FireSpec["during"],
+): Promise<FireOutcome> {
   // Without this, each run would wade through the dead row versions of the runs before it
   // (every fire updates a row twice).
   await b.mesh.db.pool.query("VACUUM ANALYZE timers");
   await b.mesh.db.pool.query("VACUUM ANALYZE timer_attempts");
-  return fireRun(b.creator, b.receiver, { group, count, spanMs, leadMs: cfg.leadMs, callback, drainTimeoutMs: cfg.drainTimeoutMs, ...(during ? { during } : {}) }, log);
+  return fireRun(
+    b.creator,
+    b.receiver,
+    {
+      group,
+      count,
+      spanMs,
+      leadMs: cfg.leadMs,
+      callback,
+      drainTimeoutMs: cfg.drainTimeoutMs,
+      ...(during ? { during } : {}),
+    },
+    log,
+  );
 }
 
 /** "ok: 40,000/40,000, dup 0, early 0" or "FAIL: ..." (retries after a failed attempt are allowed here). */
 function check(o: FireOutcome): string {
   const r = o.result;
-  const ok = r.missing === 0 && r.duplicates === 0 && r.early === 0 && r.unexpected === 0 && o.made.failed.size === 0 && !o.overlapped;
-  const extra = [r.retries ? `retried ${r.retries}` : "", o.made.failed.size ? `${o.made.failed.size} creates not acknowledged` : "", o.overlapped ? "creation overlapped firing" : ""].filter(Boolean);
+  const ok =
+    r.missing === 0 &&
+    r.duplicates === 0 &&
+    r.early === 0 &&
+    r.unexpected === 0 &&
+    o.made.failed.size === 0 &&
+    !o.overlapped;
+  const extra = [
+    r.retries ? `retried ${r.retries}` : "",
+    o.made.failed.size ? `${o.made.failed.size} creates not acknowledged` : "",
+    o.overlapped ? "creation overlapped firing" : "",
+  ].filter(Boolean);
   return `${ok ? "ok" : "FAIL"}: ${fmtInt(r.unique)}/${fmtInt(r.expected + o.made.failed.size)}, dup ${r.duplicates}, early ${r.early}${extra.length ? `, ${extra.join(", ")}` : ""}`;
 }
 const valid = (o: FireOutcome) => check(o).startsWith("ok");
@@ -151,54 +211,140 @@ async function main(): Promise<number> {
       const b = await startBenchMesh(d);
       try {
         const sat = await run(b, "sat", cfg.saturate, 1_000, transport);
-        log(`  ${fmtInt(fireRate(sat.result))} fires/s (${check(sat)}); steady run at ${cfg.rate}/s for ${cfg.seconds} s`);
+        log(
+          `  ${fmtInt(fireRate(sat.result))} fires/s (${check(sat)}); steady run at ${cfg.rate}/s for ${cfg.seconds} s`,
+        );
         if (transport === "nats") natsSaturated.push({ d, rate: fireRate(sat.result), ok: valid(sat) });
         const steady = await run(b, "steady", cfg.rate * cfg.seconds, cfg.seconds * 1000, transport);
-        log(`  lateness p99 ${fmtMs(steady.result.lateness.p99)} ms (${check(steady)}); again with unary then batch creates flat out alongside`);
+        log(
+          `  lateness p99 ${fmtMs(steady.result.lateness.p99)} ms (${check(steady)}); again with unary then batch creates flat out alongside`,
+        );
         let unary: CreateRun | undefined;
         let batch: CreateRun | undefined;
-        const loaded = await run(b, "loaded", cfg.rate * cfg.seconds, cfg.seconds * 1000, transport, async (startMs) => {
-          await sleep(startMs - Date.now());
-          const halfMs = (cfg.seconds * 1000) / 2;
-          unary = await createUnary(b.mesh.client, cfg.callers, { untilMs: startMs + halfMs }, farFuture("load-unary", b.receiver.url));
-          batch = await createBatches(b.mesh.client, 1_000, 1, { untilMs: startMs + 2 * halfMs }, farFuture("load-batch", b.receiver.url));
-        });
+        const loaded = await run(
+          b,
+          "loaded",
+          cfg.rate * cfg.seconds,
+          cfg.seconds * 1000,
+          transport,
+          async (startMs) => {
+            await sleep(startMs - Date.now());
+            const halfMs = (cfg.seconds * 1000) / 2;
+            unary = await createUnary(
+              b.mesh.client,
+              cfg.callers,
+              { untilMs: startMs + halfMs },
+              farFuture("load-unary", b.receiver.url),
+            );
+            batch = await createBatches(
+              b.mesh.client,
+              1_000,
+              1,
+              { untilMs: startMs + 2 * halfMs },
+              farFuture("load-batch", b.receiver.url),
+            );
+          },
+        );
         const u = unary!;
         const bt = batch!;
-        log(`  creates alongside: unary ${fmtInt(createRate(u))}/s${failureNote(u) ? ` (${failureNote(u)})` : ""}, batch ${bt.unimplemented ? "UNIMPLEMENTED" : `${fmtInt(createRate(bt))}/s`}${!bt.unimplemented && failureNote(bt) ? ` (${failureNote(bt)})` : ""}; lateness p99 then ${fmtMs(loaded.result.lateness.p99)} ms (${check(loaded)})`);
+        log(
+          `  creates alongside: unary ${fmtInt(createRate(u))}/s${failureNote(u) ? ` (${failureNote(u)})` : ""}, batch ${bt.unimplemented ? "UNIMPLEMENTED" : `${fmtInt(createRate(bt))}/s`}${!bt.unimplemented && failureNote(bt) ? ` (${failureNote(bt)})` : ""}; lateness p99 then ${fmtMs(loaded.result.lateness.p99)} ms (${check(loaded)})`,
+        );
         rows.push([
-          String(d), transport, fmtInt(fireRate(sat.result)), check(sat), fmtInt(cfg.rate),
-          fmtMs(steady.result.lateness.p50), fmtMs(steady.result.lateness.p99), fmtMs(steady.result.lateness.max), check(steady),
-          fmtInt(createRate(u)), bt.unimplemented ? "UNIMPLEMENTED" : fmtInt(createRate(bt)), fmtMs(loaded.result.lateness.p99), check(loaded),
+          String(d),
+          transport,
+          fmtInt(fireRate(sat.result)),
+          check(sat),
+          fmtInt(cfg.rate),
+          fmtMs(steady.result.lateness.p50),
+          fmtMs(steady.result.lateness.p99),
+          fmtMs(steady.result.lateness.max),
+          check(steady),
+          fmtInt(createRate(u)),
+          bt.unimplemented ? "UNIMPLEMENTED" : fmtInt(createRate(bt)),
+          fmtMs(loaded.result.lateness.p99),
+          check(loaded),
         ]);
         const where = `while ${d} dispatcher(s) fire ${fmtInt(cfg.rate)}/s, ${transport}`;
         const loadNote = valid(loaded) ? "" : `the fire run under load: ${check(loaded)}`;
-        verdicts.push(judged(`unary CreateTimer/s ${where}`, createRate(u), fmtInt(createRate(u)), TARGETS.unaryCreatesUnderLoad, {
-          valid: u.failed.size === 0, note: failureNote(u),
-        }));
+        verdicts.push(
+          judged(
+            `unary CreateTimer/s ${where}`,
+            createRate(u),
+            fmtInt(createRate(u)),
+            TARGETS.unaryCreatesUnderLoad,
+            {
+              valid: u.failed.size === 0,
+              note: failureNote(u),
+            },
+          ),
+        );
         verdicts.push(
           bt.unimplemented
-            ? { measure: `batch CreateTimers timers/s ${where}`, result: "UNIMPLEMENTED", target: `>= ${fmtInt(TARGETS.batchCreatesUnderLoad.value)}/s`, pass: false, note: "the server has no CreateTimers" }
-            : judged(`batch CreateTimers timers/s ${where}`, createRate(bt), fmtInt(createRate(bt)), TARGETS.batchCreatesUnderLoad, { valid: bt.failed.size === 0, note: failureNote(bt) }),
+            ? {
+                measure: `batch CreateTimers timers/s ${where}`,
+                result: "UNIMPLEMENTED",
+                target: `>= ${fmtInt(TARGETS.batchCreatesUnderLoad.value)}/s`,
+                pass: false,
+                note: "the server has no CreateTimers",
+              }
+            : judged(
+                `batch CreateTimers timers/s ${where}`,
+                createRate(bt),
+                fmtInt(createRate(bt)),
+                TARGETS.batchCreatesUnderLoad,
+                { valid: bt.failed.size === 0, note: failureNote(bt) },
+              ),
         );
-        if (loadNote) verdicts.push({ measure: `  fire run under that load`, result: check(loaded), target: "ok", pass: false });
+        if (loadNote)
+          verdicts.push({
+            measure: `  fire run under that load`,
+            result: check(loaded),
+            target: "ok",
+            pass: false,
+          });
       } finally {
         await b.close();
       }
     }
   }
   console.log("\n## Mesh throughput and lateness\n");
-  console.log(renderTable(
-    ["dispatchers", "callbacks", "fires/s (saturated)", "saturated run", "steady rate/s", "lateness p50 ms", "p99 ms", "max ms", "steady run", "unary creates/s under that load", "batch creates/s under that load", "lateness p99 ms with creates", "loaded run"],
-    rows,
-  ));
+  console.log(
+    renderTable(
+      [
+        "dispatchers",
+        "callbacks",
+        "fires/s (saturated)",
+        "saturated run",
+        "steady rate/s",
+        "lateness p50 ms",
+        "p99 ms",
+        "max ms",
+        "steady run",
+        "unary creates/s under that load",
+        "batch creates/s under that load",
+        "lateness p99 ms with creates",
+        "loaded run",
+      ],
+      rows,
+    ),
+  );
   if (natsSaturated.length > 0) {
     // The mesh's NATS capacity: its best configuration (an operator picks the dispatcher count).
     const best = natsSaturated.reduce((a, x) => (x.rate > a.rate ? x : a));
     const all = natsSaturated.map((x) => `${x.d}: ${fmtInt(x.rate)}`).join(", ");
-    verdicts.unshift(judged(`NATS callbacks fires/s across the mesh (best of dispatcher counts ${all})`, best.rate, `${fmtInt(best.rate)} (${best.d} dispatcher(s))`, TARGETS.natsFires, {
-      valid: best.ok, note: best.ok ? "" : "that saturation run was not exactly once",
-    }));
+    verdicts.unshift(
+      judged(
+        `NATS callbacks fires/s across the mesh (best of dispatcher counts ${all})`,
+        best.rate,
+        `${fmtInt(best.rate)} (${best.d} dispatcher(s))`,
+        TARGETS.natsFires,
+        {
+          valid: best.ok,
+          note: best.ok ? "" : "that saturation run was not exactly once",
+        },
+      ),
+    );
   }
 
   if (!cfg.skipKill) {
@@ -211,16 +357,37 @@ async function main(): Promise<number> {
         killedAt = Date.now();
         b.mesh.dispatchers[2]!.child.kill("SIGKILL");
       });
-      const { rows: attempts } = await b.mesh.db.pool.query("SELECT count(*)::int AS n FROM timer_attempts WHERE group_id = 'kill'");
+      const { rows: attempts } = await b.mesh.db.pool.query(
+        "SELECT count(*)::int AS n FROM timer_attempts WHERE group_id = 'kill'",
+      );
       const lateAfterKill = await b.mesh.db.pool.query(
         `SELECT max(extract(epoch FROM fired_time - fire_at))::float8 * 1000 AS worst
            FROM timers WHERE group_id = 'kill' AND fire_at > $1`,
         [new Date(killedAt)],
       );
       console.log("\n## Failover (SIGKILL of one of three dispatchers, NATS callbacks, 1,000 fires/s)\n");
-      console.log(renderTable(["timers", "delivered", "duplicates", "attempts recorded", "time until the dead member's due timers fired again (ms)", "run"], [
-        [fmtInt(o.result.expected), fmtInt(o.result.unique), String(o.result.duplicates), fmtInt(attempts[0].n), fmtMs(lateAfterKill.rows[0].worst), check(o)],
-      ]));
+      console.log(
+        renderTable(
+          [
+            "timers",
+            "delivered",
+            "duplicates",
+            "attempts recorded",
+            "time until the dead member's due timers fired again (ms)",
+            "run",
+          ],
+          [
+            [
+              fmtInt(o.result.expected),
+              fmtInt(o.result.unique),
+              String(o.result.duplicates),
+              fmtInt(attempts[0].n),
+              fmtMs(lateAfterKill.rows[0].worst),
+              check(o),
+            ],
+          ],
+        ),
+      );
     } finally {
       await b.close();
     }
@@ -248,7 +415,9 @@ async function main(): Promise<number> {
   }
 
   if (verdicts.length > 0) {
-    console.log(`\n## Summary against issue 10's targets (${cpus().length} cores, ${cpus()[0]?.model ?? "cpu"})\n`);
+    console.log(
+      `\n## Summary against issue 10's targets (${cpus().length} cores, ${cpus()[0]?.model ?? "cpu"})\n`,
+    );
     console.log(summaryTable(verdicts));
   }
   return exitCode(verdicts, cfg.strict);

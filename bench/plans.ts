@@ -42,7 +42,10 @@ export interface PlanFigures {
  * Runs `call` with a pool whose first query is EXPLAINed (ANALYZE, BUFFERS) on `pool` in a
  * rolled-back transaction, and returns its figures. The call sees an empty result.
  */
-export async function explainCall(pool: pg.Pool, call: (p: pg.Pool) => Promise<unknown>): Promise<PlanFigures> {
+export async function explainCall(
+  pool: pg.Pool,
+  call: (p: pg.Pool) => Promise<unknown>,
+): Promise<PlanFigures> {
   const client = await pool.connect();
   let figures: PlanFigures | undefined;
   try {
@@ -51,10 +54,9 @@ export async function explainCall(pool: pg.Pool, call: (p: pg.Pool) => Promise<u
         if (figures) throw new Error("explainCall: the call made more than one query");
         await client.query("BEGIN");
         try {
-          const { rows } = await client.query<{ "QUERY PLAN": [{ Plan: PlanNode; "Execution Time": number }] }>(
-            `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${sql}`,
-            params,
-          );
+          const { rows } = await client.query<{
+            "QUERY PLAN": [{ Plan: PlanNode; "Execution Time": number }];
+          }>(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${sql}`, params);
           const top = rows[0]!["QUERY PLAN"][0];
           figures = summarize(top.Plan, top["Execution Time"]);
         } finally {
@@ -86,7 +88,13 @@ function summarize(root: PlanNode, executionMs: number): PlanFigures {
       indexRows += rows + (n["Node Type"] === "Bitmap Index Scan" ? 0 : removed);
       if (n["Index Name"]) indexes.add(n["Index Name"]);
     }
-    const what = [n["Node Type"], n["Index Name"] ? `using ${n["Index Name"]}` : "", n["Relation Name"] ? `on ${n["Relation Name"]}` : ""].filter(Boolean).join(" ");
+    const what = [
+      n["Node Type"],
+      n["Index Name"] ? `using ${n["Index Name"]}` : "",
+      n["Relation Name"] ? `on ${n["Relation Name"]}` : "",
+    ]
+      .filter(Boolean)
+      .join(" ");
     const cond = n["Index Cond"] ?? n["Recheck Cond"];
     lines.push(
       `${"  ".repeat(depth)}-> ${what}  rows=${n["Actual Rows"]}${loops > 1 ? ` x ${loops} loops` : ""}` +

@@ -21,7 +21,9 @@ export const NATS_SUBJECT = "bench.fired";
 
 type Ask = { op: "count" | "take"; group: string } | { op: "nats"; url: string; user: string; pass: string };
 type ToReceiver = Ask & { id: number };
-type FromReceiver = { type: "ready"; url: string; otlp: string } | { id: number; count?: number; rows?: Delivery[]; error?: string };
+type FromReceiver =
+  | { type: "ready"; url: string; otlp: string }
+  | { id: number; count?: number; rows?: Delivery[]; error?: string };
 
 /** The parent's handle on the receiver child. */
 export interface Receiver {
@@ -64,7 +66,12 @@ async function receiverMain(): Promise<void> {
         nc.subscribe(NATS_SUBJECT, {
           callback: (_err, msg) => {
             const h = msg.headers;
-            record(h?.get("x-timer-group") ?? "", [h?.get("x-timer-id") ?? "", Number(h?.get("x-timer-attempt")), Date.parse(h?.get("x-timer-fire-at") ?? ""), Date.now()]);
+            record(h?.get("x-timer-group") ?? "", [
+              h?.get("x-timer-id") ?? "",
+              Number(h?.get("x-timer-attempt")),
+              Date.parse(h?.get("x-timer-fire-at") ?? ""),
+              Date.now(),
+            ]);
           },
         });
         await nc.flush();
@@ -97,7 +104,11 @@ async function receiverMain(): Promise<void> {
 
 /** Forks the receiver and waits until it listens. */
 export async function startReceiver(): Promise<Receiver> {
-  const child = fork(SELF, ["--receiver"], { cwd: ROOT, execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const child = fork(SELF, ["--receiver"], {
+    cwd: ROOT,
+    execArgv: ["--import", "tsx"],
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
   const waiting = new Map<number, (m: FromReceiver) => void>();
   let nextId = 1;
   const exited = new Promise<void>((r) => child.once("exit", () => r()));

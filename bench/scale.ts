@@ -26,7 +26,11 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { claimTimers, loadWindow } from "../services/dispatcher/src/dispatch-store.js";
 import type { DueTimer } from "../services/dispatcher/src/due-queue.js";
-import { CreateTimerRequestSchema, GetTimerRequestSchema, ListTimersRequestSchema } from "../services/shared/src/gen/timer/v1/timer_pb.js";
+import {
+  CreateTimerRequestSchema,
+  GetTimerRequestSchema,
+  ListTimersRequestSchema,
+} from "../services/shared/src/gen/timer/v1/timer_pb.js";
 import { shardOf } from "../services/shared/src/shard.js";
 import { getTimer, listTimers } from "../services/timer/src/timer-store.js";
 import { startMesh, type TestMesh } from "../test/support/mesh.js";
@@ -67,16 +71,22 @@ const CLAIM_BATCH = 500;
 /** The dispatcher's default LOOKAHEAD. */
 const LOOKAHEAD_MS = 30_000;
 
-const log = (m: string) => process.stderr.write(`[bench:scale ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
+const log = (m: string) =>
+  process.stderr.write(`[bench:scale ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
 /** Refuses to start when the database's disk cannot take the load (about 1.5 KB a timer with indexes and WAL, plus 2 GB). */
 async function checkDisk(mesh: TestMesh): Promise<string> {
-  const { rows } = await mesh.db.pool.query<{ dir: string }>("SELECT current_setting('data_directory') AS dir");
+  const { rows } = await mesh.db.pool.query<{ dir: string }>(
+    "SELECT current_setting('data_directory') AS dir",
+  );
   const s = await statfs(rows[0]!.dir);
   const free = s.bavail * s.bsize;
   const need = cfg.timers * 1_500 + 2 * 1024 ** 3;
   const line = `${fmt(free / 1024 ** 3, 1)} GB free at ${rows[0]!.dir}, about ${fmt(need / 1024 ** 3, 1)} GB needed`;
-  if (free < need) throw new Error(`not enough disk for ${fmtInt(cfg.timers)} timers: ${line} (set BENCH_SCALE_TIMERS lower)`);
+  if (free < need)
+    throw new Error(
+      `not enough disk for ${fmtInt(cfg.timers)} timers: ${line} (set BENCH_SCALE_TIMERS lower)`,
+    );
   return line;
 }
 
@@ -99,7 +109,12 @@ function scatter(n: number): (i: number) => number {
 function probeTimers(atMs: number): { groupId: string; timerId: string; shard: number; dueMs: number }[] {
   return Array.from({ length: PROBES }, (_, i) => {
     const timerId = `probe-${i}`;
-    return { groupId: "scale-probe", timerId, shard: shardOf("scale-probe", timerId, SHARDS), dueMs: atMs + Math.floor((i * PROBE_SPAN_MS) / PROBES) };
+    return {
+      groupId: "scale-probe",
+      timerId,
+      shard: shardOf("scale-probe", timerId, SHARDS),
+      dueMs: atMs + Math.floor((i * PROBE_SPAN_MS) / PROBES),
+    };
   });
 }
 
@@ -115,35 +130,72 @@ interface Plans {
 
 async function explainAll(mesh: TestMesh, probes: ReturnType<typeof probeTimers>): Promise<Plans> {
   const pool = mesh.db.pool;
-  const { rows: leases } = await pool.query<{ shard: number; owner: string; epoch: string }>("SELECT shard, owner, epoch::text AS epoch FROM shard_owners WHERE owner IS NOT NULL");
+  const { rows: leases } = await pool.query<{ shard: number; owner: string; epoch: string }>(
+    "SELECT shard, owner, epoch::text AS epoch FROM shard_owners WHERE owner IS NOT NULL",
+  );
   const epochOf = new Map(leases.map((l) => [l.shard, BigInt(l.epoch)]));
   const owner = leases[0]!.owner;
   const firstMs = probes[0]!.dueMs;
   const due: DueTimer[] = probes.slice(0, CLAIM_BATCH).map((p) => ({ ...p, destination: "" }));
   // The probes are hours ahead: a lead reaching past them lets the claim take them (rolled back).
   const leadMs = firstMs + PROBE_SPAN_MS - Date.now() + 60_000;
-  const claim = await explainCall(pool, (p) => claimTimers(p, owner, `${owner}#bench-scale`, due, due.map((t) => epochOf.get(t.shard) ?? 0n), leadMs, 30_000));
-  if (claim.rows !== CLAIM_BATCH) throw new Error(`the claim EXPLAINed took ${claim.rows} of ${CLAIM_BATCH} probe timers: the plan would not be the claim's`);
+  const claim = await explainCall(pool, (p) =>
+    claimTimers(
+      p,
+      owner,
+      `${owner}#bench-scale`,
+      due,
+      due.map((t) => epochOf.get(t.shard) ?? 0n),
+      leadMs,
+      30_000,
+    ),
+  );
+  if (claim.rows !== CLAIM_BATCH)
+    throw new Error(
+      `the claim EXPLAINed took ${claim.rows} of ${CLAIM_BATCH} probe timers: the plan would not be the claim's`,
+    );
   const all = Array.from({ length: SHARDS }, (_, s) => s);
   const twentieth = all.filter((s) => s % 20 === 0);
   const from = { atMs: firstMs - 1, groupId: "", timerId: "" };
   return {
     claim,
     windowAll: await explainCall(pool, (p) => loadWindow(p, all, from, firstMs + PROBE_SPAN_MS, 5_000)),
-    windowTwentieth: await explainCall(pool, (p) => loadWindow(p, twentieth, from, firstMs + PROBE_SPAN_MS, 5_000)),
-    lookahead: await explainCall(pool, (p) => loadWindow(p, all, { atMs: Date.now(), groupId: "", timerId: "" }, Date.now() + LOOKAHEAD_MS, 5_000)),
+    windowTwentieth: await explainCall(pool, (p) =>
+      loadWindow(p, twentieth, from, firstMs + PROBE_SPAN_MS, 5_000),
+    ),
+    lookahead: await explainCall(pool, (p) =>
+      loadWindow(p, all, { atMs: Date.now(), groupId: "", timerId: "" }, Date.now() + LOOKAHEAD_MS, 5_000),
+    ),
   };
 }
 
 /** The fire run the lateness figure comes from: 1,000 fires/s for cfg.fireSeconds, stored a minute ahead. */
 function latenessRun(creator: Creator, receiver: Receiver, group: string): Promise<FireOutcome> {
-  return fireRun(creator, receiver, { group, count: 1_000 * cfg.fireSeconds, spanMs: 1_000 * cfg.fireSeconds, leadMs: 60_000, callback: "http", drainTimeoutMs: 60_000 }, log);
+  return fireRun(
+    creator,
+    receiver,
+    {
+      group,
+      count: 1_000 * cfg.fireSeconds,
+      spanMs: 1_000 * cfg.fireSeconds,
+      leadMs: 60_000,
+      callback: "http",
+      drainTimeoutMs: 60_000,
+    },
+    log,
+  );
 }
 
 function fireCheck(o: FireOutcome): { ok: boolean; note: string } {
   const r = o.result;
-  const ok = r.missing === 0 && r.duplicates === 0 && r.early === 0 && o.made.failed.size === 0 && !o.overlapped;
-  return { ok, note: ok ? "" : `missing ${r.missing}, dup ${r.duplicates}, early ${r.early}${o.overlapped ? ", creation overlapped firing" : ""}` };
+  const ok =
+    r.missing === 0 && r.duplicates === 0 && r.early === 0 && o.made.failed.size === 0 && !o.overlapped;
+  return {
+    ok,
+    note: ok
+      ? ""
+      : `missing ${r.missing}, dup ${r.duplicates}, early ${r.early}${o.overlapped ? ", creation overlapped firing" : ""}`,
+  };
 }
 
 async function vacuum(mesh: TestMesh): Promise<void> {
@@ -160,24 +212,40 @@ async function main(): Promise<number> {
     env: { LOG_LEVEL: "warn", SHARD_COUNT: String(SHARDS), OTEL_SDK_DISABLED: "true" },
     // One caller creates everything: lift the per-caller create rate, and the active timers a
     // group may hold (100,000 a group at 10M in 100 groups; the default limit is 1,000,000).
-    timerEnv: { CREATE_RATE_PER_TOKEN: "1000000", CREATE_BURST_PER_TOKEN: "10000000", GROUP_MAX_ACTIVE_TIMERS: String(cfg.timers) },
+    timerEnv: {
+      CREATE_RATE_PER_TOKEN: "1000000",
+      CREATE_BURST_PER_TOKEN: "10000000",
+      GROUP_MAX_ACTIVE_TIMERS: String(cfg.timers),
+    },
   });
   try {
     log(await checkDisk(mesh));
     const dispatcherPid = mesh.dispatchers[0]!.child.pid!;
-    await waitFor(async () => {
-      const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL");
-      return rows[0].n === SHARDS;
-    }, 30_000, "every shard to be owned");
+    await waitFor(
+      async () => {
+        const { rows } = await mesh.db.pool.query(
+          "SELECT count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL",
+        );
+        return rows[0].n === SHARDS;
+      },
+      30_000,
+      "every shard to be owned",
+    );
     const url = receiver.url;
     const callback = { target: { case: "http" as const, value: { url, headers: {} } } };
 
     // Probes, hours ahead so that they do not fire during the run.
     const probes = probeTimers(Math.ceil((Date.now() + 6 * 3_600_000) / 1000) * 1000);
     const probeRun = await createBatches(mesh.client, 1_000, 1, { count: PROBES }, (i) =>
-      create(CreateTimerRequestSchema, { groupId: probes[i]!.groupId, timerId: probes[i]!.timerId, schedule: { case: "fireAt", value: timestampFromMs(probes[i]!.dueMs) }, callback }),
+      create(CreateTimerRequestSchema, {
+        groupId: probes[i]!.groupId,
+        timerId: probes[i]!.timerId,
+        schedule: { case: "fireAt", value: timestampFromMs(probes[i]!.dueMs) },
+        callback,
+      }),
     );
-    if (probeRun.unimplemented || probeRun.failed.size > 0) throw new Error(`could not create the probe timers: ${failureNote(probeRun)}`);
+    if (probeRun.unimplemented || probeRun.failed.size > 0)
+      throw new Error(`could not create the probe timers: ${failureNote(probeRun)}`);
     const creator = new Creator(mesh.client, log, { callers: 64, batchSize: 1_000 });
     creator.observe(probeRun);
     await vacuum(mesh);
@@ -185,7 +253,19 @@ async function main(): Promise<number> {
     // A first fire run warms the dispatcher, the receiver and their connections up (in the
     // 10M run without it, the first run's p99 was ten times the second's): not measured.
     log("warm-up fire run (not measured)");
-    await fireRun(creator, receiver, { group: "warm-up", count: 5_000, spanMs: 5_000, leadMs: 5_000, callback: "http", drainTimeoutMs: 60_000 }, log);
+    await fireRun(
+      creator,
+      receiver,
+      {
+        group: "warm-up",
+        count: 5_000,
+        spanMs: 5_000,
+        leadMs: 5_000,
+        callback: "http",
+        drainTimeoutMs: 60_000,
+      },
+      log,
+    );
     log("empty table: plans and a fire run at 1,000/s");
     const emptyPlans = await explainAll(mesh, probes);
     const emptyFire = await latenessRun(creator, receiver, "late-empty");
@@ -198,12 +278,17 @@ async function main(): Promise<number> {
       return create(CreateTimerRequestSchema, {
         groupId: `scale-${i % cfg.groups}`,
         timerId: `t${i}`,
-        schedule: { case: "fireAt", value: timestampFromMs(loadStartMs + Math.floor((k * (30 * DAY_MS - 600_000)) / cfg.timers)) },
+        schedule: {
+          case: "fireAt",
+          value: timestampFromMs(loadStartMs + Math.floor((k * (30 * DAY_MS - 600_000)) / cfg.timers)),
+        },
         callback,
         payload: new TextEncoder().encode(`scale timer ${i}`),
       });
     };
-    log(`loading ${fmtInt(cfg.timers)} timers through CreateTimers (batches of 1,000, ${cfg.inFlight} in flight)`);
+    log(
+      `loading ${fmtInt(cfg.timers)} timers through CreateTimers (batches of 1,000, ${cfg.inFlight} in flight)`,
+    );
     const chunk = 500_000;
     let loaded = 0;
     let loadMs = 0;
@@ -211,11 +296,14 @@ async function main(): Promise<number> {
     for (let from = 0; from < cfg.timers; from += chunk) {
       const n = Math.min(chunk, cfg.timers - from);
       const run = await createBatches(mesh.client, 1_000, cfg.inFlight, { count: n }, (i) => build(from + i));
-      if (run.unimplemented || run.failed.size > 0) throw new Error(`loading failed at ${fmtInt(from)}: ${failureNote(run)}`);
+      if (run.unimplemented || run.failed.size > 0)
+        throw new Error(`loading failed at ${fmtInt(from)}: ${failureNote(run)}`);
       loaded += run.acknowledged;
       loadMs += run.durationMs;
       callLatencies.push(run.latency);
-      log(`  ${fmtInt(loaded)} loaded, ${fmtInt(createRate(run))}/s in this chunk, call p99 ${fmtMs(run.latency.p99)} ms, dispatcher RSS ${fmt((await rssMb(dispatcherPid)).now, 0)} MB`);
+      log(
+        `  ${fmtInt(loaded)} loaded, ${fmtInt(createRate(run))}/s in this chunk, call p99 ${fmtMs(run.latency.p99)} ms, dispatcher RSS ${fmt((await rssMb(dispatcherPid)).now, 0)} MB`,
+      );
     }
     const loadRate = loaded / (loadMs / 1000);
     log("VACUUM ANALYZE");
@@ -237,7 +325,10 @@ async function main(): Promise<number> {
     for (let s = 0; s < cfg.samples; s++) {
       const i = Math.floor(Math.random() * cfg.timers);
       const t0 = performance.now();
-      const res = await mesh.client.call("getTimer", create(GetTimerRequestSchema, { groupId: `scale-${i % cfg.groups}`, timerId: `t${i}` }));
+      const res = await mesh.client.call(
+        "getTimer",
+        create(GetTimerRequestSchema, { groupId: `scale-${i % cfg.groups}`, timerId: `t${i}` }),
+      );
       getMs.push(performance.now() - t0);
       if (res.timer?.timerId !== `t${i}`) throw new Error(`GetTimer t${i} answered ${res.timer?.timerId}`);
     }
@@ -248,7 +339,10 @@ async function main(): Promise<number> {
       const groupId = `scale-${Math.floor(Math.random() * Math.min(cfg.groups, cfg.timers))}`;
       for (let p = 0; p < 5; p++) {
         const t0 = performance.now();
-        const res = await mesh.client.call("listTimers", create(ListTimersRequestSchema, { groupId, pageSize: 100, pageToken }));
+        const res = await mesh.client.call(
+          "listTimers",
+          create(ListTimersRequestSchema, { groupId, pageSize: 100, pageToken }),
+        );
         listMs.push(performance.now() - t0);
         if (res.timers.length === 0) throw new Error(`ListTimers of ${groupId} gave no timers`);
         pageToken = res.nextPageToken;
@@ -268,7 +362,14 @@ async function main(): Promise<number> {
     const listSqlMs: number[] = [];
     for (let s = 0; s < cfg.samples / 10; s++) {
       const t0 = performance.now();
-      await listTimers(mesh.db.pool, `scale-${Math.floor(Math.random() * Math.min(cfg.groups, cfg.timers))}`, [], undefined, 101, 2 * 1024 * 1024);
+      await listTimers(
+        mesh.db.pool,
+        `scale-${Math.floor(Math.random() * Math.min(cfg.groups, cfg.timers))}`,
+        [],
+        undefined,
+        101,
+        2 * 1024 * 1024,
+      );
       listSqlMs.push(performance.now() - t0);
     }
     const get = summarize(getMs);
@@ -282,8 +383,12 @@ async function main(): Promise<number> {
 
     // ------------------------------------------------------------------ report
     const size10 = fmtInt(cfg.timers);
-    console.log(`\n## bench:scale: ${size10} active timers over 30 days, 1 dispatcher, SHARD_COUNT ${SHARDS}, ${cpus().length} cores\n`);
-    console.log(`load: ${size10} through CreateTimers in ${fmt(loadMs / 1000, 0)} s; VACUUM ANALYZE ${fmt(vacuumS, 0)} s; timers table ${size.table}, ${size.total} with indexes\n`);
+    console.log(
+      `\n## bench:scale: ${size10} active timers over 30 days, 1 dispatcher, SHARD_COUNT ${SHARDS}, ${cpus().length} cores\n`,
+    );
+    console.log(
+      `load: ${size10} through CreateTimers in ${fmt(loadMs / 1000, 0)} s; VACUUM ANALYZE ${fmt(vacuumS, 0)} s; timers table ${size.table}, ${size.total} with indexes\n`,
+    );
     const planRow = (name: string, e: PlanFigures, f: PlanFigures) => [
       name,
       `${fmtInt(e.rows)} / ${fmtInt(f.rows)}`,
@@ -292,15 +397,29 @@ async function main(): Promise<number> {
       `${fmtMs(e.executionMs)} / ${fmtMs(f.executionMs)}`,
       f.indexes.join(", "),
     ];
-    console.log(`### Plans, empty table (${fmtInt(PROBES)} probe timers) / ${size10} timers: the same statement over the same probe timers\n`);
+    console.log(
+      `### Plans, empty table (${fmtInt(PROBES)} probe timers) / ${size10} timers: the same statement over the same probe timers\n`,
+    );
     console.log(
       renderTable(
         ["statement", "rows", "index entries read", "buffers", "ms", `indexes at ${size10}`],
         [
           planRow(`claim of ${CLAIM_BATCH} (claim_timers)`, emptyPlans.claim, fullPlans.claim),
-          planRow("lookahead page of 5,000, all 1,024 shards (load_window)", emptyPlans.windowAll, fullPlans.windowAll),
-          planRow("lookahead page, 1/20 of the shards (a mesh of 20)", emptyPlans.windowTwentieth, fullPlans.windowTwentieth),
-          planRow(`lookahead read of the next ${LOOKAHEAD_MS / 1000} s (each poll)`, emptyPlans.lookahead, fullPlans.lookahead),
+          planRow(
+            "lookahead page of 5,000, all 1,024 shards (load_window)",
+            emptyPlans.windowAll,
+            fullPlans.windowAll,
+          ),
+          planRow(
+            "lookahead page, 1/20 of the shards (a mesh of 20)",
+            emptyPlans.windowTwentieth,
+            fullPlans.windowTwentieth,
+          ),
+          planRow(
+            `lookahead read of the next ${LOOKAHEAD_MS / 1000} s (each poll)`,
+            emptyPlans.lookahead,
+            fullPlans.lookahead,
+          ),
         ],
       ),
     );
@@ -315,14 +434,40 @@ async function main(): Promise<number> {
 
     const emptyOk = fireCheck(emptyFire);
     const fullOk = fireCheck(fullFire);
-    const late = (o: FireOutcome) => `p50 ${fmtMs(o.result.lateness.p50)} / p99 ${fmtMs(o.result.lateness.p99)} / max ${fmtMs(o.result.lateness.max)} ms`;
+    const late = (o: FireOutcome) =>
+      `p50 ${fmtMs(o.result.lateness.p50)} / p99 ${fmtMs(o.result.lateness.p99)} / max ${fmtMs(o.result.lateness.max)} ms`;
     const grows = (e: PlanFigures, f: PlanFigures) => f.buffers <= 2 * e.buffers + 50;
     const verdicts: Verdict[] = [
-      { measure: "load through CreateTimers (batches of 1,000)", result: `${fmtInt(loadRate)} /s`, target: "", pass: undefined },
-      judged("dispatcher RSS, peak over the run", rss.peak, `${fmt(rss.peak, 0)} MB (now ${fmt(rss.now, 0)})`, SCALE_TARGETS.dispatcherRssMb),
-      judged(`GetTimer p99 (${fmtInt(get.count)} calls)`, get.p99, `${fmtMs(get.p99)} ms (p50 ${fmtMs(get.p50)})`, SCALE_TARGETS.getTimerP99),
-      judged(`ListTimers page of 100 p99 (${fmtInt(list.count)} pages)`, list.p99, `${fmtMs(list.p99)} ms (p50 ${fmtMs(list.p50)})`, SCALE_TARGETS.listPageP99),
-      { measure: "  of which the SQL alone (get_timer / list_timers p99)", result: `${fmtMs(getSql.p99)} / ${fmtMs(listSql.p99)} ms (p50 ${fmtMs(getSql.p50)} / ${fmtMs(listSql.p50)})`, target: "", pass: undefined },
+      {
+        measure: "load through CreateTimers (batches of 1,000)",
+        result: `${fmtInt(loadRate)} /s`,
+        target: "",
+        pass: undefined,
+      },
+      judged(
+        "dispatcher RSS, peak over the run",
+        rss.peak,
+        `${fmt(rss.peak, 0)} MB (now ${fmt(rss.now, 0)})`,
+        SCALE_TARGETS.dispatcherRssMb,
+      ),
+      judged(
+        `GetTimer p99 (${fmtInt(get.count)} calls)`,
+        get.p99,
+        `${fmtMs(get.p99)} ms (p50 ${fmtMs(get.p50)})`,
+        SCALE_TARGETS.getTimerP99,
+      ),
+      judged(
+        `ListTimers page of 100 p99 (${fmtInt(list.count)} pages)`,
+        list.p99,
+        `${fmtMs(list.p99)} ms (p50 ${fmtMs(list.p50)})`,
+        SCALE_TARGETS.listPageP99,
+      ),
+      {
+        measure: "  of which the SQL alone (get_timer / list_timers p99)",
+        result: `${fmtMs(getSql.p99)} / ${fmtMs(listSql.p99)} ms (p50 ${fmtMs(getSql.p50)} / ${fmtMs(listSql.p50)})`,
+        target: "",
+        pass: undefined,
+      },
       {
         measure: `claim of ${CLAIM_BATCH}: buffers empty / ${size10}`,
         result: `${fmtInt(emptyPlans.claim.buffers)} / ${fmtInt(fullPlans.claim.buffers)}`,
@@ -335,7 +480,13 @@ async function main(): Promise<number> {
         target: "no growth with the table",
         pass: grows(emptyPlans.windowTwentieth, fullPlans.windowTwentieth),
       },
-      { measure: "lateness at 1,000 fires/s, empty table", result: late(emptyFire), target: "", pass: emptyOk.ok ? undefined : false, ...(emptyOk.note ? { note: emptyOk.note } : {}) },
+      {
+        measure: "lateness at 1,000 fires/s, empty table",
+        result: late(emptyFire),
+        target: "",
+        pass: emptyOk.ok ? undefined : false,
+        ...(emptyOk.note ? { note: emptyOk.note } : {}),
+      },
       {
         measure: `lateness at 1,000 fires/s, ${size10} timers`,
         result: late(fullFire),
@@ -346,7 +497,9 @@ async function main(): Promise<number> {
     ];
     console.log(`\n### Scale at ${size10} timers\n`);
     console.log(summaryTable(verdicts));
-    console.log(`\n(load call latency p99 per 500,000: ${callLatencies.map((l) => fmtMs(l.p99)).join(", ")} ms)`);
+    console.log(
+      `\n(load call latency p99 per 500,000: ${callLatencies.map((l) => fmtMs(l.p99)).join(", ")} ms)`,
+    );
     return exitCode(verdicts, cfg.strict);
   } finally {
     await mesh[Symbol.asyncDispose]();

@@ -60,9 +60,12 @@ export type Align = "left" | "right";
 export function renderTable(headers: string[], rows: (string | number)[][], align?: Align[]): string {
   const body = rows.map((r) => headers.map((_, i) => String(r[i] ?? "")));
   const numeric = (s: string) => /^[-+]?[\d,]*\.?\d+( ?%| ms| s|\/s)?$|^-$/.test(s.trim());
-  const aligns: Align[] = headers.map((_, i) => align?.[i] ?? (body.length > 0 && body.every((r) => numeric(r[i]!)) ? "right" : "left"));
+  const aligns: Align[] = headers.map(
+    (_, i) => align?.[i] ?? (body.length > 0 && body.every((r) => numeric(r[i]!)) ? "right" : "left"),
+  );
   const widths = headers.map((h, i) => Math.max(3, h.length, ...body.map((r) => r[i]!.length)));
-  const pad = (s: string, i: number) => (aligns[i] === "right" ? s.padStart(widths[i]!) : s.padEnd(widths[i]!));
+  const pad = (s: string, i: number) =>
+    aligns[i] === "right" ? s.padStart(widths[i]!) : s.padEnd(widths[i]!);
   const line = (cells: string[]) => `| ${cells.map(pad).join(" | ")} |`;
   const rule = `|${widths.map((w, i) => (aligns[i] === "right" ? `${"-".repeat(w + 1)}:` : `:${"-".repeat(w + 1)}`)).join("|")}|`;
   return [line(headers), rule, ...body.map(line)].join("\n");
@@ -186,10 +189,22 @@ export function timeline(r: FireResult, originMs: number): string {
     at(Math.floor((recv - originMs) / 1000)).received++;
     at(Math.floor((due - originMs) / 1000)).late.push(recv - due);
   }
-  const rows = [...buckets.keys()].sort((a, b) => a - b).map((s) => {
-    const b = buckets.get(s)!;
-    const l = summarize(b.late);
-    return [`${s}..${s + 1}`, fmtInt(b.received), fmtInt(l.count), fmtMs(l.p50), fmtMs(l.p99), fmtMs(l.max)];
-  });
-  return renderTable(["second (from 1st fire_at)", "received in it", "due in it", "their late p50", "p99", "max"], rows);
+  const rows = [...buckets.keys()]
+    .sort((a, b) => a - b)
+    .map((s) => {
+      const b = buckets.get(s)!;
+      const l = summarize(b.late);
+      return [
+        `${s}..${s + 1}`,
+        fmtInt(b.received),
+        fmtInt(l.count),
+        fmtMs(l.p50),
+        fmtMs(l.p99),
+        fmtMs(l.max),
+      ];
+    });
+  return renderTable(
+    ["second (from 1st fire_at)", "received in it", "due in it", "their late p50", "p99", "max"],
+    rows,
+  );
 }

@@ -43,11 +43,21 @@ export interface Peer {
 export const PEERS: Peer[] = [
   {
     name: "pg-boss 12",
-    figures: { unary: "1,274-1,328 /s", batch: "24,060-24,400 /s", p99At5000: "466 ms", p50p99At1000: "229 / 476 ms" },
+    figures: {
+      unary: "1,274-1,328 /s",
+      batch: "24,060-24,400 /s",
+      p99At5000: "466 ms",
+      p50p99At1000: "229 / 476 ms",
+    },
   },
   {
     name: "BullMQ 6 (Redis)",
-    figures: { unary: "10,689-15,925 /s", batch: "19,129-19,343 /s", p99At5000: "131 ms", p50p99At1000: "3.9 / 12 ms (hz 100)" },
+    figures: {
+      unary: "10,689-15,925 /s",
+      batch: "19,129-19,343 /s",
+      p99At5000: "131 ms",
+      p50p99At1000: "3.9 / 12 ms (hz 100)",
+    },
   },
   {
     name: "graphile-worker 0.18",
@@ -93,8 +103,19 @@ export function describeTarget(target: Target): string {
  * A row judged against `target`. `valid` false (an error, a lost timer, creation overlapping
  * the measurement) fails the row whatever the figure, with `note` saying why.
  */
-export function judged(measure: string, value: number, shown: string, target: Target, opts: { valid?: boolean; note?: string; peers?: PeerMeasure } = {}): Verdict {
-  const v: Verdict = { measure, result: shown, target: describeTarget(target), pass: meets(value, target) && opts.valid !== false };
+export function judged(
+  measure: string,
+  value: number,
+  shown: string,
+  target: Target,
+  opts: { valid?: boolean; note?: string; peers?: PeerMeasure } = {},
+): Verdict {
+  const v: Verdict = {
+    measure,
+    result: shown,
+    target: describeTarget(target),
+    pass: meets(value, target) && opts.valid !== false,
+  };
   if (opts.note) v.note = opts.note;
   if (opts.peers) v.peers = opts.peers;
   return v;
@@ -102,7 +123,12 @@ export function judged(measure: string, value: number, shown: string, target: Ta
 
 /** A row that must be exactly zero problems: "early / duplicate / missing" and the like. */
 export function mustBeZero(measure: string, counts: number[], note?: string): Verdict {
-  const v: Verdict = { measure, result: counts.map((c) => fmtInt(c)).join(" / "), target: counts.map(() => "0").join(" / "), pass: counts.every((c) => c === 0) };
+  const v: Verdict = {
+    measure,
+    result: counts.map((c) => fmtInt(c)).join(" / "),
+    target: counts.map(() => "0").join(" / "),
+    pass: counts.every((c) => c === 0),
+  };
   if (note) v.note = note;
   return v;
 }
@@ -115,13 +141,23 @@ export function exitCode(verdicts: Verdict[], strict: boolean): number {
 /** The one summary table: figure, target, verdict, and the peers' figures where there are any. */
 export function summaryTable(verdicts: Verdict[], peers: Peer[] = PEERS): string {
   const withPeers = verdicts.some((v) => v.peers);
-  const headers = ["measure", "this run", "target", "verdict", ...(withPeers ? peers.map((p) => p.name) : [])];
+  const headers = [
+    "measure",
+    "this run",
+    "target",
+    "verdict",
+    ...(withPeers ? peers.map((p) => p.name) : []),
+  ];
   const rows = verdicts.map((v) => [
     v.measure,
     v.result,
     v.target,
     v.pass === undefined ? "" : v.pass ? "PASS" : `MISS${v.note ? ` (${v.note})` : ""}`,
-    ...(withPeers ? peers.map((p) => (v.peers ? p.figures[v.peers] ?? "-" : "")) : []),
+    ...(withPeers ? peers.map((p) => (v.peers ? (p.figures[v.peers] ?? "-") : "")) : []),
   ]);
-  return renderTable(headers, rows, headers.map((_, i) => (i === 1 || i === 2 ? "right" : "left")));
+  return renderTable(
+    headers,
+    rows,
+    headers.map((_, i) => (i === 1 || i === 2 ? "right" : "left")),
+  );
 }

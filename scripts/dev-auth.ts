@@ -24,10 +24,17 @@ export interface DevAuth {
 
 /** The development admin token and token file under dataDir, made on first use. */
 export async function ensureDevAuth(env: NodeJS.ProcessEnv, dataDir: string): Promise<DevAuth> {
-  if (env.AUTH_TOKENS_FILE) return { env: {}, adminEnv: {}, token: undefined, source: `AUTH_TOKENS_FILE (${env.AUTH_TOKENS_FILE})` };
+  if (env.AUTH_TOKENS_FILE)
+    return { env: {}, adminEnv: {}, token: undefined, source: `AUTH_TOKENS_FILE (${env.AUTH_TOKENS_FILE})` };
   if (env.AUTH_TOKENS) return { env: {}, adminEnv: {}, token: undefined, source: "AUTH_TOKENS" };
   // Tokens as well would be ambiguous, and the services refuse that.
-  if (env.AUTH_DISABLED?.trim().toLowerCase() === "true") return { env: {}, adminEnv: {}, token: undefined, source: "none: AUTH_DISABLED=true, every caller is an anonymous admin" };
+  if (env.AUTH_DISABLED?.trim().toLowerCase() === "true")
+    return {
+      env: {},
+      adminEnv: {},
+      token: undefined,
+      source: "none: AUTH_DISABLED=true, every caller is an anonymous admin",
+    };
   const tokenPath = join(dataDir, "dev-admin-token");
   const dispatcherTokenPath = join(dataDir, "dev-dispatcher-token");
   const tokensFile = join(dataDir, "dev-auth-tokens.json");
@@ -59,5 +66,10 @@ export async function ensureDevAuth(env: NodeJS.ProcessEnv, dataDir: string): Pr
     await writeFile(tokensFile, JSON.stringify(entries, null, 2) + "\n", { mode: 0o600 });
     source = `${tokensFile} (new development admin token in ${tokenPath})`;
   }
-  return { env: { AUTH_TOKENS_FILE: tokensFile }, adminEnv: { DISPATCHER_TOKEN_FILE: dispatcherTokenPath }, token, source };
+  return {
+    env: { AUTH_TOKENS_FILE: tokensFile },
+    adminEnv: { DISPATCHER_TOKEN_FILE: dispatcherTokenPath },
+    token,
+    source,
+  };
 }

@@ -178,7 +178,15 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions = {}):
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
-    (stopping ??= stopChild(child, [["SIGINT", 30_000], ["SIGQUIT", 5_000], ["SIGKILL", 5_000]], true).then(() => {}));
+    (stopping ??= stopChild(
+      child,
+      [
+        ["SIGINT", 30_000],
+        ["SIGQUIT", 5_000],
+        ["SIGKILL", 5_000],
+      ],
+      true,
+    ).then(() => {}));
 
   const base = { host: "127.0.0.1", port, user, password };
   try {
@@ -186,12 +194,16 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions = {}):
     for (;;) {
       if (spawnError) throw new Error(`could not start ${binaries.postgres}: ${spawnError.message}`);
       if (hasExited) {
-        throw new Error(`embedded Postgres exited during start-up (${describeExit(await exited)}):\n${recent.text()}`);
+        throw new Error(
+          `embedded Postgres exited during start-up (${describeExit(await exited)}):\n${recent.text()}`,
+        );
       }
       if (opts.signal?.aborted) throw new Error("aborted while starting the embedded Postgres");
       if (await connects({ ...base, database: "postgres" })) break;
       if (Date.now() > deadline) {
-        throw new Error(`embedded Postgres did not accept connections within ${startTimeoutMs} ms:\n${recent.text()}`);
+        throw new Error(
+          `embedded Postgres did not accept connections within ${startTimeoutMs} ms:\n${recent.text()}`,
+        );
       }
       await sleep(200, opts.signal);
     }
@@ -360,7 +372,11 @@ async function handleStalePidFile(dataDir: string, log: Log): Promise<void> {
   }
   if (info && ours) {
     log(`stopping orphaned Postgres (pid ${pid}) left running by an earlier run`);
-    for (const [signal, waitMs] of [["SIGINT", 30_000], ["SIGQUIT", 5_000], ["SIGKILL", 5_000]] as const) {
+    for (const [signal, waitMs] of [
+      ["SIGINT", 30_000],
+      ["SIGQUIT", 5_000],
+      ["SIGKILL", 5_000],
+    ] as const) {
       signalProcess(pid, signal);
       for (let t = 0; t < waitMs && isAlive(pid); t += 100) await sleep(100);
       if (!isAlive(pid)) break;
@@ -369,7 +385,9 @@ async function handleStalePidFile(dataDir: string, log: Log): Promise<void> {
     await rm(pidFile, { force: true });
     return;
   }
-  log(`removing stale ${pidFile} (pid ${Number.isNaN(pid) ? "?" : pid} is not a running server of this cluster)`);
+  log(
+    `removing stale ${pidFile} (pid ${Number.isNaN(pid) ? "?" : pid} is not a running server of this cluster)`,
+  );
   await rm(pidFile, { force: true });
 }
 

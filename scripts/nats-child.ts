@@ -338,7 +338,19 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
     log(`port ${wanted} is taken; starting nats-server on ${port} instead`);
   }
 
-  const args = ["-c", NATS_CONFIG_FILE, "-js", "-sd", storeDir, "-a", host, "-p", String(port), "-P", pidFile];
+  const args = [
+    "-c",
+    NATS_CONFIG_FILE,
+    "-js",
+    "-sd",
+    storeDir,
+    "-a",
+    host,
+    "-p",
+    String(port),
+    "-P",
+    pidFile,
+  ];
   // Own process group: a Ctrl-C in the terminal reaches only the supervisor, which stops the
   // services first and NATS after them. The passwords reach nats.conf through its environment.
   const child = spawn(bin, args, {
@@ -361,7 +373,14 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
-      await stopChild(child, [["SIGTERM", 10_000], ["SIGKILL", 5_000]], true);
+      await stopChild(
+        child,
+        [
+          ["SIGTERM", 10_000],
+          ["SIGKILL", 5_000],
+        ],
+        true,
+      );
       await rm(pidFile, { force: true });
     })());
 
@@ -373,12 +392,16 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
     for (;;) {
       if (spawnError) throw new Error(`could not start ${bin}: ${spawnError.message}`);
       if (hasExited) {
-        throw new Error(`nats-server exited during start-up (${describeExit(await exited)}):\n${recent.text()}`);
+        throw new Error(
+          `nats-server exited during start-up (${describeExit(await exited)}):\n${recent.text()}`,
+        );
       }
       if (opts.signal?.aborted) throw new Error("aborted while starting nats-server");
       if (await natsGreets(host, port)) break;
       if (Date.now() > deadline) {
-        throw new Error(`nats-server did not accept connections on ${url} within ${opts.readyTimeoutMs ?? 15_000} ms:\n${recent.text()}`);
+        throw new Error(
+          `nats-server did not accept connections on ${url} within ${opts.readyTimeoutMs ?? 15_000} ms:\n${recent.text()}`,
+        );
       }
       await sleep(100, opts.signal);
     }
@@ -441,7 +464,14 @@ export async function ensureNatsPasswords(dataDir: string): Promise<NatsPassword
  * Throws NatsServerNotFoundError when it would need nats-server and there is none.
  */
 export async function resolveNats(
-  opts: { env?: Env; log?: Log; storeDir?: string; dataDir?: string; signal?: AbortSignal; serverLog?: Log } = {},
+  opts: {
+    env?: Env;
+    log?: Log;
+    storeDir?: string;
+    dataDir?: string;
+    signal?: AbortSignal;
+    serverLog?: Log;
+  } = {},
 ): Promise<NatsHandle> {
   const env = opts.env ?? process.env;
   const log = opts.log ?? (() => {});
@@ -458,9 +488,14 @@ export async function resolveNats(
     const given = SERVICE_USERS.filter((u) => env[passwordVariable(u)]);
     if (given.length > 0 && given.length < SERVICE_USERS.length) {
       const missing = SERVICE_USERS.filter((u) => !env[passwordVariable(u)]).map(passwordVariable);
-      throw new Error(`NATS_URL is set with some service passwords but not ${missing.join(", ")}: set all four, or none for a server without authorization`);
+      throw new Error(
+        `NATS_URL is set with some service passwords but not ${missing.join(", ")}: set all four, or none for a server without authorization`,
+      );
     }
-    const passwords = given.length > 0 ? (Object.fromEntries(SERVICE_USERS.map((u) => [u, env[passwordVariable(u)]!])) as ServicePasswords) : undefined;
+    const passwords =
+      given.length > 0
+        ? (Object.fromEntries(SERVICE_USERS.map((u) => [u, env[passwordVariable(u)]!])) as ServicePasswords)
+        : undefined;
     for (const t of targets) {
       if (await canConnect(t.host, t.port, 3000)) {
         return {
@@ -468,7 +503,10 @@ export async function resolveNats(
           credentials: passwords
             ? "users timer, dispatcher, admin, callbacks (passwords from NATS_*_PASSWORD)"
             : "no credentials (NATS_*_PASSWORD not set): the server must run without authorization, and tenant callbacks share the mesh's connection",
-          serviceEnv: (service) => ({ NATS_URL: url, ...(passwords ? serviceNatsEnv(service, passwords) : {}) }),
+          serviceEnv: (service) => ({
+            NATS_URL: url,
+            ...(passwords ? serviceNatsEnv(service, passwords) : {}),
+          }),
           stop: noop,
           [Symbol.asyncDispose]: noop,
         };
@@ -486,11 +524,20 @@ export async function resolveNats(
   let port = 4222;
   if (env.NATS_PORT) {
     port = Number(env.NATS_PORT);
-    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`NATS_PORT must be a port number, got "${env.NATS_PORT}"`);
+    if (!Number.isInteger(port) || port < 0 || port > 65535)
+      throw new Error(`NATS_PORT must be a port number, got "${env.NATS_PORT}"`);
   }
   const passwords = await ensureNatsPasswords(resolve(opts.dataDir ?? join(REPO_ROOT, ".data")));
   log(`starting ${bin} with JetStream and infra/nats/nats.conf (store ${storeDir})`);
-  const server = await startNatsServer({ bin, port, storeDir, passwords, log, serverLog: opts.serverLog, signal: opts.signal });
+  const server = await startNatsServer({
+    bin,
+    port,
+    storeDir,
+    passwords,
+    log,
+    serverLog: opts.serverLog,
+    signal: opts.signal,
+  });
   return {
     url: server.url,
     server,

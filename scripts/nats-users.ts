@@ -26,7 +26,9 @@ export function passwordVariable(user: NatsUser): string {
  * substituted $VAR as a config value, and one starting with a digit or "-" reads as a number.
  */
 export function randomPasswords(): NatsPasswords {
-  return Object.fromEntries(NATS_USERS.map((u) => [u, `p${randomBytes(18).toString("hex")}`])) as NatsPasswords;
+  return Object.fromEntries(
+    NATS_USERS.map((u) => [u, `p${randomBytes(18).toString("hex")}`]),
+  ) as NatsPasswords;
 }
 
 /** The environment nats-server needs to read nats.conf: every password variable. */
@@ -38,7 +40,12 @@ export function serverPasswordEnv(passwords: NatsPasswords): Record<string, stri
  * NATS_USER/NATS_PASSWORD of a service (its own user), and for the dispatcher also
  * CALLBACK_NATS_USER/CALLBACK_NATS_PASSWORD (the `callbacks` user tenant callbacks go out as).
  */
-export function serviceNatsEnv(service: "timer" | "dispatcher" | "admin", passwords: ServicePasswords): Record<string, string> {
+export function serviceNatsEnv(
+  service: "timer" | "dispatcher" | "admin",
+  passwords: ServicePasswords,
+): Record<string, string> {
   const own = { NATS_USER: service, NATS_PASSWORD: passwords[service] };
-  return service === "dispatcher" ? { ...own, CALLBACK_NATS_USER: "callbacks", CALLBACK_NATS_PASSWORD: passwords.callbacks } : own;
+  return service === "dispatcher"
+    ? { ...own, CALLBACK_NATS_USER: "callbacks", CALLBACK_NATS_PASSWORD: passwords.callbacks }
+    : own;
 }

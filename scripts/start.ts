@@ -79,7 +79,14 @@ interface ServiceChild extends ServiceSpec {
 
 const env = process.env;
 const color = !!process.stdout.isTTY && !env.NO_COLOR;
-const COLORS: Record<string, string> = { start: "1", postgres: "34", nats: "35", timer: "36", dispatcher: "33", admin: "32" };
+const COLORS: Record<string, string> = {
+  start: "1",
+  postgres: "34",
+  nats: "35",
+  timer: "36",
+  dispatcher: "33",
+  admin: "32",
+};
 const paint = (code: string, s: string) => (color ? `\x1b[${code}m${s}\x1b[0m` : s);
 const prefix = (name: string) => paint(COLORS[name] ?? "0", `${name.padEnd(10)} |`) + " ";
 const out = (name: string) => (line: string) => void process.stdout.write(prefix(name) + line + "\n");
@@ -147,15 +154,28 @@ function portFromEnv(name: string, fallback: number): number {
   const raw = env[name];
   if (!raw) return fallback;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`${name} must be a port number, got "${raw}"`);
+  if (!Number.isInteger(n) || n < 1 || n > 65535)
+    throw new Error(`${name} must be a port number, got "${raw}"`);
   return n;
 }
 
 function serviceSpecs(): ServiceSpec[] {
   return [
-    { name: "timer", grpcPort: portFromEnv("TIMER_GRPC_PORT", 50051), httpPort: portFromEnv("TIMER_HTTP_PORT", 8080) },
-    { name: "dispatcher", grpcPort: portFromEnv("DISPATCHER_GRPC_PORT", 50052), httpPort: portFromEnv("DISPATCHER_HTTP_PORT", 8081) },
-    { name: "admin", grpcPort: portFromEnv("ADMIN_GRPC_PORT", 50053), httpPort: portFromEnv("ADMIN_HTTP_PORT", 8082) },
+    {
+      name: "timer",
+      grpcPort: portFromEnv("TIMER_GRPC_PORT", 50051),
+      httpPort: portFromEnv("TIMER_HTTP_PORT", 8080),
+    },
+    {
+      name: "dispatcher",
+      grpcPort: portFromEnv("DISPATCHER_GRPC_PORT", 50052),
+      httpPort: portFromEnv("DISPATCHER_HTTP_PORT", 8081),
+    },
+    {
+      name: "admin",
+      grpcPort: portFromEnv("ADMIN_GRPC_PORT", 50053),
+      httpPort: portFromEnv("ADMIN_HTTP_PORT", 8082),
+    },
   ];
 }
 
@@ -171,7 +191,8 @@ async function reapOrphanServices(): Promise<void> {
   }
   for (const pid of pids) {
     const info = isAlive(pid) ? processInfo(pid) : undefined;
-    if (!info || !info.argv.some((a) => /^services\/(timer|dispatcher|admin)\/src\/main\.ts$/.test(a))) continue;
+    if (!info || !info.argv.some((a) => /^services\/(timer|dispatcher|admin)\/src\/main\.ts$/.test(a)))
+      continue;
     if (hasLiveNodeParent(info)) continue; // managed by a live supervisor
     say(`stopping orphaned ${info.argv.at(-1)} (pid ${pid}) left running by an earlier run`);
     signalProcess(pid, "SIGTERM", true);
@@ -184,8 +205,14 @@ async function reapOrphanServices(): Promise<void> {
 async function checkPorts(specs: ServiceSpec[]): Promise<void> {
   const busy: string[] = [];
   for (const s of specs) {
-    for (const [kind, port] of [["GRPC", s.grpcPort], ["HTTP", s.httpPort]] as const) {
-      if (!(await isPortFree(port))) busy.push(`${port} (${s.name} ${kind === "GRPC" ? "gRPC" : kind}; set ${s.name.toUpperCase()}_${kind}_PORT)`);
+    for (const [kind, port] of [
+      ["GRPC", s.grpcPort],
+      ["HTTP", s.httpPort],
+    ] as const) {
+      if (!(await isPortFree(port)))
+        busy.push(
+          `${port} (${s.name} ${kind === "GRPC" ? "gRPC" : kind}; set ${s.name.toUpperCase()}_${kind}_PORT)`,
+        );
     }
   }
   if (busy.length) throw new Error(`port(s) already in use: ${busy.join(", ")}`);
@@ -223,7 +250,9 @@ async function waitReady(svc: ServiceChild): Promise<void> {
   let last = "no answer yet";
   while (!shutdown) {
     try {
-      const res = await fetch(url, { signal: AbortSignal.any([AbortSignal.timeout(2_000), shutdownCtl.signal]) });
+      const res = await fetch(url, {
+        signal: AbortSignal.any([AbortSignal.timeout(2_000), shutdownCtl.signal]),
+      });
       const body = (await res.text()).slice(0, 300).replace(/\s+/g, " ");
       if (res.status === 200) {
         svc.ready = true;
@@ -235,7 +264,9 @@ async function waitReady(svc: ServiceChild): Promise<void> {
       last = (err as Error & { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
     }
     if (Date.now() > deadline) {
-      complain(`${svc.name} did not become ready within ${READY_TIMEOUT_MS / 1000} s (GET ${url}: ${last}); shutting everything down`);
+      complain(
+        `${svc.name} did not become ready within ${READY_TIMEOUT_MS / 1000} s (GET ${url}: ${last}); shutting everything down`,
+      );
       requestShutdown(`${svc.name} not ready`, 1);
       return;
     }
@@ -249,9 +280,20 @@ async function stopServices(): Promise<void> {
       if (svc.child.exitCode !== null || svc.child.signalCode !== null) return;
       svc.stopping = true;
       const started = Date.now();
-      const info = await stopChild(svc.child, [["SIGTERM", SERVICE_STOP_TIMEOUT_MS], ["SIGKILL", 5_000]], true);
+      const info = await stopChild(
+        svc.child,
+        [
+          ["SIGTERM", SERVICE_STOP_TIMEOUT_MS],
+          ["SIGKILL", 5_000],
+        ],
+        true,
+      );
       const late = info.signal === "SIGKILL" && Date.now() - started >= SERVICE_STOP_TIMEOUT_MS;
-      say(late ? `${svc.name} did not stop within ${SERVICE_STOP_TIMEOUT_MS / 1000} s; killed` : `${svc.name} stopped (${describeExit(info)})`);
+      say(
+        late
+          ? `${svc.name} did not stop within ${SERVICE_STOP_TIMEOUT_MS / 1000} s; killed`
+          : `${svc.name} stopped (${describeExit(info)})`,
+      );
     }),
   );
   await rm(PIDS_FILE, { force: true });
@@ -261,7 +303,13 @@ function shellQuote(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, nats: NatsHandle, auth: DevAuth): void {
+function banner(
+  specs: ServiceSpec[],
+  dbUrl: string,
+  dbEmbedded: boolean,
+  nats: NatsHandle,
+  auth: DevAuth,
+): void {
   const timer = specs.find((s) => s.name === "timer")!;
   const admin = specs.find((s) => s.name === "admin")!;
   const header = `-H "authorization: Bearer ${auth.token ?? "$TOKEN"}"`;
@@ -280,7 +328,8 @@ function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, nats: 
     "  timer-mesh is up",
     "",
     ...specs.map(
-      (s) => `  ${s.name.padEnd(11)} gRPC 127.0.0.1:${String(s.grpcPort).padEnd(6)} HTTP http://127.0.0.1:${s.httpPort}  (/readyz)`,
+      (s) =>
+        `  ${s.name.padEnd(11)} gRPC 127.0.0.1:${String(s.grpcPort).padEnd(6)} HTTP http://127.0.0.1:${s.httpPort}  (/readyz)`,
     ),
     `  ${"Postgres".padEnd(11)} ${redactUrl(dbUrl)}${dbEmbedded ? "  (embedded, data in .data/postgres)" : "  (DATABASE_URL)"}`,
     `  ${"NATS".padEnd(11)} ${redactUrl(nats.url)}${nats.server ? "  (nats-server child, JetStream data in .data/nats)" : "  (NATS_URL)"}`,
@@ -288,7 +337,12 @@ function banner(specs: ServiceSpec[], dbUrl: string, dbEmbedded: boolean, nats: 
     `  ${"Tokens".padEnd(11)} ${auth.source}`,
     `  ${"Callbacks".padEnd(11)} ${env.CALLBACK_ALLOWED_NETWORKS ? `public addresses and CALLBACK_ALLOWED_NETWORKS=${env.CALLBACK_ALLOWED_NETWORKS}` : `public and loopback addresses (development default CALLBACK_ALLOWED_NETWORKS=${DEV_CALLBACK_NETWORKS})`}`,
     ...(auth.token
-      ? ["", "  Development admin token (any group, AdminService, DispatcherService):", "", `    export TOKEN=${auth.token}`]
+      ? [
+          "",
+          "  Development admin token (any group, AdminService, DispatcherService):",
+          "",
+          `    export TOKEN=${auth.token}`,
+        ]
       : ["", "  Set TOKEN to one of your tokens for the commands below."]),
     "",
     "  Create a timer (the services serve gRPC reflection):",
@@ -325,14 +379,23 @@ async function main(): Promise<void> {
       resources.push({ name: "nats-server", stop: nats.stop });
       watchExit("nats-server", nats.server.exited);
     }
-    say(`NATS: ${redactUrl(nats.url)}${nats.server ? ` (nats-server child, pid ${nats.server.child.pid})` : " (NATS_URL)"}; ${nats.credentials}`);
+    say(
+      `NATS: ${redactUrl(nats.url)}${nats.server ? ` (nats-server child, pid ${nats.server.child.pid})` : " (NATS_URL)"}; ${nats.credentials}`,
+    );
     if (!nats.server && nats.credentials.startsWith("no credentials")) {
-      complain("WARNING: NATS_URL is set without NATS_*_PASSWORD: the services connect without credentials and tenant callbacks can publish on the mesh's subjects");
+      complain(
+        "WARNING: NATS_URL is set without NATS_*_PASSWORD: the services connect without credentials and tenant callbacks can publish on the mesh's subjects",
+      );
     }
     if (shutdown) return;
 
     say(env.DATABASE_URL ? "checking DATABASE_URL" : "starting the embedded Postgres");
-    const db = await resolvePostgres({ env, log: say, serverLog: out("postgres"), signal: shutdownCtl.signal });
+    const db = await resolvePostgres({
+      env,
+      log: say,
+      serverLog: out("postgres"),
+      signal: shutdownCtl.signal,
+    });
     if (db.embedded) {
       resources.push({ name: "Postgres", stop: db.stop });
       watchExit("Postgres", db.embedded.exited);
@@ -352,7 +415,11 @@ async function main(): Promise<void> {
       CALLBACK_ALLOWED_NETWORKS: env.CALLBACK_ALLOWED_NETWORKS || DEV_CALLBACK_NETWORKS,
     };
     for (const spec of specs) {
-      const svc = spawnService(spec, { ...childEnv, ...(spec.name === "admin" ? auth.adminEnv : {}), ...nats.serviceEnv(spec.name) });
+      const svc = spawnService(spec, {
+        ...childEnv,
+        ...(spec.name === "admin" ? auth.adminEnv : {}),
+        ...nats.serviceEnv(spec.name),
+      });
       services.push(svc);
       say(`started ${spec.name} (pid ${svc.child.pid}): gRPC :${spec.grpcPort}, HTTP :${spec.httpPort}`);
     }

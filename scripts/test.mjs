@@ -19,7 +19,11 @@ function testFiles(dir) {
 const args = process.argv.slice(2);
 const files = args.length > 0 ? args : [...testFiles("test/unit"), ...testFiles("test/integration")];
 
-const tsc = spawnSync(process.execPath, ["node_modules/typescript/bin/tsc", "--noEmit", "-p", "tsconfig.json"], { stdio: "inherit" });
+const tsc = spawnSync(
+  process.execPath,
+  ["node_modules/typescript/bin/tsc", "--noEmit", "-p", "tsconfig.json"],
+  { stdio: "inherit" },
+);
 if (tsc.status !== 0) {
   console.error("type check failed");
   process.exit(tsc.status ?? 1);
@@ -28,6 +32,9 @@ if (tsc.status !== 0) {
 const result = spawnSync(
   process.execPath,
   ["--import", "tsx", "--test", "--test-concurrency=1", "--test-reporter=spec", ...files],
-  { stdio: "inherit", env: { ...process.env, PATH: `${join(root, "node_modules/.bin")}:${process.env.PATH}` } },
+  {
+    stdio: "inherit",
+    env: { ...process.env, PATH: `${join(root, "node_modules/.bin")}:${process.env.PATH}` },
+  },
 );
 process.exit(result.status ?? 1);

@@ -24,37 +24,59 @@ describe("a token file rotated while the services run", () => {
     dir = await mkdtemp(join(tmpdir(), "tokens-"));
     file = join(dir, "tokens.json");
     await writeFile(file, tokens([{ name: "ci-old", token: "old-secret", groups: ["billing"] }]));
-    mesh = await startMesh({ dispatchers: 0, env: { AUTH_TOKENS_FILE: file, AUTH_RELOAD_INTERVAL: "200ms" } });
+    mesh = await startMesh({
+      dispatchers: 0,
+      env: { AUTH_TOKENS_FILE: file, AUTH_RELOAD_INTERVAL: "200ms" },
+    });
   });
   after(async () => {
     await mesh?.[Symbol.asyncDispose]();
     await rm(dir, { recursive: true, force: true });
   });
 
-  const listBilling = (token: string) => bufCurl(mesh.timer.grpcPort, "timer.v1.TimerService/ListTimers", { groupId: "billing" }, token);
+  const listBilling = (token: string) =>
+    bufCurl(mesh.timer.grpcPort, "timer.v1.TimerService/ListTimers", { groupId: "billing" }, token);
 
   test("a rewritten file is picked up: the old token is refused, the new one accepted; a broken file keeps the tokens", async () => {
     assert.equal((await listBilling("old-secret")).exitCode, 0);
     await writeFile(file, tokens([{ name: "ci-new", token: "new-secret", groups: ["billing"] }]));
-    await waitFor(async () => (await listBilling("old-secret")).code === "unauthenticated", 10_000, "the old token to be refused");
+    await waitFor(
+      async () => (await listBilling("old-secret")).code === "unauthenticated",
+      10_000,
+      "the old token to be refused",
+    );
     assert.equal((await listBilling("new-secret")).exitCode, 0, "the new token is accepted");
-    const denied = await bufCurl(mesh.timer.grpcPort, "timer.v1.TimerService/ListTimers", { groupId: "payroll" }, "new-secret");
+    const denied = await bufCurl(
+      mesh.timer.grpcPort,
+      "timer.v1.TimerService/ListTimers",
+      { groupId: "payroll" },
+      "new-secret",
+    );
     assert.equal(denied.code, "permission_denied");
     assert.equal(denied.message, 'token "ci-new" may not use group "payroll"');
 
     await writeFile(file, '[{"name": "half-written"');
-    await waitFor(() => /could not reload tokens; keeping the previous ones/.test(mesh.timer.output()), 10_000, "the broken file to be reported");
+    await waitFor(
+      () => /could not reload tokens; keeping the previous ones/.test(mesh.timer.output()),
+      10_000,
+      "the broken file to be reported",
+    );
     assert.equal((await listBilling("new-secret")).exitCode, 0, "the previous tokens stay in force");
   });
 
   test("SIGHUP reloads the file at once (the admin here polls only hourly)", async () => {
     await writeFile(file, tokens([{ name: "ops-1", token: "ops-secret-1", admin: true }]));
     await using admin = await startService("admin", { ...mesh.envFor("admin"), AUTH_RELOAD_INTERVAL: "1h" });
-    const listGroups = (token: string) => bufCurl(admin.grpcPort, "admin.v1.AdminService/ListGroups", {}, token);
+    const listGroups = (token: string) =>
+      bufCurl(admin.grpcPort, "admin.v1.AdminService/ListGroups", {}, token);
     assert.equal((await listGroups("ops-secret-1")).exitCode, 0);
     await writeFile(file, tokens([{ name: "ops-2", token: "ops-secret-2", admin: true }]));
     admin.child.kill("SIGHUP");
-    await waitFor(async () => (await listGroups("ops-secret-2")).exitCode === 0, 10_000, "the new admin token to be accepted");
+    await waitFor(
+      async () => (await listGroups("ops-secret-2")).exitCode === 0,
+      10_000,
+      "the new admin token to be accepted",
+    );
     assert.equal((await listGroups("ops-secret-1")).code, "unauthenticated");
     assert.equal(admin.child.exitCode, null, "SIGHUP does not stop the service");
   });
@@ -68,16 +90,34 @@ describe("TLS and mTLS on the gRPC ports", () => {
 
   before(async () => {
     certs = await makeTestCertificates();
-    const tls = { TLS_CERT_FILE: certs.serverCert, TLS_KEY_FILE: certs.serverKey, TLS_CLIENT_CA_FILE: certs.caCert };
+    const tls = {
+      TLS_CERT_FILE: certs.serverCert,
+      TLS_KEY_FILE: certs.serverKey,
+      TLS_CLIENT_CA_FILE: certs.caCert,
+    };
     const service = "tls-admin-service-secret";
-    const authTokens = tokens([{ name: "ops", token: OPS, admin: true }, { name: "admin-service", token: service, admin: true }]);
+    const authTokens = tokens([
+      { name: "ops", token: OPS, admin: true },
+      { name: "admin-service", token: service, admin: true },
+    ]);
     mesh = await startMesh({ dispatchers: 1, env: { AUTH_TOKENS: authTokens }, dispatcherEnv: tls });
     // The admin serves mTLS itself and calls the (mTLS) dispatcher with its certificate and its own token.
-    admin = await startService("admin", { ...mesh.envFor("admin"), ...tls, DISPATCHER_TLS_CA_FILE: certs.caCert, DISPATCHER_TOKEN: service });
-    await waitFor(async () => {
-      const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd1'");
-      return rows[0].n === 64;
-    }, 20_000, "d1 to own every shard");
+    admin = await startService("admin", {
+      ...mesh.envFor("admin"),
+      ...tls,
+      DISPATCHER_TLS_CA_FILE: certs.caCert,
+      DISPATCHER_TOKEN: service,
+    });
+    await waitFor(
+      async () => {
+        const { rows } = await mesh.db.pool.query(
+          "SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd1'",
+        );
+        return rows[0].n === 64;
+      },
+      20_000,
+      "d1 to own every shard",
+    );
   });
   after(async () => {
     await admin?.[Symbol.asyncDispose]();
@@ -91,12 +131,26 @@ describe("TLS and mTLS on the gRPC ports", () => {
     const url = `https://127.0.0.1:${admin.grpcPort}`;
     const health = await bufCurlOk(url, "grpc.health.v1.Health/Check", {}, undefined, clientCert());
     assert.equal(health.status, "SERVING");
-    await waitFor(async () => (await bufCurlOk(url, "admin.v1.AdminService/ListDispatchers", {}, OPS, clientCert())).dispatchers?.length === 1, 10_000, "the admin to hear the dispatcher");
+    await waitFor(
+      async () =>
+        (await bufCurlOk(url, "admin.v1.AdminService/ListDispatchers", {}, OPS, clientCert())).dispatchers
+          ?.length === 1,
+      10_000,
+      "the admin to hear the dispatcher",
+    );
 
-    const noClientCert = await bufCurl(url, "grpc.health.v1.Health/Check", {}, undefined, ["--cacert", certs.caCert]);
+    const noClientCert = await bufCurl(url, "grpc.health.v1.Health/Check", {}, undefined, [
+      "--cacert",
+      certs.caCert,
+    ]);
     assert.notEqual(noClientCert.exitCode, 0, "without a client certificate the handshake fails");
     assert.equal(noClientCert.json, undefined);
-    const untrusted = await bufCurl(url, "grpc.health.v1.Health/Check", {}, undefined, ["--cert", certs.clientCert, "--key", certs.clientKey]);
+    const untrusted = await bufCurl(url, "grpc.health.v1.Health/Check", {}, undefined, [
+      "--cert",
+      certs.clientCert,
+      "--key",
+      certs.clientKey,
+    ]);
     assert.notEqual(untrusted.exitCode, 0, "the server certificate is not trusted without the CA");
     const plaintext = await bufCurl(admin.grpcPort, "grpc.health.v1.Health/Check", {});
     assert.notEqual(plaintext.exitCode, 0, "plaintext HTTP/2 is refused");
@@ -104,9 +158,17 @@ describe("TLS and mTLS on the gRPC ports", () => {
 
   test("DrainDispatcher reaches a dispatcher that requires mTLS (DISPATCHER_TLS_CA_FILE)", async () => {
     const url = `https://127.0.0.1:${admin.grpcPort}`;
-    const drained = await bufCurlOk(url, "admin.v1.AdminService/DrainDispatcher", { dispatcherId: "d1" }, OPS, clientCert());
+    const drained = await bufCurlOk(
+      url,
+      "admin.v1.AdminService/DrainDispatcher",
+      { dispatcherId: "d1" },
+      OPS,
+      clientCert(),
+    );
     assert.equal(drained.releasedShards, 64);
-    const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd1'");
+    const { rows } = await mesh.db.pool.query(
+      "SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd1'",
+    );
     assert.equal(rows[0].n, 0, "d1 owns nothing after the drain");
   });
 });
@@ -124,10 +186,18 @@ describe("secure by default: tokens, or authentication disabled explicitly", () 
   test("a service with no token configuration and no AUTH_DISABLED refuses to start, saying how to configure either", async () => {
     for (const name of ["timer", "dispatcher", "admin"] as const) {
       // "" wins over the test default AUTH_DISABLED=true: this service has neither.
-      await using service = await startService(name, { ...mesh.env, AUTH_DISABLED: "", DISPATCHER_ID: "no-auth" }, { waitReady: false });
+      await using service = await startService(
+        name,
+        { ...mesh.env, AUTH_DISABLED: "", DISPATCHER_ID: "no-auth" },
+        { waitReady: false },
+      );
       // Either it exits, or (the bug) it comes up serving without authentication.
       const outcome = await waitFor(
-        async () => (service.child.exitCode !== null ? "exited" : (await fetch(`http://127.0.0.1:${service.httpPort}/readyz`).catch(() => undefined))?.ok && "ready"),
+        async () =>
+          service.child.exitCode !== null
+            ? "exited"
+            : (await fetch(`http://127.0.0.1:${service.httpPort}/readyz`).catch(() => undefined))?.ok &&
+              "ready",
         60_000,
         `${name} to exit or become ready`,
         50,
@@ -169,6 +239,9 @@ describe("secure by default: tokens, or authentication disabled explicitly", () 
     assert.ok(warning, "the warning is logged at start");
     assert.ok(["warn", "error", "fatal"].includes(warning.level), `logged at level ${warning.level}`);
     assert.match(warning.msg, /anonymous admin/);
-    assert.ok(lines.some((l) => /listening/.test(l.msg) && l.auth === "off"), "and the service runs with authentication off");
+    assert.ok(
+      lines.some((l) => /listening/.test(l.msg) && l.auth === "off"),
+      "and the service runs with authentication off",
+    );
   });
 });

@@ -24,7 +24,10 @@ before(async () => {
   db.pool.on("error", () => undefined);
   await migrate(db.pool, pino({ level: "silent" }));
   await db.pool.query(`INSERT INTO shard_leases (shard, owner, epoch) VALUES (0, $1, 1)`, [OWNER]);
-  await db.pool.query(`INSERT INTO dispatcher_leases (owner, expires_at) VALUES ($1, now() + interval '1 hour')`, [OWNER]);
+  await db.pool.query(
+    `INSERT INTO dispatcher_leases (owner, expires_at) VALUES ($1, now() + interval '1 hour')`,
+    [OWNER],
+  );
 });
 
 after(async () => {
@@ -46,13 +49,29 @@ async function insertTimers(groupId: string, n: number, dueMs: number): Promise<
 /** A scheduler owning shard 0, with its log lines and what it delivered. */
 function startScheduler() {
   const lines: Record<string, unknown>[] = [];
-  const log = pino({ level: "info" }, new Writable({ write: (c, _e, cb) => (lines.push(JSON.parse(String(c))), cb()) }));
+  const log = pino(
+    { level: "info" },
+    new Writable({ write: (c, _e, cb) => (lines.push(JSON.parse(String(c))), cb()) }),
+  );
   const delivered: Delivery[] = [];
   let dropped = 0;
   const opts: SchedulerOptions = {
     // The test's Postgres runs on this machine: its clock is ours.
-    dispatcherId: OWNER, clock: { now: () => Date.now() }, announcementsFlowing: () => true, claimOwner: `${OWNER}#1`, lookaheadMs: 30_000, pollIntervalMs: 200, overdueGraceMs: 2_000, claimLeadMs: 25,
-    claimBatch: 500, maxInFlight: 512, maxHeld: 10_000, claimTtlMs: 60_000, catchUpShare: 0.25, groupShare: 0.25, destinationShare: 0.25,
+    dispatcherId: OWNER,
+    clock: { now: () => Date.now() },
+    announcementsFlowing: () => true,
+    claimOwner: `${OWNER}#1`,
+    lookaheadMs: 30_000,
+    pollIntervalMs: 200,
+    overdueGraceMs: 2_000,
+    claimLeadMs: 25,
+    claimBatch: 500,
+    maxInFlight: 512,
+    maxHeld: 10_000,
+    claimTtlMs: 60_000,
+    catchUpShare: 0.25,
+    groupShare: 0.25,
+    destinationShare: 0.25,
   };
   const scheduler = new Scheduler(
     db.pool,
@@ -76,13 +95,31 @@ test("a timer Postgres refuses in a claim is dropped and the 20 good timers of i
     // parameter (invalid byte sequence, SQLSTATE 22021); an array where a group id belongs
     // is the issue's own payload ({"g":["a","b"],...}: malformed array literal, 22P02).
     await waitFor(() => s.scheduler.held === 20, 10_000, "the 20 timers loaded");
-    s.scheduler.announce({ groupId: "bad\u0000group", timerId: "x", shard: 0, dueMs, destination: DESTINATION });
-    s.scheduler.announce({ groupId: ["a", "b"] as unknown as string, timerId: "x", shard: 0, dueMs, destination: DESTINATION });
+    s.scheduler.announce({
+      groupId: "bad\u0000group",
+      timerId: "x",
+      shard: 0,
+      dueMs,
+      destination: DESTINATION,
+    });
+    s.scheduler.announce({
+      groupId: ["a", "b"] as unknown as string,
+      timerId: "x",
+      shard: 0,
+      dueMs,
+      destination: DESTINATION,
+    });
     await waitFor(() => s.delivered.length >= 20, 15_000, "the 20 good timers delivered");
     assert.deepEqual(s.delivered.map((d) => d.timerId).sort(), [...ids].sort());
     assert.ok(s.delivered.every((d) => d.groupId === "good"));
     assert.ok(s.delivered.every((d) => d.fireAtMs === dueMs && Date.now() >= dueMs));
-    await waitFor(async () => (await db.pool.query(`SELECT count(*)::int AS n FROM timers WHERE group_id = 'good' AND state = 3`)).rows[0].n === 20, 10_000, "20 SUCCEEDED rows");
+    await waitFor(
+      async () =>
+        (await db.pool.query(`SELECT count(*)::int AS n FROM timers WHERE group_id = 'good' AND state = 3`))
+          .rows[0].n === 20,
+      10_000,
+      "20 SUCCEEDED rows",
+    );
     // The refused entry is dropped (counted, logged with its key), never retried.
     assert.equal(s.dropped(), 1);
     const drop = s.lines.filter((l) => String(l["msg"]).startsWith("dropped a timer"));
@@ -102,14 +139,20 @@ test("a database outage drops nothing: every timer waits and fires once Postgres
   const s = startScheduler();
   const name = new URL(db.url).pathname.slice(1);
   // From the server's maintenance database: a database cannot close itself to connections.
-  const admin = new pg.Client({ connectionString: process.env["TEST_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres" });
+  const admin = new pg.Client({
+    connectionString: process.env["TEST_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres",
+  });
   await admin.connect();
   try {
     await waitFor(() => s.scheduler.held === 20, 10_000, "the 20 timers loaded");
     // Shut the database to new connections and cut the pool's idle ones, over the due time.
     await admin.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
     await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [name]);
-    await waitFor(() => s.lines.some((l) => String(l["msg"]).startsWith("claiming due timers failed")), 15_000, "a failed claim");
+    await waitFor(
+      () => s.lines.some((l) => String(l["msg"]).startsWith("claiming due timers failed")),
+      15_000,
+      "a failed claim",
+    );
     assert.equal(s.delivered.length, 0);
     await admin.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
     await waitFor(() => s.delivered.length >= 20, 20_000, "the 20 timers delivered after the outage");

@@ -47,14 +47,28 @@ async function clockOffsetSeconds(p: ServiceProcess): Promise<number | undefined
 
 test("dispatchers 2 s ahead and 2 s behind fire 1,000 timers never early, p99 lateness within 100 ms, and export their offset", async () => {
   // The skew is real: each dispatcher measured its own (this machine's Postgres is the reference).
-  const offAhead = await waitFor(() => clockOffsetSeconds(ahead), 10_000, "the ahead dispatcher's clock offset");
-  const offBehind = await waitFor(() => clockOffsetSeconds(behind), 10_000, "the behind dispatcher's clock offset");
+  const offAhead = await waitFor(
+    () => clockOffsetSeconds(ahead),
+    10_000,
+    "the ahead dispatcher's clock offset",
+  );
+  const offBehind = await waitFor(
+    () => clockOffsetSeconds(behind),
+    10_000,
+    "the behind dispatcher's clock offset",
+  );
   assert.ok(Math.abs(offAhead - 2) < 0.25, `ahead dispatcher measured ${offAhead} s`);
   assert.ok(Math.abs(offBehind + 2) < 0.25, `behind dispatcher measured ${offBehind} s`);
-  await waitFor(async () => {
-    const { rows } = await mesh.db.pool.query<{ owner: string }>("SELECT DISTINCT owner FROM shard_owners WHERE owner IS NOT NULL");
-    return rows.length === 2;
-  }, 20_000, "both dispatchers to own shards");
+  await waitFor(
+    async () => {
+      const { rows } = await mesh.db.pool.query<{ owner: string }>(
+        "SELECT DISTINCT owner FROM shard_owners WHERE owner IS NOT NULL",
+      );
+      return rows.length === 2;
+    },
+    20_000,
+    "both dispatchers to own shards",
+  );
 
   const start = Date.now() + 5_000;
   const spanMs = 10_000;
@@ -67,25 +81,44 @@ test("dispatchers 2 s ahead and 2 s behind fire 1,000 timers never early, p99 la
           create(CreateTimerRequestSchema, {
             groupId: "skew",
             timerId: id,
-            schedule: { case: "fireAt", value: timestampFromMs(start + Math.floor(((i + j) * spanMs) / TIMERS)) },
+            schedule: {
+              case: "fireAt",
+              value: timestampFromMs(start + Math.floor(((i + j) * spanMs) / TIMERS)),
+            },
             callback: { target: { case: "http", value: { url: receiver.url, headers: {} } } },
           }),
         ),
       ),
     );
   }
-  assert.ok(Date.now() < start, "every timer was created before the first is due (the test measures firing, not creating)");
-  await waitFor(() => new Set(receiver.received.map((r) => r.timerId)).size === TIMERS, spanMs + 30_000, "every timer to arrive");
+  assert.ok(
+    Date.now() < start,
+    "every timer was created before the first is due (the test measures firing, not creating)",
+  );
+  await waitFor(
+    () => new Set(receiver.received.map((r) => r.timerId)).size === TIMERS,
+    spanMs + 30_000,
+    "every timer to arrive",
+  );
 
   assert.equal(receiver.received.length, TIMERS, "each timer arrived once");
   const early = receiver.received.filter((r) => r.receivedAtMs < r.fireAtMs);
-  assert.deepEqual(early.map((r) => `${r.timerId} ${r.fireAtMs - r.receivedAtMs} ms early`), []);
+  assert.deepEqual(
+    early.map((r) => `${r.timerId} ${r.fireAtMs - r.receivedAtMs} ms early`),
+    [],
+  );
   const lateness = receiver.received.map((r) => r.receivedAtMs - r.fireAtMs).sort((a, b) => a - b);
   const p = (q: number) => lateness[Math.min(lateness.length - 1, Math.floor(q * lateness.length))]!;
-  console.log(`# lateness with clocks 2 s ahead and 2 s behind: p50 ${p(0.5)} ms, p99 ${p(0.99)} ms, max ${p(1)} ms`);
+  console.log(
+    `# lateness with clocks 2 s ahead and 2 s behind: p50 ${p(0.5)} ms, p99 ${p(0.99)} ms, max ${p(1)} ms`,
+  );
   assert.ok(p(0.99) <= 100, `p99 lateness ${p(0.99)} ms`);
   const { rows } = await mesh.db.pool.query<{ dispatcher_id: string; n: number }>(
     "SELECT dispatcher_id, count(*)::int AS n FROM timer_attempts WHERE group_id = 'skew' GROUP BY dispatcher_id ORDER BY 1",
   );
-  assert.deepEqual(rows.map((r) => r.dispatcher_id), ["ahead", "behind"], "both skewed dispatchers fired timers");
+  assert.deepEqual(
+    rows.map((r) => r.dispatcher_id),
+    ["ahead", "behind"],
+    "both skewed dispatchers fired timers",
+  );
 });

@@ -21,7 +21,12 @@ import { createAll, fireAtMsOf } from "../support/timer-client.js";
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-function req(groupId: string, timerId: string, url: string, schedule: { fireAtMs: number } | { delayMs: number }): CreateTimerRequest {
+function req(
+  groupId: string,
+  timerId: string,
+  url: string,
+  schedule: { fireAtMs: number } | { delayMs: number },
+): CreateTimerRequest {
   return create(CreateTimerRequestSchema, {
     groupId,
     timerId,
@@ -42,7 +47,12 @@ async function stateCounts(mesh: TestMesh, groupId: string): Promise<Map<number,
   return new Map(rows.map((r) => [r.state, Number(r.n)]));
 }
 
-async function waitAllSucceeded(mesh: TestMesh, groupId: string, n: number, timeoutMs: number): Promise<void> {
+async function waitAllSucceeded(
+  mesh: TestMesh,
+  groupId: string,
+  n: number,
+  timeoutMs: number,
+): Promise<void> {
   let last = new Map<number, number>();
   try {
     await waitFor(
@@ -55,7 +65,9 @@ async function waitAllSucceeded(mesh: TestMesh, groupId: string, n: number, time
       100,
     );
   } catch (err) {
-    throw new Error(`${(err as Error).message}; states now: ${JSON.stringify(Object.fromEntries(last))}`, { cause: err });
+    throw new Error(`${(err as Error).message}; states now: ${JSON.stringify(Object.fromEntries(last))}`, {
+      cause: err,
+    });
   }
 }
 
@@ -75,7 +87,10 @@ function assertEachOnce(counts: Map<string, number>, expected: string[], what: s
     missing.length === 0 && dup.length === 0 && unknown.length === 0,
     `${what}: ${expected.length} expected, ${counts.size} distinct delivered, ${[...counts.values()].reduce((a, b) => a + b, 0)} deliveries in all; ` +
       `${missing.length} missing (${missing.slice(0, 5).join(",")}), ${dup.length} delivered more than once ` +
-      `(${dup.slice(0, 5).map(([id, n]) => `${id}x${n}`).join(",")}), ${unknown.length} unexpected`,
+      `(${dup
+        .slice(0, 5)
+        .map(([id, n]) => `${id}x${n}`)
+        .join(",")}), ${unknown.length} unexpected`,
   );
 }
 
@@ -94,7 +109,10 @@ function shuffled<T>(xs: T[]): T[] {
  * goes back to the dispatcher only after `hold`: a number of milliseconds (a receiver that is
  * merely slow), or a promise the test resolves (a receiver that answers when the test says).
  */
-async function startSlowProxy(targetUrl: string, hold: number | Promise<void>): Promise<{ url: string; answered: () => number } & AsyncDisposable> {
+async function startSlowProxy(
+  targetUrl: string,
+  hold: number | Promise<void>,
+): Promise<{ url: string; answered: () => number } & AsyncDisposable> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
   let answered = 0;
   const server = http.createServer((inReq, inRes) => {
@@ -142,37 +160,59 @@ describe("restart after downtime", () => {
     // once over 300 new connections, and their arrival order says nothing about the dispatcher.)
     // One group at one receiver: fair delivery caps it at its share of the slots (5 of 10 here,
     // so the backlog drains in seconds, not half a minute); its own timers due now still go first.
-    const dispatcherEnv = { POLL_INTERVAL: "250ms", OVERDUE_GRACE: "1s", MAX_IN_FLIGHT: "10", DELIVERY_GROUP_SHARE: "50", DELIVERY_DESTINATION_SHARE: "50" };
+    const dispatcherEnv = {
+      POLL_INTERVAL: "250ms",
+      OVERDUE_GRACE: "1s",
+      MAX_IN_FLIGHT: "10",
+      DELIVERY_GROUP_SHARE: "50",
+      DELIVERY_DESTINATION_SHARE: "50",
+    };
     await using mesh = await startMesh({ dispatchers: 1, dispatcherEnv });
     await using rx = await startHttpReceiver();
     await using slow = await startSlowProxy(rx.url, 200);
     const group = "backlog";
 
     const code = await mesh.dispatchers[0]!.stop("SIGTERM");
-    assert.equal(code, 0, `dispatcher d1 should exit 0 on SIGTERM; output:\n${mesh.dispatchers[0]!.output().slice(-2000)}`);
+    assert.equal(
+      code,
+      0,
+      `dispatcher d1 should exit 0 on SIGTERM; output:\n${mesh.dispatchers[0]!.output().slice(-2000)}`,
+    );
 
     // 300 timers due within the next second, created in random order so that neither insertion
     // order nor physical row order gives away their due order.
     const n = 300;
     const base = Date.now() + 300;
-    const backlogReqs = Array.from({ length: n }, (_, i) => req(group, `b-${String(i).padStart(3, "0")}`, slow.url, { fireAtMs: base + i * 2 }));
+    const backlogReqs = Array.from({ length: n }, (_, i) =>
+      req(group, `b-${String(i).padStart(3, "0")}`, slow.url, { fireAtMs: base + i * 2 }),
+    );
     const backlog = await createAll(mesh.client, shuffled(backlogReqs));
     const lastFire = Math.max(...[...backlog.values()].map(fireAtMsOf));
     // Overdue beyond OVERDUE_GRACE: downtime, not a timer that is merely a little late.
     await waitFor(() => Date.now() > lastFire + 1500, 30_000, "every backlog timer to be overdue");
-    assert.equal((await stateCounts(mesh, group)).get(State.Scheduled), n, "nothing may fire while no dispatcher runs");
+    assert.equal(
+      (await stateCounts(mesh, group)).get(State.Scheduled),
+      n,
+      "nothing may fire while no dispatcher runs",
+    );
     assert.equal(rx.received.length, 0);
 
     await mesh.addDispatcher("d1", dispatcherEnv);
-    const fresh = await createAll(mesh.client, Array.from({ length: 5 }, (_, i) => req(group, `now-${i}`, slow.url, { delayMs: 0 })));
+    const fresh = await createAll(
+      mesh.client,
+      Array.from({ length: 5 }, (_, i) => req(group, `now-${i}`, slow.url, { delayMs: 0 })),
+    );
 
     await waitAllSucceeded(mesh, group, n + fresh.size, 60_000);
     const counts = countBy(rx.received, (r) => r.timerId);
     assertEachOnce(counts, [...backlog.keys(), ...fresh.keys()], "after the restart");
-    for (const r of rx.received) assert.ok(r.receivedAtMs >= r.fireAtMs, `${r.timerId} arrived ${r.fireAtMs - r.receivedAtMs}ms early`);
+    for (const r of rx.received)
+      assert.ok(r.receivedAtMs >= r.fireAtMs, `${r.timerId} arrived ${r.fireAtMs - r.receivedAtMs}ms early`);
 
     // Oldest first: the first 50 backlog timers delivered are among the 100 oldest.
-    const rank = new Map([...backlog.values()].sort((a, b) => fireAtMsOf(a) - fireAtMsOf(b)).map((t, i) => [t.timerId, i]));
+    const rank = new Map(
+      [...backlog.values()].sort((a, b) => fireAtMsOf(a) - fireAtMsOf(b)).map((t, i) => [t.timerId, i]),
+    );
     const order = rx.received.filter((r) => rank.has(r.timerId)).map((r) => rank.get(r.timerId)!);
     const firstFifty = order.slice(0, 50);
     assert.ok(
@@ -182,7 +222,14 @@ describe("restart after downtime", () => {
     // Deliveries leave in due order, so concurrency can displace one only by about the number in
     // flight (MAX_IN_FLIGHT=10); allow twice that.
     const displaced = order.map((k, pos) => ({ k, pos })).filter(({ k, pos }) => Math.abs(k - pos) > 20);
-    assert.equal(displaced.length, 0, `backlog delivered out of due order (rank@position): ${displaced.slice(0, 10).map(({ k, pos }) => `${k}@${pos}`).join(" ")}`);
+    assert.equal(
+      displaced.length,
+      0,
+      `backlog delivered out of due order (rank@position): ${displaced
+        .slice(0, 10)
+        .map(({ k, pos }) => `${k}@${pos}`)
+        .join(" ")}`,
+    );
 
     // Timers due now are not starved by the backlog: each goes out while most of the backlog is
     // still waiting. Counted in backlog deliveries rather than milliseconds, so a busy machine,
@@ -213,15 +260,28 @@ describe("two dispatchers on one database", () => {
     const base = Date.now() + 5000;
     const timers = await createAll(
       mesh.client,
-      Array.from({ length: n }, (_, i) => req(group, `p-${String(i).padStart(4, "0")}`, rx.url, { fireAtMs: base + i * 2 })),
+      Array.from({ length: n }, (_, i) =>
+        req(group, `p-${String(i).padStart(4, "0")}`, rx.url, { fireAtMs: base + i * 2 }),
+      ),
       200,
     );
     await waitFor(() => new Set(rx.received.map((r) => r.timerId)).size >= n, 60_000, `${n} deliveries`, 100);
     await waitAllSucceeded(mesh, group, n, 30_000);
 
-    assertEachOnce(countBy(rx.received, (r: Received) => r.timerId), [...timers.keys()], "two dispatchers");
+    assertEachOnce(
+      countBy(rx.received, (r: Received) => r.timerId),
+      [...timers.keys()],
+      "two dispatchers",
+    );
     const early = rx.received.filter((r) => r.receivedAtMs < fireAtMsOf(timers.get(r.timerId)!));
-    assert.equal(early.length, 0, `${early.length} timers arrived early, e.g. ${early.slice(0, 3).map((r) => r.timerId).join(",")}`);
+    assert.equal(
+      early.length,
+      0,
+      `${early.length} timers arrived early, e.g. ${early
+        .slice(0, 3)
+        .map((r) => r.timerId)
+        .join(",")}`,
+    );
     for (const r of rx.received) assert.equal(r.fireAtMs, fireAtMsOf(timers.get(r.timerId)!));
 
     const { rows } = await mesh.db.pool.query<{ dispatcher_id: string; outcome: string; n: string }>(
@@ -229,15 +289,29 @@ describe("two dispatchers on one database", () => {
       [group],
     );
     const summary = rows.map((r) => `${r.dispatcher_id}:${r.outcome}=${r.n}`).join(" ");
-    assert.equal(rows.reduce((a, r) => a + Number(r.n), 0), n, `one attempt row per timer; got ${summary}`);
-    assert.ok(rows.every((r) => r.outcome === "succeeded"), summary);
-    assert.deepEqual(new Set(rows.map((r) => r.dispatcher_id)), new Set(["d1", "d2"]), `both dispatchers should have fired timers; got ${summary}`);
+    assert.equal(
+      rows.reduce((a, r) => a + Number(r.n), 0),
+      n,
+      `one attempt row per timer; got ${summary}`,
+    );
+    assert.ok(
+      rows.every((r) => r.outcome === "succeeded"),
+      summary,
+    );
+    assert.deepEqual(
+      new Set(rows.map((r) => r.dispatcher_id)),
+      new Set(["d1", "d2"]),
+      `both dispatchers should have fired timers; got ${summary}`,
+    );
   });
 });
 
 describe("SIGTERM with deliveries in flight", () => {
   test("the dispatcher finishes and records in-flight deliveries, then exits 0", async () => {
-    await using mesh = await startMesh({ dispatchers: 1, dispatcherEnv: { POLL_INTERVAL: "250ms", SHUTDOWN_TIMEOUT: "30s" } });
+    await using mesh = await startMesh({
+      dispatchers: 1,
+      dispatcherEnv: { POLL_INTERVAL: "250ms", SHUTDOWN_TIMEOUT: "30s" },
+    });
     await using rx = await startHttpReceiver();
     // The receiver holds every answer until the test lets go, so the deliveries are surely in
     // flight when SIGTERM comes, however slowly this machine runs.
@@ -246,20 +320,33 @@ describe("SIGTERM with deliveries in flight", () => {
     await using slow = await startSlowProxy(rx.url, gate);
     const group = "inflight";
     const n = 20;
-    const timers = await createAll(mesh.client, Array.from({ length: n }, (_, i) => req(group, `f-${i}`, slow.url, { delayMs: 0 })));
+    const timers = await createAll(
+      mesh.client,
+      Array.from({ length: n }, (_, i) => req(group, `f-${i}`, slow.url, { delayMs: 0 })),
+    );
 
-    await waitFor(() => new Set(rx.received.map((r) => r.timerId)).size >= n, 30_000, `the receiver to see all ${n} requests`);
+    await waitFor(
+      () => new Set(rx.received.map((r) => r.timerId)).size >= n,
+      30_000,
+      `the receiver to see all ${n} requests`,
+    );
     const d1 = mesh.dispatchers[0]!;
     const stopping = d1.stop("SIGTERM", 60_000);
     try {
       // A dispatcher that has handed its shards back has nothing left to do but wait for the
       // deliveries in flight: it must still be running, waiting for them.
       await waitFor(
-        async () => (await mesh.db.pool.query("SELECT 1 FROM shard_owners WHERE owner = 'd1'")).rowCount === 0 || d1.child.exitCode !== null,
+        async () =>
+          (await mesh.db.pool.query("SELECT 1 FROM shard_owners WHERE owner = 'd1'")).rowCount === 0 ||
+          d1.child.exitCode !== null,
         30_000,
         "d1 to hand its shards back",
       );
-      assert.equal(d1.child.exitCode, null, `the dispatcher exited with ${n} deliveries unanswered; output:\n${d1.output().slice(-3000)}`);
+      assert.equal(
+        d1.child.exitCode,
+        null,
+        `the dispatcher exited with ${n} deliveries unanswered; output:\n${d1.output().slice(-3000)}`,
+      );
       assert.equal(slow.answered(), 0);
     } finally {
       letGo();
@@ -269,13 +356,25 @@ describe("SIGTERM with deliveries in flight", () => {
     assert.equal(slow.answered(), n, "every held request was answered before the dispatcher exited");
 
     const counts = await stateCounts(mesh, group);
-    assert.equal(counts.get(State.Succeeded), n, `all ${n} timers should be SUCCEEDED; states: ${JSON.stringify(Object.fromEntries(counts))}`);
+    assert.equal(
+      counts.get(State.Succeeded),
+      n,
+      `all ${n} timers should be SUCCEEDED; states: ${JSON.stringify(Object.fromEntries(counts))}`,
+    );
     const { rows } = await mesh.db.pool.query<{ timer_id: string; outcome: string }>(
       "SELECT timer_id, outcome FROM timer_attempts WHERE group_id = $1",
       [group],
     );
-    assertEachOnce(countBy(rows, (r) => r.timer_id), [...timers.keys()], "timer_attempts rows");
+    assertEachOnce(
+      countBy(rows, (r) => r.timer_id),
+      [...timers.keys()],
+      "timer_attempts rows",
+    );
     assert.ok(rows.every((r) => r.outcome === "succeeded"));
-    assertEachOnce(countBy(rx.received, (r) => r.timerId), [...timers.keys()], "deliveries");
+    assertEachOnce(
+      countBy(rx.received, (r) => r.timerId),
+      [...timers.keys()],
+      "deliveries",
+    );
   });
 });

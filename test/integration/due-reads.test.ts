@@ -22,8 +22,10 @@ before(async () => {
   // spread over the others, and 300 due at one exact microsecond over a few shards.
   const rows: [string, string, number, string][] = [];
   for (let i = 0; i < 2_000; i++) rows.push(["g1", `hot-${i}`, 5, new Date(baseMs + i * 10).toISOString()]);
-  for (let i = 0; i < 1_500; i++) rows.push([`g${i % 7}`, `x-${i}`, i % SHARDS, new Date(baseMs + i * 13).toISOString()]);
-  for (let i = 0; i < 300; i++) rows.push(["same", `s-${i}`, i % 3, new Date(baseMs + 5_000).toISOString().replace("Z", "123Z")]);
+  for (let i = 0; i < 1_500; i++)
+    rows.push([`g${i % 7}`, `x-${i}`, i % SHARDS, new Date(baseMs + i * 13).toISOString()]);
+  for (let i = 0; i < 300; i++)
+    rows.push(["same", `s-${i}`, i % 3, new Date(baseMs + 5_000).toISOString().replace("Z", "123Z")]);
   await db.pool.query(
     `INSERT INTO timers (group_id, timer_id, shard, state, fire_at, next_attempt_at, callback, payload,
                          max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, request_hash)

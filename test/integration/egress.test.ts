@@ -6,7 +6,12 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { CallbackSchema, CreateTimerRequestSchema, type Callback, type CreateTimerRequest } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import {
+  CallbackSchema,
+  CreateTimerRequestSchema,
+  type Callback,
+  type CreateTimerRequest,
+} from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { State } from "../../services/shared/src/timer-model.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startGrpcReceiver, startHttpReceiver } from "../support/receivers.js";
@@ -36,9 +41,12 @@ after(async () => {
   await mesh?.[Symbol.asyncDispose]();
 });
 
-const http = (url: string): Callback => create(CallbackSchema, { target: { case: "http", value: { url, headers: {} } } });
-const grpcTarget = (target: string): Callback => create(CallbackSchema, { target: { case: "grpc", value: { target } } });
-const nats = (subject: string): Callback => create(CallbackSchema, { target: { case: "nats", value: { subject, jetstream: false } } });
+const http = (url: string): Callback =>
+  create(CallbackSchema, { target: { case: "http", value: { url, headers: {} } } });
+const grpcTarget = (target: string): Callback =>
+  create(CallbackSchema, { target: { case: "grpc", value: { target } } });
+const nats = (subject: string): Callback =>
+  create(CallbackSchema, { target: { case: "nats", value: { subject, jetstream: false } } });
 
 let seq = 0;
 function timerReq(groupId: string, callback: Callback, delayMs = 3_600_000): CreateTimerRequest {
@@ -51,7 +59,12 @@ function timerReq(groupId: string, callback: Callback, delayMs = 3_600_000): Cre
   });
 }
 
-async function expectRefused(client: GrpcTimerClient, req: CreateTimerRequest, field: string, reason: RegExp): Promise<void> {
+async function expectRefused(
+  client: GrpcTimerClient,
+  req: CreateTimerRequest,
+  field: string,
+  reason: RegExp,
+): Promise<void> {
   await assert.rejects(client.call("createTimer", req), (err: grpc.ServiceError) => {
     // grpc-js decodes grpc-message with decodeURI, which leaves "," and ";" percent-encoded.
     const details = decodeURIComponent(err.details);
@@ -61,7 +74,11 @@ async function expectRefused(client: GrpcTimerClient, req: CreateTimerRequest, f
     return true;
   });
   await assert.rejects(
-    client.call("getTimer", { $typeName: "timer.v1.GetTimerRequest", groupId: req.groupId, timerId: req.timerId }),
+    client.call("getTimer", {
+      $typeName: "timer.v1.GetTimerRequest",
+      groupId: req.groupId,
+      timerId: req.timerId,
+    }),
     (err: grpc.ServiceError) => err.code === grpc.status.NOT_FOUND,
     "nothing was stored",
   );
@@ -93,13 +110,34 @@ describe("internal and disguised callback addresses are refused at create, namin
   ];
   for (const url of urls) {
     test(`HTTP ${url}`, async () => {
-      await expectRefused(strictClient, timerReq("egress", http(url)), "callback.http.url", /which callbacks may not reach; an operator can allow it with CALLBACK_ALLOWED_NETWORKS/);
+      await expectRefused(
+        strictClient,
+        timerReq("egress", http(url)),
+        "callback.http.url",
+        /which callbacks may not reach; an operator can allow it with CALLBACK_ALLOWED_NETWORKS/,
+      );
     });
   }
-  const targets = ["127.0.0.1:9", "localhost:9", "[::1]:9", "169.254.169.254:80", "10.0.0.5:9090", "0.0.0.0:9090", "2130706433:80", "0x7f.1:80", "127.1:80", "[::ffff:127.0.0.1]:80"];
+  const targets = [
+    "127.0.0.1:9",
+    "localhost:9",
+    "[::1]:9",
+    "169.254.169.254:80",
+    "10.0.0.5:9090",
+    "0.0.0.0:9090",
+    "2130706433:80",
+    "0x7f.1:80",
+    "127.1:80",
+    "[::ffff:127.0.0.1]:80",
+  ];
   for (const target of targets) {
     test(`gRPC ${target}`, async () => {
-      await expectRefused(strictClient, timerReq("egress", grpcTarget(target)), "callback.grpc.target", /which callbacks may not reach/);
+      await expectRefused(
+        strictClient,
+        timerReq("egress", grpcTarget(target)),
+        "callback.grpc.target",
+        /which callbacks may not reach/,
+      );
     });
   }
 
@@ -116,23 +154,53 @@ describe("internal and disguised callback addresses are refused at create, namin
     // An hour away: no dispatcher loads it, so the name is never resolved; cancelled at once.
     const req = timerReq("egress", http("http://receiver.example.com/hook"));
     assert.equal((await strictClient.call("createTimer", req)).created, true);
-    await strictClient.call("cancelTimer", { $typeName: "timer.v1.CancelTimerRequest", groupId: req.groupId, timerId: req.timerId });
+    await strictClient.call("cancelTimer", {
+      $typeName: "timer.v1.CancelTimerRequest",
+      groupId: req.groupId,
+      timerId: req.timerId,
+    });
   });
 });
 
 describe("tenant NATS subjects", () => {
-  for (const subject of ["timers.shard.0", "mesh.dispatchers.heartbeat", "$JS.API.STREAM.LIST", "$SYS.x", "$KV.b.k", "_INBOX.x"]) {
+  for (const subject of [
+    "timers.shard.0",
+    "mesh.dispatchers.heartbeat",
+    "$JS.API.STREAM.LIST",
+    "$SYS.x",
+    "$KV.b.k",
+    "_INBOX.x",
+  ]) {
     test(`${subject} is refused at create`, async () => {
-      await expectRefused(strictClient, timerReq("tenant", nats(subject)), "callback.nats.subject", /is reserved for the timer mesh/);
+      await expectRefused(
+        strictClient,
+        timerReq("tenant", nats(subject)),
+        "callback.nats.subject",
+        /is reserved for the timer mesh/,
+      );
     });
   }
 
   test("CALLBACK_NATS_SUBJECT_PREFIX keeps a group under its own prefix", async () => {
-    await expectRefused(mesh.client, timerReq("billing", nats("orders.fired")), "callback.nats.subject", /must start with "callbacks\.billing\."/);
-    await expectRefused(mesh.client, timerReq("billing", nats("callbacks.shipping.fired")), "callback.nats.subject", /must start with "callbacks\.billing\."/);
+    await expectRefused(
+      mesh.client,
+      timerReq("billing", nats("orders.fired")),
+      "callback.nats.subject",
+      /must start with "callbacks\.billing\."/,
+    );
+    await expectRefused(
+      mesh.client,
+      timerReq("billing", nats("callbacks.shipping.fired")),
+      "callback.nats.subject",
+      /must start with "callbacks\.billing\."/,
+    );
     const ok = timerReq("billing", nats("callbacks.billing.fired"));
     assert.equal((await mesh.client.call("createTimer", ok)).created, true);
-    await mesh.client.call("cancelTimer", { $typeName: "timer.v1.CancelTimerRequest", groupId: ok.groupId, timerId: ok.timerId });
+    await mesh.client.call("cancelTimer", {
+      $typeName: "timer.v1.CancelTimerRequest",
+      groupId: ok.groupId,
+      timerId: ok.timerId,
+    });
   });
 });
 
@@ -145,7 +213,10 @@ interface Row {
 async function waitFinal(groupId: string, timerId: string): Promise<Row> {
   return waitFor(
     async () => {
-      const { rows } = await mesh.db.pool.query<Row>("SELECT state, attempt, last_error FROM timers WHERE group_id = $1 AND timer_id = $2", [groupId, timerId]);
+      const { rows } = await mesh.db.pool.query<Row>(
+        "SELECT state, attempt, last_error FROM timers WHERE group_id = $1 AND timer_id = $2",
+        [groupId, timerId],
+      );
       const r = rows[0];
       return r && (r.state === State.Succeeded || r.state === State.Failed) ? r : undefined;
     },
@@ -188,8 +259,14 @@ describe("names are checked at delivery on the addresses they resolve to", () =>
       const row = await waitFinal(req.groupId, req.timerId);
       assert.equal(row.state, State.Succeeded, `${req.timerId}: ${row.last_error}`);
     }
-    assert.deepEqual(rx.received.map((r) => r.timerId), [allowedHttp.timerId]);
-    assert.deepEqual(grx.received.map((r) => r.timerId), [allowedGrpc.timerId]);
+    assert.deepEqual(
+      rx.received.map((r) => r.timerId),
+      [allowedHttp.timerId],
+    );
+    assert.deepEqual(
+      grx.received.map((r) => r.timerId),
+      [allowedGrpc.timerId],
+    );
     assert.equal(rx.received[0]!.headers["host"], `localhost:${port}`);
     assert.equal(grx.received[0]!.headers[":authority"], `localhost:${grpcPort}`);
   });

@@ -37,13 +37,14 @@ after(async () => {
   await mesh?.[Symbol.asyncDispose]();
 });
 
-
 async function states(groupId: string): Promise<Record<string, number>> {
   const { rows } = await mesh.db.pool.query<{ state: number; n: number }>(
     "SELECT state, count(*)::int AS n FROM timers WHERE group_id = $1 GROUP BY state",
     [groupId],
   );
-  return Object.fromEntries(rows.map((r) => [["", "scheduled", "firing", "succeeded", "failed", "cancelled"][r.state]!, r.n]));
+  return Object.fromEntries(
+    rows.map((r) => [["", "scheduled", "firing", "succeeded", "failed", "cancelled"][r.state]!, r.n]),
+  );
 }
 
 async function metric(name: string): Promise<number | undefined> {
@@ -65,9 +66,15 @@ test("a group whose receiver hangs holds only its share of the slots; another gr
   await waitFor(() => healthy.received.length >= B_TIMERS, 100_000, `${B_TIMERS} callbacks of team-b`);
 
   // B is done while every A delivery started is still hanging: none ended, none was retried.
-  assert.equal(hanging.open(), CAP, "team-a holds exactly its share of the slots, still waiting on its receiver");
+  assert.equal(
+    hanging.open(),
+    CAP,
+    "team-a holds exactly its share of the slots, still waiting on its receiver",
+  );
   assert.equal(hanging.received.length, CAP, "no more than its share of team-a's callbacks left");
-  const aAttempts = await mesh.db.pool.query<{ n: number }>("SELECT count(*)::int AS n FROM timer_attempts WHERE group_id = 'team-a'");
+  const aAttempts = await mesh.db.pool.query<{ n: number }>(
+    "SELECT count(*)::int AS n FROM timer_attempts WHERE group_id = 'team-a'",
+  );
   assert.equal(aAttempts.rows[0]!.n, 0, "no team-a delivery ended before team-b was done");
   // The rest of team-a waits unclaimed (parked), so no claim sits idle in Postgres.
   assert.deepEqual(await states("team-a"), { firing: CAP, scheduled: A_TIMERS - CAP });
@@ -76,10 +83,20 @@ test("a group whose receiver hangs holds only its share of the slots; another gr
   const ids = healthy.received.map((r) => r.timerId);
   assert.equal(new Set(ids).size, B_TIMERS);
   assert.deepEqual([...ids].sort(), Array.from({ length: B_TIMERS }, (_, i) => `b-${i}`).sort());
-  assert.ok(healthy.received.every((r) => r.groupId === "team-b" && r.attempt === 1 && r.receivedAtMs >= bDue));
-  await waitFor(async () => (await states("team-b"))["succeeded"] === B_TIMERS, 30_000, "team-b SUCCEEDED in Postgres");
+  assert.ok(
+    healthy.received.every((r) => r.groupId === "team-b" && r.attempt === 1 && r.receivedAtMs >= bDue),
+  );
+  await waitFor(
+    async () => (await states("team-b"))["succeeded"] === B_TIMERS,
+    30_000,
+    "team-b SUCCEEDED in Postgres",
+  );
 
   // The parked timers are visible to operators.
-  await waitFor(async () => (await metric("dispatcher_timers_parked")) === A_TIMERS - CAP, 30_000, "dispatcher_timers_parked = parked team-a timers");
+  await waitFor(
+    async () => (await metric("dispatcher_timers_parked")) === A_TIMERS - CAP,
+    30_000,
+    "dispatcher_timers_parked = parked team-a timers",
+  );
   assert.ok(((await metric("dispatcher_timers_parked_total")) ?? 0) >= A_TIMERS - CAP);
 });

@@ -8,7 +8,14 @@ import net from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, createContextKey, type HandlerContext, type Interceptor } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  createContextKey,
+  type HandlerContext,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { RetryInfoSchema } from "../../services/shared/src/gen/google/rpc/error_details_pb.js";
 import {
@@ -50,14 +57,21 @@ function testService(seen: Seen) {
           return create(CreateTimerResponseSchema, {
             created: true,
             // The request header, the interceptor's context value and the protocol, for the caller to check.
-            timer: { timerId: req.timerId, groupId: `${ctx.requestHeader.get("x-test") ?? "-"}|${ctx.values.get(interceptedKey)}|${ctx.protocolName}` },
+            timer: {
+              timerId: req.timerId,
+              groupId: `${ctx.requestHeader.get("x-test") ?? "-"}|${ctx.values.get(interceptedKey)}|${ctx.protocolName}`,
+            },
           });
         case "wait":
-          await new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
+          await new Promise<void>((resolve) =>
+            ctx.signal.addEventListener("abort", () => resolve(), { once: true }),
+          );
           seen.abortReasons.push(ctx.signal.reason);
           throw ctx.signal.reason;
         case "retry":
-          throw new ConnectError("slow down", Code.ResourceExhausted, undefined, [{ desc: RetryInfoSchema, value: { retryDelay: durationFromMs(1500) } }]);
+          throw new ConnectError("slow down", Code.ResourceExhausted, undefined, [
+            { desc: RetryInfoSchema, value: { retryDelay: durationFromMs(1500) } },
+          ]);
         default:
           throw new ConnectError(`unknown group ${req.groupId}`, Code.InvalidArgument);
       }
@@ -69,7 +83,10 @@ function testService(seen: Seen) {
   };
 }
 
-async function startTestPort(seen: Seen, tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer }): Promise<GrpcServer> {
+async function startTestPort(
+  seen: Seen,
+  tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer },
+): Promise<GrpcServer> {
   const mark: Interceptor = (next) => (req) => {
     seen.intercepted++;
     req.contextValues.set(interceptedKey, "intercepted");
@@ -88,7 +105,11 @@ async function startTestPort(seen: Seen, tls?: { cert: Buffer; key: Buffer; clie
 const createTimerPath = `/${TimerService.typeName}/CreateTimer`;
 
 /** One CreateTimer through a grpc-js client, with the given metadata and deadline. */
-function grpcJsCall(client: grpc.Client, req: CreateTimerRequest, opts: { metadata?: grpc.Metadata; deadlineMs?: number } = {}) {
+function grpcJsCall(
+  client: grpc.Client,
+  req: CreateTimerRequest,
+  opts: { metadata?: grpc.Metadata; deadlineMs?: number } = {},
+) {
   let header: grpc.Metadata | undefined;
   let trailer: grpc.Metadata | undefined;
   const response = new Promise<CreateTimerResponse>((resolve, reject) => {
@@ -136,7 +157,10 @@ describe("one plaintext port: gRPC over h2c from grpc-js, Connect and gRPC-Web o
 
     const connect = createClient(TimerService, createConnectTransport({ baseUrl, httpVersion: "1.1" }));
     let trailer: Headers | undefined;
-    const viaConnect = await connect.createTimer(echo("c1"), { headers: { "x-test": "from-connect" }, onTrailer: (t) => (trailer = t) });
+    const viaConnect = await connect.createTimer(echo("c1"), {
+      headers: { "x-test": "from-connect" },
+      onTrailer: (t) => (trailer = t),
+    });
     assert.equal(viaConnect.timer?.groupId, "from-connect|intercepted|connect");
     assert.equal(trailer?.get("x-answer-trailer"), "t");
 
@@ -171,7 +195,10 @@ describe("one plaintext port: gRPC over h2c from grpc-js, Connect and gRPC-Web o
   });
 
   test("a ConnectError's details (RetryInfo) reach a gRPC client as grpc-status-details-bin", async () => {
-    const err = await grpcJsCall(client, create(CreateTimerRequestSchema, { groupId: "retry" })).response.then(
+    const err = await grpcJsCall(
+      client,
+      create(CreateTimerRequestSchema, { groupId: "retry" }),
+    ).response.then(
       () => assert.fail("should be refused"),
       (e: grpc.ServiceError) => e,
     );
@@ -191,14 +218,19 @@ describe("one plaintext port: gRPC over h2c from grpc-js, Connect and gRPC-Web o
 
   test("a deadline reaches the handler's ctx.signal as DEADLINE_EXCEEDED, a cancel as CANCELED", async () => {
     const before = seen.abortReasons.length;
-    const err = await grpcJsCall(client, create(CreateTimerRequestSchema, { groupId: "wait" }), { deadlineMs: 300 }).response.then(
+    const err = await grpcJsCall(client, create(CreateTimerRequestSchema, { groupId: "wait" }), {
+      deadlineMs: 300,
+    }).response.then(
       () => assert.fail("should time out"),
       (e: grpc.ServiceError) => e,
     );
     assert.equal(err.code, grpc.status.DEADLINE_EXCEEDED);
     await waitFor(() => seen.abortReasons.length > before, 10_000, "the handler to see its signal abort");
     const reason = seen.abortReasons[before];
-    assert.ok(reason instanceof ConnectError && reason.code === Code.DeadlineExceeded, `abort reason ${String(reason)}`);
+    assert.ok(
+      reason instanceof ConnectError && reason.code === Code.DeadlineExceeded,
+      `abort reason ${String(reason)}`,
+    );
 
     const handled = seen.handled;
     const call = client.makeUnaryRequest(
@@ -212,12 +244,18 @@ describe("one plaintext port: gRPC over h2c from grpc-js, Connect and gRPC-Web o
     call.cancel();
     await waitFor(() => seen.abortReasons.length > before + 1, 10_000, "the handler to see the cancel");
     const cancelled = seen.abortReasons[before + 1];
-    assert.ok(cancelled instanceof ConnectError && cancelled.code === Code.Canceled, `abort reason ${String(cancelled)}`);
+    assert.ok(
+      cancelled instanceof ConnectError && cancelled.code === Code.Canceled,
+      `abort reason ${String(cancelled)}`,
+    );
   });
 
   test("a request over the size limit is RESOURCE_EXHAUSTED before the handler, on both protocols; the connection goes on", async () => {
     const handled = seen.handled;
-    const big = create(CreateTimerRequestSchema, { groupId: "echo", payload: new Uint8Array(MAX_REQUEST_BYTES + 1) });
+    const big = create(CreateTimerRequestSchema, {
+      groupId: "echo",
+      payload: new Uint8Array(MAX_REQUEST_BYTES + 1),
+    });
     const err = await grpcJsCall(client, big).response.then(
       () => assert.fail("should be refused"),
       (e: grpc.ServiceError) => e,
@@ -244,8 +282,16 @@ describe("one TLS port: h2 by ALPN to grpc-js, http/1.1 to connect-node, client 
 
   before(async () => {
     certs = await makeTestCertificates();
-    [ca, clientKey, clientCert] = await Promise.all([readFile(certs.caCert), readFile(certs.clientKey), readFile(certs.clientCert)]);
-    port = await startTestPort(seen, { cert: await readFile(certs.serverCert), key: await readFile(certs.serverKey), clientCa: ca });
+    [ca, clientKey, clientCert] = await Promise.all([
+      readFile(certs.caCert),
+      readFile(certs.clientKey),
+      readFile(certs.clientCert),
+    ]);
+    port = await startTestPort(seen, {
+      cert: await readFile(certs.serverCert),
+      key: await readFile(certs.serverKey),
+      clientCa: ca,
+    });
   });
   after(async () => {
     await port?.close(Date.now() + 1_000);
@@ -253,7 +299,10 @@ describe("one TLS port: h2 by ALPN to grpc-js, http/1.1 to connect-node, client 
   });
 
   test("gRPC over h2 (grpc-js client) and Connect over http/1.1, each with a client certificate", async () => {
-    const client = new grpc.Client(`127.0.0.1:${port.port}`, grpc.credentials.createSsl(ca, clientKey, clientCert));
+    const client = new grpc.Client(
+      `127.0.0.1:${port.port}`,
+      grpc.credentials.createSsl(ca, clientKey, clientCert),
+    );
     try {
       const res = await grpcJsCall(client, echo("tls-grpc")).response;
       assert.equal(res.timer?.groupId, "-|intercepted|grpc");
@@ -262,7 +311,11 @@ describe("one TLS port: h2 by ALPN to grpc-js, http/1.1 to connect-node, client 
     }
     const connect = createClient(
       TimerService,
-      createConnectTransport({ baseUrl: `https://127.0.0.1:${port.port}`, httpVersion: "1.1", nodeOptions: { ca, key: clientKey, cert: clientCert } }),
+      createConnectTransport({
+        baseUrl: `https://127.0.0.1:${port.port}`,
+        httpVersion: "1.1",
+        nodeOptions: { ca, key: clientKey, cert: clientCert },
+      }),
     );
     assert.equal((await connect.createTimer(echo("tls-connect"))).timer?.groupId, "-|intercepted|connect");
   });
@@ -278,7 +331,14 @@ describe("one TLS port: h2 by ALPN to grpc-js, http/1.1 to connect-node, client 
     } finally {
       client.close();
     }
-    const connect = createClient(TimerService, createConnectTransport({ baseUrl: `https://127.0.0.1:${port.port}`, httpVersion: "1.1", nodeOptions: { ca } }));
+    const connect = createClient(
+      TimerService,
+      createConnectTransport({
+        baseUrl: `https://127.0.0.1:${port.port}`,
+        httpVersion: "1.1",
+        nodeOptions: { ca },
+      }),
+    );
     await assert.rejects(connect.createTimer(echo("no-cert")));
     assert.equal(seen.handled, 2, "only the two calls with certificates were handled");
   });

@@ -99,7 +99,10 @@ describe("gRPC health and server reflection", () => {
   test("buf curl lists services and methods via reflection", async () => {
     const methods = await bufCurl("--list-methods", baseUrl);
     assert.equal(methods.code, 0, `buf curl --list-methods failed: ${methods.stderr}`);
-    const methodLines = methods.stdout.split("\n").map((l) => l.trim()).filter(Boolean);
+    const methodLines = methods.stdout
+      .split("\n")
+      .map((l) => l.trim())
+      .filter(Boolean);
     for (const m of ["CreateTimer", "GetTimer", "CancelTimer", "ListTimers"]) {
       assert.ok(methodLines.includes(`timer.v1.TimerService/${m}`), `missing ${m} in:\n${methods.stdout}`);
     }
@@ -113,18 +116,18 @@ describe("gRPC health and server reflection", () => {
 
     const services = await bufCurl("--list-services", baseUrl);
     assert.equal(services.code, 0, `buf curl --list-services failed: ${services.stderr}`);
-    const serviceLines = services.stdout.split("\n").map((l) => l.trim()).filter(Boolean);
-    assert.deepEqual(
-      [...serviceLines].sort(),
-      [
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-        // every service of the given files is listed, implemented here or not
-        "timer.v1.TimerCallbackService",
-        "timer.v1.TimerService",
-      ],
-    );
+    const serviceLines = services.stdout
+      .split("\n")
+      .map((l) => l.trim())
+      .filter(Boolean);
+    assert.deepEqual([...serviceLines].sort(), [
+      "grpc.health.v1.Health",
+      "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection",
+      // every service of the given files is listed, implemented here or not
+      "timer.v1.TimerCallbackService",
+      "timer.v1.TimerService",
+    ]);
   });
 
   test("buf curl calls Health/Check through reflection", async () => {
@@ -190,21 +193,20 @@ describe("gRPC health and server reflection", () => {
     const [list, bySvc, byMethod, byMsg, missing, byFile] = responses;
 
     assert.equal(list?.messageResponse.case, "listServicesResponse");
-    assert.deepEqual(
-      list.messageResponse.value.service.map((s) => s.name).sort(),
-      [
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-        // every service of the given files is listed, implemented here or not
-        "timer.v1.TimerCallbackService",
-        "timer.v1.TimerService",
-      ],
-    );
+    assert.deepEqual(list.messageResponse.value.service.map((s) => s.name).sort(), [
+      "grpc.health.v1.Health",
+      "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection",
+      // every service of the given files is listed, implemented here or not
+      "timer.v1.TimerCallbackService",
+      "timer.v1.TimerService",
+    ]);
 
     const decode = (res: ResponseV1Alpha | undefined): FileDescriptorProto[] => {
       assert.equal(res?.messageResponse.case, "fileDescriptorResponse", JSON.stringify(res?.messageResponse));
-      return res.messageResponse.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b));
+      return res.messageResponse.value.fileDescriptorProto.map((b) =>
+        fromBinary(FileDescriptorProtoSchema, b),
+      );
     };
     const files = decode(bySvc);
     assert.equal(files[0]?.name, "timer/v1/timer.proto");
@@ -221,7 +223,10 @@ describe("gRPC health and server reflection", () => {
 
     assert.equal(decode(byMethod)[0]?.name, "timer/v1/timer.proto");
     assert.equal(decode(byMsg)[0]?.name, "timer/v1/timer.proto");
-    assert.deepEqual(decode(byFile).map((f) => f.name), ["google/protobuf/timestamp.proto"]);
+    assert.deepEqual(
+      decode(byFile).map((f) => f.name),
+      ["google/protobuf/timestamp.proto"],
+    );
 
     assert.equal(missing?.messageResponse.case, "errorResponse");
     assert.equal(missing.messageResponse.value.errorCode, Code.NotFound);
@@ -258,9 +263,9 @@ describe("gRPC health and server reflection", () => {
     health.subscribe = subscribe;
 
     const list = await createClient(Health, transport()).list({});
-    assert.deepEqual(
-      Object.fromEntries(Object.entries(list.statuses).map(([k, v]) => [k, v.status])),
-      { "": ServingStatus.SERVING, [TimerService.typeName]: ServingStatus.SERVING },
-    );
+    assert.deepEqual(Object.fromEntries(Object.entries(list.statuses).map(([k, v]) => [k, v.status])), {
+      "": ServingStatus.SERVING,
+      [TimerService.typeName]: ServingStatus.SERVING,
+    });
   });
 });

@@ -29,19 +29,28 @@ before(async () => {
     dispatchers: 0,
     timerEnv: { LIST_PAGE_MAX_BYTES: String(PAGE_MAX_BYTES), MAX_PAYLOAD_BYTES: "100000" },
   });
-  admin = await startService("admin", { ...mesh.envFor("admin"), LIST_PAGE_MAX_BYTES: String(PAGE_MAX_BYTES) });
-  adminClient = createClient(AdminService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${admin.grpcPort}` }));
+  admin = await startService("admin", {
+    ...mesh.envFor("admin"),
+    LIST_PAGE_MAX_BYTES: String(PAGE_MAX_BYTES),
+  });
+  adminClient = createClient(
+    AdminService,
+    createGrpcTransport({ baseUrl: `http://127.0.0.1:${admin.grpcPort}` }),
+  );
 });
 after(async () => {
   await admin?.[Symbol.asyncDispose]();
   await mesh?.[Symbol.asyncDispose]();
 });
 
-
 async function refused(p: Promise<unknown>, code: grpc.status, ...mentions: string[]): Promise<string> {
   let details = "";
   await assert.rejects(p, (err: grpc.ServiceError) => {
-    assert.equal(err.code, code, `expected ${grpc.status[code]}, got ${grpc.status[err.code]}: ${err.details}`);
+    assert.equal(
+      err.code,
+      code,
+      `expected ${grpc.status[code]}, got ${grpc.status[err.code]}: ${err.details}`,
+    );
     for (const m of mentions) assert.ok(err.details.includes(m), `"${err.details}" should mention ${m}`);
     details = err.details;
     return true;
@@ -52,10 +61,17 @@ async function refused(p: Promise<unknown>, code: grpc.status, ...mentions: stri
 describe("maximum request size (GRPC_MAX_REQUEST_BYTES, 1 MiB by default)", () => {
   test("an 8 MiB CreateTimer is refused before it is decoded, and the service stays ready and serving", async () => {
     const big = hourAhead("size", "eight-mib", { payload: new Uint8Array(8 * 1024 * 1024) });
-    const details = await refused(mesh.client.call("createTimer", big), grpc.status.RESOURCE_EXHAUSTED, "larger than max", "1048576");
+    const details = await refused(
+      mesh.client.call("createTimer", big),
+      grpc.status.RESOURCE_EXHAUSTED,
+      "larger than max",
+      "1048576",
+    );
     // Decoded, it would have reached validation and been refused for its payload instead.
     assert.doesNotMatch(details, /payload/);
-    const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM timers WHERE group_id = 'size'");
+    const { rows } = await mesh.db.pool.query(
+      "SELECT count(*)::int AS n FROM timers WHERE group_id = 'size'",
+    );
     assert.equal(rows[0].n, 0);
 
     const ready = await fetch(`http://127.0.0.1:${mesh.timer.httpPort}/readyz`);
@@ -89,9 +105,15 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
     for (const page of pages) {
       const bytes = page.reduce((n, t) => n + t.payload.length, 0);
       assert.ok(page.length >= 1, "a page holds at least one timer");
-      assert.ok(bytes <= PAGE_MAX_BYTES || page.length === 1, `a page of ${page.length} timers holds ${bytes} payload bytes`);
+      assert.ok(
+        bytes <= PAGE_MAX_BYTES || page.length === 1,
+        `a page of ${page.length} timers holds ${bytes} payload bytes`,
+      );
     }
-    assert.ok(pages.length >= Math.ceil(sizes.reduce((a, b) => a + b, 0) / PAGE_MAX_BYTES), `only ${pages.length} pages`);
+    assert.ok(
+      pages.length >= Math.ceil(sizes.reduce((a, b) => a + b, 0) / PAGE_MAX_BYTES),
+      `only ${pages.length} pages`,
+    );
   }
 
   test("ListTimers with big payloads returns every timer exactly once, in order, pages within the limit", async () => {
@@ -99,26 +121,47 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
     // Shuffled sizes over fire_at order, so big and small timers share pages.
     const order = ids.map((id, i) => ({ id, size: sizes[(i * 7) % sizes.length]! }));
     for (const [i, t] of order.entries()) {
-      const r = hourAhead("pages", t.id, { payload: randomBytes(t.size), schedule: { case: "delay", value: durationFromMs(3_600_000 + i * 1000) } });
+      const r = hourAhead("pages", t.id, {
+        payload: randomBytes(t.size),
+        schedule: { case: "delay", value: durationFromMs(3_600_000 + i * 1000) },
+      });
       assert.equal((await mesh.client.call("createTimer", r)).created, true);
     }
     const pages: Timer[][] = [];
     let token = "";
     do {
-      const res = await mesh.client.call("listTimers", { $typeName: "timer.v1.ListTimersRequest", groupId: "pages", states: [], pageSize: 1000, pageToken: token });
+      const res = await mesh.client.call("listTimers", {
+        $typeName: "timer.v1.ListTimersRequest",
+        groupId: "pages",
+        states: [],
+        pageSize: 1000,
+        pageToken: token,
+      });
       pages.push(res.timers);
       token = res.nextPageToken;
     } while (token !== "" && pages.length < 100);
     checkPages(pages, ids);
     const flat = pages.flat();
-    for (let i = 1; i < flat.length; i++) assert.ok(timestampMs(flat[i - 1]!.fireAt!) <= timestampMs(flat[i]!.fireAt!), "in fire_at order");
-    assert.ok(pages.some((p) => p.length === 3), "pages are filled up to the limit");
+    for (let i = 1; i < flat.length; i++)
+      assert.ok(timestampMs(flat[i - 1]!.fireAt!) <= timestampMs(flat[i]!.fireAt!), "in fire_at order");
+    assert.ok(
+      pages.some((p) => p.length === 3),
+      "pages are filled up to the limit",
+    );
   });
 
   test("ListFailedTimers pages are bounded the same way", async () => {
     const ids = sizes.map((_, i) => `f-${String(i).padStart(2, "0")}`);
     for (const [i, id] of ids.entries()) {
-      assert.equal((await mesh.client.call("createTimer", hourAhead("failed-pages", id, { payload: randomBytes(sizes[i]!) }))).created, true);
+      assert.equal(
+        (
+          await mesh.client.call(
+            "createTimer",
+            hourAhead("failed-pages", id, { payload: randomBytes(sizes[i]!) }),
+          )
+        ).created,
+        true,
+      );
     }
     // Failed for good, a second apart, as a dispatcher would leave them.
     await mesh.db.pool.query(
@@ -128,7 +171,11 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
     const pages: Timer[][] = [];
     let token = "";
     do {
-      const res = await adminClient.listFailedTimers({ groupId: "failed-pages", pageSize: 1000, pageToken: token });
+      const res = await adminClient.listFailedTimers({
+        groupId: "failed-pages",
+        pageSize: 1000,
+        pageToken: token,
+      });
       pages.push(res.timers);
       token = res.nextPageToken;
     } while (token !== "" && pages.length < 100);
@@ -139,7 +186,12 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
 describe("retry policy bounds", () => {
   test("100 attempts or a 1 ms initial backoff are refused, naming the field and the limit", async () => {
     const policy = (maxAttempts: number, initialBackoffMs: number) =>
-      ({ $typeName: "timer.v1.RetryPolicy", maxAttempts, initialBackoff: durationFromMs(initialBackoffMs), multiplier: 2 }) as const;
+      ({
+        $typeName: "timer.v1.RetryPolicy",
+        maxAttempts,
+        initialBackoff: durationFromMs(initialBackoffMs),
+        multiplier: 2,
+      }) as const;
     await refused(
       mesh.client.call("createTimer", hourAhead("retry", "many", { retryPolicy: policy(100, 1000) })),
       grpc.status.INVALID_ARGUMENT,
@@ -154,38 +206,60 @@ describe("retry policy bounds", () => {
       "100ms",
       "RETRY_MIN_BACKOFF",
     );
-    const ok = await mesh.client.call("createTimer", hourAhead("retry", "bounded", { retryPolicy: policy(50, 100) }));
+    const ok = await mesh.client.call(
+      "createTimer",
+      hourAhead("retry", "bounded", { retryPolicy: policy(50, 100) }),
+    );
     assert.equal(ok.timer!.retryPolicy!.maxAttempts, 50);
     const { rows } = await mesh.db.pool.query("SELECT timer_id FROM timers WHERE group_id = 'retry'");
-    assert.deepEqual(rows.map((r) => r.timer_id), ["bounded"]);
+    assert.deepEqual(
+      rows.map((r) => r.timer_id),
+      ["bounded"],
+    );
   });
 });
 
 describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
   test("the 11th active timer of a group is refused, replays are not, other groups go on; an admin's override raises the limit", async () => {
-    await using timer = await startService("timer", { ...mesh.envFor("timer"), GROUP_MAX_ACTIVE_TIMERS: "10", ACTIVE_TIMERS_REFRESH: "500ms" });
+    await using timer = await startService("timer", {
+      ...mesh.envFor("timer"),
+      GROUP_MAX_ACTIVE_TIMERS: "10",
+      ACTIVE_TIMERS_REFRESH: "500ms",
+    });
     const client = new GrpcTimerClient(`127.0.0.1:${timer.grpcPort}`);
     try {
       // Concurrently: the limit holds for creates stored in the same batch.
-      const results = await Promise.allSettled(Array.from({ length: 14 }, (_, i) => client.call("createTimer", hourAhead("quota-a", `q-${i}`))));
+      const results = await Promise.allSettled(
+        Array.from({ length: 14 }, (_, i) => client.call("createTimer", hourAhead("quota-a", `q-${i}`))),
+      );
       const created = results.filter((r) => r.status === "fulfilled");
       assert.equal(created.length, 10, "exactly 10 created");
       for (const r of results) {
         if (r.status === "rejected") {
           const e = r.reason as grpc.ServiceError;
           assert.equal(e.code, grpc.status.RESOURCE_EXHAUSTED, e.details);
-          for (const m of ['"quota-a"', "10", "GROUP_MAX_ACTIVE_TIMERS"]) assert.ok(e.details.includes(m), `"${e.details}" should mention ${m}`);
+          for (const m of ['"quota-a"', "10", "GROUP_MAX_ACTIVE_TIMERS"])
+            assert.ok(e.details.includes(m), `"${e.details}" should mention ${m}`);
         }
       }
       const createdIds = results.flatMap((r) => (r.status === "fulfilled" ? [r.value.timer!.timerId] : []));
-      const refusedIds = Array.from({ length: 14 }, (_, i) => `q-${i}`).filter((id) => !createdIds.includes(id));
-      await refused(client.call("createTimer", hourAhead("quota-a", refusedIds[0]!)), grpc.status.RESOURCE_EXHAUSTED, "GROUP_MAX_ACTIVE_TIMERS");
+      const refusedIds = Array.from({ length: 14 }, (_, i) => `q-${i}`).filter(
+        (id) => !createdIds.includes(id),
+      );
+      await refused(
+        client.call("createTimer", hourAhead("quota-a", refusedIds[0]!)),
+        grpc.status.RESOURCE_EXHAUSTED,
+        "GROUP_MAX_ACTIVE_TIMERS",
+      );
 
       // A replay of a stored timer is answered as one; a different request under its key is still a conflict.
       const replay = await client.call("createTimer", hourAhead("quota-a", createdIds[0]!));
       assert.equal(replay.created, false);
       assert.equal(replay.timer!.timerId, createdIds[0]);
-      await refused(client.call("createTimer", hourAhead("quota-a", createdIds[0]!, { payload: new Uint8Array([1]) })), grpc.status.ALREADY_EXISTS);
+      await refused(
+        client.call("createTimer", hourAhead("quota-a", createdIds[0]!, { payload: new Uint8Array([1]) })),
+        grpc.status.ALREADY_EXISTS,
+      );
 
       // Another group is unaffected.
       assert.equal((await client.call("createTimer", hourAhead("quota-b", "b-1"))).created, true);
@@ -194,7 +268,9 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
       const set = await adminClient.setGroupQuota({ groupId: "quota-a", maxActiveTimers: 12n });
       assert.equal(set.quota!.maxActiveTimers, 12n);
       assert.equal(set.previous, undefined);
-      const audit = await mesh.db.pool.query("SELECT actor, outcome, arguments, result FROM audit_events WHERE action = 'admin.v1.AdminService/SetGroupQuota'");
+      const audit = await mesh.db.pool.query(
+        "SELECT actor, outcome, arguments, result FROM audit_events WHERE action = 'admin.v1.AdminService/SetGroupQuota'",
+      );
       assert.equal(audit.rows.length, 1);
       assert.equal(audit.rows[0].outcome, "OK");
       assert.equal(audit.rows[0].actor, "anonymous");
@@ -202,7 +278,11 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
       assert.equal(audit.rows[0].result.max_active_timers, "12");
 
       await waitFor(
-        () => client.call("createTimer", hourAhead("quota-a", refusedIds[0]!)).then((r) => r.created, () => false),
+        () =>
+          client.call("createTimer", hourAhead("quota-a", refusedIds[0]!)).then(
+            (r) => r.created,
+            () => false,
+          ),
         15_000,
         "the override to reach the timer service",
         100,
@@ -210,12 +290,21 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
       // Until the next recount, a create that committed while one ran may be counted twice: never
       // too few, sometimes one too many for a moment.
       await waitFor(
-        () => client.call("createTimer", hourAhead("quota-a", refusedIds[1]!)).then((r) => r.created, () => false),
+        () =>
+          client.call("createTimer", hourAhead("quota-a", refusedIds[1]!)).then(
+            (r) => r.created,
+            () => false,
+          ),
         15_000,
         "the 12th timer to fit",
         100,
       );
-      await refused(client.call("createTimer", hourAhead("quota-a", refusedIds[2]!)), grpc.status.RESOURCE_EXHAUSTED, "own limit of 12", "SetGroupQuota");
+      await refused(
+        client.call("createTimer", hourAhead("quota-a", refusedIds[2]!)),
+        grpc.status.RESOURCE_EXHAUSTED,
+        "own limit of 12",
+        "SetGroupQuota",
+      );
 
       const listed = await adminClient.listGroupQuotas({});
       assert.deepEqual(
@@ -227,9 +316,14 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
       assert.equal(removed.quota, undefined);
       assert.equal(removed.previous!.maxActiveTimers, 12n);
       assert.deepEqual((await adminClient.listGroupQuotas({})).quotas, []);
-      const audited = await mesh.db.pool.query("SELECT count(*)::int AS n FROM audit_events WHERE action = 'admin.v1.AdminService/SetGroupQuota'");
+      const audited = await mesh.db.pool.query(
+        "SELECT count(*)::int AS n FROM audit_events WHERE action = 'admin.v1.AdminService/SetGroupQuota'",
+      );
       assert.equal(audited.rows[0].n, 2);
-      await assert.rejects(adminClient.setGroupQuota({ groupId: "quota-a", maxActiveTimers: -1n }), (e: ConnectError) => e.code === Code.InvalidArgument);
+      await assert.rejects(
+        adminClient.setGroupQuota({ groupId: "quota-a", maxActiveTimers: -1n }),
+        (e: ConnectError) => e.code === Code.InvalidArgument,
+      );
     } finally {
       client.close();
     }
@@ -245,23 +339,38 @@ describe("creates per token (CREATE_RATE_PER_TOKEN, CREATE_BURST_PER_TOKEN)", ()
       { name: "team-b", sha256: hashToken(B), groups: ["*"] },
     ]);
     // One token every 1,000 s: nothing refills while the test runs, however slow the machine.
-    await using timer = await startService("timer", { ...mesh.envFor("timer"), AUTH_TOKENS: tokens, CREATE_RATE_PER_TOKEN: "0.001", CREATE_BURST_PER_TOKEN: "3" });
-    const client = createClient(TimerService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${timer.grpcPort}` }));
+    await using timer = await startService("timer", {
+      ...mesh.envFor("timer"),
+      AUTH_TOKENS: tokens,
+      CREATE_RATE_PER_TOKEN: "0.001",
+      CREATE_BURST_PER_TOKEN: "3",
+    });
+    const client = createClient(
+      TimerService,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${timer.grpcPort}` }),
+    );
     const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
-    for (let i = 0; i < 3; i++) assert.equal((await client.createTimer(hourAhead("rate", `a-${i}`), as(A))).created, true);
+    for (let i = 0; i < 3; i++)
+      assert.equal((await client.createTimer(hourAhead("rate", `a-${i}`), as(A))).created, true);
     const err = await client.createTimer(hourAhead("rate", "a-3"), as(A)).then(
       () => assert.fail("the 4th create of team-a should be refused"),
       (e: unknown) => ConnectError.from(e),
     );
     assert.equal(err.code, Code.ResourceExhausted, err.message);
-    for (const m of ['"team-a"', "CREATE_RATE_PER_TOKEN", "CREATE_BURST_PER_TOKEN"]) assert.ok(err.rawMessage.includes(m), `"${err.rawMessage}" should mention ${m}`);
+    for (const m of ['"team-a"', "CREATE_RATE_PER_TOKEN", "CREATE_BURST_PER_TOKEN"])
+      assert.ok(err.rawMessage.includes(m), `"${err.rawMessage}" should mention ${m}`);
     const [retry] = err.findDetails(RetryInfoSchema);
     assert.ok(retry?.retryDelay, "RetryInfo with a retry_delay in the error details");
     assert.ok(durationMs(retry.retryDelay) > 0, `retry delay ${durationMs(retry.retryDelay)} ms`);
     assert.ok(durationMs(retry.retryDelay) <= 1_000_000);
 
     assert.equal((await client.createTimer(hourAhead("rate", "b-0"), as(B))).created, true);
-    const { rows } = await mesh.db.pool.query("SELECT timer_id FROM timers WHERE group_id = 'rate' ORDER BY timer_id");
-    assert.deepEqual(rows.map((r) => r.timer_id), ["a-0", "a-1", "a-2", "b-0"]);
+    const { rows } = await mesh.db.pool.query(
+      "SELECT timer_id FROM timers WHERE group_id = 'rate' ORDER BY timer_id",
+    );
+    assert.deepEqual(
+      rows.map((r) => r.timer_id),
+      ["a-0", "a-1", "a-2", "b-0"],
+    );
   });
 });

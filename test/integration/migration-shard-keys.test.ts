@@ -9,7 +9,13 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { migrate } from "../../services/shared/src/db.js";
-import { CancelTimerRequestSchema, CreateTimerRequestSchema, GetTimerRequestSchema, ListTimersRequestSchema, TimerState } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import {
+  CancelTimerRequestSchema,
+  CreateTimerRequestSchema,
+  GetTimerRequestSchema,
+  ListTimersRequestSchema,
+  TimerState,
+} from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { shardOf } from "../../services/shared/src/shard.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
@@ -40,7 +46,14 @@ async function insertOldTimer(groupId: string, timerId: string, state: number, f
                          max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, request_hash, finish_time)
      VALUES ($1, $2, $3, $4::smallint, $5, $5, CASE WHEN $4::smallint = 4 THEN 2 ELSE 0 END, $6::jsonb, '\\x6f6c64', 2, 100, 1000, 2, '\\x00',
              CASE WHEN $4::smallint = 4 THEN now() END)`,
-    [groupId, timerId, shardOf(groupId, timerId, SHARDS), state, fireAt, JSON.stringify({ http: { url: receiver.url } })],
+    [
+      groupId,
+      timerId,
+      shardOf(groupId, timerId, SHARDS),
+      state,
+      fireAt,
+      JSON.stringify({ http: { url: receiver.url } }),
+    ],
   );
 }
 
@@ -68,55 +81,90 @@ test("a database with timers and attempts is upgraded, and its timers are got, l
   const { rows: keys } = await db.pool.query<{ tbl: string; def: string }>(
     "SELECT indrelid::regclass::text AS tbl, pg_get_indexdef(indexrelid) AS def FROM pg_index WHERE indrelid IN ('timers'::regclass, 'timer_attempts'::regclass) AND indisprimary",
   );
-  assert.deepEqual(
-    Object.fromEntries(keys.map((k) => [k.tbl, k.def.replace(/^.* USING btree /, "")])),
-    { timers: "(shard, group_id, timer_id)", timer_attempts: "(shard, group_id, timer_id, id)" },
-  );
+  assert.deepEqual(Object.fromEntries(keys.map((k) => [k.tbl, k.def.replace(/^.* USING btree /, "")])), {
+    timers: "(shard, group_id, timer_id)",
+    timer_attempts: "(shard, group_id, timer_id, id)",
+  });
   const { rows: attempts } = await db.pool.query<{ group_id: string; timer_id: string; shard: number }>(
     "SELECT group_id, timer_id, shard FROM timer_attempts ORDER BY id",
   );
   assert.deepEqual(
     attempts.map((a) => [a.group_id, a.timer_id, a.shard]),
-    [["old", "failed", shardOf("old", "failed", SHARDS)], ["old", "failed", shardOf("old", "failed", SHARDS)], ["gone", "orphan", shardOf("gone", "orphan", SHARDS)]],
+    [
+      ["old", "failed", shardOf("old", "failed", SHARDS)],
+      ["old", "failed", shardOf("old", "failed", SHARDS)],
+      ["gone", "orphan", shardOf("gone", "orphan", SHARDS)],
+    ],
   );
 
   mesh = await startMesh({ databaseUrl: db.url, dispatchers: 1 });
   const client = mesh.client;
 
-  const later = (await client.call("getTimer", create(GetTimerRequestSchema, { groupId: "old", timerId: "later" }))).timer!;
+  const later = (
+    await client.call("getTimer", create(GetTimerRequestSchema, { groupId: "old", timerId: "later" }))
+  ).timer!;
   assert.equal(later.state, TimerState.SCHEDULED);
   assert.equal(Buffer.from(later.payload).toString(), "old");
-  const failed = (await client.call("getTimer", create(GetTimerRequestSchema, { groupId: "old", timerId: "failed" }))).timer!;
+  const failed = (
+    await client.call("getTimer", create(GetTimerRequestSchema, { groupId: "old", timerId: "failed" }))
+  ).timer!;
   assert.equal(failed.state, TimerState.FAILED);
   assert.equal(failed.attempt, 2);
 
-  const listed = await client.call("listTimers", create(ListTimersRequestSchema, { groupId: "old", pageSize: 2 }));
-  assert.deepEqual(listed.timers.map((t) => t.timerId), ["failed", "soon"]);
-  const rest = await client.call("listTimers", create(ListTimersRequestSchema, { groupId: "old", pageSize: 2, pageToken: listed.nextPageToken }));
-  assert.deepEqual(rest.timers.map((t) => t.timerId), ["later"]);
+  const listed = await client.call(
+    "listTimers",
+    create(ListTimersRequestSchema, { groupId: "old", pageSize: 2 }),
+  );
+  assert.deepEqual(
+    listed.timers.map((t) => t.timerId),
+    ["failed", "soon"],
+  );
+  const rest = await client.call(
+    "listTimers",
+    create(ListTimersRequestSchema, { groupId: "old", pageSize: 2, pageToken: listed.nextPageToken }),
+  );
+  assert.deepEqual(
+    rest.timers.map((t) => t.timerId),
+    ["later"],
+  );
 
   // The timer stored before the upgrade fires, once, and its attempt is recorded under its shard.
   await waitFor(() => receiver.received.some((r) => r.timerId === "soon"), 30_000, "the old timer to fire");
-  await waitFor(async () => {
-    const t = (await client.call("getTimer", create(GetTimerRequestSchema, { groupId: "old", timerId: "soon" }))).timer!;
-    return t.state === TimerState.SUCCEEDED;
-  }, 10_000, "the old timer's outcome to be written back");
-  const { rows: soonAttempts } = await db.pool.query("SELECT shard, attempt, outcome FROM timer_attempts WHERE group_id = 'old' AND timer_id = 'soon'");
-  assert.deepEqual(soonAttempts, [{ shard: shardOf("old", "soon", SHARDS), attempt: 1, outcome: "succeeded" }]);
+  await waitFor(
+    async () => {
+      const t = (
+        await client.call("getTimer", create(GetTimerRequestSchema, { groupId: "old", timerId: "soon" }))
+      ).timer!;
+      return t.state === TimerState.SUCCEEDED;
+    },
+    10_000,
+    "the old timer's outcome to be written back",
+  );
+  const { rows: soonAttempts } = await db.pool.query(
+    "SELECT shard, attempt, outcome FROM timer_attempts WHERE group_id = 'old' AND timer_id = 'soon'",
+  );
+  assert.deepEqual(soonAttempts, [
+    { shard: shardOf("old", "soon", SHARDS), attempt: 1, outcome: "succeeded" },
+  ]);
   assert.equal(receiver.received.filter((r) => r.timerId === "soon").length, 1);
   assert.ok(receiver.received[0]!.receivedAtMs >= soonMs, "not before its fire time");
 
   // Its key is still unique: a different create under it is refused, not stored twice.
   await assert.rejects(
-    client.call("createTimer", create(CreateTimerRequestSchema, {
-      groupId: "old",
-      timerId: "later",
-      schedule: { case: "delay", value: durationFromMs(60_000) },
-      callback: { target: { case: "http", value: { url: receiver.url, headers: {} } } },
-    })),
+    client.call(
+      "createTimer",
+      create(CreateTimerRequestSchema, {
+        groupId: "old",
+        timerId: "later",
+        schedule: { case: "delay", value: durationFromMs(60_000) },
+        callback: { target: { case: "http", value: { url: receiver.url, headers: {} } } },
+      }),
+    ),
     (err: grpc.ServiceError) => err.code === grpc.status.ALREADY_EXISTS,
   );
-  const cancelled = (await client.call("cancelTimer", create(CancelTimerRequestSchema, { groupId: "old", timerId: "later" }))).timer!;
+  const cancelled = (
+    await client.call("cancelTimer", create(CancelTimerRequestSchema, { groupId: "old", timerId: "later" }))
+  ).timer!;
   assert.equal(cancelled.state, TimerState.CANCELLED);
   const { rows: count } = await db.pool.query("SELECT count(*)::int AS n FROM timers WHERE group_id = 'old'");
   assert.equal(count[0].n, 3);

@@ -39,7 +39,12 @@ async function permissionViolations(nc: NatsConnection, subjects: string[]): Pro
     for await (const s of nc.status()) if (s.type === "error") seen.push(String(s.error));
   })();
   return waitFor(
-    () => (subjects.every((subject) => seen.some((e) => e.includes(`Permissions Violation for Publish to "${subject}"`))) ? seen : undefined),
+    () =>
+      subjects.every((subject) =>
+        seen.some((e) => e.includes(`Permissions Violation for Publish to "${subject}"`)),
+      )
+        ? seen
+        : undefined,
     10_000,
     `permission violations for ${subjects.join(", ")}`,
   );
@@ -64,26 +69,48 @@ describe("the server's permissions: a tenant-callback connection", () => {
     const operator = await nats.connectAs("operator");
     const tenant = await nats.connectAs("callbacks");
     try {
-      const reserved = [shardSubject(0), HEARTBEAT_SUBJECT, LEAVE_SUBJECT, "mesh.dispatchers.rebalance", "$JS.API.STREAM.LIST", "_INBOX.x", "$KV.config.key", "$SYS.REQ.SERVER.PING"];
+      const reserved = [
+        shardSubject(0),
+        HEARTBEAT_SUBJECT,
+        LEAVE_SUBJECT,
+        "mesh.dispatchers.rebalance",
+        "$JS.API.STREAM.LIST",
+        "_INBOX.x",
+        "$KV.config.key",
+        "$SYS.REQ.SERVER.PING",
+      ];
       const heard: string[] = [];
       operator.subscribe(">", { callback: (_e, m) => void heard.push(m.subject) });
       operator.subscribe("$SYS.>", { callback: (_e, m) => void heard.push(m.subject) });
       await operator.flush();
       const violations = permissionViolations(tenant, reserved);
-      for (const subject of reserved) tenant.publish(subject, new TextEncoder().encode('{"g":["a","b"],"t":"x","s":0,"at":0}'));
+      for (const subject of reserved)
+        tenant.publish(subject, new TextEncoder().encode('{"g":["a","b"],"t":"x","s":0,"at":0}'));
       await tenant.flush();
       await violations;
       await operator.flush();
-      assert.deepEqual(heard.filter((s) => reserved.includes(s)), [], "nothing reached a reserved subject");
+      assert.deepEqual(
+        heard.filter((s) => reserved.includes(s)),
+        [],
+        "nothing reached a reserved subject",
+      );
 
       // JetStream publish acks arrive on the tenant connection's inbox, which it may subscribe to.
-      await jetstreamManager(operator).then((jsm) => jsm.streams.add({ name: "TENANT", subjects: ["tenant.>"] }));
-      const ack = await jetstream(tenant).publish("tenant.orders.expired", new TextEncoder().encode("x"), { msgID: "k-1" });
+      await jetstreamManager(operator).then((jsm) =>
+        jsm.streams.add({ name: "TENANT", subjects: ["tenant.>"] }),
+      );
+      const ack = await jetstream(tenant).publish("tenant.orders.expired", new TextEncoder().encode("x"), {
+        msgID: "k-1",
+      });
       assert.equal(ack.stream, "TENANT");
       assert.equal(ack.seq, 1);
       tenant.publish("tenant.orders.plain", new TextEncoder().encode("y"));
       await tenant.flush();
-      await waitFor(() => heard.includes("tenant.orders.plain"), 5_000, "a core publish outside the reserved subjects");
+      await waitFor(
+        () => heard.includes("tenant.orders.plain"),
+        5_000,
+        "a core publish outside the reserved subjects",
+      );
     } finally {
       await tenant.close();
       await operator.close();
@@ -103,11 +130,21 @@ describe("a mesh that drops malformed mesh messages", () => {
       env: { SHARD_COUNT: String(SHARDS), MEMBER_TTL: "1500ms", HEARTBEAT_INTERVAL: "250ms" },
       dispatcherEnv: { AUTH_TOKENS: DISPATCHER_TOKENS },
     });
-    admin = await startService("admin", { ...mesh.envFor("admin"), AUTH_TOKENS: ADMIN_TOKENS, DISPATCHER_TOKEN: ADMIN_SERVICE });
-    await waitFor(async () => {
-      const { rows } = await mesh.db.pool.query("SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL");
-      return rows[0].owners === 2 && rows[0].n === SHARDS;
-    }, 20_000, "two dispatchers to share the shards");
+    admin = await startService("admin", {
+      ...mesh.envFor("admin"),
+      AUTH_TOKENS: ADMIN_TOKENS,
+      DISPATCHER_TOKEN: ADMIN_SERVICE,
+    });
+    await waitFor(
+      async () => {
+        const { rows } = await mesh.db.pool.query(
+          "SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL",
+        );
+        return rows[0].owners === 2 && rows[0].n === SHARDS;
+      },
+      20_000,
+      "two dispatchers to share the shards",
+    );
   });
   after(async () => {
     await admin?.[Symbol.asyncDispose]();
@@ -122,7 +159,8 @@ describe("a mesh that drops malformed mesh messages", () => {
       schedule: { case: "fireAt", value: timestampFromMs(fireAtMs) },
       callback: { target: { case: "http", value: { url: receiver.url, headers: {} } } },
     });
-  const firedOf = (group: string) => new Set(receiver.received.filter((r) => r.groupId === group).map((r) => r.timerId));
+  const firedOf = (group: string) =>
+    new Set(receiver.received.filter((r) => r.groupId === group).map((r) => r.timerId));
 
   test("the issue's JSON announcement and a protobuf one with a bad group id, sent as the timer service, are dropped; 20 timers due at the same time all fire", async () => {
     const group = "after-bad-announcement";
@@ -136,21 +174,42 @@ describe("a mesh that drops malformed mesh messages", () => {
     const dueMs = Date.now() + 6_000;
     const asTimerService = await mesh.nats.connectAs("timer");
     try {
-      asTimerService.publish(shardSubject(0), new TextEncoder().encode(JSON.stringify({ g: ["a", "b"], t: "x", s: 0, at: dueMs })));
       asTimerService.publish(
         shardSubject(0),
-        toBinary(TimerAnnouncementSchema, create(TimerAnnouncementSchema, { groupId: '{"a","b"}', timerId: "x", shard: 0, dueAtMs: BigInt(dueMs) })),
+        new TextEncoder().encode(JSON.stringify({ g: ["a", "b"], t: "x", s: 0, at: dueMs })),
+      );
+      asTimerService.publish(
+        shardSubject(0),
+        toBinary(
+          TimerAnnouncementSchema,
+          create(TimerAnnouncementSchema, {
+            groupId: '{"a","b"}',
+            timerId: "x",
+            shard: 0,
+            dueAtMs: BigInt(dueMs),
+          }),
+        ),
       );
       await asTimerService.flush();
     } finally {
       await asTimerService.close();
     }
-    await waitFor(async () => (await dropped(owner, "timers.shard.*")) >= 2, 10_000, "the shard's owner to count both as dropped");
-    assert.ok((await dropped(owner, "timers.shard.*", "invalid_id")) >= 1, "the protobuf one is refused for its group id");
+    await waitFor(
+      async () => (await dropped(owner, "timers.shard.*")) >= 2,
+      10_000,
+      "the shard's owner to count both as dropped",
+    );
+    assert.ok(
+      (await dropped(owner, "timers.shard.*", "invalid_id")) >= 1,
+      "the protobuf one is refused for its group id",
+    );
     assert.match(owner.output(), /dropped \d+ malformed message\(s\) on timers\.shard\.\*/);
 
     await Promise.all(ids.map((id) => mesh.client.call("createTimer", httpTimer(group, id, dueMs))));
-    assert.ok(Date.now() < dueMs - 500, "the timers were created well before T (else the test proves nothing)");
+    assert.ok(
+      Date.now() < dueMs - 500,
+      "the timers were created well before T (else the test proves nothing)",
+    );
     await waitFor(() => firedOf(group).size === ids.length, 20_000, `all ${ids.length} timers to fire`);
     assert.doesNotMatch(owner.output(), /malformed array literal/);
   });
@@ -161,7 +220,18 @@ describe("a mesh that drops malformed mesh messages", () => {
     // The forms of earlier versions, which a tenant's callback could once publish: sent all
     // through the test, so any effect they had would show.
     const forge = () => {
-      asDispatcher.publish(HEARTBEAT_SUBJECT, enc.encode(JSON.stringify({ id: "ghost", grpc: "127.0.0.1:1", version: "x", started: Date.now(), draining: false })));
+      asDispatcher.publish(
+        HEARTBEAT_SUBJECT,
+        enc.encode(
+          JSON.stringify({
+            id: "ghost",
+            grpc: "127.0.0.1:1",
+            version: "x",
+            started: Date.now(),
+            draining: false,
+          }),
+        ),
+      );
       asDispatcher.publish(LEAVE_SUBJECT, enc.encode("d2"));
     };
     forge();
@@ -177,21 +247,30 @@ describe("a mesh that drops malformed mesh messages", () => {
       // Longer than MEMBER_TTL with forgeries arriving: had one been believed, d2 would be gone
       // from d1's view (and "ghost" in it), and some shards unowned.
       const members = async (port: number) =>
-        (await bufCurl(port, "dispatcher.v1.DispatcherService/GetStatus", {}, ADMIN_SERVICE)).json?.members as string[] | undefined;
+        (await bufCurl(port, "dispatcher.v1.DispatcherService/GetStatus", {}, ADMIN_SERVICE)).json?.members as
+          | string[]
+          | undefined;
       const deadline = Date.now() + 2_000;
       while (Date.now() < deadline) {
         assert.deepEqual(await members(mesh.dispatchers[0]!.grpcPort), ["d1", "d2"]);
         await new Promise((r) => setTimeout(r, 200));
       }
       const listed = await bufCurl(admin.grpcPort, "admin.v1.AdminService/ListDispatchers", {}, OPS);
-      assert.deepEqual((listed.json.dispatchers as { id: string }[]).map((d) => d.id), ["d1", "d2"]);
-      const { rows } = await mesh.db.pool.query("SELECT count(DISTINCT owner)::int AS owners, count(owner)::int AS n FROM shard_owners");
+      assert.deepEqual(
+        (listed.json.dispatchers as { id: string }[]).map((d) => d.id),
+        ["d1", "d2"],
+      );
+      const { rows } = await mesh.db.pool.query(
+        "SELECT count(DISTINCT owner)::int AS owners, count(owner)::int AS n FROM shard_owners",
+      );
       assert.deepEqual(rows[0], { owners: 2, n: SHARDS });
 
       const group = "during-forgeries";
       const dueMs = Date.now() + 1_000;
       const ids = Array.from({ length: 20 }, (_, i) => `f-${i}`);
-      await Promise.all(ids.map((id, i) => mesh.client.call("createTimer", httpTimer(group, id, dueMs + i * 20))));
+      await Promise.all(
+        ids.map((id, i) => mesh.client.call("createTimer", httpTimer(group, id, dueMs + i * 20))),
+      );
       await waitFor(() => firedOf(group).size === ids.length, 20_000, "all 20 timers to fire");
     } finally {
       clearInterval(forging);
@@ -201,20 +280,43 @@ describe("a mesh that drops malformed mesh messages", () => {
 
   test("DrainDispatcher presents the admin's own DISPATCHER_TOKEN, never the operator's", async () => {
     // The premise: the operator's token is not enough on the dispatcher itself.
-    const direct = await bufCurl(mesh.dispatchers[1]!.grpcPort, "dispatcher.v1.DispatcherService/Drain", {}, OPS);
+    const direct = await bufCurl(
+      mesh.dispatchers[1]!.grpcPort,
+      "dispatcher.v1.DispatcherService/Drain",
+      {},
+      OPS,
+    );
     assert.equal(direct.code, "permission_denied");
 
     // An admin without DISPATCHER_TOKEN cannot drain, and says what to set.
     await using bare = await startService("admin", { ...mesh.envFor("admin"), AUTH_TOKENS: ADMIN_TOKENS });
-    await waitFor(async () => (await bufCurl(bare.grpcPort, "admin.v1.AdminService/ListDispatchers", {}, OPS)).json?.dispatchers?.length === 2, 10_000, "the second admin to hear both dispatchers");
-    const refused = await bufCurl(bare.grpcPort, "admin.v1.AdminService/DrainDispatcher", { dispatcherId: "d2" }, OPS);
+    await waitFor(
+      async () =>
+        (await bufCurl(bare.grpcPort, "admin.v1.AdminService/ListDispatchers", {}, OPS)).json?.dispatchers
+          ?.length === 2,
+      10_000,
+      "the second admin to hear both dispatchers",
+    );
+    const refused = await bufCurl(
+      bare.grpcPort,
+      "admin.v1.AdminService/DrainDispatcher",
+      { dispatcherId: "d2" },
+      OPS,
+    );
     assert.equal(refused.code, "failed_precondition", refused.stderr);
     assert.match(refused.message ?? "", /DISPATCHER_TOKEN/);
 
-    const drained = await bufCurl(admin.grpcPort, "admin.v1.AdminService/DrainDispatcher", { dispatcherId: "d2" }, OPS);
+    const drained = await bufCurl(
+      admin.grpcPort,
+      "admin.v1.AdminService/DrainDispatcher",
+      { dispatcherId: "d2" },
+      OPS,
+    );
     assert.equal(drained.exitCode, 0, drained.stderr);
     assert.ok(drained.json.releasedShards > 0);
-    const { rows } = await mesh.db.pool.query("SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd2'");
+    const { rows } = await mesh.db.pool.query(
+      "SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd2'",
+    );
     assert.equal(rows[0].n, 0, "d2 owns nothing after the drain");
   });
 });

@@ -15,7 +15,11 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type pg from "pg";
-import { CallbackSchema, CreateTimerRequestSchema, TimerService } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import {
+  CallbackSchema,
+  CreateTimerRequestSchema,
+  TimerService,
+} from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { State } from "../../services/shared/src/timer-model.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startPrivatePostgres, type PrivatePostgres } from "../support/private-postgres.js";
@@ -47,9 +51,16 @@ before(async () => {
     timerEnv: { CREATE_QUEUE_MAX: String(CREATE_QUEUE_MAX) },
   });
   for (const p of [mesh.timer, ...mesh.dispatchers]) {
-    void p.exited.then((code) => exits.push(`${p.name} on port ${p.grpcPort} exited (${code ?? p.child.signalCode}):\n${p.output().slice(-3000)}`));
+    void p.exited.then((code) =>
+      exits.push(
+        `${p.name} on port ${p.grpcPort} exited (${code ?? p.child.signalCode}):\n${p.output().slice(-3000)}`,
+      ),
+    );
   }
-  client = createClient(TimerService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${mesh.timer.grpcPort}` }));
+  client = createClient(
+    TimerService,
+    createGrpcTransport({ baseUrl: `http://127.0.0.1:${mesh.timer.grpcPort}` }),
+  );
 });
 
 after(async () => {
@@ -75,7 +86,12 @@ interface Outcome {
   message: string;
 }
 
-async function createOnce(groupId: string, timerId: string, fireAtMs: number, timeoutMs = 10_000): Promise<Outcome> {
+async function createOnce(
+  groupId: string,
+  timerId: string,
+  fireAtMs: number,
+  timeoutMs = 10_000,
+): Promise<Outcome> {
   try {
     await client.createTimer(createReq(groupId, timerId, fireAtMs), { timeoutMs });
     return { timerId, fireAtMs, code: "OK", message: "" };
@@ -87,7 +103,8 @@ async function createOnce(groupId: string, timerId: string, fireAtMs: number, ti
 
 function assertAlive(procs: ServiceProcess[], when: string): void {
   assert.deepEqual(exits, [], `no service may exit ${when}`);
-  for (const p of procs) assert.ok(p.child.exitCode === null && p.child.signalCode === null, `${p.name} exited ${when}`);
+  for (const p of procs)
+    assert.ok(p.child.exitCode === null && p.child.signalCode === null, `${p.name} exited ${when}`);
 }
 
 async function stateCounts(pool: pg.Pool, groupId: string): Promise<Record<string, number>> {
@@ -150,8 +167,11 @@ async function withWritesBlocked(pool: pg.Pool, fn: () => Promise<void>): Promis
 async function waitForBlockedInsertsToEnd(pool: pg.Pool): Promise<void> {
   await waitFor(
     async () =>
-      (await pool.query("SELECT 1 FROM pg_stat_activity WHERE application_name = 'timer' AND state = 'active' AND query LIKE '%create_timers%'"))
-        .rowCount === 0,
+      (
+        await pool.query(
+          "SELECT 1 FROM pg_stat_activity WHERE application_name = 'timer' AND state = 'active' AND query LIKE '%create_timers%'",
+        )
+      ).rowCount === 0,
     10_000,
     "the blocked INSERTs to finish",
     50,
@@ -194,7 +214,11 @@ async function outageUnderLoad(group: string, fault: PostgresFault): Promise<voi
   let stoppedAt: number;
   let backAt: number;
   try {
-    await waitFor(async () => deliveriesOf(group).length >= 40, 20_000, "timers to fire under the load before the fault");
+    await waitFor(
+      async () => deliveriesOf(group).length >= 40,
+      20_000,
+      "timers to fire under the load before the fault",
+    );
 
     stoppedAt = await fault.begin();
     // The outage itself: Postgres stays away this long, whatever the services do meanwhile.
@@ -223,8 +247,12 @@ async function outageUnderLoad(group: string, fault: PostgresFault): Promise<voi
     `creates failed by the outage must be ${fault.retryableCodes.map((c) => Code[c]).join(" or ")} (retryable); ${badCodes.length} were not`,
   );
   // The server's own refusals say what to do (a DEADLINE_EXCEEDED is the client's own).
-  for (const o of failed) if (o.code !== Code.DeadlineExceeded) assert.match(o.message, /Retry/, "the message says to retry");
-  assert.ok(ok.some((o) => o.fireAtMs > backAt), "creates succeed again after the outage");
+  for (const o of failed)
+    if (o.code !== Code.DeadlineExceeded) assert.match(o.message, /Retry/, "the message says to retry");
+  assert.ok(
+    ok.some((o) => o.fireAtMs > backAt),
+    "creates succeed again after the outage",
+  );
 
   // A failed create may still have been stored (its commit raced the crash, or its caller
   // gave up while its INSERT was running): ask.
@@ -262,7 +290,10 @@ async function outageUnderLoad(group: string, fault: PostgresFault): Promise<voi
       200,
     );
   } catch (err) {
-    throw new Error(`${(err as Error).message}; states: ${JSON.stringify(states)}, expected ${expected.size}`, { cause: err });
+    throw new Error(
+      `${(err as Error).message}; states: ${JSON.stringify(states)}, expected ${expected.size}`,
+      { cause: err },
+    );
   }
   assertAlive([mesh.timer, ...mesh.dispatchers], "after the outage");
 
@@ -272,7 +303,9 @@ async function outageUnderLoad(group: string, fault: PostgresFault): Promise<voi
   const lost = [...expected.keys()].filter((id) => !counts.has(id));
   const twice = [...counts].filter(([, c]) => c > 1).map(([id, c]) => `${id}x${c}`);
   const unexpected = [...counts.keys()].filter((id) => !expected.has(id));
-  const early = delivered.filter((r) => r.receivedAtMs < expected.get(r.timerId)!).map((r) => `${r.timerId} ${expected.get(r.timerId)! - r.receivedAtMs}ms early`);
+  const early = delivered
+    .filter((r) => r.receivedAtMs < expected.get(r.timerId)!)
+    .map((r) => `${r.timerId} ${expected.get(r.timerId)! - r.receivedAtMs}ms early`);
   const summary = `${answered.length} creates: ${ok.length} OK, ${failed.length} failed (${failed.length - notStored.size} of them stored anyway); ${delivered.length} deliveries`;
   assert.deepEqual(lost.slice(0, 10), [], `${lost.length} stored timers never fired; ${summary}`);
   assert.deepEqual(twice.slice(0, 10), [], `${twice.length} timers fired more than once; ${summary}`);
@@ -284,8 +317,12 @@ async function outageUnderLoad(group: string, fault: PostgresFault): Promise<voi
   // them, made by creates after the outage: create path and fire path both back).
   const backlog = [...expected.values()].filter((f) => f >= stoppedAt && f < backAt).length;
   assert.ok(backlog > 0, "timers came due during the outage");
-  const firstAfter = Math.min(...delivered.filter((r) => r.receivedAtMs >= backAt).map((r) => r.receivedAtMs));
-  const firstDueAfter = Math.min(...delivered.filter((r) => expected.get(r.timerId)! >= backAt).map((r) => r.receivedAtMs));
+  const firstAfter = Math.min(
+    ...delivered.filter((r) => r.receivedAtMs >= backAt).map((r) => r.receivedAtMs),
+  );
+  const firstDueAfter = Math.min(
+    ...delivered.filter((r) => expected.get(r.timerId)! >= backAt).map((r) => r.receivedAtMs),
+  );
   const backlogResumeMs = firstAfter - backAt;
   const newResumeMs = firstDueAfter - backAt;
   const worstLate = Math.max(...delivered.map((r) => r.receivedAtMs - expected.get(r.timerId)!));
@@ -293,8 +330,14 @@ async function outageUnderLoad(group: string, fault: PostgresFault): Promise<voi
     `# ${summary}; outage ${backAt - stoppedAt} ms, ${backlog} timers due during it; after Postgres returned: first delivery ` +
       `${backlogResumeMs} ms, first timer due after it ${newResumeMs} ms; worst lateness ${worstLate} ms`,
   );
-  assert.ok(backlogResumeMs <= RESUME_BOUND_MS, `the backlog began firing ${backlogResumeMs} ms after Postgres returned (bound ${RESUME_BOUND_MS} ms)`);
-  assert.ok(newResumeMs <= RESUME_BOUND_MS, `the first timer due after Postgres returned fired ${newResumeMs} ms after it (bound ${RESUME_BOUND_MS} ms)`);
+  assert.ok(
+    backlogResumeMs <= RESUME_BOUND_MS,
+    `the backlog began firing ${backlogResumeMs} ms after Postgres returned (bound ${RESUME_BOUND_MS} ms)`,
+  );
+  assert.ok(
+    newResumeMs <= RESUME_BOUND_MS,
+    `the first timer due after Postgres returned fired ${newResumeMs} ms after it (bound ${RESUME_BOUND_MS} ms)`,
+  );
 }
 
 describe("Postgres faults", () => {
@@ -305,7 +348,11 @@ describe("Postgres faults", () => {
         // Creates in flight when Postgres goes: their INSERTs wait on a lock, so the crash drops
         // their connections mid-statement ("Connection terminated unexpectedly").
         const lock = await blockWrites(mesh.db.pool);
-        await waitFor(() => insertsWaitingForLock(mesh.db.pool), 10_000, "a create INSERT to wait on the lock");
+        await waitFor(
+          () => insertsWaitingForLock(mesh.db.pool),
+          10_000,
+          "a create INSERT to wait on the lock",
+        );
         const at = Date.now();
         await pgServer.stop("immediate");
         await lock.release();
@@ -344,7 +391,11 @@ describe("Postgres faults", () => {
   test("creates whose callers gave up while their INSERT was blocked are never stored", async () => {
     const group = "gave-up";
     const pool = mesh.db.pool;
-    await waitFor(async () => (await createOnce("warm", `w-${Date.now()}`, Date.now() + 60_000)).code === "OK", 20_000, "creates to work");
+    await waitFor(
+      async () => (await createOnce("warm", `w-${Date.now()}`, Date.now() + 60_000)).code === "OK",
+      20_000,
+      "creates to work",
+    );
 
     // Server-made ids (where a create stored after its caller gave up becomes a second timer
     // on retry), 1 s deadlines. The first ones take the batch slots and wait on the lock; the
@@ -353,14 +404,28 @@ describe("Postgres faults", () => {
       const gaveUp = Array.from({ length: 20 }, () => createOnce(group, "", Date.now() + 3_600_000, 1_000));
       await waitFor(() => insertsWaitingForLock(pool), 10_000, "create INSERTs to wait on the lock");
       const answers = await Promise.all(gaveUp);
-      assert.deepEqual([...new Set(answers.map((o) => Code[o.code as Code]))], ["DeadlineExceeded"], "each caller gave up at its deadline");
+      assert.deepEqual(
+        [...new Set(answers.map((o) => Code[o.code as Code]))],
+        ["DeadlineExceeded"],
+        "each caller gave up at its deadline",
+      );
     });
     await waitForBlockedInsertsToEnd(pool);
-    await waitFor(async () => (await createOnce("warm", `w-${Date.now()}`, Date.now() + 60_000)).code === "OK", 20_000, "creates to work again");
+    await waitFor(
+      async () => (await createOnce("warm", `w-${Date.now()}`, Date.now() + 60_000)).code === "OK",
+      20_000,
+      "creates to work again",
+    );
     // Only the creates whose INSERT had started (one per batch slot: 4) can have been stored;
     // without dropping the others, all 20 would be, once Postgres moved.
-    const { rows } = await pool.query<{ n: number }>("SELECT count(*)::int AS n FROM timers WHERE group_id = $1", [group]);
-    assert.ok(rows[0]!.n <= 4, `${rows[0]!.n} of 20 creates whose callers gave up while waiting were stored later`);
+    const { rows } = await pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM timers WHERE group_id = $1",
+      [group],
+    );
+    assert.ok(
+      rows[0]!.n <= 4,
+      `${rows[0]!.n} of 20 creates whose callers gave up while waiting were stored later`,
+    );
   });
 
   test("while the INSERTs are blocked, creates beyond CREATE_QUEUE_MAX are refused at once, naming it", async () => {
@@ -375,15 +440,26 @@ describe("Postgres faults", () => {
         createOnce(group, `q-${i}`, fireAtMs, 60_000).then((o) => (done.push(o), o)),
       );
       all = Promise.all(creates);
-      await waitFor(() => done.length >= 10, 10_000, "creates beyond the queue bound to be answered while the INSERTs are blocked", 50);
+      await waitFor(
+        () => done.length >= 10,
+        10_000,
+        "creates beyond the queue bound to be answered while the INSERTs are blocked",
+        50,
+      );
       const answered = done.map((o) => `${o.timerId}: ${o.code === "OK" ? "OK" : Code[o.code]} ${o.message}`);
-      assert.ok(done.every((o) => o.code === Code.ResourceExhausted), `answered while blocked: ${answered.slice(0, 3).join("; ")}`);
+      assert.ok(
+        done.every((o) => o.code === Code.ResourceExhausted),
+        `answered while blocked: ${answered.slice(0, 3).join("; ")}`,
+      );
       assert.match(done[0]!.message, new RegExp(`at most ${CREATE_QUEUE_MAX} \\(CREATE_QUEUE_MAX\\)`));
     });
     const answers = await all!;
     const stored = answers.filter((o) => o.code === "OK").length;
     const refused = answers.filter((o) => o.code === Code.ResourceExhausted).length;
     assert.equal(stored + refused, answers.length, "each create was stored or refused");
-    assert.ok(stored >= CREATE_QUEUE_MAX, `the ${CREATE_QUEUE_MAX} queued creates were stored once Postgres moved (${stored})`);
+    assert.ok(
+      stored >= CREATE_QUEUE_MAX,
+      `the ${CREATE_QUEUE_MAX} queued creates were stored once Postgres moved (${stored})`,
+    );
   });
 });

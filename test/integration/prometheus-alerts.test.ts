@@ -44,13 +44,28 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-interface Alert { labels: Record<string, string>; state: string }
+interface Alert {
+  labels: Record<string, string>;
+  state: string;
+}
 
-test("ShardLagHigh fires for a dead owner's lagging shard, then clears after takeover", { timeout: 240_000 }, async () => {
-  const owned = await waitFor(async () => {
-    const { rows } = await mesh.db.pool.query("SELECT shard, owner FROM shard_owners WHERE owner IS NOT NULL");
-    return rows.length === SHARDS && rows.some((r) => r.owner === "d1") && rows.some((r) => r.owner === "d2") ? rows : undefined;
-  }, 20_000, "d1 and d2 to share the shards");
+test("ShardLagHigh fires for a dead owner's lagging shard, then clears after takeover", {
+  timeout: 240_000,
+}, async () => {
+  const owned = await waitFor(
+    async () => {
+      const { rows } = await mesh.db.pool.query(
+        "SELECT shard, owner FROM shard_owners WHERE owner IS NOT NULL",
+      );
+      return rows.length === SHARDS &&
+        rows.some((r) => r.owner === "d1") &&
+        rows.some((r) => r.owner === "d2")
+        ? rows
+        : undefined;
+    },
+    20_000,
+    "d1 and d2 to share the shards",
+  );
   const shard = owned.find((r) => r.owner === "d1")!.shard as number;
 
   const port = await freePort();
@@ -70,8 +85,18 @@ test("ShardLagHigh fires for a dead owner's lagging shard, then clears after tak
       "",
     ].join("\n"),
   );
-  prometheus = spawn("prometheus", [`--config.file=${config}`, `--storage.tsdb.path=${join(dir, "data")}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: "ignore" });
-  prometheus.once("error", (err) => assert.fail(`prometheus could not start (apt-get install prometheus): ${err.message}`));
+  prometheus = spawn(
+    "prometheus",
+    [
+      `--config.file=${config}`,
+      `--storage.tsdb.path=${join(dir, "data")}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+    ],
+    { stdio: "ignore" },
+  );
+  prometheus.once("error", (err) =>
+    assert.fail(`prometheus could not start (apt-get install prometheus): ${err.message}`),
+  );
   const api = `http://127.0.0.1:${port}/api/v1`;
   await waitFor(async () => (await fetch(`${api}/targets`)).ok, 30_000, "prometheus to serve its API");
 
@@ -79,26 +104,45 @@ test("ShardLagHigh fires for a dead owner's lagging shard, then clears after tak
   const ids: string[] = [];
   for (let i = 0; ids.length < 5; i++) if (shardOf("lag", `t${i}`, SHARDS) === shard) ids.push(`t${i}`);
   for (const id of ids) {
-    await mesh.client.call("createTimer", create(CreateTimerRequestSchema, {
-      groupId: "lag",
-      timerId: id,
-      schedule: { case: "delay", value: durationFromMs(1_000) },
-      callback: { target: { case: "http", value: { url: receiver.url, headers: {} } } },
-    }));
+    await mesh.client.call(
+      "createTimer",
+      create(CreateTimerRequestSchema, {
+        groupId: "lag",
+        timerId: id,
+        schedule: { case: "delay", value: durationFromMs(1_000) },
+        callback: { target: { case: "http", value: { url: receiver.url, headers: {} } } },
+      }),
+    );
   }
   mesh.dispatchers[0]!.child.kill("SIGKILL");
 
-  const alerts = async (): Promise<Alert[]> => ((await (await fetch(`${api}/alerts`)).json()) as { data: { alerts: Alert[] } }).data.alerts;
-  const lagAlert = (list: Alert[]) => list.find((a) => a.labels["alertname"] === "ShardLagHigh" && a.labels["shard"] === String(shard));
-  const firing = await waitFor(async () => {
-    const a = lagAlert(await alerts());
-    return a?.state === "firing" ? a : undefined;
-  }, 120_000, `ShardLagHigh to fire for shard ${shard}`, 500);
+  const alerts = async (): Promise<Alert[]> =>
+    ((await (await fetch(`${api}/alerts`)).json()) as { data: { alerts: Alert[] } }).data.alerts;
+  const lagAlert = (list: Alert[]) =>
+    list.find((a) => a.labels["alertname"] === "ShardLagHigh" && a.labels["shard"] === String(shard));
+  const firing = await waitFor(
+    async () => {
+      const a = lagAlert(await alerts());
+      return a?.state === "firing" ? a : undefined;
+    },
+    120_000,
+    `ShardLagHigh to fire for shard ${shard}`,
+    500,
+  );
   assert.equal(firing.labels["owner"], "d1", "the alert names the dead owner");
   assert.equal(firing.labels["severity"], "critical");
-  assert.equal(receiver.received.filter((r) => r.groupId === "lag").length, 0, "nothing fired while the lease was held");
+  assert.equal(
+    receiver.received.filter((r) => r.groupId === "lag").length,
+    0,
+    "nothing fired while the lease was held",
+  );
 
   // d1's lease expires, d2 takes the shard over, fires the timers, and the lag goes away.
-  await waitFor(() => new Set(receiver.received.filter((r) => r.groupId === "lag").map((r) => r.timerId)).size === ids.length, 90_000, "d2 to fire the shard's timers");
+  await waitFor(
+    () =>
+      new Set(receiver.received.filter((r) => r.groupId === "lag").map((r) => r.timerId)).size === ids.length,
+    90_000,
+    "d2 to fire the shard's timers",
+  );
   await waitFor(async () => lagAlert(await alerts()) === undefined, 30_000, "ShardLagHigh to clear", 500);
 });

@@ -8,7 +8,10 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { AdminService } from "../../services/shared/src/gen/admin/v1/admin_pb.js";
 import { DispatcherService } from "../../services/shared/src/gen/dispatcher/v1/dispatcher_pb.js";
-import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../services/shared/src/gen/grpc/health/v1/health_pb.js";
+import {
+  Health,
+  HealthCheckResponse_ServingStatus as ServingStatus,
+} from "../../services/shared/src/gen/grpc/health/v1/health_pb.js";
 import { TimerService } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { createPool } from "../../services/shared/src/db.js";
 import { createTestDatabase } from "../support/database.js";
@@ -23,7 +26,9 @@ const grpc = (port: number) => createGrpcTransport({ baseUrl: `http://127.0.0.1:
 
 /** The service's /readyz once its HTTP port answers (it must open, and stay up, while a dependency is down). */
 async function firstReadiness(s: ServiceProcess) {
-  return s.whileAlive(waitFor(() => s.readiness().catch(() => undefined), 30_000, `${s.name}'s HTTP port to answer`));
+  return s.whileAlive(
+    waitFor(() => s.readiness().catch(() => undefined), 30_000, `${s.name}'s HTTP port to answer`),
+  );
 }
 
 async function assertUnavailable(call: Promise<unknown>, mentions: RegExp, what: string): Promise<void> {
@@ -41,8 +46,14 @@ function assertOnceOnTime(received: Received[], ids: string[], what: string): vo
   for (const r of received) counts.set(r.timerId, (counts.get(r.timerId) ?? 0) + 1);
   const missing = ids.filter((id) => !counts.has(id));
   const twice = [...counts].filter(([, n]) => n > 1).map(([id, n]) => `${id}x${n}`);
-  assert.deepEqual({ missing, twice }, { missing: [], twice: [] }, `${what}: every timer delivered exactly once`);
-  const early = received.filter((r) => r.receivedAtMs < r.fireAtMs).map((r) => `${r.timerId} ${r.fireAtMs - r.receivedAtMs}ms early`);
+  assert.deepEqual(
+    { missing, twice },
+    { missing: [], twice: [] },
+    `${what}: every timer delivered exactly once`,
+  );
+  const early = received
+    .filter((r) => r.receivedAtMs < r.fireAtMs)
+    .map((r) => `${r.timerId} ${r.fireAtMs - r.receivedAtMs}ms early`);
   assert.deepEqual(early, [], `${what}: none early`);
 }
 
@@ -54,9 +65,21 @@ describe("Postgres down at start", () => {
     await using nats = await startNats();
     await using rx = await startHttpReceiver();
     const env = { DATABASE_URL: pg.url, SHARD_COUNT: "16" };
-    await using timer = await startService("timer", { ...env, ...nats.serviceEnv("timer") }, { waitReady: false });
-    await using dispatcher = await startService("dispatcher", { ...env, ...nats.serviceEnv("dispatcher"), DISPATCHER_ID: "d1" }, { waitReady: false });
-    await using admin = await startService("admin", { ...env, ...nats.serviceEnv("admin") }, { waitReady: false });
+    await using timer = await startService(
+      "timer",
+      { ...env, ...nats.serviceEnv("timer") },
+      { waitReady: false },
+    );
+    await using dispatcher = await startService(
+      "dispatcher",
+      { ...env, ...nats.serviceEnv("dispatcher"), DISPATCHER_ID: "d1" },
+      { waitReady: false },
+    );
+    await using admin = await startService(
+      "admin",
+      { ...env, ...nats.serviceEnv("admin") },
+      { waitReady: false },
+    );
     const services = [timer, dispatcher, admin];
 
     for (const s of services) {
@@ -64,24 +87,49 @@ describe("Postgres down at start", () => {
       assert.equal(r.status, 503, `${s.name} /readyz while Postgres is down: ${JSON.stringify(r.body)}`);
       assert.equal(r.body.checks["postgres"], false, `${s.name} names Postgres as what is missing`);
       // The operations documents' names for the same answers.
-      assert.equal((await fetch(`http://127.0.0.1:${s.httpPort}/health/live`)).status, 200, `${s.name} /health/live`);
-      assert.equal((await fetch(`http://127.0.0.1:${s.httpPort}/health/ready`)).status, 503, `${s.name} /health/ready`);
+      assert.equal(
+        (await fetch(`http://127.0.0.1:${s.httpPort}/health/live`)).status,
+        200,
+        `${s.name} /health/live`,
+      );
+      assert.equal(
+        (await fetch(`http://127.0.0.1:${s.httpPort}/health/ready`)).status,
+        503,
+        `${s.name} /health/ready`,
+      );
       const health = createClient(Health, grpc(s.grpcPort));
-      assert.equal((await health.check({ service: "" })).status, ServingStatus.NOT_SERVING, `${s.name} gRPC health`);
+      assert.equal(
+        (await health.check({ service: "" })).status,
+        ServingStatus.NOT_SERVING,
+        `${s.name} gRPC health`,
+      );
     }
     const timers = createClient(TimerService, grpc(timer.grpcPort));
     const admins = createClient(AdminService, grpc(admin.grpcPort));
     const dispatchers = createClient(DispatcherService, grpc(dispatcher.grpcPort));
-    await assertUnavailable(timers.createTimer(httpTimerAt("lifecycle", "early", Date.now() + 60_000, rx.url)), /database not ready/, "CreateTimer");
+    await assertUnavailable(
+      timers.createTimer(httpTimerAt("lifecycle", "early", Date.now() + 60_000, rx.url)),
+      /database not ready/,
+      "CreateTimer",
+    );
     await assertUnavailable(admins.listGroups({}), /database not ready/, "ListGroups");
     await assertUnavailable(dispatchers.getStatus({}), /database not ready/, "GetStatus");
 
     await pg.start();
     for (const s of services) await s.waitReady(60_000);
-    for (const s of services) assert.equal((await fetch(`http://127.0.0.1:${s.httpPort}/health/ready`)).status, 200, `${s.name} /health/ready`);
+    for (const s of services)
+      assert.equal(
+        (await fetch(`http://127.0.0.1:${s.httpPort}/health/ready`)).status,
+        200,
+        `${s.name} /health/ready`,
+      );
     for (const s of services) {
       const health = createClient(Health, grpc(s.grpcPort));
-      await waitFor(async () => (await health.check({ service: "" })).status === ServingStatus.SERVING, 30_000, `${s.name} gRPC health SERVING`);
+      await waitFor(
+        async () => (await health.check({ service: "" })).status === ServingStatus.SERVING,
+        30_000,
+        `${s.name} gRPC health SERVING`,
+      );
     }
 
     // A timer created through the timer service fires through the dispatcher, not early.
@@ -90,12 +138,21 @@ describe("Postgres down at start", () => {
     assert.equal(created.created, true);
     await waitFor(() => rx.received.length >= 1, 30_000, "the timer to fire");
     assertOnceOnTime(rx.received, ["after-start"], "after Postgres came");
-    assert.ok((await admins.listGroups({})).groups.some((g) => g.groupId === "lifecycle"), "the admin service answers from Postgres");
+    assert.ok(
+      (await admins.listGroups({})).groups.some((g) => g.groupId === "lifecycle"),
+      "the admin service answers from Postgres",
+    );
 
     // The outage is logged when it starts, not once per attempt.
     for (const s of services) {
-      const lines = s.output().split("\n").filter((l) => l.includes("Postgres not reachable yet"));
-      assert.ok(lines.length >= 1 && lines.length <= 2, `${s.name} logged the outage ${lines.length} times:\n${lines.join("\n")}`);
+      const lines = s
+        .output()
+        .split("\n")
+        .filter((l) => l.includes("Postgres not reachable yet"));
+      assert.ok(
+        lines.length >= 1 && lines.length <= 2,
+        `${s.name} logged the outage ${lines.length} times:\n${lines.join("\n")}`,
+      );
     }
   });
 });
@@ -111,14 +168,24 @@ describe("NATS down at start, then lost and back mid-run", () => {
     // Ready on Postgres alone: creating a timer does not need NATS.
     await using timer = await startService("timer", { ...env, ...nats.serviceEnv("timer") });
     const t0 = await timer.readiness();
-    assert.equal(t0.body.checks["nats"], false, `the timer service reports NATS down: ${JSON.stringify(t0.body)}`);
+    assert.equal(
+      t0.body.checks["nats"],
+      false,
+      `the timer service reports NATS down: ${JSON.stringify(t0.body)}`,
+    );
     // The admin service too: most of its calls are Postgres alone; those through the dispatchers say NATS is missing.
     await using admin = await startService("admin", { ...env, ...nats.serviceEnv("admin") });
     const admins = createClient(AdminService, grpc(admin.grpcPort));
     await assertUnavailable(admins.listDispatchers({}), /NATS/, "ListDispatchers without NATS");
     await admins.listGroups({});
     const d = await Promise.all(
-      ["d1", "d2"].map((id) => startService("dispatcher", { ...env, ...nats.serviceEnv("dispatcher"), DISPATCHER_ID: id }, { waitReady: false })),
+      ["d1", "d2"].map((id) =>
+        startService(
+          "dispatcher",
+          { ...env, ...nats.serviceEnv("dispatcher"), DISPATCHER_ID: id },
+          { waitReady: false },
+        ),
+      ),
     );
     await using d1 = d[0]!;
     await using d2 = d[1]!;
@@ -133,7 +200,9 @@ describe("NATS down at start, then lost and back mid-run", () => {
     const createBatch = async (prefix: string, n: number, fromMs: number, spreadMs: number) => {
       for (let i = 0; i < n; i++) {
         const id = `${prefix}-${i}`;
-        const res = await timers.createTimer(httpTimerAt("nats-outage", id, Date.now() + fromMs + Math.floor((i * spreadMs) / n), rx.url));
+        const res = await timers.createTimer(
+          httpTimerAt("nats-outage", id, Date.now() + fromMs + Math.floor((i * spreadMs) / n), rx.url),
+        );
         assert.equal(res.created, true);
         ids.push(id);
       }
@@ -144,26 +213,53 @@ describe("NATS down at start, then lost and back mid-run", () => {
     await nats.restart();
     await d1.waitReady(30_000);
     await d2.waitReady(30_000);
-    await waitFor(async () => (await timer.readiness()).body.checks["nats"] === true, 30_000, "the timer service to connect to NATS");
     await waitFor(
-      async () => (await admins.listDispatchers({}).catch(() => ({ dispatchers: [] }))).dispatchers.filter((x) => x.live).length === 2,
+      async () => (await timer.readiness()).body.checks["nats"] === true,
+      30_000,
+      "the timer service to connect to NATS",
+    );
+    await waitFor(
+      async () =>
+        (await admins.listDispatchers({}).catch(() => ({ dispatchers: [] }))).dispatchers.filter(
+          (x) => x.live,
+        ).length === 2,
       30_000,
       "the admin service to hear both dispatchers",
     );
 
     // Announced ones, due over the next seconds; NATS dies while they fire.
     await createBatch("during", 60, 1_000, 6_000);
-    await waitFor(() => rx.received.filter((r) => r.timerId.startsWith("during-")).length >= 10, 30_000, "the first announced timers to fire");
+    await waitFor(
+      () => rx.received.filter((r) => r.timerId.startsWith("during-")).length >= 10,
+      30_000,
+      "the first announced timers to fire",
+    );
     await nats.stop("SIGKILL");
-    await waitFor(async () => (await timer.readiness()).body.checks["nats"] === false, 30_000, "the timer service to notice NATS is gone");
+    await waitFor(
+      async () => (await timer.readiness()).body.checks["nats"] === false,
+      30_000,
+      "the timer service to notice NATS is gone",
+    );
     const whileDown = await timer.readiness();
-    assert.equal(whileDown.status, 200, `the timer service stays ready while NATS is down: ${JSON.stringify(whileDown.body)}`);
+    assert.equal(
+      whileDown.status,
+      200,
+      `the timer service stays ready while NATS is down: ${JSON.stringify(whileDown.body)}`,
+    );
     // Creates go on without NATS.
     await createBatch("outage", 20, 1_000, 2_000);
 
     await nats.restart();
-    await waitFor(() => ids.every((id) => rx.received.some((r) => r.timerId === id)), 60_000, `all ${ids.length} timers to fire`);
-    await waitFor(async () => (await timer.readiness()).body.checks["nats"] === true, 30_000, "the timer service to reconnect");
+    await waitFor(
+      () => ids.every((id) => rx.received.some((r) => r.timerId === id)),
+      60_000,
+      `all ${ids.length} timers to fire`,
+    );
+    await waitFor(
+      async () => (await timer.readiness()).body.checks["nats"] === true,
+      30_000,
+      "the timer service to reconnect",
+    );
     for (const s of [d1, d2]) await s.waitReady(30_000);
     assertOnceOnTime(rx.received, ids, "through the NATS outages");
   });
@@ -174,7 +270,11 @@ describe("every query has a timeout", () => {
     await using db = await createTestDatabase();
     const pool = createPool(db.url, 1, "statement-timeout-test", 500);
     try {
-      assert.equal((await pool.query<{ statement_timeout: string }>("SHOW statement_timeout")).rows[0]!.statement_timeout, "500ms");
+      assert.equal(
+        (await pool.query<{ statement_timeout: string }>("SHOW statement_timeout")).rows[0]!
+          .statement_timeout,
+        "500ms",
+      );
       await assert.rejects(pool.query("SELECT pg_sleep(5)"), (err: { code?: string }) => {
         assert.equal(err.code, "57014", "query_canceled: statement timeout");
         return true;

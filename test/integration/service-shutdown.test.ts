@@ -5,7 +5,10 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../services/shared/src/gen/grpc/health/v1/health_pb.js";
+import {
+  Health,
+  HealthCheckResponse_ServingStatus as ServingStatus,
+} from "../../services/shared/src/gen/grpc/health/v1/health_pb.js";
 import { State } from "../../services/shared/src/timer-model.js";
 import { startMesh } from "../support/mesh.js";
 import { startHttpReceiver } from "../support/receivers.js";
@@ -32,8 +35,16 @@ async function stopWatched(s: ServiceProcess, watch: ReturnType<typeof watchHeal
   const code = await s.stop("SIGTERM", 60_000);
   assert.equal(code, 0, `${s.name} should exit 0 on SIGTERM; output:\n${s.output().slice(-3000)}`);
   const result = await watch.result;
-  assert.equal(result.ended, "cleanly", `the Watch stream should end before the process does: ${String((result as { err?: unknown }).err)}`);
-  assert.deepEqual(watch.statuses.slice(-1), [ServingStatus.NOT_SERVING], `the watcher hears NOT_SERVING last; heard ${watch.statuses.map((x) => ServingStatus[x]).join(", ")}`);
+  assert.equal(
+    result.ended,
+    "cleanly",
+    `the Watch stream should end before the process does: ${String((result as { err?: unknown }).err)}`,
+  );
+  assert.deepEqual(
+    watch.statuses.slice(-1),
+    [ServingStatus.NOT_SERVING],
+    `the watcher hears NOT_SERVING last; heard ${watch.statuses.map((x) => ServingStatus[x]).join(", ")}`,
+  );
 }
 
 describe("SIGTERM with a health Watch stream open", () => {
@@ -43,7 +54,11 @@ describe("SIGTERM with a health Watch stream open", () => {
     await using rx = await startHttpReceiver(() => new Promise((r) => setTimeout(() => r(200), 3_000)));
     const d1 = mesh.dispatchers[0]!;
     const watch = watchHealth(d1);
-    await waitFor(() => watch.statuses.includes(ServingStatus.SERVING), 30_000, "the watcher to hear SERVING");
+    await waitFor(
+      () => watch.statuses.includes(ServingStatus.SERVING),
+      30_000,
+      "the watcher to hear SERVING",
+    );
 
     const n = 20;
     const fireAtMs = Date.now() + 500;
@@ -58,15 +73,25 @@ describe("SIGTERM with a health Watch stream open", () => {
     const { rows: states } = await mesh.db.pool.query<{ state: number; n: number }>(
       "SELECT state, count(*)::int AS n FROM timers WHERE group_id = 'shutdown' GROUP BY state",
     );
-    assert.deepEqual(states, [{ state: State.Succeeded, n }], "the deliveries in flight are recorded, none left FIRING");
-    const { rows: held } = await mesh.db.pool.query<{ n: number }>("SELECT count(*)::int AS n FROM shard_leases WHERE owner = 'd1'");
+    assert.deepEqual(
+      states,
+      [{ state: State.Succeeded, n }],
+      "the deliveries in flight are recorded, none left FIRING",
+    );
+    const { rows: held } = await mesh.db.pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM shard_leases WHERE owner = 'd1'",
+    );
     assert.equal(held[0]!.n, 0, "the dispatcher released its shards");
   });
 
   test("the timer service exits 0", async () => {
     await using mesh = await startMesh({ dispatchers: 0 });
     const watch = watchHealth(mesh.timer);
-    await waitFor(() => watch.statuses.includes(ServingStatus.SERVING), 30_000, "the watcher to hear SERVING");
+    await waitFor(
+      () => watch.statuses.includes(ServingStatus.SERVING),
+      30_000,
+      "the watcher to hear SERVING",
+    );
     await stopWatched(mesh.timer, watch);
   });
 });

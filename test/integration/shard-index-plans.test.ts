@@ -38,7 +38,10 @@ before(async () => {
     client.release();
   }
   await db.pool.query("UPDATE shard_leases SET owner = $1, epoch = 1", [OWNER]);
-  await db.pool.query("INSERT INTO dispatcher_leases (owner, expires_at) VALUES ($1, now() + interval '1 hour')", [OWNER]);
+  await db.pool.query(
+    "INSERT INTO dispatcher_leases (owner, expires_at) VALUES ($1, now() + interval '1 hour')",
+    [OWNER],
+  );
   // Timers over the next 30 days, a tenth of them overdue, in 20 groups.
   const ids = Array.from({ length: TIMERS }, (_, i) => `t${i}`);
   const groups = ids.map((_, i) => `g${i % 20}`);
@@ -47,7 +50,12 @@ before(async () => {
                          max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, request_hash)
      SELECT g, id, s, 1, f, f, '{"http":{"url":"http://127.0.0.1:9/hook"}}', '\\x', 3, 1000, 10000, 2, '\\x'
        FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[]) AS x(g, id, s, f)`,
-    [groups, ids, ids.map((id, i) => shardOf(groups[i]!, id, SHARDS)), ids.map((_, i) => new Date(startMs + ((i % 10) - 1) * 3 * 86_400_000 + i))],
+    [
+      groups,
+      ids,
+      ids.map((id, i) => shardOf(groups[i]!, id, SHARDS)),
+      ids.map((_, i) => new Date(startMs + ((i % 10) - 1) * 3 * 86_400_000 + i)),
+    ],
   );
   await db.pool.query("ANALYZE timers");
 });
@@ -85,20 +93,51 @@ test("a claim finds each timer by the shard-led primary key", async () => {
   const { rows } = await db.pool.query<{ group_id: string; timer_id: string; shard: number }>(
     "SELECT group_id, timer_id, shard FROM timers ORDER BY timer_id LIMIT 500",
   );
-  const due: DueTimer[] = rows.map((r) => ({ groupId: r.group_id, timerId: r.timer_id, shard: r.shard, dueMs: startMs, destination: "" }));
-  const plan = await planOf((p) => claimTimers(p, OWNER, `${OWNER}#1`, due, due.map(() => 1n), 25, 60_000));
+  const due: DueTimer[] = rows.map((r) => ({
+    groupId: r.group_id,
+    timerId: r.timer_id,
+    shard: r.shard,
+    dueMs: startMs,
+    destination: "",
+  }));
+  const plan = await planOf((p) =>
+    claimTimers(
+      p,
+      OWNER,
+      `${OWNER}#1`,
+      due,
+      due.map(() => 1n),
+      25,
+      60_000,
+    ),
+  );
   const scans = timerScans(plan);
   assert.equal(scans.length, 1, `one scan of timers: ${scans.join(" | ")}`);
-  assert.match(scans[0]!, /^Index Scan timers_pkey: \(\(shard = k\.shard\) AND \(group_id = k\.g\) AND \(timer_id = k\.id\)\)$/);
+  assert.match(
+    scans[0]!,
+    /^Index Scan timers_pkey: \(\(shard = k\.shard\) AND \(group_id = k\.g\) AND \(timer_id = k\.id\)\)$/,
+  );
 });
 
 test("the lookahead and catch-up reads scan each owned shard's range of the due index", async () => {
   const owned = Array.from({ length: SHARDS }, (_, s) => s).filter((s) => s % 4 === 0);
-  const window = await planOf((p) => loadWindow(p, owned, { atMs: startMs, groupId: "", timerId: "" }, startMs + 86_400_000, 5_000));
-  const overdue = await planOf((p) => loadOverdue(p, owned, 2_000, { atMs: 0, groupId: "", timerId: "" }, 2_000));
-  for (const [name, plan] of [["load_window", window], ["load_overdue", overdue]] as const) {
+  const window = await planOf((p) =>
+    loadWindow(p, owned, { atMs: startMs, groupId: "", timerId: "" }, startMs + 86_400_000, 5_000),
+  );
+  const overdue = await planOf((p) =>
+    loadOverdue(p, owned, 2_000, { atMs: 0, groupId: "", timerId: "" }, 2_000),
+  );
+  for (const [name, plan] of [
+    ["load_window", window],
+    ["load_overdue", overdue],
+  ] as const) {
     const scans = timerScans(plan);
     assert.ok(scans.length > 0, `${name} scans timers`);
-    for (const s of scans) assert.match(s, /^(Index Scan|Bitmap Index Scan) timers_due_idx: \(\(shard = s\.shard\) AND \(next_attempt_at /, `${name}: ${s}`);
+    for (const s of scans)
+      assert.match(
+        s,
+        /^(Index Scan|Bitmap Index Scan) timers_due_idx: \(\(shard = s\.shard\) AND \(next_attempt_at /,
+        `${name}: ${s}`,
+      );
   }
 });

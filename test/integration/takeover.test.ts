@@ -74,7 +74,10 @@ function arrivals(group: string): Map<string, Received[]> {
 }
 
 /** Timers of `group` claimed by dispatcher `id` and not finished: its deliveries in flight. */
-async function inFlightOf(group: string, id: string): Promise<{ timer_id: string; claim_expires_at: Date }[]> {
+async function inFlightOf(
+  group: string,
+  id: string,
+): Promise<{ timer_id: string; claim_expires_at: Date }[]> {
   const { rows } = await mesh.db.pool.query<{ timer_id: string; claim_expires_at: Date }>(
     "SELECT timer_id, claim_expires_at FROM timers WHERE group_id = $1 AND state = $2 AND split_part(claim_owner, '#', 1) = $3",
     [group, State.Firing, id],
@@ -83,12 +86,17 @@ async function inFlightOf(group: string, id: string): Promise<{ timer_id: string
 }
 
 async function ownersOfAllShards(): Promise<string[]> {
-  const { rows } = await mesh.db.pool.query<{ owner: string | null }>("SELECT DISTINCT owner FROM shard_owners");
+  const { rows } = await mesh.db.pool.query<{ owner: string | null }>(
+    "SELECT DISTINCT owner FROM shard_owners",
+  );
   return rows.map((r) => r.owner ?? "none").sort();
 }
 
 async function countInState(group: string, state: number): Promise<number> {
-  const { rows } = await mesh.db.pool.query<{ n: number }>("SELECT count(*)::int AS n FROM timers WHERE group_id = $1 AND state = $2", [group, state]);
+  const { rows } = await mesh.db.pool.query<{ n: number }>(
+    "SELECT count(*)::int AS n FROM timers WHERE group_id = $1 AND state = $2",
+    [group, state],
+  );
   return rows[0]!.n;
 }
 
@@ -96,7 +104,11 @@ describe("a dispatcher that loses its lease mid-delivery", () => {
   test("stalled (SIGSTOP) past its lease and resumed: every timer delivered once, one attempt each, its outcomes recorded", async () => {
     const group = "stall";
     const d1 = mesh.dispatchers[0]!; // startMesh names them d1, d2
-    await waitFor(async () => (await ownersOfAllShards()).join() === "d1,d2", 20_000, "both dispatchers to own shards");
+    await waitFor(
+      async () => (await ownersOfAllShards()).join() === "d1,d2",
+      20_000,
+      "both dispatchers to own shards",
+    );
     const ids = await createDueAt(group, 200, Date.now() + 2_000);
     // Every delivery is in flight at the receiver (which answers after 4 s): stop d1 now.
     await waitFor(() => arrivals(group).size === ids.length, 20_000, "every timer's delivery to start");
@@ -106,11 +118,19 @@ describe("a dispatcher that loses its lease mid-delivery", () => {
       stalledClaims = (await inFlightOf(group, "d1")).length;
       assert.ok(stalledClaims > 0, "d1 had deliveries in flight when it stopped");
       // Its lease lapses and d2 takes every shard while d1 is stopped: a real takeover.
-      await waitFor(async () => (await ownersOfAllShards()).join() === "d2", 20_000, "d2 to take over d1's shards");
+      await waitFor(
+        async () => (await ownersOfAllShards()).join() === "d2",
+        20_000,
+        "d2 to take over d1's shards",
+      );
     } finally {
       d1.child.kill("SIGCONT");
     }
-    await waitFor(async () => (await countInState(group, State.Succeeded)) === ids.length, 30_000, "every timer to be SUCCEEDED");
+    await waitFor(
+      async () => (await countInState(group, State.Succeeded)) === ids.length,
+      30_000,
+      "every timer to be SUCCEEDED",
+    );
 
     const repeated = [...arrivals(group)].filter(([, rs]) => rs.length > 1).map(([id]) => id);
     assert.deepEqual(repeated, [], `timers delivered twice (d1 had ${stalledClaims} in flight)`);
@@ -125,13 +145,18 @@ describe("a dispatcher that loses its lease mid-delivery", () => {
       [group],
     );
     assert.equal(byD1[0]!.n, stalledClaims, "d1 recorded the outcome of every delivery it had in flight");
-    for (const rs of arrivals(group).values()) assert.ok(rs[0]!.receivedAtMs >= rs[0]!.fireAtMs, "never early");
+    for (const rs of arrivals(group).values())
+      assert.ok(rs[0]!.receivedAtMs >= rs[0]!.fireAtMs, "never early");
   });
 
   test("killed (SIGKILL) mid-delivery: its claims are delivered again once their deadline passed, not before", async () => {
     const group = "killed";
     const d1 = mesh.dispatchers[0]!;
-    await waitFor(async () => (await ownersOfAllShards()).join() === "d1,d2", 30_000, "d1 to own shards again after the stall");
+    await waitFor(
+      async () => (await ownersOfAllShards()).join() === "d1,d2",
+      30_000,
+      "d1 to own shards again after the stall",
+    );
     const ids = await createDueAt(group, 200, Date.now() + 2_000);
     await waitFor(() => arrivals(group).size === ids.length, 20_000, "every timer's delivery to start");
     // Only the repeats are answered at once: every first delivery is already waiting out its 4 s.
@@ -140,7 +165,11 @@ describe("a dispatcher that loses its lease mid-delivery", () => {
     await d1.exited;
     const orphaned = await inFlightOf(group, "d1");
     assert.ok(orphaned.length > 0, "d1 had deliveries in flight when it was killed");
-    await waitFor(async () => (await countInState(group, State.Succeeded)) === ids.length, 40_000, "every timer to be SUCCEEDED");
+    await waitFor(
+      async () => (await countInState(group, State.Succeeded)) === ids.length,
+      40_000,
+      "every timer to be SUCCEEDED",
+    );
 
     const got = arrivals(group);
     for (const { timer_id, claim_expires_at } of orphaned) {
@@ -152,13 +181,19 @@ describe("a dispatcher that loses its lease mid-delivery", () => {
       );
     }
     const orphanIds = new Set(orphaned.map((o) => o.timer_id));
-    const othersRepeated = [...got].filter(([id, rs]) => !orphanIds.has(id) && rs.length !== 1).map(([id]) => id);
+    const othersRepeated = [...got]
+      .filter(([id, rs]) => !orphanIds.has(id) && rs.length !== 1)
+      .map(([id]) => id);
     assert.deepEqual(othersRepeated, [], "timers d1 was not delivering arrived once");
     const { rows } = await mesh.db.pool.query<{ outcomes: string }>(
       `SELECT string_agg(outcome, ',' ORDER BY attempt) AS outcomes FROM timer_attempts
         WHERE group_id = $1 AND timer_id = ANY($2::text[]) GROUP BY timer_id`,
       [group, [...orphanIds]],
     );
-    assert.deepEqual(new Set(rows.map((r) => r.outcomes)), new Set(["abandoned,succeeded"]), "history: the cut-off attempt, then the repeat");
+    assert.deepEqual(
+      new Set(rows.map((r) => r.outcomes)),
+      new Set(["abandoned,succeeded"]),
+      "history: the cut-off attempt, then the repeat",
+    );
   });
 });

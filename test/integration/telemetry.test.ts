@@ -16,7 +16,10 @@ import { waitFor } from "../support/wait.js";
 import { dispatcherClient } from "../support/dispatcher-client.js";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { Health, HealthCheckResponse_ServingStatus } from "../../services/shared/src/gen/grpc/health/v1/health_pb.js";
+import {
+  Health,
+  HealthCheckResponse_ServingStatus,
+} from "../../services/shared/src/gen/grpc/health/v1/health_pb.js";
 
 let mesh: TestMesh;
 let admin: ServiceProcess;
@@ -28,7 +31,10 @@ before(async () => {
   otlp = await startOtlpReceiver();
   receiver = await startHttpReceiver();
   failing = await startHttpReceiver(() => 500);
-  const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json" };
+  const otel = {
+    OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json",
+  };
   mesh = await startMesh({ dispatchers: 1, env: otel, timerEnv: { ACTIVE_TIMERS_REFRESH: "1s" } });
   admin = await startService("admin", { ...mesh.envFor("admin") });
 });
@@ -67,11 +73,22 @@ describe("metrics", () => {
     asDispatcher.publish(HEARTBEAT_SUBJECT, new TextEncoder().encode("not a heartbeat"));
     await asDispatcher.flush();
     await asDispatcher.close();
-    await waitFor(() => receiver.received.some((r) => r.timerId === "m-ok") && failing.received.length > 0, 15_000, "deliveries");
-    const ports = { timer: mesh.timer.httpPort, dispatcher: mesh.dispatchers[0]!.httpPort, admin: admin.httpPort };
+    await waitFor(
+      () => receiver.received.some((r) => r.timerId === "m-ok") && failing.received.length > 0,
+      15_000,
+      "deliveries",
+    );
+    const ports = {
+      timer: mesh.timer.httpPort,
+      dispatcher: mesh.dispatchers[0]!.httpPort,
+      admin: admin.httpPort,
+    };
     // One RPC served by each of the others, so their RPC histograms have a series.
     await dispatcherClient(mesh.dispatchers[0]!.grpcPort).getStatus({});
-    const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${admin.grpcPort}` }));
+    const health = createClient(
+      Health,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${admin.grpcPort}` }),
+    );
     assert.equal((await health.check({ service: "" })).status, HealthCheckResponse_ServingStatus.SERVING);
     await waitFor(
       async () =>
@@ -92,14 +109,21 @@ describe("metrics", () => {
     assert.match(timerText, /^timer_creations_total \d+/m);
     assert.match(timerText, /^timer_creation_failures_total\{code="INVALID_ARGUMENT"\} 1/m);
     assert.match(timerText, /^active_timers_total\{group_id="obs"\} \d/m);
-    assert.match(timerText, /^rpc_server_call_duration_seconds_count\{rpc_system="grpc",rpc_service="timer.v1.TimerService",rpc_method="CreateTimer",rpc_grpc_status_code="0"\} \d/m);
+    assert.match(
+      timerText,
+      /^rpc_server_call_duration_seconds_count\{rpc_system="grpc",rpc_service="timer.v1.TimerService",rpc_method="CreateTimer",rpc_grpc_status_code="0"\} \d/m,
+    );
     const d = await scrape(ports.dispatcher);
     assert.match(d, /^timer_executions_success_total 1$/m);
     assert.match(d, /^timer_executions_total 2$/m);
     assert.match(d, /^callback_failures_total\{transport="http",retryable="true"\} 1$/m);
     assert.match(d, /^dispatcher_owned_shards 64$/m);
     // Lag is recomputed every 5 s for every shard, with the lease holder as owner.
-    await waitFor(async () => /^timer_shard_lag_seconds\{shard="0",owner="d1"\} 0$/m.test(await scrape(ports.dispatcher)), 10_000, "shard lag with its owner");
+    await waitFor(
+      async () => /^timer_shard_lag_seconds\{shard="0",owner="d1"\} 0$/m.test(await scrape(ports.dispatcher)),
+      10_000,
+      "shard lag with its owner",
+    );
     assert.match(d, /^database_query_duration_seconds_count\{operation="claim_timers"\} \d/m);
     // Bounded cardinality: the lag gauge has one series per shard, no more.
     assert.equal(d.match(/^timer_shard_lag_seconds\{/gm)!.length, 64);
@@ -112,29 +136,50 @@ describe("traces and logs", () => {
     const md = new grpc.Metadata();
     md.set("traceparent", `00-${traceId}-00f067aa0ba902b7-01`);
     await mesh.client.call("createTimer", timer("story", receiver.url, 300), md);
-    const got = await waitFor(() => receiver.received.find((r) => r.timerId === "story"), 10_000, "the callback");
+    const got = await waitFor(
+      () => receiver.received.find((r) => r.timerId === "story"),
+      10_000,
+      "the callback",
+    );
 
     let spans: ExportedSpan[] = [];
     const find = (pred: (s: ExportedSpan) => boolean) => spans.find(pred);
-    await waitFor(() => {
-      spans = otlp.spans;
-      // Each process exports on its own schedule: wait for the timer service's spans as well.
-      return (
-        find((s) => s.name === "fire timer" && s.attributes["timer.id"] === "story") &&
-        find((s) => s.name.startsWith("process timers.shard.")) &&
-        find((s) => s.service === "timer" && s.traceId === traceId && s.name === "timer.v1.TimerService/CreateTimer") &&
-        find((s) => s.traceId === traceId && s.name.startsWith("send timers.shard."))
-      );
-    }, 15_000, "spans to be exported");
+    await waitFor(
+      () => {
+        spans = otlp.spans;
+        // Each process exports on its own schedule: wait for the timer service's spans as well.
+        return (
+          find((s) => s.name === "fire timer" && s.attributes["timer.id"] === "story") &&
+          find((s) => s.name.startsWith("process timers.shard.")) &&
+          find(
+            (s) =>
+              s.service === "timer" &&
+              s.traceId === traceId &&
+              s.name === "timer.v1.TimerService/CreateTimer",
+          ) &&
+          find((s) => s.traceId === traceId && s.name.startsWith("send timers.shard."))
+        );
+      },
+      15_000,
+      "spans to be exported",
+    );
 
-    const createSpan = find((s) => s.service === "timer" && s.name === "timer.v1.TimerService/CreateTimer" && s.traceId === traceId);
+    const createSpan = find(
+      (s) => s.service === "timer" && s.name === "timer.v1.TimerService/CreateTimer" && s.traceId === traceId,
+    );
     assert.ok(createSpan, "a CreateTimer server span continuing the caller's trace");
     assert.equal(createSpan.parentSpanId, "00f067aa0ba902b7");
     assert.equal(createSpan.attributes["rpc.system"], "grpc");
-    assert.ok(find((s) => s.traceId === traceId && s.name === "create_timers postgresql"), "the INSERT is a span in the create's trace");
+    assert.ok(
+      find((s) => s.traceId === traceId && s.name === "create_timers postgresql"),
+      "the INSERT is a span in the create's trace",
+    );
     const publish = find((s) => s.traceId === traceId && s.name.startsWith("send timers.shard."));
     assert.ok(publish, "the NATS publish is a PRODUCER span in the create's trace");
-    const consume = find((s) => s.service === "dispatcher" && s.name.startsWith("process timers.shard.") && s.traceId === traceId);
+    const consume = find(
+      (s) =>
+        s.service === "dispatcher" && s.name.startsWith("process timers.shard.") && s.traceId === traceId,
+    );
     assert.ok(consume, "the dispatcher's NATS consume continues the same trace");
     assert.equal(consume.parentSpanId, publish.spanId);
 
@@ -144,11 +189,20 @@ describe("traces and logs", () => {
     const delivery = find((s) => s.traceId === fire.traceId && s.name === "deliver http");
     assert.ok(delivery, "the callback is a span in the fire trace");
     assert.equal(delivery.parentSpanId, fire.spanId);
-    assert.equal(got.traceparent, `00-${fire.traceId}-${delivery.spanId}-01`, "the receiver sees the callback span's context");
+    assert.equal(
+      got.traceparent,
+      `00-${fire.traceId}-${delivery.spanId}-01`,
+      "the receiver sees the callback span's context",
+    );
 
     // Logs: JSON, with the service and, inside traced work, the trace id.
-    const lines = mesh.dispatchers[0]!.output().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
-    assert.ok(lines.length > 0 && lines.every((l) => l.service === "dispatcher" && typeof l.level === "string"));
+    const lines = mesh.dispatchers[0]!.output()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l));
+    assert.ok(
+      lines.length > 0 && lines.every((l) => l.service === "dispatcher" && typeof l.level === "string"),
+    );
     for (const secret of ["password", "aGVsbG8"]) assert.ok(!mesh.timer.output().includes(secret));
   });
 });

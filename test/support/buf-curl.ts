@@ -25,7 +25,13 @@ export interface BufCurlResult {
  * (https://... with `extra` TLS flags such as --cacert). Never throws for a gRPC error: look at
  * `code`.
  */
-export function bufCurl(target: number | string, method: string, body: unknown = {}, token?: string, extra: string[] = []): Promise<BufCurlResult> {
+export function bufCurl(
+  target: number | string,
+  method: string,
+  body: unknown = {},
+  token?: string,
+  extra: string[] = [],
+): Promise<BufCurlResult> {
   const base = typeof target === "number" ? `http://127.0.0.1:${target}` : target;
   const args = ["curl", "--timeout", "30s", "--protocol", "grpc"];
   if (base.startsWith("http:")) args.push("--http2-prior-knowledge");
@@ -39,7 +45,14 @@ export function bufCurl(target: number | string, method: string, body: unknown =
       }
       const exitCode = error ? Number(error.code) : 0;
       if (exitCode === 0) {
-        resolve({ exitCode, json: stdout.trim() === "" ? {} : JSON.parse(stdout), code: undefined, message: undefined, stdout, stderr });
+        resolve({
+          exitCode,
+          json: stdout.trim() === "" ? {} : JSON.parse(stdout),
+          code: undefined,
+          message: undefined,
+          stdout,
+          stderr,
+        });
         return;
       }
       let code: string | undefined;
@@ -58,7 +71,13 @@ export function bufCurl(target: number | string, method: string, body: unknown =
 }
 
 /** Like bufCurl, but throws unless the call succeeded; returns the response JSON. */
-export async function bufCurlOk(target: number | string, method: string, body: unknown = {}, token?: string, extra: string[] = []): Promise<any> {
+export async function bufCurlOk(
+  target: number | string,
+  method: string,
+  body: unknown = {},
+  token?: string,
+  extra: string[] = [],
+): Promise<any> {
   const r = await bufCurl(target, method, body, token, extra);
   if (r.exitCode !== 0) throw new Error(`${method} failed: ${r.code}: ${r.message}\n${r.stderr}`);
   return r.json;

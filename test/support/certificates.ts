@@ -22,7 +22,8 @@ async function openssl(dir: string, args: string[]): Promise<void> {
   try {
     await run("openssl", args, { cwd: dir });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new Error("openssl is not on PATH: apt-get install openssl", { cause: err });
+    if ((err as NodeJS.ErrnoException).code === "ENOENT")
+      throw new Error("openssl is not on PATH: apt-get install openssl", { cause: err });
     throw err;
   }
 }
@@ -31,12 +32,49 @@ async function openssl(dir: string, args: string[]): Promise<void> {
 export async function makeTestCertificates(): Promise<TestCertificates> {
   const dir = await mkdtemp(join(tmpdir(), "certs-"));
   const key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-  await openssl(dir, ["req", "-x509", ...key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=timer-mesh test CA"]);
+  await openssl(dir, [
+    "req",
+    "-x509",
+    ...key,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "1",
+    "-subj",
+    "/CN=timer-mesh test CA",
+  ]);
   await writeFile(join(dir, "server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
   await writeFile(join(dir, "client.ext"), "extendedKeyUsage=clientAuth\n");
   for (const name of ["server", "client"]) {
-    await openssl(dir, ["req", ...key, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=timer-mesh test ${name}`]);
-    await openssl(dir, ["x509", "-req", "-in", `${name}.csr`, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", `${name}.pem`, "-days", "1", "-extfile", `${name}.ext`]);
+    await openssl(dir, [
+      "req",
+      ...key,
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.csr`,
+      "-subj",
+      `/CN=timer-mesh test ${name}`,
+    ]);
+    await openssl(dir, [
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.pem",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      `${name}.pem`,
+      "-days",
+      "1",
+      "-extfile",
+      `${name}.ext`,
+    ]);
   }
   return {
     dir,

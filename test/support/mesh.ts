@@ -22,20 +22,24 @@ export interface TestMesh extends AsyncDisposable {
 }
 
 /** Starts database, NATS, the timer service and `dispatchers` dispatchers. */
-export async function startMesh(opts: {
-  dispatchers?: number;
-  env?: Record<string, string>;
-  timerEnv?: Record<string, string>;
-  dispatcherEnv?: Record<string, string>;
-  /**
-   * Use this (empty) database instead of a fresh one on the shared test server: a private
-   * cluster the test stops and starts (private-postgres.ts). It is left in place afterwards.
-   */
-  databaseUrl?: string;
-  /** Name prefix of the fresh database ("t"); the benchmarks use "bench" so a leftover is recognizable. */
-  databasePrefix?: string;
-} = {}): Promise<TestMesh> {
-  const db = opts.databaseUrl ? existingDatabase(opts.databaseUrl) : await createTestDatabase(opts.databasePrefix);
+export async function startMesh(
+  opts: {
+    dispatchers?: number;
+    env?: Record<string, string>;
+    timerEnv?: Record<string, string>;
+    dispatcherEnv?: Record<string, string>;
+    /**
+     * Use this (empty) database instead of a fresh one on the shared test server: a private
+     * cluster the test stops and starts (private-postgres.ts). It is left in place afterwards.
+     */
+    databaseUrl?: string;
+    /** Name prefix of the fresh database ("t"); the benchmarks use "bench" so a leftover is recognizable. */
+    databasePrefix?: string;
+  } = {},
+): Promise<TestMesh> {
+  const db = opts.databaseUrl
+    ? existingDatabase(opts.databaseUrl)
+    : await createTestDatabase(opts.databasePrefix);
   const nats = await startNats();
   const env = { DATABASE_URL: db.url, NATS_URL: nats.url, SHARD_COUNT: "64", ...opts.env };
   const envFor = (service: "timer" | "dispatcher" | "admin") => ({ ...env, ...nats.serviceEnv(service) });
@@ -45,7 +49,12 @@ export async function startMesh(opts: {
     started.push(timer);
     const dispatchers: ServiceProcess[] = [];
     const addDispatcher = async (id: string, extra: Record<string, string> = {}) => {
-      const d = await startService("dispatcher", { ...envFor("dispatcher"), DISPATCHER_ID: id, ...opts.dispatcherEnv, ...extra });
+      const d = await startService("dispatcher", {
+        ...envFor("dispatcher"),
+        DISPATCHER_ID: id,
+        ...opts.dispatcherEnv,
+        ...extra,
+      });
       dispatchers.push(d);
       started.push(d);
       return d;

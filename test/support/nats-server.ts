@@ -44,17 +44,29 @@ export async function startNats(opts: { launch?: boolean } = {}): Promise<TestNa
   let log = "";
   const launch = async () => {
     log = "";
-    const c = spawn("nats-server", ["-c", NATS_CONFIG_FILE, "-a", "127.0.0.1", "-p", String(port), "-js", "-sd", store], {
-      env: { PATH: process.env["PATH"] ?? "", ...serverPasswordEnv(passwords) },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
+    const c = spawn(
+      "nats-server",
+      ["-c", NATS_CONFIG_FILE, "-a", "127.0.0.1", "-p", String(port), "-js", "-sd", store],
+      {
+        env: { PATH: process.env["PATH"] ?? "", ...serverPasswordEnv(passwords) },
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    );
     c.stderr!.on("data", (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
     const spawnError = new Promise<never>((_, reject) =>
-      c.once("error", (err) => reject(new Error("nats-server is not on PATH: apt-get install nats-server", { cause: err }))),
+      c.once("error", (err) =>
+        reject(new Error("nats-server is not on PATH: apt-get install nats-server", { cause: err })),
+      ),
     );
-    const exited = new Promise<never>((_, reject) => c.once("exit", (code) => reject(new Error(`nats-server exited (${code}):\n${log}`))));
+    const exited = new Promise<never>((_, reject) =>
+      c.once("exit", (code) => reject(new Error(`nats-server exited (${code}):\n${log}`))),
+    );
     child = c;
-    await Promise.race([waitFor(() => canConnect(port), 10_000, `nats-server on port ${port}`), spawnError, exited]);
+    await Promise.race([
+      waitFor(() => canConnect(port), 10_000, `nats-server on port ${port}`),
+      spawnError,
+      exited,
+    ]);
   };
   const stop = async (signal: "SIGTERM" | "SIGKILL" = "SIGTERM") => {
     const c = child;

@@ -15,12 +15,21 @@ export interface ExportedSpan {
   links: { traceId: string; spanId: string }[];
 }
 
-interface AnyValue { stringValue?: string; intValue?: string | number; boolValue?: boolean; doubleValue?: number }
-const valueOf = (v: AnyValue) => v.stringValue ?? (v.intValue !== undefined ? Number(v.intValue) : v.boolValue ?? v.doubleValue);
-const attrs = (list: { key: string; value: AnyValue }[] = []) => Object.fromEntries(list.map((a) => [a.key, valueOf(a.value)]));
+interface AnyValue {
+  stringValue?: string;
+  intValue?: string | number;
+  boolValue?: boolean;
+  doubleValue?: number;
+}
+const valueOf = (v: AnyValue) =>
+  v.stringValue ?? (v.intValue !== undefined ? Number(v.intValue) : (v.boolValue ?? v.doubleValue));
+const attrs = (list: { key: string; value: AnyValue }[] = []) =>
+  Object.fromEntries(list.map((a) => [a.key, valueOf(a.value)]));
 
 /** Starts the receiver; `endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT should be. */
-export async function startOtlpReceiver(): Promise<{ endpoint: string; spans: ExportedSpan[] } & AsyncDisposable> {
+export async function startOtlpReceiver(): Promise<
+  { endpoint: string; spans: ExportedSpan[] } & AsyncDisposable
+> {
   const spans: ExportedSpan[] = [];
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -44,7 +53,10 @@ export async function startOtlpReceiver(): Promise<{ endpoint: string; spans: Ex
               name: s.name,
               kind: s.kind,
               attributes: attrs(s.attributes),
-              links: (s.links ?? []).map((l: { traceId: string; spanId: string }) => ({ traceId: l.traceId, spanId: l.spanId })),
+              links: (s.links ?? []).map((l: { traceId: string; spanId: string }) => ({
+                traceId: l.traceId,
+                spanId: l.spanId,
+              })),
             });
           }
         }

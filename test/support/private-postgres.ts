@@ -70,7 +70,15 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
     if (paused) resume();
     // The server has its own process group; the backends are in it too.
     if (mode === "fast") await s.stop();
-    else await stopChild(s.child, [["SIGQUIT", 10_000], ["SIGKILL", 5_000]], true);
+    else
+      await stopChild(
+        s.child,
+        [
+          ["SIGQUIT", 10_000],
+          ["SIGKILL", 5_000],
+        ],
+        true,
+      );
     server = undefined;
   };
   // Every backend is its own process group (Postgres calls setsid() in each child), so the

@@ -5,7 +5,12 @@ import type { AddressInfo } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { fromBinary, toBinary, create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import { OnTimerFiredRequestSchema, OnTimerFiredResponseSchema, type OnTimerFiredRequest, type OnTimerFiredResponse } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import {
+  OnTimerFiredRequestSchema,
+  OnTimerFiredResponseSchema,
+  type OnTimerFiredRequest,
+  type OnTimerFiredResponse,
+} from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 
 /** One callback as the receiver saw it. */
 export interface Received {
@@ -25,11 +30,15 @@ export interface Received {
  * An HTTP receiver; `respond` picks the status for each request (200 by default), and may take
  * its time (a slow receiver) by returning a promise.
  */
-export async function startHttpReceiver(respond: (r: Received) => number | Promise<number> = () => 200): Promise<{
-  url: string;
-  received: Received[];
-  close(): Promise<void>;
-} & AsyncDisposable> {
+export async function startHttpReceiver(
+  respond: (r: Received) => number | Promise<number> = () => 200,
+): Promise<
+  {
+    url: string;
+    received: Received[];
+    close(): Promise<void>;
+  } & AsyncDisposable
+> {
   const received: Received[] = [];
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -66,7 +75,9 @@ export async function startHttpReceiver(respond: (r: Received) => number | Promi
 }
 
 /** A gRPC server implementing timer.v1.TimerCallbackService with @grpc/grpc-js. */
-export async function startGrpcReceiver(): Promise<{ target: string; received: Received[] } & AsyncDisposable> {
+export async function startGrpcReceiver(): Promise<
+  { target: string; received: Received[] } & AsyncDisposable
+> {
   const received: Received[] = [];
   const server = new grpc.Server();
   server.addService(
@@ -82,7 +93,10 @@ export async function startGrpcReceiver(): Promise<{ target: string; received: R
       },
     },
     {
-      onTimerFired: (call: grpc.ServerUnaryCall<OnTimerFiredRequest, OnTimerFiredResponse>, cb: grpc.sendUnaryData<OnTimerFiredResponse>) => {
+      onTimerFired: (
+        call: grpc.ServerUnaryCall<OnTimerFiredRequest, OnTimerFiredResponse>,
+        cb: grpc.sendUnaryData<OnTimerFiredResponse>,
+      ) => {
         const m = call.request;
         received.push({
           groupId: m.groupId,
@@ -101,7 +115,9 @@ export async function startGrpcReceiver(): Promise<{ target: string; received: R
     },
   );
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
   );
   return {
     target: `127.0.0.1:${port}`,
@@ -116,18 +132,24 @@ export async function startGrpcReceiver(): Promise<{ target: string; received: R
  * An HTTP receiver that accepts every callback and never answers: each request holds the
  * caller's connection until the caller gives up (its timeout) or the receiver is closed.
  */
-export async function startHangingHttpReceiver(): Promise<{
-  url: string;
-  /** Requests received so far, by x-timer-id, in arrival order. */
-  received: { timerId: string; groupId: string; receivedAtMs: number }[];
-  /** Requests whose connection is still open (the caller still waiting). */
-  open(): number;
-  close(): Promise<void>;
-} & AsyncDisposable> {
+export async function startHangingHttpReceiver(): Promise<
+  {
+    url: string;
+    /** Requests received so far, by x-timer-id, in arrival order. */
+    received: { timerId: string; groupId: string; receivedAtMs: number }[];
+    /** Requests whose connection is still open (the caller still waiting). */
+    open(): number;
+    close(): Promise<void>;
+  } & AsyncDisposable
+> {
   const received: { timerId: string; groupId: string; receivedAtMs: number }[] = [];
   let open = 0;
   const server = http.createServer((req) => {
-    received.push({ timerId: String(req.headers["x-timer-id"] ?? ""), groupId: String(req.headers["x-timer-group"] ?? ""), receivedAtMs: Date.now() });
+    received.push({
+      timerId: String(req.headers["x-timer-id"] ?? ""),
+      groupId: String(req.headers["x-timer-group"] ?? ""),
+      receivedAtMs: Date.now(),
+    });
     open++;
     req.socket.once("close", () => open--);
     req.resume(); // read the body, answer nothing

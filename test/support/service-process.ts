@@ -44,7 +44,15 @@ export async function startService(
   const httpPort = env["HTTP_PORT"] ? Number(env["HTTP_PORT"]) : await freePort();
   const child = spawn(process.execPath, ["--import", "tsx", `services/${name}/src/main.ts`], {
     cwd: root,
-    env: { PATH: process.env["PATH"] ?? "", LOG_LEVEL: "info", ...testDefaults(env), ...env, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), BIND_HOST: "127.0.0.1" },
+    env: {
+      PATH: process.env["PATH"] ?? "",
+      LOG_LEVEL: "info",
+      ...testDefaults(env),
+      ...env,
+      GRPC_PORT: String(grpcPort),
+      HTTP_PORT: String(httpPort),
+      BIND_HOST: "127.0.0.1",
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -80,7 +88,12 @@ export async function startService(
     async waitReady(timeoutMs = 30_000) {
       try {
         await proc.whileAlive(
-          waitFor(async () => (await fetch(`http://127.0.0.1:${httpPort}/readyz`)).status === 200, timeoutMs, `${name} to become ready`, 50),
+          waitFor(
+            async () => (await fetch(`http://127.0.0.1:${httpPort}/readyz`)).status === 200,
+            timeoutMs,
+            `${name} to become ready`,
+            50,
+          ),
         );
       } catch (err) {
         throw new Error(`${name} did not become ready; output:\n${out}`, { cause: err });

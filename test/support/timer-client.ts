@@ -49,14 +49,26 @@ export class GrpcTimerClient {
 }
 
 /** One CreateTimers call with these creates; its results, one per create in order. */
-export async function createTimers(client: GrpcTimerClient, reqs: CreateTimerRequest[], metadata?: grpc.Metadata): Promise<CreateTimersResult[]> {
-  const res = await client.call("createTimers", create(CreateTimersRequestSchema, { requests: reqs }), metadata);
+export async function createTimers(
+  client: GrpcTimerClient,
+  reqs: CreateTimerRequest[],
+  metadata?: grpc.Metadata,
+): Promise<CreateTimersResult[]> {
+  const res = await client.call(
+    "createTimers",
+    create(CreateTimersRequestSchema, { requests: reqs }),
+    metadata,
+  );
   assert.equal(res.results.length, reqs.length, "one result per create");
   return res.results;
 }
 
 /** Creates every timer, `concurrency` at a time, asserting each is new; the stored timers by id. */
-export async function createAll(client: GrpcTimerClient, reqs: CreateTimerRequest[], concurrency = 100): Promise<Map<string, Timer>> {
+export async function createAll(
+  client: GrpcTimerClient,
+  reqs: CreateTimerRequest[],
+  concurrency = 100,
+): Promise<Map<string, Timer>> {
   const out = new Map<string, Timer>();
   for (let i = 0; i < reqs.length; i += concurrency) {
     const res = await Promise.all(reqs.slice(i, i + concurrency).map((r) => client.call("createTimer", r)));
@@ -74,7 +86,12 @@ export function fireAtMsOf(t: Timer): number {
 }
 
 /** A create of a timer firing at `fireAtMs` with an HTTP callback to `url`. */
-export function httpTimerAt(groupId: string, timerId: string, fireAtMs: number, url: string): CreateTimerRequest {
+export function httpTimerAt(
+  groupId: string,
+  timerId: string,
+  fireAtMs: number,
+  url: string,
+): CreateTimerRequest {
   return create(CreateTimerRequestSchema, {
     groupId,
     timerId,
@@ -87,7 +104,11 @@ export function httpTimerAt(groupId: string, timerId: string, fireAtMs: number, 
  * A create of a timer an hour out (nothing fires while a test looks at it) with an HTTP
  * callback to a closed port; `over` replaces any field.
  */
-export function hourAhead(groupId: string, timerId: string, over: Partial<Omit<CreateTimerRequest, "$typeName">> = {}): CreateTimerRequest {
+export function hourAhead(
+  groupId: string,
+  timerId: string,
+  over: Partial<Omit<CreateTimerRequest, "$typeName">> = {},
+): CreateTimerRequest {
   return create(CreateTimerRequestSchema, {
     groupId,
     timerId,

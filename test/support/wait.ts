@@ -1,7 +1,12 @@
 import net from "node:net";
 
 /** Polls `cond` until it returns truthy, or throws after `timeoutMs` naming what was awaited. */
-export async function waitFor<T>(cond: () => T | Promise<T>, timeoutMs: number, what: string, everyMs = 20): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  cond: () => T | Promise<T>,
+  timeoutMs: number,
+  what: string,
+  everyMs = 20,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let lastErr: unknown;
   for (;;) {

@@ -20,7 +20,12 @@ import {
   retrySelection,
 } from "../../services/admin/src/admin-requests.js";
 import { liveMembers, type HeardDispatcher } from "../../services/admin/src/dispatcher-directory.js";
-import { roughDuration, shardComputation, whatHappensNext, type TimerFacts } from "../../services/admin/src/explain.js";
+import {
+  roughDuration,
+  shardComputation,
+  whatHappensNext,
+  type TimerFacts,
+} from "../../services/admin/src/explain.js";
 import { loadAdminConfig } from "../../services/admin/src/config.js";
 import { shardOf } from "../../services/shared/src/shard.js";
 import { State } from "../../services/shared/src/timer-model.js";
@@ -29,11 +34,23 @@ const T0 = Date.parse("2030-01-01T00:00:00Z");
 
 test("retry selections: one timer, a group, or a fire_at range; bounded", () => {
   const one = retrySelection(create(RetryTimersRequestSchema, { groupId: "billing", timerId: "t1" }));
-  assert.deepEqual(one, { groupId: "billing", timerId: "t1", fireAfter: null, fireBefore: null, limit: 1000, single: true });
+  assert.deepEqual(one, {
+    groupId: "billing",
+    timerId: "t1",
+    fireAfter: null,
+    fireBefore: null,
+    limit: 1000,
+    single: true,
+  });
   const group = retrySelection(create(RetryTimersRequestSchema, { groupId: "billing", limit: 50 }));
   assert.equal(group.single, false);
   assert.equal(group.limit, 50);
-  const r = retrySelection(create(RetryTimersRequestSchema, { fireAfter: timestampFromMs(T0), fireBefore: timestampFromMs(T0 + 1000) }));
+  const r = retrySelection(
+    create(RetryTimersRequestSchema, {
+      fireAfter: timestampFromMs(T0),
+      fireBefore: timestampFromMs(T0 + 1000),
+    }),
+  );
   assert.equal(r.groupId, null);
   assert.equal(r.fireAfter!.getTime(), T0);
   assert.equal(r.fireBefore!.getTime(), T0 + 1000);
@@ -43,22 +60,50 @@ test("retry selections: one timer, a group, or a fire_at range; bounded", () => 
     [{ timerId: "t1" }, /timer_id needs group_id/],
     [{ groupId: "g", limit: 10_001 }, /limit must be between 1 and 10000/],
     [{ groupId: "g", limit: -1 }, /limit/],
-    [{ fireAfter: timestampFromMs(T0), fireBefore: timestampFromMs(T0) }, /fire_after must be earlier than fire_before/],
+    [
+      { fireAfter: timestampFromMs(T0), fireBefore: timestampFromMs(T0) },
+      /fire_after must be earlier than fire_before/,
+    ],
   ];
   for (const [init, message] of refused) {
-    assert.throws(() => retrySelection(create(RetryTimersRequestSchema, init)), (e: Error) => e instanceof RequestError && message.test(e.message));
+    assert.throws(
+      () => retrySelection(create(RetryTimersRequestSchema, init)),
+      (e: Error) => e instanceof RequestError && message.test(e.message),
+    );
   }
 });
 
 test("cancel selections need a group; purge needs a positive retention", () => {
   assert.throws(() => cancelSelection(create(CancelTimersRequestSchema, {})), /group_id is required/);
-  const c = cancelSelection(create(CancelTimersRequestSchema, { groupId: "g", fireBefore: timestampFromMs(T0) }));
-  assert.deepEqual(c, { groupId: "g", timerId: null, fireAfter: null, fireBefore: new Date(T0), limit: 1000 });
+  const c = cancelSelection(
+    create(CancelTimersRequestSchema, { groupId: "g", fireBefore: timestampFromMs(T0) }),
+  );
+  assert.deepEqual(c, {
+    groupId: "g",
+    timerId: null,
+    fireAfter: null,
+    fireBefore: new Date(T0),
+    limit: 1000,
+  });
   assert.throws(() => purgeSettings(create(PurgeTimersRequestSchema, {})), /retention is required/);
-  assert.throws(() => purgeSettings(create(PurgeTimersRequestSchema, { retention: durationFromMs(0) })), /retention must be positive/);
-  assert.deepEqual(purgeSettings(create(PurgeTimersRequestSchema, { retention: durationFromMs(86_400_000) })), { retentionMs: 86_400_000, batchSize: 1000 });
-  assert.equal(purgeSettings(create(PurgeTimersRequestSchema, { retention: durationFromMs(1000), batchSize: 7 })).batchSize, 7);
-  assert.throws(() => purgeSettings(create(PurgeTimersRequestSchema, { retention: durationFromMs(1000), batchSize: 20_000 })), /batch_size/);
+  assert.throws(
+    () => purgeSettings(create(PurgeTimersRequestSchema, { retention: durationFromMs(0) })),
+    /retention must be positive/,
+  );
+  assert.deepEqual(
+    purgeSettings(create(PurgeTimersRequestSchema, { retention: durationFromMs(86_400_000) })),
+    { retentionMs: 86_400_000, batchSize: 1000 },
+  );
+  assert.equal(
+    purgeSettings(create(PurgeTimersRequestSchema, { retention: durationFromMs(1000), batchSize: 7 }))
+      .batchSize,
+    7,
+  );
+  assert.throws(
+    () =>
+      purgeSettings(create(PurgeTimersRequestSchema, { retention: durationFromMs(1000), batchSize: 20_000 })),
+    /batch_size/,
+  );
 });
 
 test("page sizes and page tokens", () => {
@@ -75,7 +120,14 @@ test("page sizes and page tokens", () => {
 });
 
 test("live dispatchers are those heard within the TTL, sorted", () => {
-  const m = (id: string, lastSeenMs: number): HeardDispatcher => ({ id, address: `${id}:1`, version: "1", startedAtMs: 0, draining: false, lastSeenMs });
+  const m = (id: string, lastSeenMs: number): HeardDispatcher => ({
+    id,
+    address: `${id}:1`,
+    version: "1",
+    startedAtMs: 0,
+    draining: false,
+    lastSeenMs,
+  });
   assert.deepEqual(
     liveMembers([m("d3", 9_000), m("d1", 10_000), m("d2", 6_000)], 10_000, 3_000).map((d) => d.id),
     ["d1", "d3"],
@@ -84,7 +136,10 @@ test("live dispatchers are those heard within the TTL, sorted", () => {
 
 test("the shard computation shows the hash and the modulo that give the timer's shard", () => {
   const text = shardComputation("billing", "invoice-42", 1024);
-  assert.match(text, /^fnv1a32\(utf8\("billing"\) \|\| 0x00 \|\| utf8\("invoice-42"\)\) = 0x[0-9a-f]{8} = \d+; \d+ mod 1024 = \d+$/);
+  assert.match(
+    text,
+    /^fnv1a32\(utf8\("billing"\) \|\| 0x00 \|\| utf8\("invoice-42"\)\) = 0x[0-9a-f]{8} = \d+; \d+ mod 1024 = \d+$/,
+  );
   assert.ok(text.endsWith(`= ${shardOf("billing", "invoice-42", 1024)}`));
 });
 
@@ -111,25 +166,47 @@ function facts(over: Partial<TimerFacts>): TimerFacts {
 
 test("what happens next, in words", () => {
   assert.equal(whatHappensNext(facts({})), "fires at 2030-01-01T00:01:00.000Z (in 60.0 s) by dispatcher d2");
-  assert.equal(whatHappensNext(facts({ attempt: 2, nextAttemptAtMs: T0 + 4_000 })), "retry 3 of 5 at 2030-01-01T00:00:04.000Z (in 4.0 s) by dispatcher d2");
-  assert.match(whatHappensNext(facts({ nextAttemptAtMs: T0 - 5_000 })), /^overdue by 5\.0 s: fires as soon as dispatcher d2 picks it up/);
+  assert.equal(
+    whatHappensNext(facts({ attempt: 2, nextAttemptAtMs: T0 + 4_000 })),
+    "retry 3 of 5 at 2030-01-01T00:00:04.000Z (in 4.0 s) by dispatcher d2",
+  );
+  assert.match(
+    whatHappensNext(facts({ nextAttemptAtMs: T0 - 5_000 })),
+    /^overdue by 5\.0 s: fires as soon as dispatcher d2 picks it up/,
+  );
   assert.equal(
     whatHappensNext(facts({ pause: { by: "ops", atMs: T0 - 1_000, reason: "incident 12" } })),
     'waiting: group "billing" is paused (by ops at 2029-12-31T23:59:59.000Z: incident 12); due at 2030-01-01T00:01:00.000Z, it fires once the group is resumed',
   );
   assert.match(
-    whatHappensNext(facts({ pause: { by: "ops", atMs: T0 - 1_000, reason: "" }, nextAttemptAtMs: T0 - 2_000 })),
+    whatHappensNext(
+      facts({ pause: { by: "ops", atMs: T0 - 1_000, reason: "" }, nextAttemptAtMs: T0 - 2_000 }),
+    ),
     /^waiting: group "billing" is paused \(by ops at [^)]*\); it is due \(by 2\.0 s\) and fires once the group is resumed$/,
   );
   assert.match(whatHappensNext(facts({ leaseOwner: null })), /^waiting: shard 17 has no owner/);
-  assert.match(whatHappensNext(facts({ ownerLive: false })), /by dispatcher d2 \(not heard on NATS: if it is gone, its lease expires at 2030-01-01T00:00:03\.000Z/);
-  assert.equal(whatHappensNext(facts({ state: State.Succeeded, attempt: 1, finishTimeMs: T0 })), "finished: SUCCEEDED at 2030-01-01T00:00:00.000Z after 1 attempt");
-  assert.equal(whatHappensNext(facts({ state: State.Cancelled, finishTimeMs: T0 })), "finished: CANCELLED at 2030-01-01T00:00:00.000Z");
+  assert.match(
+    whatHappensNext(facts({ ownerLive: false })),
+    /by dispatcher d2 \(not heard on NATS: if it is gone, its lease expires at 2030-01-01T00:00:03\.000Z/,
+  );
+  assert.equal(
+    whatHappensNext(facts({ state: State.Succeeded, attempt: 1, finishTimeMs: T0 })),
+    "finished: SUCCEEDED at 2030-01-01T00:00:00.000Z after 1 attempt",
+  );
+  assert.equal(
+    whatHappensNext(facts({ state: State.Cancelled, finishTimeMs: T0 })),
+    "finished: CANCELLED at 2030-01-01T00:00:00.000Z",
+  );
   assert.match(
     whatHappensNext(facts({ state: State.Failed, attempt: 5, finishTimeMs: T0, lastError: "HTTP 500" })),
     /^finished: FAILED at 2030-01-01T00:00:00\.000Z after 5 attempts \(last error: HTTP 500\); AdminService\/RetryTimers fires it again$/,
   );
-  assert.match(whatHappensNext(facts({ state: State.Firing, attempt: 2, claimOwner: "d2#ab12", claimExpiresAtMs: T0 + 10_000 })), /^delivering now: attempt 2 of 5 by d2#ab12/);
+  assert.match(
+    whatHappensNext(
+      facts({ state: State.Firing, attempt: 2, claimOwner: "d2#ab12", claimExpiresAtMs: T0 + 10_000 }),
+    ),
+    /^delivering now: attempt 2 of 5 by d2#ab12/,
+  );
   assert.equal(roughDuration(90 * 60_000), "90 min");
   assert.equal(roughDuration(3 * 86_400_000), "3.0 d");
 });
@@ -141,6 +218,10 @@ test("admin settings: member TTL, rebalance wait, dispatcher TLS", () => {
   assert.equal(c.memberTtlMs, 3000);
   assert.equal(c.rebalanceWaitMs, 1000);
   assert.equal(c.dispatcherTlsCaFile, undefined);
-  assert.equal(loadAdminConfig({ ...noAuth, REBALANCE_WAIT: "250ms", DISPATCHER_TLS_CA_FILE: "/ca.pem" }).rebalanceWaitMs, 250);
+  assert.equal(
+    loadAdminConfig({ ...noAuth, REBALANCE_WAIT: "250ms", DISPATCHER_TLS_CA_FILE: "/ca.pem" })
+      .rebalanceWaitMs,
+    250,
+  );
   assert.throws(() => loadAdminConfig({ ...noAuth, MEMBER_TTL: "soon" }), /MEMBER_TTL/);
 });

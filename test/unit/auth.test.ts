@@ -38,7 +38,10 @@ test("parseTokens reads admin and scoped tokens", () => {
   );
   assert.deepEqual(
     entries.map((e) => [e.name, e.admin, e.groups]),
-    [["ci-billing", false, ["billing", "orders-*"]], ["ops", true, []]],
+    [
+      ["ci-billing", false, ["billing", "orders-*"]],
+      ["ops", true, []],
+    ],
   );
   assert.equal(entries[1]!.sha256.toString("hex"), hashToken("o"));
 });
@@ -54,12 +57,29 @@ test("parseTokens refuses unusable entries with a message naming them", () => {
     [[{ name: "a", sha256: h, groups: ["bill*ing"] }], /"bill\*ing" may have "\*" only at its end/],
     [[{ name: "a", sha256: h, admin: "yes" }], /"admin" must be true or false/],
     [[{ name: "a", sha256: h, admin: true, scopes: [] }], /unknown field "scopes"/],
-    [[{ name: "a", sha256: h, admin: true }, { name: "a", sha256: hashToken("y"), admin: true }], /token "a" is listed twice/],
-    [[{ name: "a", sha256: h, admin: true }, { name: "b", sha256: h, admin: true }], /token "b" has the same sha256/],
+    [
+      [
+        { name: "a", sha256: h, admin: true },
+        { name: "a", sha256: hashToken("y"), admin: true },
+      ],
+      /token "a" is listed twice/,
+    ],
+    [
+      [
+        { name: "a", sha256: h, admin: true },
+        { name: "b", sha256: h, admin: true },
+      ],
+      /token "b" has the same sha256/,
+    ],
   ];
   for (const [value, message] of cases) {
     const text = typeof value === "string" ? value : JSON.stringify(value);
-    assert.throws(() => parseTokens(text, "tokens.json"), (e: Error) => e instanceof AuthConfigError && message.test(e.message) && e.message.startsWith("tokens.json"), text);
+    assert.throws(
+      () => parseTokens(text, "tokens.json"),
+      (e: Error) =>
+        e instanceof AuthConfigError && message.test(e.message) && e.message.startsWith("tokens.json"),
+      text,
+    );
   }
 });
 
@@ -79,7 +99,13 @@ test("group patterns: exact, trailing * prefix, and * for all; admin tokens use 
 
 test("TokenTable finds a token by its secret, and nothing for another", () => {
   const table = new TokenTable(
-    parseTokens(tokensJson([{ name: "a", sha256: hashToken("secret-a"), groups: ["g"] }, { name: "b", sha256: hashToken("secret-b"), admin: true }]), "t"),
+    parseTokens(
+      tokensJson([
+        { name: "a", sha256: hashToken("secret-a"), groups: ["g"] },
+        { name: "b", sha256: hashToken("secret-b"), admin: true },
+      ]),
+      "t",
+    ),
   );
   assert.deepEqual(table.lookup("secret-b"), { name: "b", admin: true, groups: [] });
   assert.equal(table.lookup("secret-a")?.name, "a");
@@ -96,15 +122,24 @@ function recordingLogger(): { log: pino.Logger; lines: () => { level: number; ms
 
 test("Authenticator: refuses to start without tokens unless disabled explicitly, and then says so loudly", async () => {
   await assert.rejects(
-    Authenticator.start({ tokensFile: undefined, tokensJson: undefined, disabled: false, reloadMs: 1000 }, quiet),
-    (e: Error) => e instanceof AuthConfigError && /AUTH_TOKENS_FILE/.test(e.message) && /AUTH_DISABLED=true/.test(e.message),
+    Authenticator.start(
+      { tokensFile: undefined, tokensJson: undefined, disabled: false, reloadMs: 1000 },
+      quiet,
+    ),
+    (e: Error) =>
+      e instanceof AuthConfigError &&
+      /AUTH_TOKENS_FILE/.test(e.message) &&
+      /AUTH_DISABLED=true/.test(e.message),
   );
   await assert.rejects(
     Authenticator.start({ tokensFile: undefined, tokensJson: "[]", disabled: true, reloadMs: 1000 }, quiet),
     (e: Error) => e instanceof AuthConfigError && /AUTH_DISABLED/.test(e.message),
   );
   const { log, lines } = recordingLogger();
-  const off = await Authenticator.start({ tokensFile: undefined, tokensJson: undefined, disabled: true, reloadMs: 1000 }, log);
+  const off = await Authenticator.start(
+    { tokensFile: undefined, tokensJson: undefined, disabled: true, reloadMs: 1000 },
+    log,
+  );
   assert.equal(off.enabled, false);
   assert.equal(off.authenticate(null), ANONYMOUS);
   const warning = lines().find((l) => /AUTHENTICATION IS DISABLED/.test(l.msg));
@@ -114,21 +149,32 @@ test("Authenticator: refuses to start without tokens unless disabled explicitly,
 });
 
 test("Authenticator: UNAUTHENTICATED for missing, malformed and unknown tokens", async () => {
-
   const on = await Authenticator.start(
-    { tokensFile: undefined, tokensJson: tokensJson([{ name: "ops", sha256: hashToken("s3cret"), admin: true }]), disabled: false, reloadMs: 1000 },
+    {
+      tokensFile: undefined,
+      tokensJson: tokensJson([{ name: "ops", sha256: hashToken("s3cret"), admin: true }]),
+      disabled: false,
+      reloadMs: 1000,
+    },
     quiet,
   );
   assert.equal(on.authenticate("Bearer s3cret").name, "ops");
   assert.equal(on.authenticate("bearer   s3cret ").name, "ops");
   const unauthenticated = (header: string | null, message: RegExp) =>
-    assert.throws(() => on.authenticate(header), (e: Error) => e instanceof ConnectError && e.code === Code.Unauthenticated && message.test(e.rawMessage));
+    assert.throws(
+      () => on.authenticate(header),
+      (e: Error) =>
+        e instanceof ConnectError && e.code === Code.Unauthenticated && message.test(e.rawMessage),
+    );
   unauthenticated(null, /missing credentials/);
   unauthenticated("", /missing credentials/);
   unauthenticated("Basic b3BzOnMzY3JldA==", /malformed authorization header/);
   unauthenticated("Bearer wrong", /unknown token/);
   await assert.rejects(
-    Authenticator.start({ tokensFile: undefined, tokensJson: "[{}]", disabled: false, reloadMs: 1000 }, quiet),
+    Authenticator.start(
+      { tokensFile: undefined, tokensJson: "[{}]", disabled: false, reloadMs: 1000 },
+      quiet,
+    ),
     (e: Error) => e instanceof AuthConfigError && /^AUTH_TOKENS: token 1/.test(e.message),
   );
 });
@@ -138,17 +184,24 @@ test("Authenticator reloads a changed token file, and keeps the old tokens when 
   const file = join(dir, "tokens.json");
   try {
     await writeFile(file, tokensJson([{ name: "old", sha256: hashToken("old-token"), admin: true }]));
-    const auth = await Authenticator.start({ tokensFile: file, tokensJson: undefined, disabled: false, reloadMs: 100 }, quiet);
+    const auth = await Authenticator.start(
+      { tokensFile: file, tokensJson: undefined, disabled: false, reloadMs: 100 },
+      quiet,
+    );
     try {
       assert.equal(auth.authenticate("Bearer old-token").name, "old");
       await writeFile(file, tokensJson([{ name: "new", sha256: hashToken("new-token"), groups: ["g"] }]));
-      await waitFor(() => {
-        try {
-          return auth.authenticate("Bearer new-token").name === "new";
-        } catch {
-          return false;
-        }
-      }, 5_000, "the rewritten token file to be picked up");
+      await waitFor(
+        () => {
+          try {
+            return auth.authenticate("Bearer new-token").name === "new";
+          } catch {
+            return false;
+          }
+        },
+        5_000,
+        "the rewritten token file to be picked up",
+      );
       assert.throws(() => auth.authenticate("Bearer old-token"), /unknown token/);
       await writeFile(file, "[{ broken");
       await auth.reload("test"); // as SIGHUP does
@@ -157,7 +210,10 @@ test("Authenticator reloads a changed token file, and keeps the old tokens when 
       auth.stop();
     }
     await assert.rejects(
-      Authenticator.start({ tokensFile: join(dir, "missing.json"), tokensJson: undefined, disabled: false, reloadMs: 100 }, quiet),
+      Authenticator.start(
+        { tokensFile: join(dir, "missing.json"), tokensJson: undefined, disabled: false, reloadMs: 100 },
+        quiet,
+      ),
       /AUTH_TOKENS_FILE: cannot read .*missing\.json/,
     );
   } finally {
@@ -167,11 +223,21 @@ test("Authenticator reloads a changed token file, and keeps the old tokens when 
 
 test("security settings from the environment", () => {
   assert.deepEqual(loadSecurityConfig({ AUTH_DISABLED: "true" }), {
-    authTokensFile: undefined, authTokens: undefined, authDisabled: true, authReloadMs: 5000, tls: undefined,
+    authTokensFile: undefined,
+    authTokens: undefined,
+    authDisabled: true,
+    authReloadMs: 5000,
+    tls: undefined,
   });
   assert.equal(loadSecurityConfig({ AUTH_TOKENS: "[]" }).authDisabled, false);
   assert.equal(loadSecurityConfig({ AUTH_TOKENS: "[]", AUTH_DISABLED: "false" }).authDisabled, false);
-  const s = loadSecurityConfig({ AUTH_TOKENS_FILE: "/etc/t.json", AUTH_RELOAD_INTERVAL: "2s", TLS_CERT_FILE: "c.pem", TLS_KEY_FILE: "k.pem", TLS_CLIENT_CA_FILE: "ca.pem" });
+  const s = loadSecurityConfig({
+    AUTH_TOKENS_FILE: "/etc/t.json",
+    AUTH_RELOAD_INTERVAL: "2s",
+    TLS_CERT_FILE: "c.pem",
+    TLS_KEY_FILE: "k.pem",
+    TLS_CLIENT_CA_FILE: "ca.pem",
+  });
   assert.equal(s.authTokensFile, "/etc/t.json");
   assert.equal(s.authReloadMs, 2000);
   assert.deepEqual(s.tls, { certFile: "c.pem", keyFile: "k.pem", clientCaFile: "ca.pem" });
@@ -182,15 +248,26 @@ test("security settings from the environment", () => {
     [{ AUTH_DISABLED: "true", AUTH_RELOAD_INTERVAL: "often" }, /AUTH_RELOAD_INTERVAL/],
     [{ AUTH_DISABLED: "yes" }, /AUTH_DISABLED must be true or false/],
     // Ambiguous: which one did the operator mean?
-    [{ AUTH_DISABLED: "true", AUTH_TOKENS_FILE: "/etc/t.json" }, /AUTH_DISABLED=true and AUTH_TOKENS_FILE are both set/],
+    [
+      { AUTH_DISABLED: "true", AUTH_TOKENS_FILE: "/etc/t.json" },
+      /AUTH_DISABLED=true and AUTH_TOKENS_FILE are both set/,
+    ],
     [{ AUTH_DISABLED: "true", AUTH_TOKENS: "[]" }, /AUTH_DISABLED=true and AUTH_TOKENS are both set/],
   ] as const) {
-    assert.throws(() => loadSecurityConfig(env), (e: Error) => e instanceof ConfigError && name.test(e.message));
+    assert.throws(
+      () => loadSecurityConfig(env),
+      (e: Error) => e instanceof ConfigError && name.test(e.message),
+    );
   }
 });
 
 test("no token configuration is refused, with how to configure tokens or disable authentication", () => {
-  for (const env of [{}, { AUTH_DISABLED: "false" }, { AUTH_DISABLED: "" }, { AUTH_TOKENS: "", AUTH_TOKENS_FILE: "" }]) {
+  for (const env of [
+    {},
+    { AUTH_DISABLED: "false" },
+    { AUTH_DISABLED: "" },
+    { AUTH_TOKENS: "", AUTH_TOKENS_FILE: "" },
+  ]) {
     assert.throws(
       () => loadSecurityConfig(env),
       (e: Error) =>

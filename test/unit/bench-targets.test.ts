@@ -2,7 +2,15 @@
 // code, the summary table, and judging deliveries (early, twice, missing, late).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { exitCode, judged, meets, mustBeZero, summaryTable, TARGETS, type Verdict } from "../../bench/targets.js";
+import {
+  exitCode,
+  judged,
+  meets,
+  mustBeZero,
+  summaryTable,
+  TARGETS,
+  type Verdict,
+} from "../../bench/targets.js";
 import { exactlyOnce, fireRate, judgeDeliveries, type Delivery } from "../../bench/stats.js";
 
 test("a figure meets an at-least target at or above it and an at-most target at or below it", () => {
@@ -19,7 +27,10 @@ test("a figure that could not be measured never meets its target", () => {
 });
 
 test("a row whose run was not valid misses even with a good figure, and says why", () => {
-  const v = judged("unary", 5_000, "5,000", TARGETS.unaryCreates, { valid: false, note: "3 of 20000 not acknowledged" });
+  const v = judged("unary", 5_000, "5,000", TARGETS.unaryCreates, {
+    valid: false,
+    note: "3 of 20000 not acknowledged",
+  });
   assert.equal(v.pass, false);
   assert.match(summaryTable([v]), /MISS \(3 of 20000 not acknowledged\)/);
   assert.equal(judged("unary", 5_000, "5,000", TARGETS.unaryCreates).pass, true);
@@ -42,7 +53,10 @@ test("the summary shows each figure beside its target and the peers' figures on 
   ]);
   const lines = table.split("\n");
   assert.match(lines[0]!, /measure .*this run .*target .*verdict .*pg-boss 12 .*BullMQ 6/);
-  assert.match(lines[2]!, /unary CreateTimer\/s .* 700 .*>= 3,000\/s .*MISS .*1,274-1,328 \/s .*10,689-15,925 \/s .*712-764 \/s/);
+  assert.match(
+    lines[2]!,
+    /unary CreateTimer\/s .* 700 .*>= 3,000\/s .*MISS .*1,274-1,328 \/s .*10,689-15,925 \/s .*712-764 \/s/,
+  );
   assert.doesNotMatch(lines[3]!, /PASS|MISS|\/s/);
 });
 
@@ -75,8 +89,17 @@ test("deliveries are judged: early, the same attempt twice, a retry, missing, un
 });
 
 test("a clean run is exactly once", () => {
-  const expected = new Map([["a", 1_000], ["b", 1_500]]);
-  const r = judgeDeliveries([["a", 1, 1_000, 1_002], ["b", 1, 1_500, 1_501]], expected);
+  const expected = new Map([
+    ["a", 1_000],
+    ["b", 1_500],
+  ]);
+  const r = judgeDeliveries(
+    [
+      ["a", 1, 1_000, 1_002],
+      ["b", 1, 1_500, 1_501],
+    ],
+    expected,
+  );
   assert.equal(exactlyOnce(r), true);
   assert.equal(r.redelivered, 0);
   assert.equal(r.lateness.p99, 2);

@@ -19,13 +19,22 @@ import { MAX_DRAINED_BODY_BYTES } from "../../services/dispatcher/src/http-callb
 import { CallbackSchema, type Callback } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { makeTestCertificates } from "../support/certificates.js";
 
-const resolver = (names: Record<string, string>): Resolver => async (name) => {
-  const a = names[name];
-  if (!a) throw new Error(`no such host ${name}`);
-  return [{ address: a, family: 4 } satisfies HostAddress];
-};
+const resolver =
+  (names: Record<string, string>): Resolver =>
+  async (name) => {
+    const a = names[name];
+    if (!a) throw new Error(`no such host ${name}`);
+    return [{ address: a, family: 4 } satisfies HostAddress];
+  };
 
-function deliverer(opts: { timeoutMs?: number; nats?: Pick<NatsLink, "ifConnected">; httpsCa?: string; names?: Record<string, string> } = {}): CallbackDeliverer {
+function deliverer(
+  opts: {
+    timeoutMs?: number;
+    nats?: Pick<NatsLink, "ifConnected">;
+    httpsCa?: string;
+    names?: Record<string, string>;
+  } = {},
+): CallbackDeliverer {
   return new CallbackDeliverer({
     nats: opts.nats ?? { ifConnected: () => undefined },
     timeoutMs: opts.timeoutMs ?? 5_000,
@@ -51,11 +60,15 @@ function delivery(callback: Callback, timerId = "t1"): Delivery {
   };
 }
 
-const httpCb = (url: string) => create(CallbackSchema, { target: { case: "http", value: { url, headers: { "x-team": "blue" } } } });
-const natsCb = (subject: string) => create(CallbackSchema, { target: { case: "nats", value: { subject, jetstream: false } } });
+const httpCb = (url: string) =>
+  create(CallbackSchema, { target: { case: "http", value: { url, headers: { "x-team": "blue" } } } });
+const natsCb = (subject: string) =>
+  create(CallbackSchema, { target: { case: "nats", value: { subject, jetstream: false } } });
 
 /** A loopback HTTP server answering with `handler`; counts the connections it accepted. */
-async function server(handler: http.RequestListener): Promise<{ url: string; connections: () => number; close(): Promise<void> }> {
+async function server(
+  handler: http.RequestListener,
+): Promise<{ url: string; connections: () => number; close(): Promise<void> }> {
   const s = http.createServer(handler);
   let connections = 0;
   const sockets = new Set<Socket>();
@@ -125,7 +138,11 @@ describe("HTTP callbacks at the edges", () => {
     const rx = await server((req) => void req.resume());
     const d = deliverer({ timeoutMs: 300 });
     try {
-      assert.deepEqual(await d.deliver(delivery(httpCb(rx.url))), { ok: false, retryable: true, error: "timed out after 300ms" });
+      assert.deepEqual(await d.deliver(delivery(httpCb(rx.url))), {
+        ok: false,
+        retryable: true,
+        error: "timed out after 300ms",
+      });
     } finally {
       d.close();
       await rx.close();
@@ -158,7 +175,11 @@ describe("HTTP callbacks at the edges", () => {
     });
     const d = deliverer();
     try {
-      assert.deepEqual(await d.deliver(delivery(httpCb(`${rx.url}?team=blue`))), { ok: false, retryable: false, error: "HTTP 302" });
+      assert.deepEqual(await d.deliver(delivery(httpCb(`${rx.url}?team=blue`))), {
+        ok: false,
+        retryable: false,
+        error: "HTTP 302",
+      });
       assert.equal(seen.length, 1);
       const h = seen[0]!.headers;
       assert.equal(seen[0]!.url, "/hook?team=blue");
@@ -180,7 +201,11 @@ describe("HTTP callbacks at the edges", () => {
 describe("https callbacks", () => {
   test("the certificate is verified against the URL's host name (SNI too), not against the pinned address", async () => {
     await using certs = await makeTestCertificates();
-    const [cert, key, ca] = await Promise.all([readFile(certs.serverCert), readFile(certs.serverKey), readFile(certs.caCert, "utf8")]);
+    const [cert, key, ca] = await Promise.all([
+      readFile(certs.serverCert),
+      readFile(certs.serverKey),
+      readFile(certs.caCert, "utf8"),
+    ]);
     const sni: (string | false | null)[] = [];
     const s = https.createServer({ cert, key }, (req, res) => {
       sni.push((req.socket as TLSSocket).servername);
@@ -195,11 +220,16 @@ describe("https callbacks", () => {
     const trusting = deliverer({ httpsCa: ca, names });
     const untrusting = deliverer({ names });
     try {
-      assert.deepEqual(await trusting.deliver(delivery(httpCb(`https://localhost:${port}/hook`))), { ok: true });
+      assert.deepEqual(await trusting.deliver(delivery(httpCb(`https://localhost:${port}/hook`))), {
+        ok: true,
+      });
       assert.deepEqual(sni, ["localhost"]);
       const wrongName = await trusting.deliver(delivery(httpCb(`https://receiver.test:${port}/hook`)));
       assert.equal(wrongName.ok, false);
-      assert.match(wrongName.ok ? "" : wrongName.error, /ERR_TLS_CERT_ALTNAME_INVALID|does not match|altnames/i);
+      assert.match(
+        wrongName.ok ? "" : wrongName.error,
+        /ERR_TLS_CERT_ALTNAME_INVALID|does not match|altnames/i,
+      );
       const unknownCa = await untrusting.deliver(delivery(httpCb(`https://localhost:${port}/hook`)));
       assert.equal(unknownCa.ok, false);
       assert.match(unknownCa.ok ? "" : unknownCa.error, /certificate/i);
@@ -228,7 +258,9 @@ describe("core NATS callbacks", () => {
   test("the publishes of one turn share one flush; a publish made after that flush went out waits for the next one", async () => {
     const nats = natsStub();
     const d = deliverer({ nats: nats.link });
-    const first = await Promise.all(Array.from({ length: 50 }, (_, i) => d.deliver(delivery(natsCb("orders.fired"), `t${i}`))));
+    const first = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => d.deliver(delivery(natsCb("orders.fired"), `t${i}`))),
+    );
     assert.ok(first.every((r) => r.ok));
     assert.deepEqual(nats.flushes, [50], "one flush, sent after all 50 publishes");
     assert.deepEqual(await d.deliver(delivery(natsCb("orders.fired"), "late")), { ok: true });
@@ -236,9 +268,17 @@ describe("core NATS callbacks", () => {
   });
 
   test("a flush that fails fails every attempt it was to confirm, retryably", async () => {
-    const connection = { publish: () => {}, flush: async () => Promise.reject(new Error("connection closed")) } as unknown as NatsConnection;
+    const connection = {
+      publish: () => {},
+      flush: async () => Promise.reject(new Error("connection closed")),
+    } as unknown as NatsConnection;
     const d = deliverer({ nats: { ifConnected: () => connection } });
-    const results = await Promise.all([1, 2, 3].map((i) => d.deliver(delivery(natsCb("orders.fired"), `t${i}`))));
-    assert.deepEqual(results, Array(3).fill({ ok: false, retryable: true, error: "NATS publish not confirmed: connection closed" }));
+    const results = await Promise.all(
+      [1, 2, 3].map((i) => d.deliver(delivery(natsCb("orders.fired"), `t${i}`))),
+    );
+    assert.deepEqual(
+      results,
+      Array(3).fill({ ok: false, retryable: true, error: "NATS publish not confirmed: connection closed" }),
+    );
   });
 });

@@ -15,7 +15,10 @@ test("a batch with one entry Postgres refuses claims all the others and drops on
     return part.map((e) => ({ claimed: e }));
   });
   assert.deepEqual(r.claimed.map((c) => c.claimed).sort(), entries.filter((e) => e !== bad).sort());
-  assert.deepEqual(r.dropped.map((d) => d.entry), [bad]);
+  assert.deepEqual(
+    r.dropped.map((d) => d.entry),
+    [bad],
+  );
   assert.deepEqual(r.retry, []);
   assert.equal(r.error, undefined);
   assert.ok(statements <= 2 * Math.ceil(Math.log2(20)) + 1, `${statements} statements`);
@@ -29,11 +32,19 @@ test("several bad entries are each dropped alone", async () => {
     return part;
   });
   assert.equal(r.claimed.length, 60);
-  assert.deepEqual(r.dropped.map((d) => d.entry).sort((a, b) => a - b), [0, 31, 32, 63]);
+  assert.deepEqual(
+    r.dropped.map((d) => d.entry).sort((a, b) => a - b),
+    [0, 31, 32, 63],
+  );
 });
 
 test("a connection-level failure drops nothing and keeps every entry for a retry", async () => {
-  for (const err of [new Error("Connection terminated unexpectedly"), pgError("57P01", "terminating connection due to administrator command"), pgError("08006", "connection failure"), pgError("53300", "too many clients")]) {
+  for (const err of [
+    new Error("Connection terminated unexpectedly"),
+    pgError("57P01", "terminating connection due to administrator command"),
+    pgError("08006", "connection failure"),
+    pgError("53300", "too many clients"),
+  ]) {
     let statements = 0;
     const r = await claimSplitting(["a", "b", "c", "d"], async () => {
       statements++;
@@ -51,7 +62,7 @@ test("an outage in the middle of splitting keeps what is unsettled for a retry",
   let calls = 0;
   const r = await claimSplitting(["a", "b", "bad", "d"], async (part) => {
     calls++;
-    if (calls === 1) throw pgError("22021", "invalid byte sequence for encoding \"UTF8\": 0x00");
+    if (calls === 1) throw pgError("22021", 'invalid byte sequence for encoding "UTF8": 0x00');
     if (calls === 2) return part; // ["a", "b"]
     throw new Error("connect ECONNREFUSED 127.0.0.1:5432");
   });

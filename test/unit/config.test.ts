@@ -31,7 +31,11 @@ test("bad values are refused with the variable named", () => {
   ];
   for (const env of bad) {
     const name = Object.keys(env)[0]!;
-    assert.throws(() => loadTimerConfig({ ...base, ...env }), (e: Error) => e instanceof ConfigError && e.message.includes(name), name);
+    assert.throws(
+      () => loadTimerConfig({ ...base, ...env }),
+      (e: Error) => e instanceof ConfigError && e.message.includes(name),
+      name,
+    );
   }
   assert.throws(() => loadDispatcherConfig({ ...base, LOOKAHEAD: "10ms" }), /LOOKAHEAD/);
 });
@@ -44,7 +48,13 @@ test("durations accept units", () => {
 
 test("every service refuses to start without token configuration", () => {
   for (const load of [loadTimerConfig, loadDispatcherConfig]) {
-    assert.throws(() => load({}), (e: Error) => e instanceof ConfigError && /AUTH_TOKENS_FILE/.test(e.message) && /AUTH_DISABLED=true/.test(e.message));
+    assert.throws(
+      () => load({}),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        /AUTH_TOKENS_FILE/.test(e.message) &&
+        /AUTH_DISABLED=true/.test(e.message),
+    );
   }
 });
 
@@ -59,7 +69,11 @@ test("a malformed DATABASE_URL or NATS_URL is refused without quoting its passwo
   for (const [name, value, secret] of cases) {
     assert.throws(
       () => loadTimerConfig({ ...base, [name]: value }),
-      (e: Error) => e instanceof ConfigError && e.message.includes(name) && !e.message.includes(secret) && e.message.includes("****"),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        e.message.includes(name) &&
+        !e.message.includes(secret) &&
+        e.message.includes("****"),
       value,
     );
   }

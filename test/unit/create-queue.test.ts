@@ -8,12 +8,17 @@ import { loadTimerConfig } from "../../services/timer/src/config.js";
 
 /** A batch runner whose batches stay in flight until the test settles them. */
 function fakeRunner() {
-  const batches: { items: string[]; settle(results?: PromiseSettledResult<string>[]): void; fail(err: unknown): void }[] = [];
+  const batches: {
+    items: string[];
+    settle(results?: PromiseSettledResult<string>[]): void;
+    fail(err: unknown): void;
+  }[] = [];
   const run = (items: string[]) =>
     new Promise<PromiseSettledResult<string>[]>((resolve, reject) => {
       batches.push({
         items,
-        settle: (results) => resolve(results ?? items.map((i) => ({ status: "fulfilled", value: `stored ${i}` }))),
+        settle: (results) =>
+          resolve(results ?? items.map((i) => ({ status: "fulfilled", value: `stored ${i}` }))),
         fail: reject,
       });
     });
@@ -37,16 +42,25 @@ test("items wait while every batch slot is busy, then go in batches of at most m
   const f = fakeRunner();
   const q = new CreateQueue(f.run, { maxQueued: 100, maxBatch: 3, maxConcurrentBatches: 1 });
   const first = q.add("a");
-  assert.deepEqual(f.batches.map((b) => b.items), [["a"]]);
+  assert.deepEqual(
+    f.batches.map((b) => b.items),
+    [["a"]],
+  );
   const rest = ["b", "c", "d", "e"].map((x) => q.add(x));
   assert.equal(q.queued, 4);
   f.batches[0]!.settle();
   assert.equal(await first, "stored a");
   await tick();
-  assert.deepEqual(f.batches.map((b) => b.items), [["a"], ["b", "c", "d"]]);
+  assert.deepEqual(
+    f.batches.map((b) => b.items),
+    [["a"], ["b", "c", "d"]],
+  );
   f.batches[1]!.settle();
   await tick();
-  assert.deepEqual(f.batches.map((b) => b.items), [["a"], ["b", "c", "d"], ["e"]]);
+  assert.deepEqual(
+    f.batches.map((b) => b.items),
+    [["a"], ["b", "c", "d"], ["e"]],
+  );
   f.batches[2]!.settle();
   assert.deepEqual(await Promise.all(rest), ["stored b", "stored c", "stored d", "stored e"]);
   assert.equal(q.running, 0);
@@ -70,7 +84,11 @@ test("a full queue refuses at once with RESOURCE_EXHAUSTED naming CREATE_QUEUE_M
   await tick();
   f.batches[2]!.settle();
   assert.deepEqual(await Promise.all([...waiting, e]), ["stored b", "stored c", "stored e"]);
-  assert.deepEqual(f.batches.map((b) => b.items).flat(), ["a", "b", "c", "e"], "the refused create never reached the database");
+  assert.deepEqual(
+    f.batches.map((b) => b.items).flat(),
+    ["a", "b", "c", "e"],
+    "the refused create never reached the database",
+  );
 });
 
 test("a create whose deadline passes while it waits is dropped, answered DEADLINE_EXCEEDED, and never run", async () => {
@@ -174,7 +192,10 @@ test("a batch formed already (CreateTimers) runs whole in a slot of its own, in 
   f.batches[0]!.settle();
   await tick();
   // "b" goes alone: the unit behind it is not merged into a batch of items.
-  assert.deepEqual(f.batches.map((x) => x.items), [["a"], ["b"]]);
+  assert.deepEqual(
+    f.batches.map((x) => x.items),
+    [["a"], ["b"]],
+  );
   assert.equal(jobs.length, 0);
   f.batches[1]!.settle();
   await tick();
@@ -217,10 +238,14 @@ test("a unit whose caller gives up before it starts never runs; once started it 
   const first = q.add("a");
   const ac = new AbortController();
   let ran = false;
-  const whole = q.runWhole(5, async () => {
-    ran = true;
-    return "x";
-  }, ac.signal);
+  const whole = q.runWhole(
+    5,
+    async () => {
+      ran = true;
+      return "x";
+    },
+    ac.signal,
+  );
   ac.abort(new ConnectError("deadline", Code.DeadlineExceeded));
   const err = await rejection(whole);
   assert.equal(err.code, Code.DeadlineExceeded);

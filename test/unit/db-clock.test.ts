@@ -28,7 +28,13 @@ test("the shortest round trip gives the estimate, its half is the uncertainty", 
 });
 
 test("a clock behind Postgres's has a negative offset", () => {
-  const behind: ClockSample = { monoBeforeMs: 0, monoAfterMs: 1, wallBeforeMs: 5_000, wallAfterMs: 5_001, dbMs: 7_000.5 };
+  const behind: ClockSample = {
+    monoBeforeMs: 0,
+    monoAfterMs: 1,
+    wallBeforeMs: 5_000,
+    wallAfterMs: 5_001,
+    dbMs: 7_000.5,
+  };
   assert.equal(estimateClock([behind]).wallOffsetMs, -2_000);
 });
 

@@ -27,10 +27,15 @@ test("dropped, refused and timed-out connections, server shutdowns and timeouts 
     ["pg-pool: connect timeout", new Error("timeout exceeded when trying to connect")],
     [
       "pg-pool: connection timeout wrapping the socket error",
-      new Error("Connection terminated due to connection timeout", { cause: new Error("Connection terminated unexpectedly") }),
+      new Error("Connection terminated due to connection timeout", {
+        cause: new Error("Connection terminated unexpectedly"),
+      }),
     ],
     ["a wrapped cause", new Error("storing the batch failed", { cause: withCode("ECONNRESET") })],
-    ["AggregateError of refused addresses", new AggregateError([withCode("ECONNREFUSED"), withCode("ECONNREFUSED")], "connect failed")],
+    [
+      "AggregateError of refused addresses",
+      new AggregateError([withCode("ECONNREFUSED"), withCode("ECONNREFUSED")], "connect failed"),
+    ],
   ];
   for (const [name, err] of cases) {
     const mapped = databaseUnavailable(err);
@@ -43,9 +48,18 @@ test("dropped, refused and timed-out connections, server shutdowns and timeouts 
 });
 
 test("the reason names what happened", () => {
-  assert.equal(databaseUnavailable(withCode("ECONNREFUSED"))?.rawMessage, "database unavailable (connection refused). Retry with backoff");
-  assert.equal(databaseUnavailable(withCode("57014"))?.rawMessage, "database unavailable (query timed out). Retry with backoff");
-  assert.equal(databaseUnavailable(withCode("53300"))?.rawMessage, "database unavailable (too many connections). Retry with backoff");
+  assert.equal(
+    databaseUnavailable(withCode("ECONNREFUSED"))?.rawMessage,
+    "database unavailable (connection refused). Retry with backoff",
+  );
+  assert.equal(
+    databaseUnavailable(withCode("57014"))?.rawMessage,
+    "database unavailable (query timed out). Retry with backoff",
+  );
+  assert.equal(
+    databaseUnavailable(withCode("53300"))?.rawMessage,
+    "database unavailable (too many connections). Retry with backoff",
+  );
 });
 
 test("errors a retry cannot fix are not UNAVAILABLE", () => {

@@ -2,7 +2,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { DueQueue } from "../../services/dispatcher/src/due-queue.js";
 
-const t = (id: string, dueMs: number, shard = 0) => ({ groupId: "g", timerId: id, shard, dueMs, destination: "http://127.0.0.1:80" });
+const t = (id: string, dueMs: number, shard = 0) => ({
+  groupId: "g",
+  timerId: id,
+  shard,
+  dueMs,
+  destination: "http://127.0.0.1:80",
+});
 
 test("pops due timers earliest first, and only those due", () => {
   const q = new DueQueue();
@@ -10,7 +16,10 @@ test("pops due timers earliest first, and only those due", () => {
   for (const i of ids) q.add(t(`t${i}`, 1000 + i));
   assert.equal(q.peekDueMs(), 1000);
   const due = q.popDue(1099, 1000);
-  assert.deepEqual(due.map((d) => d.dueMs), Array.from({ length: 100 }, (_, i) => 1000 + i));
+  assert.deepEqual(
+    due.map((d) => d.dueMs),
+    Array.from({ length: 100 }, (_, i) => 1000 + i),
+  );
   assert.equal(q.size, 400);
   assert.equal(q.popDue(1200, 10).length, 10);
 });
@@ -24,7 +33,10 @@ test("holds a timer once, moving it when re-added with a new time", () => {
   q.add(t("a", 100));
   assert.equal(q.peekDueMs(), 100);
   q.add(t("a", 900));
-  assert.deepEqual(q.popDue(1000, 10).map((d) => d.timerId), ["b", "a"]);
+  assert.deepEqual(
+    q.popDue(1000, 10).map((d) => d.timerId),
+    ["b", "a"],
+  );
 });
 
 test("removes by key and by shard predicate, keeping heap order", () => {
@@ -32,7 +44,10 @@ test("removes by key and by shard predicate, keeping heap order", () => {
   for (let i = 0; i < 200; i++) q.add(t(`t${i}`, 1000 - i, i % 4));
   assert.equal(q.remove("g", "t5")?.timerId, "t5");
   assert.equal(q.remove("g", "t5"), undefined);
-  assert.equal(q.removeWhere((x) => x.shard === 1), 50 - (5 % 4 === 1 ? 1 : 0));
+  assert.equal(
+    q.removeWhere((x) => x.shard === 1),
+    50 - (5 % 4 === 1 ? 1 : 0),
+  );
   const all = q.popDue(Infinity, 1000);
   assert.ok(all.every((x) => x.shard !== 1));
   for (let i = 1; i < all.length; i++) assert.ok(all[i - 1]!.dueMs <= all[i]!.dueMs);

@@ -76,12 +76,25 @@ describe("egress policy: addresses", () => {
   for (const [host, what] of refused) {
     test(`${host} is refused (${what})`, () => {
       const message = staticRefusal(strict, host) ?? "allowed";
-      assert.ok(message.includes(` (${what}), which callbacks may not reach; an operator can allow it with CALLBACK_ALLOWED_NETWORKS`), message);
+      assert.ok(
+        message.includes(
+          ` (${what}), which callbacks may not reach; an operator can allow it with CALLBACK_ALLOWED_NETWORKS`,
+        ),
+        message,
+      );
     });
   }
 
   test("disguised IPv4 spellings are read as the address they are, in URLs and in gRPC targets", () => {
-    for (const url of ["http://2130706433/", "http://0177.0.0.1/", "http://0x7f000001/", "http://0x7f.1/", "http://127.1/", "http://0251.0376.0251.0376/", "http://0/"]) {
+    for (const url of [
+      "http://2130706433/",
+      "http://0177.0.0.1/",
+      "http://0x7f000001/",
+      "http://0x7f.1/",
+      "http://127.1/",
+      "http://0251.0376.0251.0376/",
+      "http://0/",
+    ]) {
       assert.match(staticRefusal(strict, urlHost(url)) ?? "allowed", /loopback|link-local|unspecified/, url);
     }
     for (const host of ["2130706433", "0177.0.0.1", "0x7f000001", "0x7f.1", "127.1", "0xa9.0xfe.0xa9.0xfe"]) {
@@ -94,7 +107,11 @@ describe("egress policy: addresses", () => {
 
   test("the names that are always loopback are refused without DNS, with or without a trailing dot", () => {
     for (const host of ["localhost", "localhost.", "LOCALHOST", "x.localhost", "a.b.localhost."]) {
-      assert.match(staticRefusal(strict, host) ?? "allowed", /resolves to a loopback address, which callbacks may not reach/, host);
+      assert.match(
+        staticRefusal(strict, host) ?? "allowed",
+        /resolves to a loopback address, which callbacks may not reach/,
+        host,
+      );
     }
     // Any other name passes create; it is checked on its addresses at delivery.
     assert.equal(staticRefusal(strict, "receiver.example.com"), undefined);
@@ -116,9 +133,17 @@ describe("egress policy: allow-lists open exactly what they name", () => {
     assert.equal(staticRefusal(p, "[fd00:1::5]"), undefined);
     assert.match(staticRefusal(p, "[fd00:2::5]") ?? "allowed", /unique local/);
     assert.equal(staticRefusal(p, "127.0.0.1"), undefined);
-    assert.equal(staticRefusal(p, "[::ffff:127.0.0.1]"), undefined, "IPv4-mapped is judged as the IPv4 address");
+    assert.equal(
+      staticRefusal(p, "[::ffff:127.0.0.1]"),
+      undefined,
+      "IPv4-mapped is judged as the IPv4 address",
+    );
     assert.match(staticRefusal(p, "127.0.0.2") ?? "allowed", /loopback/);
-    assert.match(staticRefusal(p, "[::1]") ?? "allowed", /loopback/, "an IPv4 loopback network does not open ::1");
+    assert.match(
+      staticRefusal(p, "[::1]") ?? "allowed",
+      /loopback/,
+      "an IPv4 loopback network does not open ::1",
+    );
     assert.match(staticRefusal(p, "169.254.169.254") ?? "allowed", /link-local/);
     // localhost is allowed at create once either loopback address is.
     assert.equal(staticRefusal(p, "localhost"), undefined);
@@ -157,7 +182,8 @@ describe("egress policy: allow-lists open exactly what they name", () => {
       const entry = value.split(",").at(-1)!;
       assert.throws(
         () => loadEgressPolicy(env),
-        (e: Error) => e instanceof ConfigError && e.message.includes(name) && e.message.includes(`"${entry}"`),
+        (e: Error) =>
+          e instanceof ConfigError && e.message.includes(name) && e.message.includes(`"${entry}"`),
         `${name}=${value}`,
       );
     }
@@ -165,23 +191,48 @@ describe("egress policy: allow-lists open exactly what they name", () => {
 
   test("the timer service and the dispatcher refuse to start on a bad entry", () => {
     for (const load of [loadTimerConfig, loadDispatcherConfig]) {
-      assert.throws(() => load({ AUTH_DISABLED: "true", CALLBACK_ALLOWED_NETWORKS: "10.0.0.0/8,nope" }), /CALLBACK_ALLOWED_NETWORKS: "nope"/);
-      assert.throws(() => load({ AUTH_DISABLED: "true", CALLBACK_ALLOWED_HOSTS: "1.2.3.4" }), /CALLBACK_ALLOWED_HOSTS: "1\.2\.3\.4"/);
-      assert.throws(() => load({ AUTH_DISABLED: "true", CALLBACK_NATS_SUBJECT_PREFIX: "timers." }), /CALLBACK_NATS_SUBJECT_PREFIX/);
+      assert.throws(
+        () => load({ AUTH_DISABLED: "true", CALLBACK_ALLOWED_NETWORKS: "10.0.0.0/8,nope" }),
+        /CALLBACK_ALLOWED_NETWORKS: "nope"/,
+      );
+      assert.throws(
+        () => load({ AUTH_DISABLED: "true", CALLBACK_ALLOWED_HOSTS: "1.2.3.4" }),
+        /CALLBACK_ALLOWED_HOSTS: "1\.2\.3\.4"/,
+      );
+      assert.throws(
+        () => load({ AUTH_DISABLED: "true", CALLBACK_NATS_SUBJECT_PREFIX: "timers." }),
+        /CALLBACK_NATS_SUBJECT_PREFIX/,
+      );
     }
-    assert.equal(loadTimerConfig({ AUTH_DISABLED: "true", CALLBACK_ALLOWED_NETWORKS: "10.0.0.0/8" }).limits.egress.refusalOf(ipaddr.parse("10.1.1.1")), undefined);
-    assert.equal(loadDispatcherConfig({ AUTH_DISABLED: "true", CALLBACK_ALLOWED_HOSTS: "a.example" }).egress.isHostAllowed("a.example"), true);
+    assert.equal(
+      loadTimerConfig({
+        AUTH_DISABLED: "true",
+        CALLBACK_ALLOWED_NETWORKS: "10.0.0.0/8",
+      }).limits.egress.refusalOf(ipaddr.parse("10.1.1.1")),
+      undefined,
+    );
+    assert.equal(
+      loadDispatcherConfig({
+        AUTH_DISABLED: "true",
+        CALLBACK_ALLOWED_HOSTS: "a.example",
+      }).egress.isHostAllowed("a.example"),
+      true,
+    );
   });
 
   test("the start log line says what is open", () => {
     assert.match(strict.describe(), /public unicast addresses only/);
-    assert.match(loadEgressPolicy({ CALLBACK_ALLOWED_NETWORKS: LOOPBACK, CALLBACK_ALLOWED_HOSTS: "*.svc" }).describe(), /127\.0\.0\.0\/8.*::1\/128.*\*\.svc/);
+    assert.match(
+      loadEgressPolicy({ CALLBACK_ALLOWED_NETWORKS: LOOPBACK, CALLBACK_ALLOWED_HOSTS: "*.svc" }).describe(),
+      /127\.0\.0\.0\/8.*::1\/128.*\*\.svc/,
+    );
   });
 
   test("gRPC targets are split into host and port", () => {
     assert.deepEqual(parseGrpcTarget("receiver.example:9090"), { host: "receiver.example", port: 9090 });
     assert.deepEqual(parseGrpcTarget("[::1]:80"), { host: "[::1]", port: 80 });
-    for (const t of ["receiver", "dns:///x:80", "unix:/tmp/s", "x:0", "x:70000", "a b:80"]) assert.equal(parseGrpcTarget(t), undefined, t);
+    for (const t of ["receiver", "dns:///x:80", "unix:/tmp/s", "x:0", "x:70000", "a b:80"])
+      assert.equal(parseGrpcTarget(t), undefined, t);
   });
 });
 
@@ -194,7 +245,11 @@ function stubResolver(table: Record<string, string[] | string[][]>): Resolver & 
     const a = answers.get(name);
     if (!a) throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${name}`), { code: "ENOTFOUND" });
     // A list of lists answers differently on each call (a rebinding name); a flat list always the same.
-    const current = Array.isArray(a[0]) ? (a.length > 1 ? (a.shift() as string[]) : (a[0] as string[])) : (a as string[]);
+    const current = Array.isArray(a[0])
+      ? a.length > 1
+        ? (a.shift() as string[])
+        : (a[0] as string[])
+      : (a as string[]);
     return current.map((address) => ({ address, family: address.includes(":") ? 6 : 4 }));
   };
   return Object.assign(fn, { calls });
@@ -202,17 +257,30 @@ function stubResolver(table: Record<string, string[] | string[][]>): Resolver & 
 
 describe("egress policy: names are checked on every address they resolve to", () => {
   test("a name resolving to a private address, or to a public and a link-local one, is refused", async () => {
-    const resolve = stubResolver({ "internal.example": ["10.0.0.5"], "mixed.example": ["93.184.216.34", "169.254.169.254"] });
-    await assert.rejects(strict.vet(parseCallbackHost("internal.example"), resolve), (e: Error) =>
-      e instanceof EgressRefused && /callback host internal\.example resolves to 10\.0\.0\.5, which is not allowed \(private\)/.test(e.message),
+    const resolve = stubResolver({
+      "internal.example": ["10.0.0.5"],
+      "mixed.example": ["93.184.216.34", "169.254.169.254"],
+    });
+    await assert.rejects(
+      strict.vet(parseCallbackHost("internal.example"), resolve),
+      (e: Error) =>
+        e instanceof EgressRefused &&
+        /callback host internal\.example resolves to 10\.0\.0\.5, which is not allowed \(private\)/.test(
+          e.message,
+        ),
     );
-    await assert.rejects(strict.vet(parseCallbackHost("mixed.example"), resolve), (e: Error) =>
-      e instanceof EgressRefused && /169\.254\.169\.254, which is not allowed \(link-local\)/.test(e.message),
+    await assert.rejects(
+      strict.vet(parseCallbackHost("mixed.example"), resolve),
+      (e: Error) =>
+        e instanceof EgressRefused &&
+        /169\.254\.169\.254, which is not allowed \(link-local\)/.test(e.message),
     );
   });
 
   test("a public name passes with the addresses to connect to, in the resolver's order", async () => {
-    const resolve = stubResolver({ "public.example": ["2606:2800::1", "93.184.216.34", "::ffff:93.184.216.35"] });
+    const resolve = stubResolver({
+      "public.example": ["2606:2800::1", "93.184.216.34", "::ffff:93.184.216.35"],
+    });
     assert.deepEqual(await strict.vet(parseCallbackHost("public.example"), resolve), [
       { address: "2606:2800::1", family: 6 },
       { address: "93.184.216.34", family: 4 },
@@ -222,9 +290,17 @@ describe("egress policy: names are checked on every address they resolve to", ()
 
   test("a name in CALLBACK_ALLOWED_HOSTS may resolve to any address; its neighbours may not", async () => {
     const p = loadEgressPolicy({ CALLBACK_ALLOWED_HOSTS: "*.svc.cluster.local" });
-    const resolve = stubResolver({ "hook.team.svc.cluster.local": ["10.96.0.12"], "hook.team.svc.cluster.local.evil.example": ["10.96.0.12"] });
-    assert.deepEqual(await p.vet(parseCallbackHost("hook.team.svc.cluster.local"), resolve), [{ address: "10.96.0.12", family: 4 }]);
-    await assert.rejects(p.vet(parseCallbackHost("hook.team.svc.cluster.local.evil.example"), resolve), EgressRefused);
+    const resolve = stubResolver({
+      "hook.team.svc.cluster.local": ["10.96.0.12"],
+      "hook.team.svc.cluster.local.evil.example": ["10.96.0.12"],
+    });
+    assert.deepEqual(await p.vet(parseCallbackHost("hook.team.svc.cluster.local"), resolve), [
+      { address: "10.96.0.12", family: 4 },
+    ]);
+    await assert.rejects(
+      p.vet(parseCallbackHost("hook.team.svc.cluster.local.evil.example"), resolve),
+      EgressRefused,
+    );
   });
 
   test("the resolution cache shares an answer within its TTL and never keeps a failure", async () => {
@@ -249,7 +325,10 @@ describe("egress policy: names are checked on every address they resolve to", ()
 
   test("a literal address is not resolved", async () => {
     const resolve = stubResolver({});
-    await assert.rejects(strict.vet(parseCallbackHost("10.1.2.3"), resolve), /callback address 10\.1\.2\.3 is not allowed \(private\)/);
+    await assert.rejects(
+      strict.vet(parseCallbackHost("10.1.2.3"), resolve),
+      /callback address 10\.1\.2\.3 is not allowed \(private\)/,
+    );
     assert.deepEqual(resolve.calls, []);
   });
 });
@@ -268,7 +347,11 @@ function natsStub(): Pick<NatsLink, "ifConnected"> & { published: string[] } {
   return { ifConnected: () => connection, published };
 }
 
-function deliverer(resolve: Resolver, env: Record<string, string> = { CALLBACK_ALLOWED_NETWORKS: "127.0.0.1/32" }, nats = natsStub()): CallbackDeliverer {
+function deliverer(
+  resolve: Resolver,
+  env: Record<string, string> = { CALLBACK_ALLOWED_NETWORKS: "127.0.0.1/32" },
+  nats = natsStub(),
+): CallbackDeliverer {
   return new CallbackDeliverer({
     nats,
     timeoutMs: 5_000,
@@ -293,9 +376,11 @@ function delivery(callback: Callback, groupId = "g"): Delivery {
   };
 }
 
-const http = (url: string) => create(CallbackSchema, { target: { case: "http", value: { url, headers: {} } } });
+const http = (url: string) =>
+  create(CallbackSchema, { target: { case: "http", value: { url, headers: {} } } });
 const grpcCb = (target: string) => create(CallbackSchema, { target: { case: "grpc", value: { target } } });
-const natsCb = (subject: string) => create(CallbackSchema, { target: { case: "nats", value: { subject, jetstream: false } } });
+const natsCb = (subject: string) =>
+  create(CallbackSchema, { target: { case: "nats", value: { subject, jetstream: false } } });
 
 describe("delivery connects to the vetted address", () => {
   test("HTTP: a name only the stub knows is delivered to its vetted address, resolved once, even if it rebinds", async () => {
@@ -308,7 +393,11 @@ describe("delivery connects to the vetted address", () => {
       assert.deepEqual(await d.deliver(delivery(http(`http://receiver.test:${port}/hook`))), { ok: true });
       assert.deepEqual(resolve.calls, ["receiver.test"]);
       assert.equal(rx.received.length, 1);
-      assert.equal(rx.received[0]!.headers["host"], `receiver.test:${port}`, "the request still names the host");
+      assert.equal(
+        rx.received[0]!.headers["host"],
+        `receiver.test:${port}`,
+        "the request still names the host",
+      );
       // The next lookup answers 10.0.0.5: that attempt is refused before anything is sent.
       const second = await d.deliver(delivery(http(`http://receiver.test:${port}/hook`)));
       assert.equal(second.ok, false);
@@ -331,8 +420,12 @@ describe("delivery connects to the vetted address", () => {
       const closed = await d.deliver(delivery(http("http://127.0.0.1:1/hook")));
       assert.equal(listening.ok, false);
       assert.deepEqual(
-        [listening, closed].map((r) => (r.ok ? "ok" : `${r.retryable} ${r.error.replace(/127\.0\.0\.1/, "ADDR")}`)),
-        Array(2).fill("false callback address ADDR is not allowed (loopback): callbacks may reach public addresses only; an operator can allow it with CALLBACK_ALLOWED_NETWORKS or CALLBACK_ALLOWED_HOSTS"),
+        [listening, closed].map((r) =>
+          r.ok ? "ok" : `${r.retryable} ${r.error.replace(/127\.0\.0\.1/, "ADDR")}`,
+        ),
+        Array(2).fill(
+          "false callback address ADDR is not allowed (loopback): callbacks may reach public addresses only; an operator can allow it with CALLBACK_ALLOWED_NETWORKS or CALLBACK_ALLOWED_HOSTS",
+        ),
       );
       assert.equal(rx.received.length, 0);
     } finally {
@@ -350,7 +443,11 @@ describe("delivery connects to the vetted address", () => {
     const port = (server.address() as { port: number }).port;
     const d = deliverer(stubResolver({}));
     try {
-      assert.deepEqual(await d.deliver(delivery(http(`http://127.0.0.1:${port}/hook`))), { ok: false, retryable: false, error: "HTTP 307" });
+      assert.deepEqual(await d.deliver(delivery(http(`http://127.0.0.1:${port}/hook`))), {
+        ok: false,
+        retryable: false,
+        error: "HTTP 307",
+      });
       assert.equal(target.received.length, 0);
     } finally {
       d.close();
@@ -369,7 +466,10 @@ describe("delivery connects to the vetted address", () => {
       assert.equal(rx.received[0]!.headers[":authority"], `receiver.test:${port}`);
       const second = await d.deliver(delivery(grpcCb(`receiver.test:${port}`)));
       assert.equal(second.ok, false);
-      assert.match(second.ok ? "" : second.error, /resolves to 169\.254\.169\.254, which is not allowed \(link-local\)/);
+      assert.match(
+        second.ok ? "" : second.error,
+        /resolves to 169\.254\.169\.254, which is not allowed \(link-local\)/,
+      );
       assert.equal(second.ok ? true : second.retryable, false);
       assert.equal(rx.received.length, 1);
     } finally {
@@ -383,12 +483,23 @@ describe("delivery connects to the vetted address", () => {
     const resolve = stubResolver({ localhost: ["::1", "127.0.0.1"], "localhost.": ["127.0.0.1"] });
     const d = deliverer(resolve, {});
     try {
-      for (const host of ["127.0.0.1", "0x7f.1", "2130706433", "[::ffff:127.0.0.1]", "localhost", "LocalHost."]) {
+      for (const host of [
+        "127.0.0.1",
+        "0x7f.1",
+        "2130706433",
+        "[::ffff:127.0.0.1]",
+        "localhost",
+        "LocalHost.",
+      ]) {
         const r = await d.deliver(delivery(grpcCb(`${host}:${port}`)));
         assert.equal(r.ok ? "ok" : r.retryable, false, host);
       }
       assert.equal(rx.received.length, 0);
-      assert.deepEqual(resolve.calls, ["localhost", "localhost."], "names are resolved and their addresses checked");
+      assert.deepEqual(
+        resolve.calls,
+        ["localhost", "localhost."],
+        "names are resolved and their addresses checked",
+      );
     } finally {
       d.close();
     }
@@ -397,12 +508,20 @@ describe("delivery connects to the vetted address", () => {
   test("a name in CALLBACK_ALLOWED_HOSTS is delivered to whatever it resolves to; the same address under another name is refused", async () => {
     await using rx = await startHttpReceiver();
     const port = new URL(rx.url).port;
-    const resolve = stubResolver({ "hook.team.svc.cluster.local": ["127.0.0.1"], "other.example": ["127.0.0.1"] });
+    const resolve = stubResolver({
+      "hook.team.svc.cluster.local": ["127.0.0.1"],
+      "other.example": ["127.0.0.1"],
+    });
     const d = deliverer(resolve, { CALLBACK_ALLOWED_HOSTS: "*.svc.cluster.local" });
     try {
-      assert.deepEqual(await d.deliver(delivery(http(`http://hook.team.svc.cluster.local:${port}/hook`))), { ok: true });
+      assert.deepEqual(await d.deliver(delivery(http(`http://hook.team.svc.cluster.local:${port}/hook`))), {
+        ok: true,
+      });
       const other = await d.deliver(delivery(http(`http://other.example:${port}/hook`)));
-      assert.match(other.ok ? "" : other.error, /callback host other\.example resolves to 127\.0\.0\.1, which is not allowed \(loopback\)/);
+      assert.match(
+        other.ok ? "" : other.error,
+        /callback host other\.example resolves to 127\.0\.0\.1, which is not allowed \(loopback\)/,
+      );
       assert.equal(rx.received.length, 1);
     } finally {
       d.close();
@@ -416,8 +535,12 @@ describe("delivery connects to the vetted address", () => {
     const resolve = stubResolver({ "dual.test": ["::1", "127.0.0.1"] });
     const d = deliverer(resolve, { CALLBACK_ALLOWED_NETWORKS: "127.0.0.1/32,::1/128" });
     try {
-      assert.deepEqual(await d.deliver(delivery(http(`http://dual.test:${new URL(rx.url).port}/hook`))), { ok: true });
-      assert.deepEqual(await d.deliver(delivery(grpcCb(`dual.test:${grx.target.split(":")[1]}`))), { ok: true });
+      assert.deepEqual(await d.deliver(delivery(http(`http://dual.test:${new URL(rx.url).port}/hook`))), {
+        ok: true,
+      });
+      assert.deepEqual(await d.deliver(delivery(grpcCb(`dual.test:${grx.target.split(":")[1]}`))), {
+        ok: true,
+      });
     } finally {
       d.close();
     }
@@ -428,7 +551,14 @@ describe("delivery re-checks NATS subjects", () => {
   test("a stored callback on a reserved subject fails for good and is never published", async () => {
     const nats = natsStub();
     const d = deliverer(stubResolver({}), {}, nats);
-    for (const subject of ["timers.shard.0", "mesh.dispatchers.heartbeat", "$JS.API.STREAM.LIST", "$SYS.x", "$KV.b.k", "_INBOX.x"]) {
+    for (const subject of [
+      "timers.shard.0",
+      "mesh.dispatchers.heartbeat",
+      "$JS.API.STREAM.LIST",
+      "$SYS.x",
+      "$KV.b.k",
+      "_INBOX.x",
+    ]) {
       const r = await d.deliver(delivery(natsCb(subject)));
       assert.equal(r.ok ? "ok" : r.retryable, false, subject);
       assert.match(r.ok ? "" : r.error, /is reserved for the timer mesh/, subject);

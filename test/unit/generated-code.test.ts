@@ -16,7 +16,8 @@ const env = { ...process.env, PATH: `${join(root, "node_modules/.bin")}:${proces
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile()) out.push(relative(dir, join(e.parentPath ?? (e as unknown as { path: string }).path, e.name)));
+    if (e.isFile())
+      out.push(relative(dir, join(e.parentPath ?? (e as unknown as { path: string }).path, e.name)));
   }
   return out.sort();
 }
@@ -34,7 +35,10 @@ test("generated code is up to date with proto/ (run `npm run generate`)", async 
     const fresh = await listFiles(tmp);
     assert.deepEqual(await listFiles(committedDir), fresh, "generated file set differs");
     for (const f of fresh) {
-      const [a, b] = await Promise.all([readFile(join(tmp, f), "utf8"), readFile(join(committedDir, f), "utf8")]);
+      const [a, b] = await Promise.all([
+        readFile(join(tmp, f), "utf8"),
+        readFile(join(committedDir, f), "utf8"),
+      ]);
       assert.equal(b, a, `${f} is stale: run npm run generate`);
     }
   } finally {

@@ -14,29 +14,108 @@ import { loadYaml } from "../support/yaml.js";
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const dashboardsDir = join(root, "infra/grafana/dashboards");
 
-
 // ------------------------------------------------------------------------------- the tokenizer
 
 type Token = { kind: "ident" | "string" | "number" | "duration" | "var" | "punct"; text: string };
 
 const AGGREGATORS = new Set([
-  "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-  "bottomk", "topk", "quantile", "limitk", "limit_ratio",
+  "sum",
+  "min",
+  "max",
+  "avg",
+  "group",
+  "stddev",
+  "stdvar",
+  "count",
+  "count_values",
+  "bottomk",
+  "topk",
+  "quantile",
+  "limitk",
+  "limit_ratio",
 ]);
 const GROUPING = new Set(["by", "without", "on", "ignoring", "group_left", "group_right"]);
 const KEYWORDS = new Set(["bool", "offset", "and", "or", "unless", "atan2", "inf", "nan"]);
 const FUNCTIONS = new Set([
-  "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh",
-  "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh",
-  "count_over_time", "day_of_month", "day_of_week", "day_of_year", "days_in_month", "deg", "delta",
-  "deriv", "double_exponential_smoothing", "end", "exp", "floor", "histogram_avg", "histogram_count",
-  "histogram_fraction", "histogram_quantile", "histogram_stddev", "histogram_stdvar", "histogram_sum",
-  "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace",
-  "last_over_time", "ln", "log10", "log2", "mad_over_time", "max_over_time", "min_over_time", "minute",
-  "month", "pi", "predict_linear", "present_over_time", "quantile_over_time", "rad", "rate", "resets",
-  "round", "scalar", "sgn", "sin", "sinh", "sort", "sort_by_label", "sort_by_label_desc", "sort_desc",
-  "sqrt", "start", "stddev_over_time", "stdvar_over_time", "sum_over_time", "tan", "tanh", "time",
-  "timestamp", "vector", "year",
+  "abs",
+  "absent",
+  "absent_over_time",
+  "acos",
+  "acosh",
+  "asin",
+  "asinh",
+  "atan",
+  "atanh",
+  "avg_over_time",
+  "ceil",
+  "changes",
+  "clamp",
+  "clamp_max",
+  "clamp_min",
+  "cos",
+  "cosh",
+  "count_over_time",
+  "day_of_month",
+  "day_of_week",
+  "day_of_year",
+  "days_in_month",
+  "deg",
+  "delta",
+  "deriv",
+  "double_exponential_smoothing",
+  "end",
+  "exp",
+  "floor",
+  "histogram_avg",
+  "histogram_count",
+  "histogram_fraction",
+  "histogram_quantile",
+  "histogram_stddev",
+  "histogram_stdvar",
+  "histogram_sum",
+  "holt_winters",
+  "hour",
+  "idelta",
+  "increase",
+  "irate",
+  "label_join",
+  "label_replace",
+  "last_over_time",
+  "ln",
+  "log10",
+  "log2",
+  "mad_over_time",
+  "max_over_time",
+  "min_over_time",
+  "minute",
+  "month",
+  "pi",
+  "predict_linear",
+  "present_over_time",
+  "quantile_over_time",
+  "rad",
+  "rate",
+  "resets",
+  "round",
+  "scalar",
+  "sgn",
+  "sin",
+  "sinh",
+  "sort",
+  "sort_by_label",
+  "sort_by_label_desc",
+  "sort_desc",
+  "sqrt",
+  "start",
+  "stddev_over_time",
+  "stdvar_over_time",
+  "sum_over_time",
+  "tan",
+  "tanh",
+  "time",
+  "timestamp",
+  "vector",
+  "year",
 ]);
 /** Labels every scraped series has. */
 const TARGET_LABELS = ["job", "instance"];
@@ -67,7 +146,11 @@ function tokenize(expr: string): Token[] {
       continue;
     }
     const rules: [Token["kind"], RegExp][] = [
-      ["duration", DURATION], ["number", NUMBER], ["ident", IDENT], ["var", VARIABLE], ["punct", PUNCT],
+      ["duration", DURATION],
+      ["number", NUMBER],
+      ["ident", IDENT],
+      ["var", VARIABLE],
+      ["punct", PUNCT],
     ];
     const hit = rules.map(([kind, re]) => [kind, re.exec(s)] as const).find(([, m]) => m !== null);
     if (!hit) throw new Error(`cannot read "${s.slice(0, 20)}" in: ${expr}`);
@@ -129,7 +212,10 @@ function analyze(expr: string): ExprUses {
   };
   const readLabelList = (open: number): string[] => {
     const end = closing(tokens, open);
-    return tokens.slice(open + 1, end).filter((t) => t.kind === "ident").map((t) => t.text);
+    return tokens
+      .slice(open + 1, end)
+      .filter((t) => t.kind === "ident")
+      .map((t) => t.text);
   };
 
   for (let i = 0; i < tokens.length; i++) {
@@ -153,7 +239,11 @@ function analyze(expr: string): ExprUses {
     if (GROUPING.has(lower(i))) {
       if (nextIsParen) {
         const end = closing(tokens, i + 1);
-        uses.groupings.push({ keyword: lower(i), labels: readLabelList(i + 1), ...groupingScope(tokens, i, expr) });
+        uses.groupings.push({
+          keyword: lower(i),
+          labels: readLabelList(i + 1),
+          ...groupingScope(tokens, i, expr),
+        });
         i = end;
       }
       continue;
@@ -201,7 +291,8 @@ function seriesLabels(name: string): { labels: string[] } | { error: string } {
   if (name === "up") return { labels: [...TARGET_LABELS] };
   const direct = catalogue[name];
   if (direct) {
-    if (direct.type === "histogram") return { error: `${name} is a histogram: use ${name}_bucket, _sum or _count` };
+    if (direct.type === "histogram")
+      return { error: `${name} is a histogram: use ${name}_bucket, _sum or _count` };
     return { labels: [...TARGET_LABELS, ...direct.labels] };
   }
   for (const suffix of ["_bucket", "_sum", "_count"]) {
@@ -241,7 +332,8 @@ function checkExpr(expr: string, jobs: readonly string[]): string[] {
         // Plain alternatives only (a|b|c); anything fancier is not checked.
         const alternatives = /^[\w|-]+$/.test(matcher.value) ? matcher.value.split("|") : [];
         for (const job of alternatives) {
-          if (!jobs.includes(job)) problems.push(`job "${job}" is not a scrape job of prometheus.yml (${jobs.join(", ")})`);
+          if (!jobs.includes(job))
+            problems.push(`job "${job}" is not a scrape job of prometheus.yml (${jobs.join(", ")})`);
         }
       }
     }
@@ -250,9 +342,10 @@ function checkExpr(expr: string, jobs: readonly string[]): string[] {
     const inScope = [...labelsAt].filter(([at]) => at > g.from && at < g.to).map(([, labels]) => labels);
     for (const label of g.labels) {
       // by/without: every series aggregated has the label; on/ignoring: at least one side has it.
-      const ok = g.keyword === "by" || g.keyword === "without"
-        ? inScope.every((labels) => labels.includes(label))
-        : inScope.some((labels) => labels.includes(label));
+      const ok =
+        g.keyword === "by" || g.keyword === "without"
+          ? inScope.every((labels) => labels.includes(label))
+          : inScope.some((labels) => labels.includes(label));
       if (!ok) problems.push(`${g.keyword} (${label}): not a label of the series it groups`);
     }
   }
@@ -281,7 +374,10 @@ function dashboards(): { file: string; dashboard: Dashboard }[] {
   return readdirSync(dashboardsDir)
     .filter((f) => f.endsWith(".json"))
     .sort()
-    .map((file) => ({ file, dashboard: JSON.parse(readFileSync(join(dashboardsDir, file), "utf8")) as Dashboard }));
+    .map((file) => ({
+      file,
+      dashboard: JSON.parse(readFileSync(join(dashboardsDir, file), "utf8")) as Dashboard,
+    }));
 }
 
 function allPanels(panels: Panel[] = []): Panel[] {
@@ -302,7 +398,9 @@ function alertRules(): AlertRule[] {
 }
 
 function scrapeJobs(): string[] {
-  const [config] = loadYaml("infra/prometheus/prometheus.yml") as [{ scrape_configs: { job_name: string }[] }];
+  const [config] = loadYaml("infra/prometheus/prometheus.yml") as [
+    { scrape_configs: { job_name: string }[] },
+  ];
   return config.scrape_configs.map((c) => c.job_name);
 }
 
@@ -316,7 +414,8 @@ function allExpressions(): { where: string; expr: string }[] {
       }
     }
   }
-  for (const rule of alertRules()) exprs.push({ where: `alerts.yml ${rule.alert ?? rule.record}`, expr: rule.expr });
+  for (const rule of alertRules())
+    exprs.push({ where: `alerts.yml ${rule.alert ?? rule.record}`, expr: rule.expr });
   return exprs;
 }
 
@@ -325,14 +424,29 @@ test("the tokenizer tells metrics from functions, keywords, labels and durations
     'histogram_quantile(0.99, sum by (job, le) (rate(timer_fire_lateness_seconds_bucket{job="dispatcher"}[5m] offset 1m)))' +
       " / on (job) group_left () (sum without (code) (timer_creation_failures_total) > bool 0) or vector(1) # timer_creations_total",
   );
-  assert.deepEqual(uses.metrics.map((m) => m.name), ["timer_fire_lateness_seconds_bucket", "timer_creation_failures_total"]);
+  assert.deepEqual(
+    uses.metrics.map((m) => m.name),
+    ["timer_fire_lateness_seconds_bucket", "timer_creation_failures_total"],
+  );
   assert.deepEqual(uses.functions, ["histogram_quantile", "rate", "vector"]);
-  assert.deepEqual(uses.groupings.map((g) => [g.keyword, g.labels]), [
-    ["by", ["job", "le"]], ["on", ["job"]], ["group_left", []], ["without", ["code"]],
-  ]);
+  assert.deepEqual(
+    uses.groupings.map((g) => [g.keyword, g.labels]),
+    [
+      ["by", ["job", "le"]],
+      ["on", ["job"]],
+      ["group_left", []],
+      ["without", ["code"]],
+    ],
+  );
   assert.deepEqual(uses.metrics[0]!.matchers, [{ label: "job", op: "=", value: "dispatcher" }]);
-  assert.deepEqual(analyze("sum(rate(callback_attempts_total[$__rate_interval])) by (transport)").groupings[0]!.labels, ["transport"]);
-  assert.deepEqual(analyze('{__name__="dispatcher_members", job="dispatcher"}').metrics.map((m) => m.name), ["dispatcher_members"]);
+  assert.deepEqual(
+    analyze("sum(rate(callback_attempts_total[$__rate_interval])) by (transport)").groupings[0]!.labels,
+    ["transport"],
+  );
+  assert.deepEqual(
+    analyze('{__name__="dispatcher_members", job="dispatcher"}').metrics.map((m) => m.name),
+    ["dispatcher_members"],
+  );
 });
 
 test("the checks catch misspelt metrics, labels, functions and jobs", () => {
@@ -344,13 +458,19 @@ test("the checks catch misspelt metrics, labels, functions and jobs", () => {
     ["histogram_quantile(0.95, rate(database_query_duration_seconds[5m]))", /is a histogram/],
     ["histogram_quantile(0.95, sum by (le) (rate(database_query_duration_seconds_sum[5m])))", /by \(le\)/],
     ["sum by (operation) (timer_shard_lag_seconds)", /by \(operation\)/],
-    ["histgram_quantile(0.5, sum by (le) (rate(timer_fire_lateness_seconds_bucket[5m])))", /unknown function histgram_quantile/],
+    [
+      "histgram_quantile(0.5, sum by (le) (rate(timer_fire_lateness_seconds_bucket[5m])))",
+      /unknown function histgram_quantile/,
+    ],
     ['up{job="dispatchers"} == 0', /job "dispatchers"/],
     ["sum(dispatcher_owned_shard)", /dispatcher_owned_shard is not in METRICS/],
   ];
   for (const [expr, problem] of bad) {
     const problems = checkExpr(expr, jobs);
-    assert.ok(problems.some((p) => problem.test(p)), `${expr} gave ${JSON.stringify(problems)}`);
+    assert.ok(
+      problems.some((p) => problem.test(p)),
+      `${expr} gave ${JSON.stringify(problems)}`,
+    );
   }
   const good = [
     'sum by (job) (up{job=~"timer|dispatcher"})',
@@ -366,7 +486,9 @@ test("every metric and label in the dashboards and alert rules is one the servic
   const jobs = scrapeJobs();
   const exprs = allExpressions();
   assert.ok(exprs.length >= 30, `only ${exprs.length} expressions found`);
-  const problems = exprs.flatMap(({ where, expr }) => checkExpr(expr, jobs).map((p) => `${where}: ${p}\n    ${expr}`));
+  const problems = exprs.flatMap(({ where, expr }) =>
+    checkExpr(expr, jobs).map((p) => `${where}: ${p}\n    ${expr}`),
+  );
   assert.deepEqual(problems, [], `\n${problems.join("\n")}`);
   // And together they cover the catalogue, so a metric nobody watches is a decision, not an accident.
   const base = (name: string) => (catalogue[name] ? name : name.replace(/_(bucket|sum|count)$/, ""));
@@ -377,13 +499,18 @@ test("every metric and label in the dashboards and alert rules is one the servic
 
 test("every alert has a severity, a summary, a description and a runbook", () => {
   const rules = alertRules().filter((r) => r.alert);
-  assert.deepEqual(
-    rules.map((r) => r.alert).sort(),
-    [
-      "CallbackFailureRateHigh", "DatabaseConnectionPoolExhaustion", "DispatcherClockSkew", "DispatcherDown", "HighTimerCreationFailureRate",
-      "MeshMessagesDropped", "ShardLagHigh", "ShardsUnowned", "TimerExecutionBacklog", "TimerFireLatenessHigh",
-    ],
-  );
+  assert.deepEqual(rules.map((r) => r.alert).sort(), [
+    "CallbackFailureRateHigh",
+    "DatabaseConnectionPoolExhaustion",
+    "DispatcherClockSkew",
+    "DispatcherDown",
+    "HighTimerCreationFailureRate",
+    "MeshMessagesDropped",
+    "ShardLagHigh",
+    "ShardsUnowned",
+    "TimerExecutionBacklog",
+    "TimerFireLatenessHigh",
+  ]);
   const readme = readFileSync(join(root, "infra/README.md"), "utf8");
   for (const rule of rules) {
     assert.match(rule.labels?.severity ?? "", /^(critical|warning)$/, `${rule.alert} severity`);
@@ -393,7 +520,11 @@ test("every alert has a severity, a summary, a description and a runbook", () =>
     // The runbook names a section of infra/README.md that exists.
     const anchor = /infra\/README\.md#([a-z0-9-]+)/.exec(rule.annotations!.runbook!)?.[1];
     assert.equal(anchor, rule.alert!.toLowerCase(), `${rule.alert} runbook link`);
-    assert.match(readme, new RegExp(`^#+ ${rule.alert}$`, "m"), `infra/README.md has no section for ${rule.alert}`);
+    assert.match(
+      readme,
+      new RegExp(`^#+ ${rule.alert}$`, "m"),
+      `infra/README.md has no section for ${rule.alert}`,
+    );
   }
 });
 
@@ -407,7 +538,10 @@ test("dashboards are provisionable and use the provisioned Prometheus", () => {
   const [providers] = loadYaml("infra/grafana/provisioning/dashboards/dashboards.yml") as [
     { providers: { type: string; options: { path: string } }[] },
   ];
-  assert.deepEqual(providers.providers.map((p) => [p.type, p.options.path]), [["file", "/var/lib/grafana/dashboards"]]);
+  assert.deepEqual(
+    providers.providers.map((p) => [p.type, p.options.path]),
+    [["file", "/var/lib/grafana/dashboards"]],
+  );
 
   const found = dashboards();
   assert.deepEqual(
@@ -431,7 +565,10 @@ test("dashboards are provisionable and use the provisioned Prometheus", () => {
       const where = `${file} "${p.title}"`;
       assert.ok(p.title, `${file}: panel ${p.id} has no title`);
       const g = p.gridPos;
-      assert.ok(g && [g.h, g.w, g.x, g.y].every(Number.isInteger) && g.w > 0 && g.h > 0 && g.x + g.w <= 24, `${where} gridPos`);
+      assert.ok(
+        g && [g.h, g.w, g.x, g.y].every(Number.isInteger) && g.w > 0 && g.h > 0 && g.x + g.w <= 24,
+        `${where} gridPos`,
+      );
       if (p.type === "row") continue;
       assert.equal(p.datasource?.uid, prometheus.uid, `${where} datasource`);
       assert.ok((p.targets ?? []).length > 0, `${where} has no query`);
@@ -443,14 +580,18 @@ test("dashboards are provisionable and use the provisioned Prometheus", () => {
     // Panels do not overlap.
     for (const [i, a] of panels.entries()) {
       for (const b of panels.slice(i + 1)) {
-        const overlap = a.gridPos!.x < b.gridPos!.x + b.gridPos!.w && b.gridPos!.x < a.gridPos!.x + a.gridPos!.w &&
-          a.gridPos!.y < b.gridPos!.y + b.gridPos!.h && b.gridPos!.y < a.gridPos!.y + a.gridPos!.h;
+        const overlap =
+          a.gridPos!.x < b.gridPos!.x + b.gridPos!.w &&
+          b.gridPos!.x < a.gridPos!.x + a.gridPos!.w &&
+          a.gridPos!.y < b.gridPos!.y + b.gridPos!.h &&
+          b.gridPos!.y < a.gridPos!.y + a.gridPos!.h;
         assert.ok(!overlap, `${file}: "${a.title}" and "${b.title}" overlap`);
       }
     }
   }
   // The panels the operations document names are there.
-  const titles = (file: string) => allPanels(found.find((d) => d.file === file)!.dashboard.panels).map((p) => p.title);
+  const titles = (file: string) =>
+    allPanels(found.find((d) => d.file === file)!.dashboard.panels).map((p) => p.title);
   for (const title of ["Timer Creation Rate", "Timer Execution Success Rate", "Active Timers by Group"]) {
     assert.ok(titles("timer-service-overview.json").includes(title), `Overview lacks "${title}"`);
   }

@@ -21,7 +21,6 @@ import { loadYaml } from "../support/yaml.js";
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const infra = join(root, "infra");
 
-
 type Env = Record<string, string>;
 type Kind = "timer" | "dispatcher" | "admin";
 const kinds: Kind[] = ["timer", "dispatcher", "admin"];
@@ -29,9 +28,21 @@ const kinds: Kind[] = ["timer", "dispatcher", "admin"];
 /** The contract's ports, as the services' config loaders default them. */
 const noAuth = { AUTH_DISABLED: "true" }; // the defaults need no tokens; the manifests do
 const contract: Record<Kind, { grpc: number; http: number; load: (env: Env) => { shardCount: number } }> = {
-  timer: { grpc: loadTimerConfig(noAuth).grpcPort, http: loadTimerConfig(noAuth).httpPort, load: loadTimerConfig },
-  dispatcher: { grpc: loadDispatcherConfig(noAuth).grpcPort, http: loadDispatcherConfig(noAuth).httpPort, load: loadDispatcherConfig },
-  admin: { grpc: loadAdminConfig(noAuth).grpcPort, http: loadAdminConfig(noAuth).httpPort, load: loadAdminConfig },
+  timer: {
+    grpc: loadTimerConfig(noAuth).grpcPort,
+    http: loadTimerConfig(noAuth).httpPort,
+    load: loadTimerConfig,
+  },
+  dispatcher: {
+    grpc: loadDispatcherConfig(noAuth).grpcPort,
+    http: loadDispatcherConfig(noAuth).httpPort,
+    load: loadDispatcherConfig,
+  },
+  admin: {
+    grpc: loadAdminConfig(noAuth).grpcPort,
+    http: loadAdminConfig(noAuth).httpPort,
+    load: loadAdminConfig,
+  },
 };
 
 /** Each service's NATS user in infra/nats/nats.conf, and the nats-server variable of its password. */
@@ -44,7 +55,9 @@ const natsUser: Record<Kind | "callbacks", { user: string; passwordVar: string }
 
 /** The $VARs infra/nats/nats.conf takes its passwords from (values, not subjects like "$JS.API.>"). */
 const natsConf = readFileSync(join(infra, "nats/nats.conf"), "utf8");
-const natsConfVars = [...new Set([...natsConf.replace(/#.*$/gm, "").matchAll(/[:=]\s*\$(\w+)/g)].map((m) => m[1]!))].sort();
+const natsConfVars = [
+  ...new Set([...natsConf.replace(/#.*$/gm, "").matchAll(/[:=]\s*\$(\w+)/g)].map((m) => m[1]!)),
+].sort();
 
 /** What infra/generate-secrets.sh writes, as an operator runs it once before `compose up`. */
 const secretsDir = mkdtempSync(join(tmpdir(), "infra-secrets-"));
@@ -68,15 +81,25 @@ function readEnvFile(path: string): Env {
 
 /** The variables of the contract every service is given, and what dispatchers get besides. */
 const REQUIRED_ENV = [
-  "DATABASE_URL", "NATS_URL", "GRPC_PORT", "HTTP_PORT", "SHARD_COUNT", "LOG_LEVEL",
-  "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME",
+  "DATABASE_URL",
+  "NATS_URL",
+  "GRPC_PORT",
+  "HTTP_PORT",
+  "SHARD_COUNT",
+  "LOG_LEVEL",
+  "OTEL_EXPORTER_OTLP_ENDPOINT",
+  "OTEL_SERVICE_NAME",
 ];
 const DISPATCHER_ENV = ["DISPATCHER_ID"];
 
 test("the contract ports are the ones these checks hold the manifests to", () => {
   assert.deepEqual(
     kinds.map((k) => [k, contract[k].grpc, contract[k].http]),
-    [["timer", 50051, 8080], ["dispatcher", 50052, 8081], ["admin", 50053, 8082]],
+    [
+      ["timer", 50051, 8080],
+      ["dispatcher", 50052, 8081],
+      ["admin", 50053, 8082],
+    ],
   );
 });
 
@@ -108,7 +131,8 @@ function dockerfileStages(): Stage[] {
         break;
       }
       case "ENV":
-        for (const [, k, v] of args.matchAll(/(\w+)=("[^"]*"|\S+)/g)) stage!.env[k!] = v!.replace(/^"|"$/g, "");
+        for (const [, k, v] of args.matchAll(/(\w+)=("[^"]*"|\S+)/g))
+          stage!.env[k!] = v!.replace(/^"|"$/g, "");
         break;
       case "EXPOSE":
         stage!.expose.push(...rest.map(Number));
@@ -118,7 +142,8 @@ function dockerfileStages(): Stage[] {
         stage!.cmd = JSON.parse(args) as string[]; // exec form only: SIGTERM must reach node
         break;
       case "COPY":
-        if (!rest.some((a) => a.startsWith("--from"))) stage!.copies.push(...rest.filter((a) => !a.startsWith("--")).slice(0, -1));
+        if (!rest.some((a) => a.startsWith("--from")))
+          stage!.copies.push(...rest.filter((a) => !a.startsWith("--")).slice(0, -1));
         break;
     }
   }
@@ -132,7 +157,12 @@ function resolvedStage(stages: Stage[], name: string): Stage {
   const parent = stages.find((s) => s.name === stage.from);
   if (!parent) return stage;
   const base = resolvedStage(stages, parent.name);
-  return { ...stage, env: { ...base.env, ...stage.env }, cmd: stage.cmd ?? base.cmd, expose: [...base.expose, ...stage.expose] };
+  return {
+    ...stage,
+    env: { ...base.env, ...stage.env },
+    cmd: stage.cmd ?? base.cmd,
+    expose: [...base.expose, ...stage.expose],
+  };
 }
 
 test("each Dockerfile target runs its service's main.ts, which exists, on the contract ports", () => {
@@ -145,17 +175,30 @@ test("each Dockerfile target runs its service's main.ts, which exists, on the co
     }
     assert.equal(stage.env.GRPC_PORT, String(contract[kind].grpc), `${kind} GRPC_PORT`);
     assert.equal(stage.env.HTTP_PORT, String(contract[kind].http), `${kind} HTTP_PORT`);
-    assert.deepEqual(stage.expose.sort(), [contract[kind].grpc, contract[kind].http].sort(), `${kind} EXPOSE`);
+    assert.deepEqual(
+      stage.expose.sort(),
+      [contract[kind].grpc, contract[kind].http].sort(),
+      `${kind} EXPOSE`,
+    );
   }
   // What is copied exists, and is not excluded by the build's ignore file.
   const ignore = readFileSync(join(infra, "Dockerfile.dockerignore"), "utf8");
   for (const src of stages.flatMap((s) => s.copies)) {
     assert.ok(existsSync(join(root, src)), `COPY ${src}: no such file`);
-    assert.match(ignore, new RegExp(`^!${src.replace(/[.*]/g, "\\$&")}(/\\*\\*)?$`, "m"), `Dockerfile.dockerignore excludes ${src}`);
+    assert.match(
+      ignore,
+      new RegExp(`^!${src.replace(/[.*]/g, "\\$&")}(/\\*\\*)?$`, "m"),
+      `Dockerfile.dockerignore excludes ${src}`,
+    );
   }
   // `npm ci --omit=dev` in the image: tsx must be a runtime dependency.
-  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { dependencies: Record<string, string> };
-  assert.ok(pkg.dependencies.tsx, "tsx must be in dependencies, not devDependencies: the image runs the sources with it");
+  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
+    dependencies: Record<string, string>;
+  };
+  assert.ok(
+    pkg.dependencies.tsx,
+    "tsx must be in dependencies, not devDependencies: the image runs the sources with it",
+  );
 });
 
 // --------------------------------------------------------------------------- docker-compose
@@ -174,8 +217,13 @@ interface ComposeService {
   stop_grace_period?: string;
 }
 
-function composeDoc(): { services: Record<string, ComposeService>; secrets?: Record<string, { file: string }> } {
-  const [doc] = loadYaml("infra/docker-compose.yml") as [{ services: Record<string, ComposeService>; secrets?: Record<string, { file: string }> }];
+function composeDoc(): {
+  services: Record<string, ComposeService>;
+  secrets?: Record<string, { file: string }>;
+} {
+  const [doc] = loadYaml("infra/docker-compose.yml") as [
+    { services: Record<string, ComposeService>; secrets?: Record<string, { file: string }> },
+  ];
   return doc;
 }
 
@@ -222,12 +270,23 @@ function seconds(duration: string): number {
 test("compose runs timer, three dispatchers and admin, built from infra/Dockerfile", () => {
   const services = compose();
   const apps = appServices(services);
-  assert.deepEqual(apps.map(([name, , kind]) => [name, kind]), [
-    ["timer", "timer"], ["dispatcher-1", "dispatcher"], ["dispatcher-2", "dispatcher"], ["dispatcher-3", "dispatcher"], ["admin", "admin"],
-  ]);
+  assert.deepEqual(
+    apps.map(([name, , kind]) => [name, kind]),
+    [
+      ["timer", "timer"],
+      ["dispatcher-1", "dispatcher"],
+      ["dispatcher-2", "dispatcher"],
+      ["dispatcher-3", "dispatcher"],
+      ["admin", "admin"],
+    ],
+  );
   const stages = dockerfileStages().map((s) => s.name);
   for (const [name, s, kind] of apps) {
-    assert.equal(resolve(infra, s.build!.context), root.replace(/\/$/, ""), `${name} builds from the repository root`);
+    assert.equal(
+      resolve(infra, s.build!.context),
+      root.replace(/\/$/, ""),
+      `${name} builds from the repository root`,
+    );
     assert.equal(s.build!.dockerfile, "infra/Dockerfile", name);
     assert.ok(stages.includes(kind), `${name}: no stage ${kind} in infra/Dockerfile`);
     assert.ok(seconds(s.stop_grace_period ?? "10s") >= 30, `${name} stop_grace_period`);
@@ -249,7 +308,11 @@ test("every compose service has the contract's environment, accepted by its conf
     assert.equal(env.GRPC_PORT, String(contract[kind].grpc), `${name} GRPC_PORT`);
     assert.equal(env.HTTP_PORT, String(contract[kind].http), `${name} HTTP_PORT`);
     assert.equal(env.OTEL_SERVICE_NAME, kind, `${name} OTEL_SERVICE_NAME`);
-    assert.equal(env.OTEL_EXPORTER_OTLP_ENDPOINT, "http://jaeger:4318", `${name} OTEL_EXPORTER_OTLP_ENDPOINT`);
+    assert.equal(
+      env.OTEL_EXPORTER_OTLP_ENDPOINT,
+      "http://jaeger:4318",
+      `${name} OTEL_EXPORTER_OTLP_ENDPOINT`,
+    );
     shardCounts.add(contract[kind].load(env).shardCount); // throws on a value the service refuses
     if (kind === "dispatcher") {
       dispatcherIds.push(env.DISPATCHER_ID!);
@@ -258,7 +321,11 @@ test("every compose service has the contract's environment, accepted by its conf
 
     // Both contract ports published; the host side may differ (three dispatchers, one host).
     const published = (s.ports ?? []).map(publishedPort);
-    assert.deepEqual(published.map((p) => p.container).sort(), [contract[kind].grpc, contract[kind].http].sort(), `${name} ports`);
+    assert.deepEqual(
+      published.map((p) => p.container).sort(),
+      [contract[kind].grpc, contract[kind].http].sort(),
+      `${name} ports`,
+    );
     hostPorts.push(...published.map((p) => p.host));
 
     // Postgres, NATS and Jaeger are the compose services of those names, set up to match.
@@ -269,7 +336,12 @@ test("every compose service has the contract's environment, accepted by its conf
     const pgPasswordFile = composeSecretFile(postgres, pg.POSTGRES_PASSWORD_FILE ?? "");
     assert.ok(pgPasswordFile, "postgres takes its password from a secret (POSTGRES_PASSWORD_FILE)");
     assert.deepEqual(
-      [decodeURIComponent(db.username), decodeURIComponent(db.password), db.pathname.slice(1), db.port || "5432"],
+      [
+        decodeURIComponent(db.username),
+        decodeURIComponent(db.password),
+        db.pathname.slice(1),
+        db.port || "5432",
+      ],
       [pg.POSTGRES_USER, readFileSync(pgPasswordFile, "utf8"), pg.POSTGRES_DB, "5432"],
       `${name} DATABASE_URL matches the postgres service`,
     );
@@ -282,23 +354,39 @@ test("every compose service has the contract's environment, accepted by its conf
   assert.deepEqual(hostPorts, [...new Set(hostPorts)], "host ports must differ");
 
   const natsCommand = services.nats?.command;
-  assert.ok((Array.isArray(natsCommand) ? natsCommand : String(natsCommand).split(" ")).includes("-js"), "nats runs with -js");
+  assert.ok(
+    (Array.isArray(natsCommand) ? natsCommand : String(natsCommand).split(" ")).includes("-js"),
+    "nats runs with -js",
+  );
   assert.equal(services.jaeger?.environment?.COLLECTOR_OTLP_ENABLED, "true");
-  assert.ok(services.jaeger?.ports?.some((p) => p.endsWith(":4318")), "jaeger publishes OTLP/HTTP 4318");
+  assert.ok(
+    services.jaeger?.ports?.some((p) => p.endsWith(":4318")),
+    "jaeger publishes OTLP/HTTP 4318",
+  );
 });
 
 test("Prometheus scrapes exactly the compose services, and Grafana gets its provisioning", () => {
   const services = compose();
-  const [config] = loadYaml("infra/prometheus/prometheus.yml") as [{
-    scrape_configs: { job_name: string; metrics_path?: string; static_configs: { targets: string[] }[] }[];
-    alerting: { alertmanagers: { static_configs: { targets: string[] }[] }[] };
-    rule_files: string[];
-  }];
+  const [config] = loadYaml("infra/prometheus/prometheus.yml") as [
+    {
+      scrape_configs: { job_name: string; metrics_path?: string; static_configs: { targets: string[] }[] }[];
+      alerting: { alertmanagers: { static_configs: { targets: string[] }[] }[] };
+      rule_files: string[];
+    },
+  ];
   const scraped = config.scrape_configs.flatMap((c) =>
-    c.static_configs.flatMap((sc) => sc.targets.map((t) => [c.job_name, t, c.metrics_path ?? "/metrics"])));
-  const expected = appServices(services).map(([name, s, kind]) => [kind, `${name}:${composeEnv(s).HTTP_PORT}`, "/metrics"]);
+    c.static_configs.flatMap((sc) => sc.targets.map((t) => [c.job_name, t, c.metrics_path ?? "/metrics"])),
+  );
+  const expected = appServices(services).map(([name, s, kind]) => [
+    kind,
+    `${name}:${composeEnv(s).HTTP_PORT}`,
+    "/metrics",
+  ]);
   assert.deepEqual(scraped.sort(), expected.sort());
-  assert.deepEqual(config.alerting.alertmanagers.flatMap((a) => a.static_configs.flatMap((sc) => sc.targets)), ["alertmanager:9093"]);
+  assert.deepEqual(
+    config.alerting.alertmanagers.flatMap((a) => a.static_configs.flatMap((sc) => sc.targets)),
+    ["alertmanager:9093"],
+  );
   assert.ok(services.alertmanager, "no alertmanager service");
   assert.deepEqual(config.rule_files, ["alerts.yml"]);
 
@@ -306,17 +394,28 @@ test("Prometheus scrapes exactly the compose services, and Grafana gets its prov
   for (const [name, s] of Object.entries(services)) {
     for (const volume of s.volumes ?? []) {
       const [src] = volume.split(":");
-      if (src!.startsWith(".")) assert.ok(existsSync(composeFile(src!)), `${name} mounts ${src}, which does not exist`);
+      if (src!.startsWith("."))
+        assert.ok(existsSync(composeFile(src!)), `${name} mounts ${src}, which does not exist`);
     }
   }
-  const mounts = (name: string) => Object.fromEntries((services[name]?.volumes ?? []).map((v) => v.split(":").slice(0, 2).reverse()));
+  const mounts = (name: string) =>
+    Object.fromEntries((services[name]?.volumes ?? []).map((v) => v.split(":").slice(0, 2).reverse()));
   assert.equal(mounts("prometheus")["/etc/prometheus"], "./prometheus");
-  assert.ok((services.prometheus!.command as string[]).includes("--config.file=/etc/prometheus/prometheus.yml"));
+  assert.ok(
+    (services.prometheus!.command as string[]).includes("--config.file=/etc/prometheus/prometheus.yml"),
+  );
   assert.equal(mounts("alertmanager")["/etc/alertmanager"], "./alertmanager");
   assert.ok(existsSync(join(infra, "alertmanager/alertmanager.yml")));
   assert.equal(mounts("grafana")["/etc/grafana/provisioning"], "./grafana/provisioning");
-  const [providers] = loadYaml("infra/grafana/provisioning/dashboards/dashboards.yml") as [{ providers: { options: { path: string } }[] }];
-  for (const p of providers.providers) assert.equal(mounts("grafana")[p.options.path], "./grafana/dashboards", `grafana mounts ${p.options.path}`);
+  const [providers] = loadYaml("infra/grafana/provisioning/dashboards/dashboards.yml") as [
+    { providers: { options: { path: string } }[] },
+  ];
+  for (const p of providers.providers)
+    assert.equal(
+      mounts("grafana")[p.options.path],
+      "./grafana/dashboards",
+      `grafana mounts ${p.options.path}`,
+    );
 });
 
 // ------------------------------------------------------------------------------------ k8s
@@ -332,7 +431,9 @@ interface K8sObject {
 }
 
 function k8sFiles(): string[] {
-  return readdirSync(join(infra, "k8s")).filter((f) => /\.ya?ml$/.test(f)).sort();
+  return readdirSync(join(infra, "k8s"))
+    .filter((f) => /\.ya?ml$/.test(f))
+    .sort();
 }
 
 /** Files `kubectl apply -k` applies: all but kustomization.yaml and the *.example.yaml placeholders. */
@@ -349,10 +450,13 @@ function k8sObjects(): { file: string; obj: K8sObject }[] {
 
 /** The Deployments and StatefulSets running one of our services. */
 function appWorkloads(objects: K8sObject[]): K8sObject[] {
-  return objects.filter((o) => (o.kind === "Deployment" || o.kind === "StatefulSet") && kinds.includes(o.metadata.name as Kind));
+  return objects.filter(
+    (o) => (o.kind === "Deployment" || o.kind === "StatefulSet") && kinds.includes(o.metadata.name as Kind),
+  );
 }
 
-const matches = (selector: Env, labels: Env = {}) => Object.entries(selector).every(([k, v]) => labels[k] === v);
+const matches = (selector: Env, labels: Env = {}) =>
+  Object.entries(selector).every(([k, v]) => labels[k] === v);
 
 test("the k8s manifests are all listed, in one namespace, and their references resolve", () => {
   const [kustomization] = loadYaml("infra/k8s/kustomization.yaml") as [K8sObject];
@@ -363,8 +467,12 @@ test("the k8s manifests are all listed, in one namespace, and their references r
   for (const { file, obj } of objects.filter(({ obj }) => obj.kind !== "Namespace")) {
     assert.equal(obj.metadata.namespace, namespace, `${file} ${obj.kind}/${obj.metadata.name} namespace`);
   }
-  const workloads = objects.filter(({ obj }) => obj.kind === "Deployment" || obj.kind === "StatefulSet").map(({ obj }) => obj);
-  for (const { obj } of objects.filter(({ obj }) => obj.kind === "Service" || obj.kind === "PodDisruptionBudget")) {
+  const workloads = objects
+    .filter(({ obj }) => obj.kind === "Deployment" || obj.kind === "StatefulSet")
+    .map(({ obj }) => obj);
+  for (const { obj } of objects.filter(
+    ({ obj }) => obj.kind === "Service" || obj.kind === "PodDisruptionBudget",
+  )) {
     const selector = obj.kind === "Service" ? obj.spec.selector : obj.spec.selector.matchLabels;
     const target = workloads.find((w) => matches(selector, w.spec.template.metadata.labels));
     assert.ok(target, `${obj.kind}/${obj.metadata.name} selects no pods`);
@@ -372,42 +480,73 @@ test("the k8s manifests are all listed, in one namespace, and their references r
     if (obj.kind === "Service" && kinds.includes(kind)) {
       const containerPorts = target.spec.template.spec.containers.flatMap((c: any) => c.ports);
       for (const port of obj.spec.ports) {
-        const named = containerPorts.find((p: any) => p.name === port.targetPort || p.containerPort === port.targetPort);
-        assert.ok(named, `Service/${obj.metadata.name} targets port ${port.targetPort}, which no container has`);
-        assert.equal(port.port, contract[kind][port.name as "grpc" | "http"], `Service/${obj.metadata.name} port ${port.name}`);
-        assert.equal(named.containerPort, port.port, `Service/${obj.metadata.name} ${port.name} container port`);
+        const named = containerPorts.find(
+          (p: any) => p.name === port.targetPort || p.containerPort === port.targetPort,
+        );
+        assert.ok(
+          named,
+          `Service/${obj.metadata.name} targets port ${port.targetPort}, which no container has`,
+        );
+        assert.equal(
+          port.port,
+          contract[kind][port.name as "grpc" | "http"],
+          `Service/${obj.metadata.name} port ${port.name}`,
+        );
+        assert.equal(
+          named.containerPort,
+          port.port,
+          `Service/${obj.metadata.name} ${port.name} container port`,
+        );
       }
     }
   }
-  assert.deepEqual(
-    workloads.map((w) => `${w.kind}/${w.metadata.name}`).sort(),
-    ["Deployment/admin", "Deployment/timer", "StatefulSet/dispatcher", "StatefulSet/nats"],
-  );
+  assert.deepEqual(workloads.map((w) => `${w.kind}/${w.metadata.name}`).sort(), [
+    "Deployment/admin",
+    "Deployment/timer",
+    "StatefulSet/dispatcher",
+    "StatefulSet/nats",
+  ]);
 });
 
 test("every workload probes /readyz and /healthz on its HTTP port, is scraped, and stops gracefully", () => {
   const objects = k8sObjects().map(({ obj }) => obj);
   const stages = dockerfileStages().map((s) => s.name);
-  const configMaps = new Map(objects.filter((o) => o.kind === "ConfigMap").map((o) => [o.metadata.name, o.data ?? {}]));
-  const secrets = new Map(objects.filter((o) => o.kind === "Secret").map((o) => [o.metadata.name, { ...o.data, ...o.stringData }]));
+  const configMaps = new Map(
+    objects.filter((o) => o.kind === "ConfigMap").map((o) => [o.metadata.name, o.data ?? {}]),
+  );
+  const secrets = new Map(
+    objects.filter((o) => o.kind === "Secret").map((o) => [o.metadata.name, { ...o.data, ...o.stringData }]),
+  );
   const shardCounts = new Set<number>();
 
   for (const w of appWorkloads(objects)) {
     const kind = w.metadata.name as Kind;
     const where = `${w.kind}/${w.metadata.name}`;
     const pod = w.spec.template;
-    assert.ok(matches(w.spec.selector.matchLabels, pod.metadata.labels), `${where} selector matches its pods`);
+    assert.ok(
+      matches(w.spec.selector.matchLabels, pod.metadata.labels),
+      `${where} selector matches its pods`,
+    );
     assert.ok(pod.spec.terminationGracePeriodSeconds >= 30, `${where} terminationGracePeriodSeconds >= 30`);
     assert.deepEqual(
-      [pod.metadata.annotations?.["prometheus.io/scrape"], pod.metadata.annotations?.["prometheus.io/port"], pod.metadata.annotations?.["prometheus.io/path"]],
+      [
+        pod.metadata.annotations?.["prometheus.io/scrape"],
+        pod.metadata.annotations?.["prometheus.io/port"],
+        pod.metadata.annotations?.["prometheus.io/path"],
+      ],
       ["true", String(contract[kind].http), "/metrics"],
       `${where} scrape annotations`,
     );
     assert.equal(pod.spec.containers.length, 1, where);
     const c = pod.spec.containers[0];
-    assert.match(c.image, new RegExp(`^timer-mesh/(${stages.join("|")}):`), `${where} image is a target of infra/Dockerfile`);
+    assert.match(
+      c.image,
+      new RegExp(`^timer-mesh/(${stages.join("|")}):`),
+      `${where} image is a target of infra/Dockerfile`,
+    );
     assert.ok(c.image.startsWith(`timer-mesh/${kind}:`), `${where} runs the ${kind} image`);
-    const portOf = (p: string | number) => (typeof p === "number" ? p : c.ports.find((cp: any) => cp.name === p)?.containerPort);
+    const portOf = (p: string | number) =>
+      typeof p === "number" ? p : c.ports.find((cp: any) => cp.name === p)?.containerPort;
     assert.equal(portOf("grpc"), contract[kind].grpc, `${where} grpc port`);
     assert.equal(portOf("http"), contract[kind].http, `${where} http port`);
     assert.equal(c.readinessProbe?.httpGet?.path, "/readyz", `${where} readinessProbe`);
@@ -418,7 +557,9 @@ test("every workload probes /readyz and /healthz on its HTTP port, is scraped, a
     // The environment the container gets, resolved as the kubelet would.
     const env: Env = {};
     for (const from of c.envFrom ?? []) {
-      const source = from.configMapRef ? configMaps.get(from.configMapRef.name) : secrets.get(from.secretRef?.name);
+      const source = from.configMapRef
+        ? configMaps.get(from.configMapRef.name)
+        : secrets.get(from.secretRef?.name);
       assert.ok(source, `${where} envFrom refers to a missing ConfigMap/Secret`);
       Object.assign(env, source);
     }
@@ -426,14 +567,23 @@ test("every workload probes /readyz and /healthz on its HTTP port, is scraped, a
       const ref = e.valueFrom;
       if (ref?.secretKeyRef) {
         const value = secrets.get(ref.secretKeyRef.name)?.[ref.secretKeyRef.key];
-        assert.ok(value, `${where} ${e.name}: no key ${ref.secretKeyRef.key} in Secret ${ref.secretKeyRef.name}`);
+        assert.ok(
+          value,
+          `${where} ${e.name}: no key ${ref.secretKeyRef.key} in Secret ${ref.secretKeyRef.name}`,
+        );
         env[e.name] = value;
       } else if (ref?.configMapKeyRef) {
         const value = configMaps.get(ref.configMapKeyRef.name)?.[ref.configMapKeyRef.key];
-        assert.ok(value, `${where} ${e.name}: no key ${ref.configMapKeyRef.key} in ConfigMap ${ref.configMapKeyRef.name}`);
+        assert.ok(
+          value,
+          `${where} ${e.name}: no key ${ref.configMapKeyRef.key} in ConfigMap ${ref.configMapKeyRef.name}`,
+        );
         env[e.name] = value;
       } else if (ref?.fieldRef) {
-        env[e.name] = { "metadata.name": `${w.metadata.name}-0`, "metadata.namespace": w.metadata.namespace! }[ref.fieldRef.fieldPath as string] ?? "";
+        env[e.name] =
+          { "metadata.name": `${w.metadata.name}-0`, "metadata.namespace": w.metadata.namespace! }[
+            ref.fieldRef.fieldPath as string
+          ] ?? "";
       } else {
         // $(VAR) expands only variables defined earlier in the list.
         env[e.name] = String(e.value).replace(/\$\((\w+)\)/g, (_, name: string) => {
@@ -463,29 +613,69 @@ test("dispatchers are a StatefulSet named by their pods, behind a headless Servi
   assert.ok(headless, `serviceName ${sts.spec.serviceName} is not a Service`);
   assert.equal(headless.spec.clusterIP, "None", "the dispatchers' Service is headless");
   assert.ok(matches(headless.spec.selector, sts.spec.template.metadata.labels));
-  const env = sts.spec.template.spec.containers[0].env as { name: string; valueFrom?: { fieldRef?: { fieldPath: string } }; value?: string }[];
-  assert.equal(env.find((e) => e.name === "DISPATCHER_ID")?.valueFrom?.fieldRef?.fieldPath, "metadata.name", "DISPATCHER_ID is the pod name");
-  assert.match(env.find((e) => e.name === "ADVERTISE_ADDRESS")?.value ?? "", new RegExp(`^\\$\\(DISPATCHER_ID\\)\\.${headless.metadata.name}\\.`), "ADVERTISE_ADDRESS is the pod's DNS name");
+  const env = sts.spec.template.spec.containers[0].env as {
+    name: string;
+    valueFrom?: { fieldRef?: { fieldPath: string } };
+    value?: string;
+  }[];
+  assert.equal(
+    env.find((e) => e.name === "DISPATCHER_ID")?.valueFrom?.fieldRef?.fieldPath,
+    "metadata.name",
+    "DISPATCHER_ID is the pod name",
+  );
+  assert.match(
+    env.find((e) => e.name === "ADVERTISE_ADDRESS")?.value ?? "",
+    new RegExp(`^\\$\\(DISPATCHER_ID\\)\\.${headless.metadata.name}\\.`),
+    "ADVERTISE_ADDRESS is the pod's DNS name",
+  );
   const shutdown = env.find((e) => e.name === "SHUTDOWN_TIMEOUT")?.value ?? "15s";
-  assert.ok(sts.spec.template.spec.terminationGracePeriodSeconds > seconds(shutdown), "the grace period outlasts SHUTDOWN_TIMEOUT");
+  assert.ok(
+    sts.spec.template.spec.terminationGracePeriodSeconds > seconds(shutdown),
+    "the grace period outlasts SHUTDOWN_TIMEOUT",
+  );
 });
 
 // ------------------------------------------------------------------------------- security
 
 test("infra/generate-secrets.sh: tokens that the token file accepts, NATS passwords nats-server can read", () => {
   const dir = join(secretsDir, "secrets");
-  const table = new TokenTable(parseTokens(readFileSync(join(dir, "auth-tokens.json"), "utf8"), "auth-tokens.json"));
-  assert.equal(table.lookup(readFileSync(join(dir, "operator-token"), "utf8"))?.admin, true, "the operator token is an admin token");
-  assert.equal(table.lookup(readFileSync(join(dir, "dispatcher-token"), "utf8"))?.admin, true, "the admin service's token is an admin token");
-  assert.doesNotMatch(readFileSync(join(dir, "auth-tokens.json"), "utf8"), new RegExp(readFileSync(join(dir, "operator-token"), "utf8")), "only hashes");
+  const table = new TokenTable(
+    parseTokens(readFileSync(join(dir, "auth-tokens.json"), "utf8"), "auth-tokens.json"),
+  );
+  assert.equal(
+    table.lookup(readFileSync(join(dir, "operator-token"), "utf8"))?.admin,
+    true,
+    "the operator token is an admin token",
+  );
+  assert.equal(
+    table.lookup(readFileSync(join(dir, "dispatcher-token"), "utf8"))?.admin,
+    true,
+    "the admin service's token is an admin token",
+  );
+  assert.doesNotMatch(
+    readFileSync(join(dir, "auth-tokens.json"), "utf8"),
+    new RegExp(readFileSync(join(dir, "operator-token"), "utf8")),
+    "only hashes",
+  );
   const nats = readEnvFile(join(dir, "nats.env"));
-  assert.deepEqual(Object.keys(nats).sort(), natsConfVars, "nats.env sets exactly the variables infra/nats/nats.conf reads");
+  assert.deepEqual(
+    Object.keys(nats).sort(),
+    natsConfVars,
+    "nats.env sets exactly the variables infra/nats/nats.conf reads",
+  );
   for (const [name, value] of Object.entries(nats)) {
     // nats-server reads a substituted value that starts with a digit as a number.
     assert.match(value, /^[A-Za-z][\w-]{31,}$/, `${name} is long, random, and starts with a letter`);
   }
-  assert.equal(new Set(Object.values(nats)).size, Object.keys(nats).length, "every user has its own password");
-  assert.throws(() => execFileSync("sh", [join(infra, "generate-secrets.sh"), dir], { stdio: "pipe" }), "it never overwrites secrets");
+  assert.equal(
+    new Set(Object.values(nats)).size,
+    Object.keys(nats).length,
+    "every user has its own password",
+  );
+  assert.throws(
+    () => execFileSync("sh", [join(infra, "generate-secrets.sh"), dir], { stdio: "pipe" }),
+    "it never overwrites secrets",
+  );
 });
 
 /** Environment variables that hold a secret themselves (the *_FILE variants name a file instead). */
@@ -502,16 +692,32 @@ test("compose: tokens, NATS users and passwords come from secrets; nothing secre
     assert.ok(tokensFile, `${name}: AUTH_TOKENS_FILE is a Docker secret of the service`);
     assert.equal(basename(tokensFile), "auth-tokens.json", `${name} reads the generated token file`);
     assert.equal(env.NATS_USER, natsUser[kind].user, `${name} connects to NATS as its own user`);
-    assert.equal(env.NATS_PASSWORD, natsEnv[natsUser[kind].passwordVar], `${name}: NATS_PASSWORD is the one nats-server has for ${env.NATS_USER}`);
+    assert.equal(
+      env.NATS_PASSWORD,
+      natsEnv[natsUser[kind].passwordVar],
+      `${name}: NATS_PASSWORD is the one nats-server has for ${env.NATS_USER}`,
+    );
     if (kind === "dispatcher") {
-      assert.equal(env.CALLBACK_NATS_USER, natsUser.callbacks.user, `${name} publishes tenant callbacks as the callbacks user`);
-      assert.equal(env.CALLBACK_NATS_PASSWORD, natsEnv[natsUser.callbacks.passwordVar], `${name} CALLBACK_NATS_PASSWORD`);
+      assert.equal(
+        env.CALLBACK_NATS_USER,
+        natsUser.callbacks.user,
+        `${name} publishes tenant callbacks as the callbacks user`,
+      );
+      assert.equal(
+        env.CALLBACK_NATS_PASSWORD,
+        natsEnv[natsUser.callbacks.passwordVar],
+        `${name} CALLBACK_NATS_PASSWORD`,
+      );
     }
     if (kind === "admin") {
       const tokenFile = composeSecretFile(s, env.DISPATCHER_TOKEN_FILE ?? "");
       assert.ok(tokenFile, "the admin's DISPATCHER_TOKEN_FILE is a Docker secret of the service");
       const table = new TokenTable(parseTokens(readFileSync(tokensFile, "utf8"), "auth-tokens.json"));
-      assert.equal(table.lookup(readFileSync(tokenFile, "utf8"))?.admin, true, "dispatchers accept the admin's token as an admin token");
+      assert.equal(
+        table.lookup(readFileSync(tokenFile, "utf8"))?.admin,
+        true,
+        "dispatchers accept the admin's token as an admin token",
+      );
     }
     // Callback egress stays at its default (public addresses only): the compose network holds
     // Postgres, NATS and Prometheus.
@@ -519,17 +725,31 @@ test("compose: tokens, NATS users and passwords come from secrets; nothing secre
   }
   for (const [name, s] of Object.entries(services)) {
     for (const [variable, value] of Object.entries(s.environment ?? {})) {
-      if (SECRET_VARIABLE.test(variable)) assert.fail(`${name} sets ${variable} in docker-compose.yml: take it from a secret (${variable}_FILE or env_file)`);
-      if (/^[a-z][a-z0-9+.-]*:\/\/[^/@\s]*:[^/@\s]*@/i.test(String(value))) assert.fail(`${name} ${variable} has a password in its URL`);
+      if (SECRET_VARIABLE.test(variable))
+        assert.fail(
+          `${name} sets ${variable} in docker-compose.yml: take it from a secret (${variable}_FILE or env_file)`,
+        );
+      if (/^[a-z][a-z0-9+.-]*:\/\/[^/@\s]*:[^/@\s]*@/i.test(String(value)))
+        assert.fail(`${name} ${variable} has a password in its URL`);
     }
     for (const file of s.env_file === undefined ? [] : [s.env_file].flat()) {
-      assert.ok(file.startsWith("./secrets/"), `${name} reads ${file}: env files with secrets live in infra/secrets (git-ignored)`);
+      assert.ok(
+        file.startsWith("./secrets/"),
+        `${name} reads ${file}: env files with secrets live in infra/secrets (git-ignored)`,
+      );
     }
   }
   for (const [secret, { file }] of Object.entries(composeDoc().secrets ?? {})) {
-    assert.ok(file.startsWith("./secrets/"), `secret ${secret} comes from infra/secrets, not a committed file`);
+    assert.ok(
+      file.startsWith("./secrets/"),
+      `secret ${secret} comes from infra/secrets, not a committed file`,
+    );
   }
-  assert.match(readFileSync(join(infra, "secrets/.gitignore"), "utf8"), /^\*$/m, "infra/secrets is git-ignored");
+  assert.match(
+    readFileSync(join(infra, "secrets/.gitignore"), "utf8"),
+    /^\*$/m,
+    "infra/secrets is git-ignored",
+  );
 });
 
 test("compose: nats-server runs infra/nats/nats.conf with its users' passwords", () => {
@@ -541,7 +761,13 @@ test("compose: nats-server runs infra/nats/nats.conf with its users' passwords",
   assert.equal(mounts[confPath!], "./nats/nats.conf", "the config is infra/nats/nats.conf");
   for (const flag of ["-js", "-sd"]) assert.ok(command.includes(flag), `nats-server ${flag}`);
   assert.equal(command[command.indexOf("-p") + 1], "4222");
-  assert.deepEqual(Object.keys(composeEnv(nats)).filter((k) => natsConfVars.includes(k)).sort(), natsConfVars, "every password nats.conf reads is set");
+  assert.deepEqual(
+    Object.keys(composeEnv(nats))
+      .filter((k) => natsConfVars.includes(k))
+      .sort(),
+    natsConfVars,
+    "every password nats.conf reads is set",
+  );
 });
 
 test("compose: ports are published on loopback only, and Prometheus has no lifecycle endpoint", () => {
@@ -553,8 +779,14 @@ test("compose: ports are published on loopback only, and Prometheus has no lifec
   // A timer's HTTP callback could POST to /-/quit: every container shares the dispatchers' network.
   const prometheus = compose().prometheus!;
   const args = Array.isArray(prometheus.command) ? prometheus.command : String(prometheus.command).split(" ");
-  assert.ok(!args.some((a) => a.startsWith("--web.enable-lifecycle")), "Prometheus runs without --web.enable-lifecycle");
-  assert.ok(!args.some((a) => a.startsWith("--web.enable-admin-api")), "Prometheus runs without --web.enable-admin-api");
+  assert.ok(
+    !args.some((a) => a.startsWith("--web.enable-lifecycle")),
+    "Prometheus runs without --web.enable-lifecycle",
+  );
+  assert.ok(
+    !args.some((a) => a.startsWith("--web.enable-admin-api")),
+    "Prometheus runs without --web.enable-admin-api",
+  );
 });
 
 /** The Secret key behind a file path in a pod: a secret volume mounted at the path's directory. */
@@ -575,15 +807,25 @@ function secretFileOf(pod: any, container: any, path: string): { secret: string;
 test("k8s: tokens, NATS users and the admin's credential come from Secrets, which are placeholders only", () => {
   const objects = k8sObjects();
   const configMaps = objects.filter(({ obj }) => obj.kind === "ConfigMap").map(({ obj }) => obj);
-  const secrets = new Map(objects.filter(({ obj }) => obj.kind === "Secret").map(({ file, obj }) => [obj.metadata.name, { file, data: { ...obj.data, ...obj.stringData } }]));
+  const secrets = new Map(
+    objects
+      .filter(({ obj }) => obj.kind === "Secret")
+      .map(({ file, obj }) => [obj.metadata.name, { file, data: { ...obj.data, ...obj.stringData } }]),
+  );
   for (const [name, { file, data }] of secrets) {
-    assert.ok(file.endsWith(".example.yaml"), `Secret ${name} is in ${file}, which kubectl apply -k would apply over the real one`);
-    for (const [key, value] of Object.entries(data)) assert.match(value, /REPLACE-ME/, `Secret ${name} ${key} is an obvious placeholder`);
+    assert.ok(
+      file.endsWith(".example.yaml"),
+      `Secret ${name} is in ${file}, which kubectl apply -k would apply over the real one`,
+    );
+    for (const [key, value] of Object.entries(data))
+      assert.match(value, /REPLACE-ME/, `Secret ${name} ${key} is an obvious placeholder`);
   }
   for (const cm of configMaps) {
-    for (const k of Object.keys(cm.data ?? {})) assert.ok(!SECRET_VARIABLE.test(k) && k !== "AUTH_DISABLED", `ConfigMap ${cm.metadata.name} sets ${k}`);
+    for (const k of Object.keys(cm.data ?? {}))
+      assert.ok(!SECRET_VARIABLE.test(k) && k !== "AUTH_DISABLED", `ConfigMap ${cm.metadata.name} sets ${k}`);
   }
-  const hasKey = (ref: { secret: string; key: string } | undefined) => ref !== undefined && secrets.get(ref.secret)?.data[ref.key] !== undefined;
+  const hasKey = (ref: { secret: string; key: string } | undefined) =>
+    ref !== undefined && secrets.get(ref.secret)?.data[ref.key] !== undefined;
   for (const w of appWorkloads(objects.map(({ obj }) => obj))) {
     const kind = w.metadata.name as Kind;
     const pod = w.spec.template;
@@ -593,31 +835,59 @@ test("k8s: tokens, NATS users and the admin's credential come from Secrets, whic
       const ref = env.get(name)?.valueFrom?.secretKeyRef;
       return ref && { secret: ref.name as string, key: ref.key as string };
     };
-    for (const forbidden of ["AUTH_DISABLED", "AUTH_TOKENS"]) assert.ok(!env.has(forbidden), `${kind} sets ${forbidden}`);
-    for (const from of c.envFrom ?? []) assert.ok(!from.secretRef, `${kind}: no whole Secret in the environment`);
+    for (const forbidden of ["AUTH_DISABLED", "AUTH_TOKENS"])
+      assert.ok(!env.has(forbidden), `${kind} sets ${forbidden}`);
+    for (const from of c.envFrom ?? [])
+      assert.ok(!from.secretRef, `${kind}: no whole Secret in the environment`);
     const tokens = secretFileOf(pod, c, env.get("AUTH_TOKENS_FILE")?.value ?? "");
     assert.ok(hasKey(tokens), `${kind}: AUTH_TOKENS_FILE is a file of a mounted Secret`);
-    assert.equal(env.get("NATS_USER")?.value, natsUser[kind].user, `${kind} connects to NATS as its own user`);
-    assert.deepEqual(secretRef("NATS_PASSWORD"), { secret: "timer-mesh-nats", key: natsUser[kind].passwordVar }, `${kind} NATS_PASSWORD`);
+    assert.equal(
+      env.get("NATS_USER")?.value,
+      natsUser[kind].user,
+      `${kind} connects to NATS as its own user`,
+    );
+    assert.deepEqual(
+      secretRef("NATS_PASSWORD"),
+      { secret: "timer-mesh-nats", key: natsUser[kind].passwordVar },
+      `${kind} NATS_PASSWORD`,
+    );
     if (kind === "dispatcher") {
-      assert.equal(env.get("CALLBACK_NATS_USER")?.value, natsUser.callbacks.user, "dispatchers publish tenant callbacks as the callbacks user");
-      assert.deepEqual(secretRef("CALLBACK_NATS_PASSWORD"), { secret: "timer-mesh-nats", key: natsUser.callbacks.passwordVar });
+      assert.equal(
+        env.get("CALLBACK_NATS_USER")?.value,
+        natsUser.callbacks.user,
+        "dispatchers publish tenant callbacks as the callbacks user",
+      );
+      assert.deepEqual(secretRef("CALLBACK_NATS_PASSWORD"), {
+        secret: "timer-mesh-nats",
+        key: natsUser.callbacks.passwordVar,
+      });
     } else {
       assert.ok(!env.has("CALLBACK_NATS_USER"), `${kind} has no business with the callbacks user`);
     }
     if (kind === "admin") {
-      const token = secretRef("DISPATCHER_TOKEN") ?? secretFileOf(pod, c, env.get("DISPATCHER_TOKEN_FILE")?.value ?? "");
+      const token =
+        secretRef("DISPATCHER_TOKEN") ?? secretFileOf(pod, c, env.get("DISPATCHER_TOKEN_FILE")?.value ?? "");
       assert.ok(hasKey(token), "the admin's DISPATCHER_TOKEN(_FILE) comes from a Secret");
-      assert.notEqual(token!.secret, tokens!.secret, "the admin's own token is not in the Secret every service mounts");
+      assert.notEqual(
+        token!.secret,
+        tokens!.secret,
+        "the admin's own token is not in the Secret every service mounts",
+      );
     } else {
-      assert.ok(!env.has("DISPATCHER_TOKEN") && !env.has("DISPATCHER_TOKEN_FILE"), `${kind} has no dispatcher token`);
+      assert.ok(
+        !env.has("DISPATCHER_TOKEN") && !env.has("DISPATCHER_TOKEN_FILE"),
+        `${kind} has no dispatcher token`,
+      );
     }
     for (const variable of ["CALLBACK_ALLOWED_NETWORKS", "CALLBACK_ALLOWED_HOSTS"]) {
       assert.ok(!env.has(variable), `${kind} ${variable} stays unset by default (public receivers only)`);
     }
   }
   const [kustomization] = loadYaml("infra/k8s/kustomization.yaml") as [K8sObject];
-  assert.ok(!kustomization.resources!.some((f) => f.endsWith(".example.yaml")), "kubectl apply -k never writes the placeholder Secrets");
+  assert.ok(
+    !kustomization.resources!.some((f) => f.endsWith(".example.yaml")),
+    "kubectl apply -k never writes the placeholder Secrets",
+  );
 });
 
 test("k8s: nats-server runs infra/nats/nats.conf (a ConfigMap equal to it) with passwords from a Secret", () => {
@@ -629,55 +899,93 @@ test("k8s: nats-server runs infra/nats/nats.conf (a ConfigMap equal to it) with 
   const args: string[] = [...(c.command ?? []), ...(c.args ?? [])];
   const confPath = args[args.indexOf("-c") + 1];
   assert.ok(args.includes("-c") && confPath, "nats-server -c <config>");
-  const mount = (c.volumeMounts ?? []).find((m: any) => confPath!.startsWith(`${String(m.mountPath).replace(/\/$/, "")}/`));
+  const mount = (c.volumeMounts ?? []).find((m: any) =>
+    confPath!.startsWith(`${String(m.mountPath).replace(/\/$/, "")}/`),
+  );
   const volume = (pod.spec.volumes ?? []).find((v: any) => v.name === mount?.name);
   assert.ok(volume?.configMap, `${confPath} is mounted from a ConfigMap`);
   const configMap = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === volume.configMap.name);
   const key = confPath!.slice(String(mount.mountPath).replace(/\/$/, "").length + 1);
   assert.ok(configMap?.data?.[key] !== undefined, `ConfigMap ${volume.configMap.name} has ${key}`);
-  assert.equal(configMap.data[key], natsConf, "the ConfigMap's nats.conf is infra/nats/nats.conf, byte for byte: run `npx tsx scripts/sync-k8s-nats-config.ts`");
+  assert.equal(
+    configMap.data[key],
+    natsConf,
+    "the ConfigMap's nats.conf is infra/nats/nats.conf, byte for byte: run `npx tsx scripts/sync-k8s-nats-config.ts`",
+  );
   for (const flag of ["-js", "-sd"]) assert.ok(args.includes(flag), `nats-server ${flag}`);
   assert.equal(args[args.indexOf("-p") + 1], "4222");
   const secretNames = (c.envFrom ?? []).map((f: any) => f.secretRef?.name).filter(Boolean);
   const secrets = objects.filter((o) => o.kind === "Secret" && secretNames.includes(o.metadata.name));
   const provided = secrets.flatMap((s) => Object.keys({ ...s.data, ...s.stringData }));
-  assert.deepEqual(provided.filter((k) => natsConfVars.includes(k)).sort(), natsConfVars, "every password nats.conf reads comes from a Secret");
+  assert.deepEqual(
+    provided.filter((k) => natsConfVars.includes(k)).sort(),
+    natsConfVars,
+    "every password nats.conf reads comes from a Secret",
+  );
   // The services reach this server.
   const natsUrl = new URL(objects.find((o) => o.kind === "ConfigMap" && o.data?.NATS_URL)!.data!.NATS_URL!);
-  const service = objects.find((o) => o.kind === "Service" && o.metadata.name === natsUrl.hostname.split(".")[0]);
-  assert.ok(service && matches(service.spec.selector, pod.metadata.labels), `NATS_URL ${natsUrl.hostname} is the nats Service`);
-  assert.ok(service.spec.ports.some((p: any) => p.port === Number(natsUrl.port || 4222)), "on the NATS_URL port");
+  const service = objects.find(
+    (o) => o.kind === "Service" && o.metadata.name === natsUrl.hostname.split(".")[0],
+  );
+  assert.ok(
+    service && matches(service.spec.selector, pod.metadata.labels),
+    `NATS_URL ${natsUrl.hostname} is the nats Service`,
+  );
+  assert.ok(
+    service.spec.ports.some((p: any) => p.port === Number(natsUrl.port || 4222)),
+    "on the NATS_URL port",
+  );
 });
 
 // NetworkPolicy semantics, enough to ask "may a pod with these labels reach that port?".
-interface Peer { labels: Env; namespace: Env }
+interface Peer {
+  labels: Env;
+  namespace: Env;
+}
 function selectorMatches(selector: any, labels: Env): boolean {
   if (!selector) return true;
   const byLabels = Object.entries(selector.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
   const byExpressions = (selector.matchExpressions ?? []).every((e: any) => {
     switch (e.operator) {
-      case "In": return e.values.includes(labels[e.key]);
-      case "NotIn": return !e.values.includes(labels[e.key]);
-      case "Exists": return e.key in labels;
-      case "DoesNotExist": return !(e.key in labels);
-      default: throw new Error(`unknown operator ${e.operator}`);
+      case "In":
+        return e.values.includes(labels[e.key]);
+      case "NotIn":
+        return !e.values.includes(labels[e.key]);
+      case "Exists":
+        return e.key in labels;
+      case "DoesNotExist":
+        return !(e.key in labels);
+      default:
+        throw new Error(`unknown operator ${e.operator}`);
     }
   });
   return byLabels && byExpressions;
 }
-function mayConnect(policies: K8sObject[], target: { labels: Env; namespace: string }, port: number, from: Peer): boolean {
+function mayConnect(
+  policies: K8sObject[],
+  target: { labels: Env; namespace: string },
+  port: number,
+  from: Peer,
+): boolean {
   const selecting = policies.filter(
-    (p) => p.metadata.namespace === target.namespace && selectorMatches(p.spec.podSelector, target.labels) && (p.spec.policyTypes ?? ["Ingress"]).includes("Ingress"),
+    (p) =>
+      p.metadata.namespace === target.namespace &&
+      selectorMatches(p.spec.podSelector, target.labels) &&
+      (p.spec.policyTypes ?? ["Ingress"]).includes("Ingress"),
   );
   if (selecting.length === 0) return true; // not isolated
   return selecting.some((p) =>
     (p.spec.ingress ?? []).some((rule: any) => {
       const portOk = !rule.ports || rule.ports.some((rp: any) => rp.port === undefined || rp.port === port);
-      const peerOk = !rule.from || rule.from.some((peer: any) => {
-        if (peer.ipBlock) return true; // pod addresses may fall in any block: count it as open
-        const nsOk = peer.namespaceSelector ? selectorMatches(peer.namespaceSelector, from.namespace) : from.namespace["kubernetes.io/metadata.name"] === target.namespace;
-        return nsOk && selectorMatches(peer.podSelector, from.labels);
-      });
+      const peerOk =
+        !rule.from ||
+        rule.from.some((peer: any) => {
+          if (peer.ipBlock) return true; // pod addresses may fall in any block: count it as open
+          const nsOk = peer.namespaceSelector
+            ? selectorMatches(peer.namespaceSelector, from.namespace)
+            : from.namespace["kubernetes.io/metadata.name"] === target.namespace;
+          return nsOk && selectorMatches(peer.podSelector, from.labels);
+        });
       return portOk && peerOk;
     }),
   );
@@ -689,12 +997,17 @@ test("k8s: NetworkPolicies let only the admin reach dispatchers' gRPC, Prometheu
   const namespace = objects.find((o) => o.kind === "Namespace")!.metadata.name;
   const ns = (name: string): Env => ({ "kubernetes.io/metadata.name": name });
   const podOf = (name: string) => {
-    const w = objects.find((o) => (o.kind === "Deployment" || o.kind === "StatefulSet") && o.metadata.name === name);
+    const w = objects.find(
+      (o) => (o.kind === "Deployment" || o.kind === "StatefulSet") && o.metadata.name === name,
+    );
     assert.ok(w, `no workload ${name}`);
     return { labels: w.spec.template.metadata.labels as Env, namespace: w.metadata.namespace! };
   };
   const peer = (name: string): Peer => ({ labels: podOf(name).labels, namespace: ns(namespace) });
-  const prometheus: Peer = { labels: { "app.kubernetes.io/name": "prometheus" }, namespace: ns("monitoring") };
+  const prometheus: Peer = {
+    labels: { "app.kubernetes.io/name": "prometheus" },
+    namespace: ns("monitoring"),
+  };
   const tenant: Peer = { labels: { app: "tenant-receiver" }, namespace: ns("team-billing") };
   const neighbour: Peer = { labels: { app: "something-else" }, namespace: ns(namespace) };
   const dispatcher = podOf("dispatcher");
@@ -702,7 +1015,14 @@ test("k8s: NetworkPolicies let only the admin reach dispatchers' gRPC, Prometheu
   const http = contract.dispatcher.http;
 
   assert.ok(mayConnect(policies, dispatcher, grpc, peer("admin")), "the admin reaches dispatcher gRPC");
-  for (const [who, from] of [["timer", peer("timer")], ["dispatcher", peer("dispatcher")], ["nats", peer("nats")], ["a pod of another namespace", tenant], ["another pod of the namespace", neighbour], ["Prometheus", prometheus]] as const) {
+  for (const [who, from] of [
+    ["timer", peer("timer")],
+    ["dispatcher", peer("dispatcher")],
+    ["nats", peer("nats")],
+    ["a pod of another namespace", tenant],
+    ["another pod of the namespace", neighbour],
+    ["Prometheus", prometheus],
+  ] as const) {
     assert.ok(!mayConnect(policies, dispatcher, grpc, from), `${who} must not reach dispatcher gRPC`);
   }
   assert.ok(mayConnect(policies, dispatcher, http, prometheus), "Prometheus scrapes dispatchers");
@@ -710,12 +1030,24 @@ test("k8s: NetworkPolicies let only the admin reach dispatchers' gRPC, Prometheu
 
   const nats = podOf("nats");
   for (const kind of kinds) assert.ok(mayConnect(policies, nats, 4222, peer(kind)), `${kind} reaches NATS`);
-  for (const [who, from] of [["a pod of another namespace", tenant], ["another pod of the namespace", neighbour]] as const) {
+  for (const [who, from] of [
+    ["a pod of another namespace", tenant],
+    ["another pod of the namespace", neighbour],
+  ] as const) {
     assert.ok(!mayConnect(policies, nats, 4222, from), `${who} must not reach NATS`);
   }
   for (const kind of ["timer", "admin"] as const) {
-    assert.ok(mayConnect(policies, podOf(kind), contract[kind].grpc, tenant), `${kind} gRPC serves callers with tokens`);
-    assert.ok(mayConnect(policies, podOf(kind), contract[kind].http, prometheus), `Prometheus scrapes ${kind}`);
-    assert.ok(!mayConnect(policies, podOf(kind), contract[kind].http, tenant), `others do not reach ${kind} metrics`);
+    assert.ok(
+      mayConnect(policies, podOf(kind), contract[kind].grpc, tenant),
+      `${kind} gRPC serves callers with tokens`,
+    );
+    assert.ok(
+      mayConnect(policies, podOf(kind), contract[kind].http, prometheus),
+      `Prometheus scrapes ${kind}`,
+    );
+    assert.ok(
+      !mayConnect(policies, podOf(kind), contract[kind].http, tenant),
+      `others do not reach ${kind} metrics`,
+    );
   }
 });

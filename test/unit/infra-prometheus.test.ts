@@ -15,7 +15,9 @@ const root = fileURLToPath(new URL("../../", import.meta.url));
 function promtool(...args: string[]): { status: number | null; output: string } {
   const r = spawnSync("promtool", args, { cwd: root, encoding: "utf8" });
   if ((r.error as NodeJS.ErrnoException | undefined)?.code === "ENOENT") {
-    assert.fail("promtool is not on the PATH: install it with `apt-get install prometheus` (Debian/Ubuntu; .ci/run does)");
+    assert.fail(
+      "promtool is not on the PATH: install it with `apt-get install prometheus` (Debian/Ubuntu; .ci/run does)",
+    );
   }
   assert.ifError(r.error);
   return { status: r.status, output: `${r.stdout}${r.stderr}` };
@@ -44,10 +46,19 @@ test("every alert fires and stays quiet where its unit tests say", () => {
   const alerts = [...rules.matchAll(/^\s*- alert: (\w+)$/gm)].map((m) => m[1]!);
   assert.ok(alerts.length >= 8, `only ${alerts.length} alerts found`);
   const tests = readFileSync(join(root, "infra/prometheus/tests/alerts.test.yml"), "utf8");
-  const cases = [...tests.matchAll(/^\s*alertname: (\w+)\n\s*exp_alerts:( \[\])?$/gm)].map((m) => ({ alert: m[1]!, fires: !m[2] }));
+  const cases = [...tests.matchAll(/^\s*alertname: (\w+)\n\s*exp_alerts:( \[\])?$/gm)].map((m) => ({
+    alert: m[1]!,
+    fires: !m[2],
+  }));
   for (const alert of alerts) {
-    assert.ok(cases.some((c) => c.alert === alert && c.fires), `no test case where ${alert} fires`);
-    assert.ok(cases.some((c) => c.alert === alert && !c.fires), `no test case where ${alert} stays quiet`);
+    assert.ok(
+      cases.some((c) => c.alert === alert && c.fires),
+      `no test case where ${alert} fires`,
+    );
+    assert.ok(
+      cases.some((c) => c.alert === alert && !c.fires),
+      `no test case where ${alert} stays quiet`,
+    );
   }
 });
 
@@ -77,7 +88,10 @@ test("every dashboard query is valid PromQL", () => {
     const file = join(tmp, "dashboard-queries.yml");
     writeFileSync(file, JSON.stringify({ groups: [{ name: "dashboards", rules }] }, null, 2));
     const r = promtool("check", "rules", file);
-    const explained = r.output.replace(/dashboard:query:(\d+)/g, (m, i: string) => `${m} (${where[Number(i)]})`);
+    const explained = r.output.replace(
+      /dashboard:query:(\d+)/g,
+      (m, i: string) => `${m} (${where[Number(i)]})`,
+    );
     assert.equal(r.status, 0, explained);
   } finally {
     rmSync(tmp, { recursive: true, force: true });

@@ -6,7 +6,10 @@ import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { ConfigError } from "../../services/shared/src/env.js";
-import { CreateTimerRequestSchema, type CreateTimerRequest } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import {
+  CreateTimerRequestSchema,
+  type CreateTimerRequest,
+} from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { pageOf } from "../../services/shared/src/page-bytes.js";
 import { loadTimerConfig } from "../../services/timer/src/config.js";
 import { TokenBuckets } from "../../services/timer/src/create-rate.js";
@@ -122,7 +125,8 @@ describe("GroupQuota", () => {
 
 describe("pages bounded in bytes", () => {
   test("more is true when rows were cut by bytes or by count, false on the last page", () => {
-    const rows = (n: number, found: number) => Array.from({ length: n }, (_, i) => ({ i, window_rows: found }));
+    const rows = (n: number, found: number) =>
+      Array.from({ length: n }, (_, i) => ({ i, window_rows: found }));
     assert.deepEqual(pageOf(rows(3, 11), 10), { page: rows(3, 11), more: true }); // cut by bytes
     assert.deepEqual(pageOf(rows(11, 11), 10).more, true); // cut by count
     assert.equal(pageOf(rows(11, 11), 10).page.length, 10);
@@ -150,7 +154,8 @@ describe("retry policy bounds", () => {
       callback: { target: { case: "nats", value: { subject: "tenant.hook", jetstream: false } } },
       retryPolicy: {
         maxAttempts: retry.maxAttempts ?? 0,
-        initialBackoff: retry.initialBackoffMs === undefined ? undefined : durationFromMs(retry.initialBackoffMs),
+        initialBackoff:
+          retry.initialBackoffMs === undefined ? undefined : durationFromMs(retry.initialBackoffMs),
         multiplier: 0,
       },
     });
@@ -159,10 +164,23 @@ describe("retry policy bounds", () => {
 
   test("defaults: at most 50 attempts, initial backoff at least 100 ms", () => {
     assert.deepEqual(config.limits.retryBounds, { maxAttempts: 50, minBackoffMs: 100 });
-    assert.equal(validateCreate(req({ maxAttempts: 50, initialBackoffMs: 100 }), config.limits, Date.now()).retry.maxAttempts, 50);
-    assert.throws(() => validateCreate(req({ maxAttempts: 100 }), config.limits, Date.now()), refused("retry_policy.max_attempts", "RETRY_MAX_ATTEMPTS_LIMIT"));
-    assert.throws(() => validateCreate(req({ initialBackoffMs: 1 }), config.limits, Date.now()), refused("retry_policy.initial_backoff", "RETRY_MIN_BACKOFF"));
-    assert.throws(() => validateCreate(req({ maxAttempts: 100, initialBackoffMs: 1 }), config.limits, Date.now()), /retry_policy\./);
+    assert.equal(
+      validateCreate(req({ maxAttempts: 50, initialBackoffMs: 100 }), config.limits, Date.now()).retry
+        .maxAttempts,
+      50,
+    );
+    assert.throws(
+      () => validateCreate(req({ maxAttempts: 100 }), config.limits, Date.now()),
+      refused("retry_policy.max_attempts", "RETRY_MAX_ATTEMPTS_LIMIT"),
+    );
+    assert.throws(
+      () => validateCreate(req({ initialBackoffMs: 1 }), config.limits, Date.now()),
+      refused("retry_policy.initial_backoff", "RETRY_MIN_BACKOFF"),
+    );
+    assert.throws(
+      () => validateCreate(req({ maxAttempts: 100, initialBackoffMs: 1 }), config.limits, Date.now()),
+      /retry_policy\./,
+    );
   });
 
   test("the bounds follow their variables", () => {
@@ -180,7 +198,11 @@ describe("retry policy bounds", () => {
       [{ RETRY_MIN_BACKOFF: "2s" }, /RETRY_MIN_BACKOFF/],
     ];
     for (const [env, message] of bad) {
-      assert.throws(() => loadTimerConfig({ ...base, ...env }), (e: Error) => e instanceof ConfigError && message.test(e.message), JSON.stringify(env));
+      assert.throws(
+        () => loadTimerConfig({ ...base, ...env }),
+        (e: Error) => e instanceof ConfigError && message.test(e.message),
+        JSON.stringify(env),
+      );
     }
   });
 });
@@ -200,26 +222,55 @@ describe("validation shared by CreateTimer and CreateTimers", () => {
   test("URL checks remembered across a call's creates answer as fresh ones, for allowed and refused URLs alike", () => {
     const urls = new Map();
     for (let i = 0; i < 2; i++) {
-      assert.equal(validateCreate(http("http://10.1.2.3:9000/hook"), config.limits, 0, urls).callback.target.case, "http");
-      for (const [url, reason] of [["http://127.0.0.1:9000/hook", /loopback|not allowed|CALLBACK_ALLOWED/], ["ftp://10.1.2.3/x", /must use http or https/]] as const) {
-        assert.throws(() => validateCreate(http(url), config.limits, 0, urls), (e: unknown) => e instanceof ValidationError && e.field === "callback.http.url" && reason.test(e.reason));
-        assert.throws(() => validateCreate(http(url), config.limits, 0), (e: unknown) => e instanceof ValidationError && e.field === "callback.http.url" && reason.test(e.reason));
+      assert.equal(
+        validateCreate(http("http://10.1.2.3:9000/hook"), config.limits, 0, urls).callback.target.case,
+        "http",
+      );
+      for (const [url, reason] of [
+        ["http://127.0.0.1:9000/hook", /loopback|not allowed|CALLBACK_ALLOWED/],
+        ["ftp://10.1.2.3/x", /must use http or https/],
+      ] as const) {
+        assert.throws(
+          () => validateCreate(http(url), config.limits, 0, urls),
+          (e: unknown) =>
+            e instanceof ValidationError && e.field === "callback.http.url" && reason.test(e.reason),
+        );
+        assert.throws(
+          () => validateCreate(http(url), config.limits, 0),
+          (e: unknown) =>
+            e instanceof ValidationError && e.field === "callback.http.url" && reason.test(e.reason),
+        );
       }
     }
     assert.equal(urls.size, 3);
     // Headers are checked per create, whatever the URL's verdict.
-    assert.throws(() => validateCreate(http("http://10.1.2.3:9000/hook", { host: "x" }), config.limits, 0, urls), (e: unknown) => e instanceof ValidationError && e.field === "callback.http.headers");
+    assert.throws(
+      () => validateCreate(http("http://10.1.2.3:9000/hook", { host: "x" }), config.limits, 0, urls),
+      (e: unknown) => e instanceof ValidationError && e.field === "callback.http.headers",
+    );
   });
 
   test("the request hash is unchanged: a replay of a timer stored by an earlier version is still a replay", () => {
     // Computed by the version before CreateTimers (createHash over the canonical JSON).
-    assert.equal(validateCreate(http("http://10.1.2.3:9000/hook", { "x-b": "2", "x-a": "1" }), config.limits, 0).requestHash.toString("hex"), "507fea2ff0dd43c67f82db74ab60fcc8472ed8ca0c901bc2b3a7651bfab41f6f");
+    assert.equal(
+      validateCreate(
+        http("http://10.1.2.3:9000/hook", { "x-b": "2", "x-a": "1" }),
+        config.limits,
+        0,
+      ).requestHash.toString("hex"),
+      "507fea2ff0dd43c67f82db74ab60fcc8472ed8ca0c901bc2b3a7651bfab41f6f",
+    );
   });
 });
 
 test("quota settings: defaults and variables", () => {
   const d = loadTimerConfig(base);
-  assert.deepEqual(d.quotas, { listPageMaxBytes: 2 * 1024 * 1024, groupMaxActiveTimers: 1_000_000, createRatePerToken: 1000, createBurstPerToken: 2000 });
+  assert.deepEqual(d.quotas, {
+    listPageMaxBytes: 2 * 1024 * 1024,
+    groupMaxActiveTimers: 1_000_000,
+    createRatePerToken: 1000,
+    createBurstPerToken: 2000,
+  });
   assert.equal(d.grpcMaxRequestBytes, 1024 * 1024);
   const c = loadTimerConfig({
     ...base,
@@ -229,9 +280,24 @@ test("quota settings: defaults and variables", () => {
     CREATE_BURST_PER_TOKEN: "5",
     GRPC_MAX_REQUEST_BYTES: "4096",
   });
-  assert.deepEqual(c.quotas, { listPageMaxBytes: 65536, groupMaxActiveTimers: 10, createRatePerToken: 0.001, createBurstPerToken: 5 });
+  assert.deepEqual(c.quotas, {
+    listPageMaxBytes: 65536,
+    groupMaxActiveTimers: 10,
+    createRatePerToken: 0.001,
+    createBurstPerToken: 5,
+  });
   assert.equal(c.grpcMaxRequestBytes, 4096);
-  for (const [name, value] of [["CREATE_RATE_PER_TOKEN", "0"], ["CREATE_RATE_PER_TOKEN", "fast"], ["GROUP_MAX_ACTIVE_TIMERS", "0"], ["GRPC_MAX_REQUEST_BYTES", "1"], ["LIST_PAGE_MAX_BYTES", "-1"]] as const) {
-    assert.throws(() => loadTimerConfig({ ...base, [name]: value }), (e: Error) => e instanceof ConfigError && e.message.includes(name), `${name}=${value}`);
+  for (const [name, value] of [
+    ["CREATE_RATE_PER_TOKEN", "0"],
+    ["CREATE_RATE_PER_TOKEN", "fast"],
+    ["GROUP_MAX_ACTIVE_TIMERS", "0"],
+    ["GRPC_MAX_REQUEST_BYTES", "1"],
+    ["LIST_PAGE_MAX_BYTES", "-1"],
+  ] as const) {
+    assert.throws(
+      () => loadTimerConfig({ ...base, [name]: value }),
+      (e: Error) => e instanceof ConfigError && e.message.includes(name),
+      `${name}=${value}`,
+    );
   }
 });

@@ -37,14 +37,24 @@ const bytes = (s: string) => new TextEncoder().encode(s);
 function announcement(over: Partial<Announcement> = {}): Announcement {
   const groupId = over.groupId ?? "billing";
   const timerId = over.timerId ?? "invoice-42";
-  return { groupId, timerId, shard: shardOf(groupId, timerId, SHARDS), dueMs: NOW + 5_000, destination: "http://127.0.0.1:9000", ...over };
+  return {
+    groupId,
+    timerId,
+    shard: shardOf(groupId, timerId, SHARDS),
+    dueMs: NOW + 5_000,
+    destination: "http://127.0.0.1:9000",
+    ...over,
+  };
 }
 
 const reasonOf = (d: { ok: boolean; reason?: string }) => (d.ok ? "ok" : d.reason);
 
 test("an announcement survives the round trip", () => {
   const a = announcement();
-  assert.deepEqual(decodeAnnouncements(encodeAnnouncement(a), a.shard, SHARDS, NOW), { ok: true, value: [a] });
+  assert.deepEqual(decodeAnnouncements(encodeAnnouncement(a), a.shard, SHARDS, NOW), {
+    ok: true,
+    value: [a],
+  });
 });
 
 test("the issue's JSON announcement, and protobuf ones with bad ids, shards or times, are refused", () => {
@@ -52,19 +62,58 @@ test("the issue's JSON announcement, and protobuf ones with bad ids, shards or t
   // What a tenant's NATS callback used to inject: it wedged every claim batch of the shard.
   const json = bytes(JSON.stringify({ g: ["a", "b"], t: "x", s: 0, at: NOW }));
   assert.equal(decodeAnnouncements(json, 0, SHARDS, NOW).ok, false);
-  assert.equal(reasonOf(decodeAnnouncements(new Uint8Array([0xff, 0xff, 0xff]), a.shard, SHARDS, NOW)), "undecodable");
+  assert.equal(
+    reasonOf(decodeAnnouncements(new Uint8Array([0xff, 0xff, 0xff]), a.shard, SHARDS, NOW)),
+    "undecodable",
+  );
   for (const groupId of ['{"a","b"}', "", "a b", "x".repeat(129), "-lead", "grüße"]) {
-    const bad = toBinary(TimerAnnouncementSchema, create(TimerAnnouncementSchema, { groupId, timerId: "t", shard: 0, dueAtMs: BigInt(NOW) }));
+    const bad = toBinary(
+      TimerAnnouncementSchema,
+      create(TimerAnnouncementSchema, { groupId, timerId: "t", shard: 0, dueAtMs: BigInt(NOW) }),
+    );
     assert.equal(reasonOf(decodeAnnouncements(bad, 0, SHARDS, NOW)), "invalid_id", groupId);
   }
   const other = (a.shard + 1) % SHARDS;
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, shard: other }), other, SHARDS, NOW)), "invalid_shard", "not the shard the key hashes to");
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement(a), other, SHARDS, NOW)), "invalid_shard", "not the subject's shard");
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement(a), a.shard, a.shard, NOW)), "invalid_shard", "beyond SHARD_COUNT");
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, dueMs: 0 }), a.shard, SHARDS, NOW)), "invalid_time");
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, dueMs: NOW + 10 * 365 * 86_400_000 }), a.shard, SHARDS, NOW)), "invalid_time");
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, destination: "x".repeat(301) }), a.shard, SHARDS, NOW)), "invalid_field");
-  assert.equal(reasonOf(decodeAnnouncements(new Uint8Array(MAX_ANNOUNCEMENT_BYTES + 1), a.shard, SHARDS, NOW)), "too_large");
+  assert.equal(
+    reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, shard: other }), other, SHARDS, NOW)),
+    "invalid_shard",
+    "not the shard the key hashes to",
+  );
+  assert.equal(
+    reasonOf(decodeAnnouncements(encodeAnnouncement(a), other, SHARDS, NOW)),
+    "invalid_shard",
+    "not the subject's shard",
+  );
+  assert.equal(
+    reasonOf(decodeAnnouncements(encodeAnnouncement(a), a.shard, a.shard, NOW)),
+    "invalid_shard",
+    "beyond SHARD_COUNT",
+  );
+  assert.equal(
+    reasonOf(decodeAnnouncements(encodeAnnouncement({ ...a, dueMs: 0 }), a.shard, SHARDS, NOW)),
+    "invalid_time",
+  );
+  assert.equal(
+    reasonOf(
+      decodeAnnouncements(
+        encodeAnnouncement({ ...a, dueMs: NOW + 10 * 365 * 86_400_000 }),
+        a.shard,
+        SHARDS,
+        NOW,
+      ),
+    ),
+    "invalid_time",
+  );
+  assert.equal(
+    reasonOf(
+      decodeAnnouncements(encodeAnnouncement({ ...a, destination: "x".repeat(301) }), a.shard, SHARDS, NOW),
+    ),
+    "invalid_field",
+  );
+  assert.equal(
+    reasonOf(decodeAnnouncements(new Uint8Array(MAX_ANNOUNCEMENT_BYTES + 1), a.shard, SHARDS, NOW)),
+    "too_large",
+  );
 });
 
 /** `n` announcements of distinct timers of `shard` (ids searched for: the shard is the key's hash). */
@@ -82,8 +131,16 @@ test("one message carries many timers of a shard, up to MAX_ANNOUNCED_PER_MESSAG
   assert.deepEqual(decodeAnnouncements(encodeAnnouncements(list), 3, SHARDS, NOW), { ok: true, value: list });
   assert.throws(() => encodeAnnouncements([...list, list[0]!]), /1 to 1000 timers/);
   // A forged message beyond the count is refused (encoded by hand: the encoder will not).
-  const entry = (a: Announcement) => ({ groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs) });
-  const tooMany = toBinary(TimerAnnouncementSchema, create(TimerAnnouncementSchema, { ...entry(list[0]!), more: list.map(entry) }));
+  const entry = (a: Announcement) => ({
+    groupId: a.groupId,
+    timerId: a.timerId,
+    shard: a.shard,
+    dueAtMs: BigInt(a.dueMs),
+  });
+  const tooMany = toBinary(
+    TimerAnnouncementSchema,
+    create(TimerAnnouncementSchema, { ...entry(list[0]!), more: list.map(entry) }),
+  );
   assert.equal(reasonOf(decodeAnnouncements(tooMany, 3, SHARDS, NOW)), "too_large");
 });
 
@@ -92,7 +149,8 @@ test("the largest valid batch fits MAX_ANNOUNCEMENT_BYTES: 1,000 timers with 128
   const long: Announcement[] = [];
   for (let i = 0; long.length < MAX_ANNOUNCED_PER_MESSAGE; i++) {
     const timerId = `t${i}`.padEnd(128, "x");
-    if (shardOf(groupId, timerId, SHARDS) === 5) long.push({ groupId, timerId, shard: 5, dueMs: NOW + 86_400_000, destination: "d".repeat(300) });
+    if (shardOf(groupId, timerId, SHARDS) === 5)
+      long.push({ groupId, timerId, shard: 5, dueMs: NOW + 86_400_000, destination: "d".repeat(300) });
   }
   const data = encodeAnnouncements(long);
   assert.ok(data.length <= MAX_ANNOUNCEMENT_BYTES, `${data.length} bytes`);
@@ -101,15 +159,43 @@ test("the largest valid batch fits MAX_ANNOUNCEMENT_BYTES: 1,000 timers with 128
 
 test("every entry of a batch is checked: one bad entry refuses the message, and entries may not nest", () => {
   const list = announcementsOf(7, 5);
-  const bad = (i: number, over: Partial<Announcement>) => list.map((a, j) => (i === j ? { ...a, ...over } : a));
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncements(bad(3, { timerId: "bad id" })), 7, SHARDS, NOW)), "invalid_id");
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncements(bad(4, { timerId: announcementsOf(8, 1)[0]!.timerId })), 7, SHARDS, NOW)), "invalid_shard");
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncements(bad(1, { dueMs: 0 })), 7, SHARDS, NOW)), "invalid_time");
-  assert.equal(reasonOf(decodeAnnouncements(encodeAnnouncements(bad(2, { destination: "a\nb" })), 7, SHARDS, NOW)), "invalid_field");
-  const entry = (a: Announcement) => ({ groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs) });
+  const bad = (i: number, over: Partial<Announcement>) =>
+    list.map((a, j) => (i === j ? { ...a, ...over } : a));
+  assert.equal(
+    reasonOf(decodeAnnouncements(encodeAnnouncements(bad(3, { timerId: "bad id" })), 7, SHARDS, NOW)),
+    "invalid_id",
+  );
+  assert.equal(
+    reasonOf(
+      decodeAnnouncements(
+        encodeAnnouncements(bad(4, { timerId: announcementsOf(8, 1)[0]!.timerId })),
+        7,
+        SHARDS,
+        NOW,
+      ),
+    ),
+    "invalid_shard",
+  );
+  assert.equal(
+    reasonOf(decodeAnnouncements(encodeAnnouncements(bad(1, { dueMs: 0 })), 7, SHARDS, NOW)),
+    "invalid_time",
+  );
+  assert.equal(
+    reasonOf(decodeAnnouncements(encodeAnnouncements(bad(2, { destination: "a\nb" })), 7, SHARDS, NOW)),
+    "invalid_field",
+  );
+  const entry = (a: Announcement) => ({
+    groupId: a.groupId,
+    timerId: a.timerId,
+    shard: a.shard,
+    dueAtMs: BigInt(a.dueMs),
+  });
   const nested = toBinary(
     TimerAnnouncementSchema,
-    create(TimerAnnouncementSchema, { ...entry(list[0]!), more: [{ ...entry(list[1]!), more: [entry(list[2]!)] }] }),
+    create(TimerAnnouncementSchema, {
+      ...entry(list[0]!),
+      more: [{ ...entry(list[1]!), more: [entry(list[2]!)] }],
+    }),
   );
   assert.equal(reasonOf(decodeAnnouncements(nested, 7, SHARDS, NOW)), "invalid_field");
 });
@@ -118,27 +204,75 @@ test("a receiver that predates `more` still reads the first timer of a batch", (
   const list = announcementsOf(9, 3);
   const data = encodeAnnouncements(list);
   const old = fromBinary(TimerAnnouncementSchema, data);
-  assert.deepEqual([old.groupId, old.timerId, old.shard, Number(old.dueAtMs)], [list[0]!.groupId, list[0]!.timerId, 9, list[0]!.dueMs]);
+  assert.deepEqual(
+    [old.groupId, old.timerId, old.shard, Number(old.dueAtMs)],
+    [list[0]!.groupId, list[0]!.timerId, 9, list[0]!.dueMs],
+  );
 });
 
 test("a heartbeat survives the round trip; a malformed one is refused with its reason", () => {
-  const hb = { dispatcherId: "d1", grpcAddress: "10.0.0.7:50052", version: "1.2.3", startedAtMs: NOW - 1_000, draining: true };
+  const hb = {
+    dispatcherId: "d1",
+    grpcAddress: "10.0.0.7:50052",
+    version: "1.2.3",
+    startedAtMs: NOW - 1_000,
+    draining: true,
+  };
   assert.deepEqual(decodeHeartbeat(encodeHeartbeat(hb), NOW), { ok: true, value: hb });
   // The JSON heartbeat of earlier versions (and of a tenant's forged callback) is no heartbeat.
-  assert.equal(decodeHeartbeat(bytes(JSON.stringify({ id: "ghost", grpc: "127.0.0.1:1", version: "x", started: 0, draining: false })), NOW).ok, false);
+  assert.equal(
+    decodeHeartbeat(
+      bytes(JSON.stringify({ id: "ghost", grpc: "127.0.0.1:1", version: "x", started: 0, draining: false })),
+      NOW,
+    ).ok,
+    false,
+  );
   assert.equal(reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, dispatcherId: "" }), NOW)), "invalid_id");
-  assert.equal(reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, grpcAddress: "evil.example/steal" }), NOW)), "invalid_address");
-  assert.equal(reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, startedAtMs: NOW + 3_600_000 }), NOW)), "invalid_time");
+  assert.equal(
+    reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, grpcAddress: "evil.example/steal" }), NOW)),
+    "invalid_address",
+  );
+  assert.equal(
+    reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, startedAtMs: NOW + 3_600_000 }), NOW)),
+    "invalid_time",
+  );
   assert.equal(reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, version: "v\n1" }), NOW)), "invalid_field");
-  const huge = toBinary(DispatcherHeartbeatSchema, create(DispatcherHeartbeatSchema, { ...hb, startedAtMs: BigInt(hb.startedAtMs), version: "v".repeat(5000) }));
+  const huge = toBinary(
+    DispatcherHeartbeatSchema,
+    create(DispatcherHeartbeatSchema, {
+      ...hb,
+      startedAtMs: BigInt(hb.startedAtMs),
+      version: "v".repeat(5000),
+    }),
+  );
   assert.equal(reasonOf(decodeHeartbeat(huge, NOW)), "too_large");
 });
 
 test("grpc addresses are host:port with a DNS name, an IPv4 address or a bracketed IPv6 address", () => {
-  for (const ok of ["127.0.0.1:50052", "[::1]:50052", "dispatcher-0.dispatcher.timers.svc.cluster.local:50052", "host:1", "host:65535"]) {
+  for (const ok of [
+    "127.0.0.1:50052",
+    "[::1]:50052",
+    "dispatcher-0.dispatcher.timers.svc.cluster.local:50052",
+    "host:1",
+    "host:65535",
+  ]) {
     assert.ok(isHostPort(ok), ok);
   }
-  for (const bad of ["", "host", "host:", ":50052", "host:0", "host:65536", "a b:1", "::1:50052", "[nonsense]:1", "1.2.3:80", "host:80/x", "user@host:1", "-host:1"]) {
+  for (const bad of [
+    "",
+    "host",
+    "host:",
+    ":50052",
+    "host:0",
+    "host:65536",
+    "a b:1",
+    "::1:50052",
+    "[nonsense]:1",
+    "1.2.3:80",
+    "host:80/x",
+    "user@host:1",
+    "-host:1",
+  ]) {
     assert.ok(!isHostPort(bad), bad);
   }
 });
@@ -151,15 +285,27 @@ test("a goodbye is a DispatcherLeave; the bare id text of earlier versions is re
 
 test("rebalance requests and replies: ids checked, counts bounded", () => {
   assert.deepEqual(decodeRebalanceRequest(encodeRebalanceRequest([])), { ok: true, value: { undrain: [] } });
-  assert.deepEqual(decodeRebalanceRequest(encodeRebalanceRequest(["d1", "d2"])), { ok: true, value: { undrain: ["d1", "d2"] } });
+  assert.deepEqual(decodeRebalanceRequest(encodeRebalanceRequest(["d1", "d2"])), {
+    ok: true,
+    value: { undrain: ["d1", "d2"] },
+  });
   assert.equal(reasonOf(decodeRebalanceRequest(encodeRebalanceRequest(["d1", "bad id"]))), "invalid_id");
-  assert.equal(reasonOf(decodeRebalanceRequest(encodeRebalanceRequest(Array.from({ length: 257 }, (_, i) => `d${i}`)))), "too_large");
+  assert.equal(
+    reasonOf(decodeRebalanceRequest(encodeRebalanceRequest(Array.from({ length: 257 }, (_, i) => `d${i}`)))),
+    "too_large",
+  );
   assert.equal(decodeRebalanceRequest(bytes('{"undrain":["d1"]}')).ok, false);
 
   const reply = { dispatcherId: "d1", draining: false, ownedShards: 21 };
   assert.deepEqual(decodeRebalanceReply(encodeRebalanceReply(reply), SHARDS), { ok: true, value: reply });
-  assert.equal(reasonOf(decodeRebalanceReply(encodeRebalanceReply({ ...reply, ownedShards: SHARDS + 1 }), SHARDS)), "invalid_shard");
-  const negative = toBinary(RebalanceReplySchema, create(RebalanceReplySchema, { dispatcherId: "d1", ownedShards: -1 }));
+  assert.equal(
+    reasonOf(decodeRebalanceReply(encodeRebalanceReply({ ...reply, ownedShards: SHARDS + 1 }), SHARDS)),
+    "invalid_shard",
+  );
+  const negative = toBinary(
+    RebalanceReplySchema,
+    create(RebalanceReplySchema, { dispatcherId: "d1", ownedShards: -1 }),
+  );
   assert.equal(reasonOf(decodeRebalanceReply(negative, SHARDS)), "invalid_shard");
 });
 

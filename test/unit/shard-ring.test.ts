@@ -18,7 +18,11 @@ test("every member computes the same assignment from the same set, whatever its 
 });
 
 test("with 3 dispatchers each owns within 15% of the mean", () => {
-  for (const members of [["d-1", "d-2", "d-3"], ["dispatcher-a", "dispatcher-b", "dispatcher-c"], ["host1-123", "host2-456", "host3-789"]]) {
+  for (const members of [
+    ["d-1", "d-2", "d-3"],
+    ["dispatcher-a", "dispatcher-b", "dispatcher-c"],
+    ["host1-123", "host2-456", "host3-789"],
+  ]) {
     const c = counts(assignShards(members, SHARDS));
     const mean = SHARDS / 3;
     for (const m of members) {
@@ -58,6 +62,9 @@ test("when a dispatcher leaves, only its shards move", () => {
 
 test("shardsOf lists exactly a member's shards; no members means no owners", () => {
   const owners = assignShards(["x", "y"], 64);
-  assert.deepEqual(shardsOf("x", ["x", "y"], 64), owners.flatMap((o, s) => (o === "x" ? [s] : [])));
+  assert.deepEqual(
+    shardsOf("x", ["x", "y"], 64),
+    owners.flatMap((o, s) => (o === "x" ? [s] : [])),
+  );
   assert.deepEqual(assignShards([], 64), []);
 });

@@ -11,7 +11,12 @@ test("fnv1a32 matches the published FNV-1a test vectors", () => {
 
 test("shardOf is stable, in range, and separates group from timer id", () => {
   // Pinned values: other languages computing the shard must get these (see README).
-  assert.equal(shardOf("billing", "invoice-42", 1024), fnv1a32(new Uint8Array([...new TextEncoder().encode("billing"), 0, ...new TextEncoder().encode("invoice-42")])) % 1024);
+  assert.equal(
+    shardOf("billing", "invoice-42", 1024),
+    fnv1a32(
+      new Uint8Array([...new TextEncoder().encode("billing"), 0, ...new TextEncoder().encode("invoice-42")]),
+    ) % 1024,
+  );
   assert.notEqual(shardOf("ab", "c", 1 << 16), shardOf("a", "bc", 1 << 16));
   for (let i = 0; i < 1000; i++) {
     const s = shardOf("g", `t${i}`, 7);
@@ -23,5 +28,6 @@ test("shards spread evenly", () => {
   const counts = new Array(64).fill(0);
   for (let i = 0; i < 64_000; i++) counts[shardOf("group", `timer-${i}`, 64)]++;
   const mean = 1000;
-  for (const c of counts) assert.ok(Math.abs(c - mean) < mean * 0.15, `shard count ${c} too far from ${mean}`);
+  for (const c of counts)
+    assert.ok(Math.abs(c - mean) < mean * 0.15, `shard count ${c} too far from ${mean}`);
 });

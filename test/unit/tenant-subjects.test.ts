@@ -35,7 +35,10 @@ test("subjects outside the reserved ones are allowed without a prefix", () => {
 test("CALLBACK_NATS_SUBJECT_PREFIX narrows a group to its own prefix", () => {
   const narrowed = loadTenantSubjects({ CALLBACK_NATS_SUBJECT_PREFIX: "callbacks.{group}." });
   assert.equal(narrowed.refusalOf("callbacks.billing.invoice", "billing"), undefined);
-  assert.match(narrowed.refusalOf("callbacks.billing.invoice", "shipping") ?? "allowed", /must start with "callbacks\.shipping\."/);
+  assert.match(
+    narrowed.refusalOf("callbacks.billing.invoice", "shipping") ?? "allowed",
+    /must start with "callbacks\.shipping\."/,
+  );
   assert.match(narrowed.refusalOf("callbacks.billingx.a", "billing") ?? "allowed", /must start with/);
   assert.match(narrowed.refusalOf("callbacks.billing", "billing") ?? "allowed", /must start with/);
   assert.match(narrowed.refusalOf("orders.fired", "billing") ?? "allowed", /must start with/);
@@ -48,7 +51,15 @@ test("CALLBACK_NATS_SUBJECT_PREFIX narrows a group to its own prefix", () => {
 });
 
 test("a malformed or reserved CALLBACK_NATS_SUBJECT_PREFIX is a ConfigError naming it", () => {
-  for (const prefix of ["callbacks", "callbacks.*.", "callbacks..", ".x.", "timers.", "mesh.{group}.", "a b."]) {
+  for (const prefix of [
+    "callbacks",
+    "callbacks.*.",
+    "callbacks..",
+    ".x.",
+    "timers.",
+    "mesh.{group}.",
+    "a b.",
+  ]) {
     assert.throws(
       () => loadTenantSubjects({ CALLBACK_NATS_SUBJECT_PREFIX: prefix }),
       (e: Error) => e instanceof ConfigError && e.message.includes("CALLBACK_NATS_SUBJECT_PREFIX"),

@@ -49,7 +49,10 @@ export function boundedLimit(value: number, field: string, fallback: number, max
   return value;
 }
 
-function range(after: Timestamp | undefined, before: Timestamp | undefined): { fireAfter: Date | null; fireBefore: Date | null } {
+function range(
+  after: Timestamp | undefined,
+  before: Timestamp | undefined,
+): { fireAfter: Date | null; fireBefore: Date | null } {
   const fireAfter = tsDate(after);
   const fireBefore = tsDate(before);
   if (fireAfter && fireBefore && fireAfter.getTime() >= fireBefore.getTime()) {
@@ -66,7 +69,9 @@ export function retrySelection(req: RetryTimersRequest): TimerSelection & { sing
   if (req.timerId !== "" && req.groupId === "") throw new RequestError("timer_id needs group_id");
   const r = range(req.fireAfter, req.fireBefore);
   if (req.groupId === "" && !r.fireAfter && !r.fireBefore) {
-    throw new RequestError("select the failed timers to retry: group_id (and timer_id for one timer), or a fire_after/fire_before range");
+    throw new RequestError(
+      "select the failed timers to retry: group_id (and timer_id for one timer), or a fire_after/fire_before range",
+    );
   }
   return {
     groupId: req.groupId || null,
@@ -93,7 +98,10 @@ export function purgeSettings(req: PurgeTimersRequest): { retentionMs: number; b
   if (!req.retention) throw new RequestError('retention is required, e.g. "2592000s" for 30 days');
   const retentionMs = durationMs(req.retention);
   if (!(retentionMs > 0)) throw new RequestError("retention must be positive");
-  return { retentionMs, batchSize: boundedLimit(req.batchSize, "batch_size", DEFAULT_PURGE_BATCH, MAX_PURGE_BATCH) };
+  return {
+    retentionMs,
+    batchSize: boundedLimit(req.batchSize, "batch_size", DEFAULT_PURGE_BATCH, MAX_PURGE_BATCH),
+  };
 }
 
 /** A page size: 1..1000, 100 when 0. */
@@ -110,14 +118,21 @@ export interface FailedCursor {
 
 /** The opaque next_page_token of ListFailedTimers; bound to the group filter it was made for. */
 export function encodeFailedCursor(c: FailedCursor, groupFilter: string): string {
-  return Buffer.from(JSON.stringify({ f: c.finish, g: c.groupId, t: c.timerId, q: groupFilter })).toString("base64url");
+  return Buffer.from(JSON.stringify({ f: c.finish, g: c.groupId, t: c.timerId, q: groupFilter })).toString(
+    "base64url",
+  );
 }
 
 /** The cursor in a ListFailedTimers page_token; RequestError when it is malformed or for another filter. */
 export function decodeFailedCursor(token: string, groupFilter: string): FailedCursor {
   try {
     const v = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as Record<string, unknown>;
-    if (typeof v["f"] === "string" && typeof v["g"] === "string" && typeof v["t"] === "string" && v["q"] === groupFilter) {
+    if (
+      typeof v["f"] === "string" &&
+      typeof v["g"] === "string" &&
+      typeof v["t"] === "string" &&
+      v["q"] === groupFilter
+    ) {
       return { finish: v["f"], groupId: v["g"], timerId: v["t"] };
     }
   } catch {

@@ -72,7 +72,11 @@ export interface ShardRow {
 }
 
 /** Shards with lease, lag and due count; optionally one owner's, optionally only those lagging more than minLagSeconds. */
-export async function listShards(pool: pg.Pool, owner: string | null, minLagSeconds: number | null): Promise<ShardRow[]> {
+export async function listShards(
+  pool: pg.Pool,
+  owner: string | null,
+  minLagSeconds: number | null,
+): Promise<ShardRow[]> {
   const { rows } = await pool.query<ShardRow>(
     `-- list_shards
      SELECT l.shard, l.last_owner AS owner, l.epoch::text AS epoch,
@@ -104,7 +108,12 @@ export interface PauseRow {
 }
 
 /** Pauses a group (a paused one stays as it was) and records it; newly is false when it was paused already. */
-export async function pauseGroup(pool: pg.Pool, groupId: string, reason: string, audit: AuditInfo): Promise<PauseRow & { newly: boolean }> {
+export async function pauseGroup(
+  pool: pg.Pool,
+  groupId: string,
+  reason: string,
+  audit: AuditInfo,
+): Promise<PauseRow & { newly: boolean }> {
   const { rows } = await pool.query<PauseRow & { newly: boolean }>(
     `-- pause_group
      WITH p AS (
@@ -121,7 +130,11 @@ export async function pauseGroup(pool: pg.Pool, groupId: string, reason: string,
 }
 
 /** Resumes a group and records it: whether it was paused, and how many of its timers are overdue. */
-export async function resumeGroup(pool: pg.Pool, groupId: string, audit: AuditInfo): Promise<{ wasPaused: boolean; overdue: number }> {
+export async function resumeGroup(
+  pool: pg.Pool,
+  groupId: string,
+  audit: AuditInfo,
+): Promise<{ wasPaused: boolean; overdue: number }> {
   const { rows } = await pool.query<{ was_paused: boolean; overdue: string }>(
     `-- resume_group
      WITH d AS (
@@ -224,7 +237,12 @@ export interface SummaryRow {
 const SUMMARY_COLUMNS = "group_id, timer_id, shard, fire_at, next_attempt_at, state, attempt, last_error";
 
 /** The state of one timer (its shard: shardOf(groupId, timerId, SHARD_COUNT)), or undefined when there is none. */
-export async function timerState(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<number | undefined> {
+export async function timerState(
+  pool: pg.Pool,
+  groupId: string,
+  timerId: string,
+  shard: number,
+): Promise<number | undefined> {
   const { rows } = await pool.query<{ state: number }>(
     `-- timer_state
      SELECT state FROM timers WHERE shard = $3 AND group_id = $1 AND timer_id = $2`,
@@ -245,16 +263,32 @@ export interface BulkPreview {
   sample: SummaryRow[];
 }
 
-async function bulkChange(pool: pg.Pool, sql: string, sel: TimerSelection, audit: AuditInfo): Promise<BulkChange> {
-  const { rows } = await pool.query<Partial<SummaryRow> & { has_more: boolean }>(sql, [...selectionParams(sel), ...auditParams(audit)]);
+async function bulkChange(
+  pool: pg.Pool,
+  sql: string,
+  sel: TimerSelection,
+  audit: AuditInfo,
+): Promise<BulkChange> {
+  const { rows } = await pool.query<Partial<SummaryRow> & { has_more: boolean }>(sql, [
+    ...selectionParams(sel),
+    ...auditParams(audit),
+  ]);
   return {
     more: rows[0]?.has_more ?? false,
     changed: rows.filter((r) => r.group_id !== null && r.group_id !== undefined) as SummaryRow[],
   };
 }
 
-async function bulkPreview(pool: pg.Pool, sql: string, sel: TimerSelection, audit: AuditInfo): Promise<BulkPreview> {
-  const { rows } = await pool.query<Partial<SummaryRow> & { matched: string }>(sql, [...selectionParams(sel), ...auditParams(audit)]);
+async function bulkPreview(
+  pool: pg.Pool,
+  sql: string,
+  sel: TimerSelection,
+  audit: AuditInfo,
+): Promise<BulkPreview> {
+  const { rows } = await pool.query<Partial<SummaryRow> & { matched: string }>(sql, [
+    ...selectionParams(sel),
+    ...auditParams(audit),
+  ]);
   return {
     matched: Number(rows[0]?.matched ?? 0),
     sample: rows.filter((r) => r.group_id !== null && r.group_id !== undefined) as SummaryRow[],
@@ -367,7 +401,10 @@ export function previewCancel(pool: pg.Pool, sel: TimerSelection, audit: AuditIn
 // ------------------------------------------------------------------------------ purge
 
 /** now() minus the retention, by the database's clock: as a Date, and exactly (text) for the batches. */
-export async function purgeCutoff(pool: pg.Pool, retentionMs: number): Promise<{ cutoff: Date; exact: string }> {
+export async function purgeCutoff(
+  pool: pg.Pool,
+  retentionMs: number,
+): Promise<{ cutoff: Date; exact: string }> {
   const { rows } = await pool.query<{ cutoff: Date; exact: string }>(
     `-- purge_cutoff
      SELECT c AS cutoff, c::text AS exact FROM (SELECT now() - make_interval(secs => $1::float8 / 1000) AS c) x`,
@@ -433,7 +470,12 @@ export async function purgeBatch(
 }
 
 /** Marks a purge's audit event with how it ended early (CANCELED, or an error code). */
-export async function endPurgeAudit(pool: pg.Pool, auditId: string, outcome: string, note: JsonObject): Promise<void> {
+export async function endPurgeAudit(
+  pool: pg.Pool,
+  auditId: string,
+  outcome: string,
+  note: JsonObject,
+): Promise<void> {
   await pool.query(
     `-- end_purge_audit
      UPDATE audit_events SET outcome = $2, result = result || $3::jsonb WHERE id = $1::bigint`,
@@ -442,7 +484,11 @@ export async function endPurgeAudit(pool: pg.Pool, auditId: string, outcome: str
 }
 
 /** Counts what a purge would delete, and records the dry run. */
-export async function previewPurge(pool: pg.Pool, cutoff: string, audit: AuditInfo): Promise<{ timers: number; attempts: number }> {
+export async function previewPurge(
+  pool: pg.Pool,
+  cutoff: string,
+  audit: AuditInfo,
+): Promise<{ timers: number; attempts: number }> {
   const { rows } = await pool.query<{ timers: string; attempts: string }>(
     `-- purge_timers_dry_run
      WITH d AS (
@@ -476,10 +522,17 @@ export type ExplainRow = TimerRow & {
 };
 
 /** Everything ExplainTimer needs from the timer's row and its shard, or undefined. */
-export async function explainTimer(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<ExplainRow | undefined> {
+export async function explainTimer(
+  pool: pg.Pool,
+  groupId: string,
+  timerId: string,
+  shard: number,
+): Promise<ExplainRow | undefined> {
   const { rows } = await pool.query<ExplainRow>(
     `-- explain_timer
-     SELECT ${TIMER_COLUMNS.split(", ").map((c) => `t.${c}`).join(", ")},
+     SELECT ${TIMER_COLUMNS.split(", ")
+       .map((c) => `t.${c}`)
+       .join(", ")},
             t.claim_owner, t.claim_expires_at,
             l.last_owner AS lease_owner, coalesce(l.epoch, 0)::text AS lease_epoch,
             l.lease_expires_at,
@@ -505,7 +558,12 @@ export interface AttemptRow {
 }
 
 /** A timer's delivery attempts, oldest first. */
-export async function timerAttempts(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<AttemptRow[]> {
+export async function timerAttempts(
+  pool: pg.Pool,
+  groupId: string,
+  timerId: string,
+  shard: number,
+): Promise<AttemptRow[]> {
   const { rows } = await pool.query<AttemptRow>(
     `-- timer_attempts
      SELECT attempt, dispatcher_id, started_at, finished_at, outcome, error FROM timer_attempts
@@ -519,7 +577,9 @@ export async function timerAttempts(pool: pg.Pool, groupId: string, timerId: str
 // ------------------------------------------------------------------------------ stats
 
 /** Active (SCHEDULED, FIRING) timers per group. */
-export async function activeByGroup(pool: pg.Pool): Promise<{ group_id: string; scheduled: string; firing: string }[]> {
+export async function activeByGroup(
+  pool: pg.Pool,
+): Promise<{ group_id: string; scheduled: string; firing: string }[]> {
   const { rows } = await pool.query<{ group_id: string; scheduled: string; firing: string }>(
     `-- active_by_group
      SELECT group_id,
@@ -567,7 +627,12 @@ export async function meshCounters(pool: pg.Pool): Promise<StatsRow> {
 // ------------------------------------------------------------------------------ audit
 
 /** Records an audit event on its own: for changes outside Postgres and for failed calls. */
-export async function recordAudit(pool: pg.Pool, audit: AuditInfo, outcome: string, result: JsonObject): Promise<string> {
+export async function recordAudit(
+  pool: pg.Pool,
+  audit: AuditInfo,
+  outcome: string,
+  result: JsonObject,
+): Promise<string> {
   const { rows } = await pool.query<{ id: string }>(
     `-- record_audit_event
      INSERT INTO audit_events (actor, action, arguments, outcome, result, trace_id)
@@ -659,7 +724,10 @@ export async function setGroupQuota(
 }
 
 /** Groups with their own limit, by group id, with their active (SCHEDULED + FIRING) timers counted now. */
-export async function listGroupQuotas(pool: pg.Pool, groupId: string | null): Promise<(GroupQuotaRow & { active: string })[]> {
+export async function listGroupQuotas(
+  pool: pg.Pool,
+  groupId: string | null,
+): Promise<(GroupQuotaRow & { active: string })[]> {
   const { rows } = await pool.query<GroupQuotaRow & { active: string }>(
     `-- list_group_quotas
      SELECT q.group_id, q.max_active_timers::text, q.set_by, q.set_at,

@@ -38,7 +38,9 @@ export function grpcCodeName(code: Code): string {
 function traceIdOf(ctx: HandlerContext): string | null {
   const sc = trace.getActiveSpan()?.spanContext();
   if (sc && trace.isSpanContextValid(sc)) return sc.traceId;
-  const m = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(ctx.requestHeader.get("traceparent") ?? "");
+  const m = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(
+    ctx.requestHeader.get("traceparent") ?? "",
+  );
   return m ? m[1]! : null;
 }
 
@@ -63,13 +65,20 @@ export class Auditor {
    * Runs a changing call and makes sure it is in the audit log: recorded by the change itself,
    * or here (success outside Postgres, or failure with its code and message).
    */
-  async change<T>(ctx: HandlerContext, req: Message, run: (audit: AuditInfo) => Promise<ChangeOutcome<T>>): Promise<T> {
+  async change<T>(
+    ctx: HandlerContext,
+    req: Message,
+    run: (audit: AuditInfo) => Promise<ChangeOutcome<T>>,
+  ): Promise<T> {
     const audit = this.infoOf(ctx, req);
     const dryRun = (req as { dryRun?: unknown }).dryRun === true;
     try {
       const out = await run(audit);
       if (!out.recorded) await recordAudit(this.pool, audit, "OK", out.result as JsonObject);
-      this.log.info({ audit: { ...audit, dry_run: dryRun, outcome: "OK", result: out.result } }, `audit: ${audit.action} by ${audit.actor}`);
+      this.log.info(
+        { audit: { ...audit, dry_run: dryRun, outcome: "OK", result: out.result } },
+        `audit: ${audit.action} by ${audit.actor}`,
+      );
       return out.response;
     } catch (err) {
       const code = err instanceof ConnectError ? grpcCodeName(err.code) : "INTERNAL";
@@ -79,7 +88,10 @@ export class Auditor {
           this.log.error({ err: e, audit }, "could not record a failed admin call in the audit log"),
         );
       }
-      this.log.warn({ audit: { ...audit, dry_run: dryRun, outcome: code, result: { error: message } } }, `audit: ${audit.action} by ${audit.actor} failed`);
+      this.log.warn(
+        { audit: { ...audit, dry_run: dryRun, outcome: code, result: { error: message } } },
+        `audit: ${audit.action} by ${audit.actor} failed`,
+      );
       throw err;
     }
   }

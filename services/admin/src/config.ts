@@ -1,4 +1,10 @@
-import { ConfigError, envDurationMs, envOptional, loadCommonConfig, type CommonConfig } from "../../shared/src/env.js";
+import {
+  ConfigError,
+  envDurationMs,
+  envOptional,
+  loadCommonConfig,
+  type CommonConfig,
+} from "../../shared/src/env.js";
 import { loadListPageMaxBytes } from "../../shared/src/page-bytes.js";
 
 /** The admin service's settings, from the environment. */
@@ -43,6 +49,7 @@ function loadDispatcherToken(env: Record<string, string | undefined>): AdminConf
   const inline = envOptional(env, "DISPATCHER_TOKEN");
   const file = envOptional(env, "DISPATCHER_TOKEN_FILE");
   if (inline && file) throw new ConfigError("set DISPATCHER_TOKEN or DISPATCHER_TOKEN_FILE, not both");
-  if (inline !== undefined && /\s/.test(inline)) throw new ConfigError("DISPATCHER_TOKEN must not contain white space");
+  if (inline !== undefined && /\s/.test(inline))
+    throw new ConfigError("DISPATCHER_TOKEN must not contain white space");
   return inline ? { inline } : file ? { file } : undefined;
 }

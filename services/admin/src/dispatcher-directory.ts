@@ -7,7 +7,12 @@
 // address with its own credential (DrainDispatcher).
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
-import { decodeHeartbeat, decodeLeave, HEARTBEAT_SUBJECT, LEAVE_SUBJECT } from "../../shared/src/mesh-messages.js";
+import {
+  decodeHeartbeat,
+  decodeLeave,
+  HEARTBEAT_SUBJECT,
+  LEAVE_SUBJECT,
+} from "../../shared/src/mesh-messages.js";
 
 /** A dispatcher as its last heartbeat describes it. */
 export interface HeardDispatcher {
@@ -21,7 +26,11 @@ export interface HeardDispatcher {
 }
 
 /** The members heard within ttlMs of nowMs, sorted by id. */
-export function liveMembers(members: Iterable<HeardDispatcher>, nowMs: number, ttlMs: number): HeardDispatcher[] {
+export function liveMembers(
+  members: Iterable<HeardDispatcher>,
+  nowMs: number,
+  ttlMs: number,
+): HeardDispatcher[] {
   return [...members].filter((m) => nowMs - m.lastSeenMs <= ttlMs).sort((a, b) => a.id.localeCompare(b.id));
 }
 

@@ -62,7 +62,9 @@ export function whatHappensNext(f: TimerFacts): string {
     case State.Firing:
       return (
         `delivering now: attempt ${f.attempt} of ${f.maxAttempts} by ${f.claimOwner ?? "a dispatcher"}` +
-        (f.claimExpiresAtMs !== null ? `; if it stops mid-delivery, the claim expires at ${iso(f.claimExpiresAtMs)} and the attempt is made again` : "")
+        (f.claimExpiresAtMs !== null
+          ? `; if it stops mid-delivery, the claim expires at ${iso(f.claimExpiresAtMs)} and the attempt is made again`
+          : "")
       );
     case State.Scheduled:
       return scheduledNext(f);
@@ -75,7 +77,8 @@ function scheduledNext(f: TimerFacts): string {
   const dueIn = f.nextAttemptAtMs - f.nowMs;
   if (f.pause) {
     const why = f.pause.reason ? `: ${f.pause.reason}` : "";
-    const due = dueIn <= 0 ? `; it is due (by ${roughDuration(dueIn)}) and` : `; due at ${iso(f.nextAttemptAtMs)}, it`;
+    const due =
+      dueIn <= 0 ? `; it is due (by ${roughDuration(dueIn)}) and` : `; due at ${iso(f.nextAttemptAtMs)}, it`;
     return `waiting: group ${JSON.stringify(f.groupId)} is paused (by ${f.pause.by} at ${iso(f.pause.atMs)}${why})${due} fires once the group is resumed`;
   }
   if (f.leaseOwner === null) {

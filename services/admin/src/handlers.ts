@@ -61,7 +61,6 @@ export interface AdminDeps {
   log: Logger;
 }
 
-
 /** Runs request checks, turning a RequestError into INVALID_ARGUMENT. */
 function checked<T>(parse: () => T): T {
   try {
@@ -89,7 +88,8 @@ function summary(r: store.SummaryRow): TimerSummary {
   });
 }
 
-const keys = (rows: store.SummaryRow[]) => rows.slice(0, SAMPLE_SIZE).map((r) => ({ group_id: r.group_id, timer_id: r.timer_id }));
+const keys = (rows: store.SummaryRow[]) =>
+  rows.slice(0, SAMPLE_SIZE).map((r) => ({ group_id: r.group_id, timer_id: r.timer_id }));
 
 function quotaOf(r: store.GroupQuotaRow | null, active?: string) {
   return r
@@ -104,7 +104,14 @@ function quotaOf(r: store.GroupQuotaRow | null, active?: string) {
 }
 
 function pauseOf(groupId: string, at: Date | null, by: string | null, reason: string | null) {
-  return at ? create(PausedGroupSchema, { groupId, pausedTime: timestampFromDate(at), pausedBy: by ?? "", reason: reason ?? "" }) : undefined;
+  return at
+    ? create(PausedGroupSchema, {
+        groupId,
+        pausedTime: timestampFromDate(at),
+        pausedBy: by ?? "",
+        reason: reason ?? "",
+      })
+    : undefined;
 }
 
 /** The admin.v1.AdminService implementation. */
@@ -118,7 +125,11 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
    */
   const requireNats = () => {
     const nc = deps.nats.ifConnected();
-    if (!nc) throw new ConnectError("NATS is not connected: the admin service cannot reach the dispatchers now; retry later", Code.Unavailable);
+    if (!nc)
+      throw new ConnectError(
+        "NATS is not connected: the admin service cannot reach the dispatchers now; retry later",
+        Code.Unavailable,
+      );
     return nc;
   };
 
@@ -138,7 +149,10 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
         });
       } catch (err) {
         // The timer is due in Postgres; its owner's overdue scan finds it.
-        deps.log.warn({ err, group_id: r.group_id, timer_id: r.timer_id }, "could not announce a retried timer");
+        deps.log.warn(
+          { err, group_id: r.group_id, timer_id: r.timer_id },
+          "could not announce a retried timer",
+        );
       }
     }
   };
@@ -161,7 +175,8 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
         }),
       );
       for (const [owner, n] of owned) {
-        if (!live.some((m) => m.id === owner)) dispatchers.push(create(DispatcherSchema, { id: owner, ownedShards: n, live: false }));
+        if (!live.some((m) => m.id === owner))
+          dispatchers.push(create(DispatcherSchema, { id: owner, ownedShards: n, live: false }));
       }
       dispatchers.sort((a, b) => a.id.localeCompare(b.id));
       return { dispatchers };
@@ -222,10 +237,19 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
         const missing = live.map((m) => m.id).filter((id) => !answers.some((a) => a.id === id));
         return {
           response: {
-            replies: answers.map((a) => create(RebalanceReplySchema, { dispatcherId: a.id, draining: a.draining, ownedShards: a.owned })),
+            replies: answers.map((a) =>
+              create(RebalanceReplySchema, {
+                dispatcherId: a.id,
+                draining: a.draining,
+                ownedShards: a.owned,
+              }),
+            ),
             missing,
           },
-          result: { replies: answers.map((a) => ({ id: a.id, draining: a.draining, owned: a.owned })), missing },
+          result: {
+            replies: answers.map((a) => ({ id: a.id, draining: a.draining, owned: a.owned })),
+            missing,
+          },
           recorded: false,
         };
       });
@@ -274,13 +298,26 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
 
     async listFailedTimers(req) {
       const size = checked(() => pageSize(req.pageSize));
-      const after = req.pageToken === "" ? null : checked(() => decodeFailedCursor(req.pageToken, req.groupId));
-      const rows = await store.listFailedTimers(pool, req.groupId || null, after, size + 1, deps.listPageMaxBytes);
+      const after =
+        req.pageToken === "" ? null : checked(() => decodeFailedCursor(req.pageToken, req.groupId));
+      const rows = await store.listFailedTimers(
+        pool,
+        req.groupId || null,
+        after,
+        size + 1,
+        deps.listPageMaxBytes,
+      );
       const { page, more } = pageOf(rows, size);
       const last = page[page.length - 1];
       return {
         timers: page.map(rowToTimer),
-        nextPageToken: more && last ? encodeFailedCursor({ finish: last.finish_key, groupId: last.group_id, timerId: last.timer_id }, req.groupId) : "",
+        nextPageToken:
+          more && last
+            ? encodeFailedCursor(
+                { finish: last.finish_key, groupId: last.group_id, timerId: last.timer_id },
+                req.groupId,
+              )
+            : "",
       };
     },
 
@@ -288,8 +325,14 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
       return auditor.change<MessageInitShape<typeof RetryTimersResponseSchema>>(ctx, req, async (audit) => {
         const sel = checked(() => retrySelection(req));
         if (sel.single) {
-          const state = await store.timerState(pool, sel.groupId!, sel.timerId!, shardOf(sel.groupId!, sel.timerId!, deps.shardCount));
-          if (state === undefined) throw new ConnectError(`timer ${sel.groupId}/${sel.timerId} not found`, Code.NotFound);
+          const state = await store.timerState(
+            pool,
+            sel.groupId!,
+            sel.timerId!,
+            shardOf(sel.groupId!, sel.timerId!, deps.shardCount),
+          );
+          if (state === undefined)
+            throw new ConnectError(`timer ${sel.groupId}/${sel.timerId} not found`, Code.NotFound);
           if (state !== State.Failed) {
             throw new ConnectError(
               `timer ${sel.groupId}/${sel.timerId} is ${TimerState[state]}; only FAILED timers can be retried`,
@@ -301,7 +344,13 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
           const p = await store.previewRetry(pool, sel, audit);
           const count = Math.min(p.matched, sel.limit);
           return {
-            response: { count, more: p.matched > sel.limit, sample: p.sample.map(summary), dryRun: true, matched: BigInt(p.matched) },
+            response: {
+              count,
+              more: p.matched > sel.limit,
+              sample: p.sample.map(summary),
+              dryRun: true,
+              matched: BigInt(p.matched),
+            },
             result: { dry_run: true, would_retry: count, matched: p.matched },
             recorded: true,
           };
@@ -309,7 +358,12 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
         const r = await store.retryTimers(pool, sel, audit);
         announce(r.changed);
         return {
-          response: { count: r.changed.length, more: r.more, sample: r.changed.slice(0, SAMPLE_SIZE).map(summary), dryRun: false },
+          response: {
+            count: r.changed.length,
+            more: r.more,
+            sample: r.changed.slice(0, SAMPLE_SIZE).map(summary),
+            dryRun: false,
+          },
           result: { retried: r.changed.length, more: r.more, sample: keys(r.changed) },
           recorded: true,
         };
@@ -323,14 +377,25 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
           const p = await store.previewCancel(pool, sel, audit);
           const count = Math.min(p.matched, sel.limit);
           return {
-            response: { count, more: p.matched > sel.limit, sample: p.sample.map(summary), dryRun: true, matched: BigInt(p.matched) },
+            response: {
+              count,
+              more: p.matched > sel.limit,
+              sample: p.sample.map(summary),
+              dryRun: true,
+              matched: BigInt(p.matched),
+            },
             result: { dry_run: true, would_cancel: count, matched: p.matched },
             recorded: true,
           };
         }
         const r = await store.cancelTimers(pool, sel, audit);
         return {
-          response: { count: r.changed.length, more: r.more, sample: r.changed.slice(0, SAMPLE_SIZE).map(summary), dryRun: false },
+          response: {
+            count: r.changed.length,
+            more: r.more,
+            sample: r.changed.slice(0, SAMPLE_SIZE).map(summary),
+            dryRun: false,
+          },
           result: { cancelled: r.changed.length, more: r.more, sample: keys(r.changed) },
           recorded: true,
         };
@@ -344,7 +409,13 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
         if (req.dryRun) {
           const p = await store.previewPurge(pool, exact, audit);
           return {
-            response: { deletedTimers: BigInt(p.timers), deletedAttempts: BigInt(p.attempts), batches: 0, cutoffTime: timestampFromDate(cutoff), dryRun: true },
+            response: {
+              deletedTimers: BigInt(p.timers),
+              deletedAttempts: BigInt(p.attempts),
+              batches: 0,
+              cutoffTime: timestampFromDate(cutoff),
+              dryRun: true,
+            },
             result: { dry_run: true, would_delete_timers: p.timers, would_delete_attempts: p.attempts },
             recorded: true,
           };
@@ -363,21 +434,35 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
             attempts += b.attempts;
             if (b.timers < batchSize) break;
             if (ctx.signal.aborted) {
-              throw new ConnectError(`purge stopped by the caller after ${batches} batches (${timers} timers deleted)`, Code.Canceled);
+              throw new ConnectError(
+                `purge stopped by the caller after ${batches} batches (${timers} timers deleted)`,
+                Code.Canceled,
+              );
             }
           }
         } catch (err) {
           if (auditId !== null) {
             const code = err instanceof ConnectError ? grpcCodeName(err.code) : "INTERNAL";
             await store
-              .endPurgeAudit(pool, auditId, code, { stopped_after_batches: batches, error: err instanceof ConnectError ? err.rawMessage : "internal error" })
-              .catch((e: unknown) => deps.log.error({ err: e, audit_id: auditId }, "could not mark the purge's audit event"));
+              .endPurgeAudit(pool, auditId, code, {
+                stopped_after_batches: batches,
+                error: err instanceof ConnectError ? err.rawMessage : "internal error",
+              })
+              .catch((e: unknown) =>
+                deps.log.error({ err: e, audit_id: auditId }, "could not mark the purge's audit event"),
+              );
             markRecorded(err);
           }
           throw err;
         }
         return {
-          response: { deletedTimers: BigInt(timers), deletedAttempts: BigInt(attempts), batches, cutoffTime: timestampFromDate(cutoff), dryRun: false },
+          response: {
+            deletedTimers: BigInt(timers),
+            deletedAttempts: BigInt(attempts),
+            batches,
+            cutoffTime: timestampFromDate(cutoff),
+            dryRun: false,
+          },
           result: { deleted_timers: timers, deleted_attempts: attempts, batches },
           recorded: true,
         };
@@ -388,7 +473,10 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
       const groupId = required(req.groupId, "group_id");
       const timerId = required(req.timerId, "timer_id");
       const shard = shardOf(groupId, timerId, deps.shardCount);
-      const [row, attempts] = await Promise.all([store.explainTimer(pool, groupId, timerId, shard), store.timerAttempts(pool, groupId, timerId, shard)]);
+      const [row, attempts] = await Promise.all([
+        store.explainTimer(pool, groupId, timerId, shard),
+        store.timerAttempts(pool, groupId, timerId, shard),
+      ]);
       if (!row) throw new ConnectError(`timer ${groupId}/${timerId} not found`, Code.NotFound);
       const ownerLive = row.lease_owner !== null && directory.find(row.lease_owner) !== undefined;
       const next = whatHappensNext({
@@ -401,7 +489,9 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
         lastError: row.last_error,
         claimOwner: row.claim_owner,
         claimExpiresAtMs: row.claim_expires_at?.getTime() ?? null,
-        pause: row.paused_at ? { by: row.paused_by ?? "", atMs: row.paused_at.getTime(), reason: row.pause_reason ?? "" } : null,
+        pause: row.paused_at
+          ? { by: row.paused_by ?? "", atMs: row.paused_at.getTime(), reason: row.pause_reason ?? "" }
+          : null,
         shard: row.shard,
         leaseOwner: row.leased ? row.lease_owner : null,
         leaseExpiresAtMs: row.lease_expires_at?.getTime() ?? null,
@@ -438,7 +528,13 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
 
     async getStats() {
       const [groups, c] = await Promise.all([store.activeByGroup(pool), store.meshCounters(pool)]);
-      const activeByGroup = groups.map((g) => create(GroupActivitySchema, { groupId: g.group_id, scheduled: BigInt(g.scheduled), firing: BigInt(g.firing) }));
+      const activeByGroup = groups.map((g) =>
+        create(GroupActivitySchema, {
+          groupId: g.group_id,
+          scheduled: BigInt(g.scheduled),
+          firing: BigInt(g.firing),
+        }),
+      );
       return {
         activeByGroup,
         activeTimers: activeByGroup.reduce((n, g) => n + g.scheduled + g.firing, 0n),
@@ -457,14 +553,21 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
     async setGroupQuota(req, ctx) {
       return auditor.change(ctx, req, async (audit) => {
         const groupId = required(req.groupId, "group_id");
-        if (groupId.length > 128) throw new ConnectError("group_id is longer than 128 characters", Code.InvalidArgument);
+        if (groupId.length > 128)
+          throw new ConnectError("group_id is longer than 128 characters", Code.InvalidArgument);
         if (req.maxActiveTimers < 0n) {
-          throw new ConnectError("max_active_timers must not be negative (0 removes the group's override)", Code.InvalidArgument);
+          throw new ConnectError(
+            "max_active_timers must not be negative (0 removes the group's override)",
+            Code.InvalidArgument,
+          );
         }
         const r = await store.setGroupQuota(pool, groupId, req.maxActiveTimers, audit);
         return {
           response: { quota: quotaOf(r.quota), previous: quotaOf(r.previous) },
-          result: { max_active_timers: r.quota?.max_active_timers ?? null, previous_max_active_timers: r.previous?.max_active_timers ?? null },
+          result: {
+            max_active_timers: r.quota?.max_active_timers ?? null,
+            previous_max_active_timers: r.previous?.max_active_timers ?? null,
+          },
           recorded: true,
         };
       });
@@ -480,7 +583,8 @@ export function createAdminService(deps: AdminDeps): ServiceImpl<typeof AdminSer
       const before = req.pageToken === "" ? null : checked(() => decodeAuditCursor(req.pageToken));
       const rows = await store.listAuditEvents(pool, before, req.actor || null, req.action || null, size + 1);
       const page = rows.slice(0, size);
-      const asObject = (v: unknown) => (typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, never>) : undefined);
+      const asObject = (v: unknown) =>
+        typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, never>) : undefined;
       return {
         events: page.map((r) =>
           create(AuditEventSchema, {

@@ -46,7 +46,10 @@ function dispatcherTokenSource(config: AdminConfig, log: Logger): () => Promise<
       return (await readFile(source.file, "utf8")).trim() || undefined;
     } catch (err) {
       log.error({ err, variable: "DISPATCHER_TOKEN_FILE" }, "cannot read the admin's dispatcher token");
-      throw new ConnectError(`DISPATCHER_TOKEN_FILE of the admin service cannot be read`, Code.FailedPrecondition);
+      throw new ConnectError(
+        `DISPATCHER_TOKEN_FILE of the admin service cannot be read`,
+        Code.FailedPrecondition,
+      );
     }
   };
 }
@@ -60,14 +63,21 @@ runMain(bootLog, async () => {
     throw err;
   }
   const log = createLogger("admin", config.logLevel);
-  const telemetry = startServiceTelemetry("admin", `admin-${hostname()}-${process.pid}`, config, SERVICE_VERSION);
+  const telemetry = startServiceTelemetry(
+    "admin",
+    `admin-${hostname()}-${process.pid}`,
+    config,
+    SERVICE_VERSION,
+  );
   const tls = await dispatcherTls(config);
   const database = openDatabase(config, "admin", log, telemetry, Math.min(config.dbPoolMax, 5));
   const pool = database.pool;
   const dispatcherToken = dispatcherTokenSource(config, log);
   await dispatcherToken(); // an unreadable DISPATCHER_TOKEN_FILE stops the start, not the first drain
   if (!config.dispatcherToken) {
-    log.warn("DISPATCHER_TOKEN is not set: DrainDispatcher works only against dispatchers with AUTH_DISABLED=true");
+    log.warn(
+      "DISPATCHER_TOKEN is not set: DrainDispatcher works only against dispatchers with AUTH_DISABLED=true",
+    );
   }
   const nats = connectNats(config.natsUrl, config.natsCredentials, "admin", log, telemetry.meter);
   const drops = new MeshMessageDrops(telemetry.meter, log);

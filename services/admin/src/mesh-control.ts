@@ -10,7 +10,12 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { DispatcherService } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
 import type { Logger } from "../../shared/src/logger.js";
 import type { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
-import { decodeRebalanceReply, encodeRebalanceRequest, REBALANCE_REPLIES, REBALANCE_SUBJECT } from "../../shared/src/mesh-messages.js";
+import {
+  decodeRebalanceReply,
+  encodeRebalanceRequest,
+  REBALANCE_REPLIES,
+  REBALANCE_SUBJECT,
+} from "../../shared/src/mesh-messages.js";
 
 /** A dispatcher's answer to a rebalance request. */
 export interface RebalanceAnswer {
@@ -47,17 +52,25 @@ export class MeshControl {
    */
   async drain(id: string, address: string, signal: AbortSignal): Promise<number> {
     const baseUrl = `${this.opts.tls ? "https" : "http"}://${address}`;
-    const nodeOptions = this.opts.tls ? { ca: this.opts.tls.ca, cert: this.opts.tls.cert, key: this.opts.tls.key } : {};
+    const nodeOptions = this.opts.tls
+      ? { ca: this.opts.tls.ca, cert: this.opts.tls.cert, key: this.opts.tls.key }
+      : {};
     const token = await this.opts.dispatcherToken();
     const sessions = new Http2SessionManager(baseUrl, {}, nodeOptions);
     try {
-      const client = createClient(DispatcherService, createGrpcTransport({ baseUrl, sessionManager: sessions }));
+      const client = createClient(
+        DispatcherService,
+        createGrpcTransport({ baseUrl, sessionManager: sessions }),
+      );
       const headers = token ? { authorization: `Bearer ${token}` } : undefined;
       const res = await client.drain({}, { headers, signal, timeoutMs: this.opts.callTimeoutMs });
       return res.releasedShards;
     } catch (err) {
       const e = ConnectError.from(err);
-      this.log.warn({ dispatcher: id, address, code: Code[e.code], error: e.rawMessage }, "drain call failed");
+      this.log.warn(
+        { dispatcher: id, address, code: Code[e.code], error: e.rawMessage },
+        "drain call failed",
+      );
       if (e.code === Code.Unauthenticated || e.code === Code.PermissionDenied) {
         // The operator was allowed here; it is the admin service that the dispatcher refused.
         const fix = token
@@ -66,7 +79,10 @@ export class MeshControl {
         throw new ConnectError(`dispatcher ${id} refused the admin service: ${fix}`, Code.FailedPrecondition);
       }
       if (e.code === Code.Unavailable || e.code === Code.Unknown || e.code === Code.Internal) {
-        throw new ConnectError(`dispatcher ${id} at ${address} could not be drained: ${e.rawMessage}`, Code.Unavailable);
+        throw new ConnectError(
+          `dispatcher ${id} at ${address} could not be drained: ${e.rawMessage}`,
+          Code.Unavailable,
+        );
       }
       throw new ConnectError(`dispatcher ${id}: ${e.rawMessage}`, e.code);
     } finally {
@@ -84,7 +100,9 @@ export class MeshControl {
     try {
       const replies = await nc.requestMany(REBALANCE_SUBJECT, body, {
         maxWait: this.opts.rebalanceWaitMs,
-        ...(expected > 0 ? { strategy: "count" as const, maxMessages: expected } : { strategy: "timer" as const }),
+        ...(expected > 0
+          ? { strategy: "count" as const, maxMessages: expected }
+          : { strategy: "timer" as const }),
       });
       for await (const msg of replies) {
         const reply = decodeRebalanceReply(msg.data, this.opts.shardCount);
@@ -92,7 +110,11 @@ export class MeshControl {
           this.drops.drop(REBALANCE_REPLIES, reply.reason);
           continue;
         }
-        answers.push({ id: reply.value.dispatcherId, draining: reply.value.draining, owned: reply.value.ownedShards });
+        answers.push({
+          id: reply.value.dispatcherId,
+          draining: reply.value.draining,
+          owned: reply.value.ownedShards,
+        });
       }
     } catch (err) {
       // No dispatcher listening ends the iteration with an error: report who answered (nobody).

@@ -23,7 +23,10 @@ export interface SplitClaim<T, R> {
  * that only the entries that fail alone are dropped (about 2·log2(n) statements per bad row).
  * After an error that is not a data error, nothing more is tried: the rest go to `retry`.
  */
-export async function claimSplitting<T, R>(entries: T[], claim: (part: T[]) => Promise<R[]>): Promise<SplitClaim<T, R>> {
+export async function claimSplitting<T, R>(
+  entries: T[],
+  claim: (part: T[]) => Promise<R[]>,
+): Promise<SplitClaim<T, R>> {
   const out: SplitClaim<T, R> = { claimed: [], dropped: [], retry: [] };
   const run = async (part: T[]): Promise<void> => {
     if (part.length === 0) return;

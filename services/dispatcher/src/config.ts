@@ -1,7 +1,15 @@
 import { hostname } from "node:os";
 import { loadEgressPolicy, type EgressPolicy } from "../../shared/src/egress.js";
 import { loadTenantSubjects, type TenantSubjects } from "../../shared/src/tenant-subjects.js";
-import { ConfigError, envDurationMs, envInt, envNatsCredentials, envString, loadCommonConfig, type CommonConfig } from "../../shared/src/env.js";
+import {
+  ConfigError,
+  envDurationMs,
+  envInt,
+  envNatsCredentials,
+  envString,
+  loadCommonConfig,
+  type CommonConfig,
+} from "../../shared/src/env.js";
 import { isValidId } from "../../shared/src/timer-id.js";
 
 /** The dispatcher's settings, from the environment. */
@@ -57,12 +65,16 @@ export function loadDispatcherConfig(env: Record<string, string | undefined>): D
   const memberTtlMs = envDurationMs(env, "MEMBER_TTL", 3_000, 100, 600_000);
   const leaseTtlMs = envDurationMs(env, "LEASE_TTL", 3_000, 200, 600_000);
   if (memberTtlMs < 2 * heartbeatMs) {
-    throw new ConfigError(`MEMBER_TTL (${memberTtlMs}ms) must be at least twice HEARTBEAT_INTERVAL (${heartbeatMs}ms)`);
+    throw new ConfigError(
+      `MEMBER_TTL (${memberTtlMs}ms) must be at least twice HEARTBEAT_INTERVAL (${heartbeatMs}ms)`,
+    );
   }
   // Heartbeats carry the id and every receiver refuses one that breaks the id rule.
   const dispatcherId = envString(env, "DISPATCHER_ID", `${hostname()}-${process.pid}`);
   if (!isValidId(dispatcherId)) {
-    throw new ConfigError(`DISPATCHER_ID must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit, got "${dispatcherId}"`);
+    throw new ConfigError(
+      `DISPATCHER_ID must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit, got "${dispatcherId}"`,
+    );
   }
   const callbackNatsCredentials = envNatsCredentials(env, "CALLBACK_NATS_USER", "CALLBACK_NATS_PASSWORD");
   if (common.natsCredentials && !callbackNatsCredentials) {
@@ -97,6 +109,10 @@ export function loadDispatcherConfig(env: Record<string, string | undefined>): D
     memberTtlMs,
     leaseTtlMs,
     leaseTickMs: Math.max(50, Math.min(500, Math.floor(leaseTtlMs / 4))),
-    advertiseAddress: envString(env, "ADVERTISE_ADDRESS", `${common.host === "0.0.0.0" || common.host === "::" ? hostname() : common.host}:${common.grpcPort}`),
+    advertiseAddress: envString(
+      env,
+      "ADVERTISE_ADDRESS",
+      `${common.host === "0.0.0.0" || common.host === "::" ? hostname() : common.host}:${common.grpcPort}`,
+    ),
   };
 }

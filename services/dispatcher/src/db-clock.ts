@@ -101,7 +101,9 @@ export class DbClock implements Clock {
     const loop = () => {
       this.timer = setTimeout(() => {
         this.measure()
-          .catch((err: unknown) => this.log.warn({ err }, "could not read the Postgres clock; keeping the last offset"))
+          .catch((err: unknown) =>
+            this.log.warn({ err }, "could not read the Postgres clock; keeping the last offset"),
+          )
           .finally(() => {
             if (!this.stopped) loop();
           });
@@ -141,7 +143,10 @@ export class DbClock implements Clock {
     // database's); firing follows it, an operator wants to know.
     if (!previous || Math.abs(next.wallOffsetMs - previous.wallOffsetMs) > 100) {
       this.log.info(
-        { clock_offset_ms: Math.round(next.wallOffsetMs * 10) / 10, uncertainty_ms: Math.round(next.uncertaintyMs * 100) / 100 },
+        {
+          clock_offset_ms: Math.round(next.wallOffsetMs * 10) / 10,
+          uncertainty_ms: Math.round(next.uncertaintyMs * 100) / 100,
+        },
         "measured this machine's clock against Postgres's; firing follows Postgres's clock",
       );
     }

@@ -85,7 +85,9 @@ export class CallbackDeliverer {
    */
   private readonly vetted = new Map<string, VetEntry>();
   /** The flush that will confirm the core NATS publishes made until it is sent (see confirmPublished). */
-  private pendingFlush: { nc: NatsConnectionOf<DelivererOptions["nats"]>; confirmed: Promise<void> } | undefined;
+  private pendingFlush:
+    | { nc: NatsConnectionOf<DelivererOptions["nats"]>; confirmed: Promise<void> }
+    | undefined;
   /** Keyed by vetted address and authority: a name that resolves elsewhere gets its own channel. */
   private readonly grpcClients = new Map<string, grpc.Client>();
   private readonly nats: Pick<NatsLink, "ifConnected">;
@@ -117,7 +119,11 @@ export class CallbackDeliverer {
         case "http":
           return await this.deliverHttp(d, d.callback.target.value.url, d.callback.target.value.headers);
         case "nats":
-          return await this.deliverNats(d, d.callback.target.value.subject, d.callback.target.value.jetstream);
+          return await this.deliverNats(
+            d,
+            d.callback.target.value.subject,
+            d.callback.target.value.jetstream,
+          );
         case "grpc":
           return await this.deliverGrpc(d, d.callback.target.value.target);
         default:
@@ -151,15 +157,27 @@ export class CallbackDeliverer {
     } catch (err) {
       return this.remember(host, undefined, Promise.reject(err));
     }
-    if (parsed.kind === "address") return this.remember(host, undefined, this.egress.vet(parsed, this.resolve));
+    if (parsed.kind === "address")
+      return this.remember(host, undefined, this.egress.vet(parsed, this.resolve));
     const answer = this.resolve(parsed.name);
     if (hit && hit.answer === answer) return hit;
-    return this.remember(host, answer, this.egress.vet(parsed, () => answer));
+    return this.remember(
+      host,
+      answer,
+      this.egress.vet(parsed, () => answer),
+    );
   }
 
-  private remember(host: string, answer: Promise<HostAddress[]> | undefined, vetted: Promise<HostAddress[]>): VetEntry {
+  private remember(
+    host: string,
+    answer: Promise<HostAddress[]> | undefined,
+    vetted: Promise<HostAddress[]>,
+  ): VetEntry {
     const entry: VetEntry = { answer, vetted, value: undefined };
-    vetted.then((v) => (entry.value = v), () => {}); // a refusal is handled by each caller, not here
+    vetted.then(
+      (v) => (entry.value = v),
+      () => {},
+    ); // a refusal is handled by each caller, not here
     if (this.vetted.size >= MAX_VETTED_HOSTS) this.vetted.clear();
     this.vetted.set(host, entry);
     return entry;
@@ -191,7 +209,8 @@ export class CallbackDeliverer {
   private async deliverNats(d: Delivery, subject: string, useJetStream: boolean): Promise<DeliveryResult> {
     // Timers stored before the rule existed (or before the operator narrowed it) are re-checked.
     const refused = this.tenantSubjects.refusalOf(subject, d.groupId);
-    if (refused) return { ok: false, retryable: false, error: `callback.nats.subject "${subject}" ${refused}` };
+    if (refused)
+      return { ok: false, retryable: false, error: `callback.nats.subject "${subject}" ${refused}` };
     const h = natsHeaders();
     this.standardHeaders(d, (k, v) => h.set(k, v));
     // A publish made while the client reconnects is only buffered (and dropped at its next
@@ -200,7 +219,11 @@ export class CallbackDeliverer {
     if (!nc) return { ok: false, retryable: true, error: "NATS not connected (reconnecting); not published" };
     if (useJetStream) {
       this.js ??= jetstream(nc, { timeout: this.timeoutMs });
-      await this.js.publish(subject, d.payload, { msgID: d.idempotencyKey, headers: h, timeout: this.timeoutMs });
+      await this.js.publish(subject, d.payload, {
+        msgID: d.idempotencyKey,
+        headers: h,
+        timeout: this.timeoutMs,
+      });
       return { ok: true };
     }
     // Core NATS has no acknowledgement: a publish counts as sent only once a PING written after
@@ -230,7 +253,12 @@ export class CallbackDeliverer {
           if (this.pendingFlush === pending) this.pendingFlush = undefined;
           within(nc.flush(), this.timeoutMs).then((done) => {
             if (done) resolve();
-            else reject(new Error(`NATS flush timed out after ${this.timeoutMs}ms; the message may not have reached the server`));
+            else
+              reject(
+                new Error(
+                  `NATS flush timed out after ${this.timeoutMs}ms; the message may not have reached the server`,
+                ),
+              );
           }, reject);
         });
       }),
@@ -242,7 +270,8 @@ export class CallbackDeliverer {
   private async deliverGrpc(d: Delivery, target: string): Promise<DeliveryResult> {
     const deadlineMs = Date.now() + this.timeoutMs;
     const parsed = parseGrpcTarget(target);
-    if (!parsed) return { ok: false, retryable: false, error: `callback.grpc.target "${target}" is not host:port` };
+    if (!parsed)
+      return { ok: false, retryable: false, error: `callback.grpc.target "${target}" is not host:port` };
     const client = this.grpcClient(await this.vet(parsed.host, deadlineMs), parsed.port, target);
     const request = create(OnTimerFiredRequestSchema, {
       groupId: d.groupId,
@@ -284,7 +313,10 @@ export class CallbackDeliverer {
    */
   private grpcClient(vetted: HostAddress[], port: number, authority: string): grpc.Client {
     const v4 = vetted.filter((v) => v.family === 4);
-    const pinned = v4.length > 0 ? `ipv4:${v4.map((v) => `${v.address}:${port}`).join(",")}` : `ipv6:${vetted.map((v) => `[${v.address}]:${port}`).join(",")}`;
+    const pinned =
+      v4.length > 0
+        ? `ipv4:${v4.map((v) => `${v.address}:${port}`).join(",")}`
+        : `ipv6:${vetted.map((v) => `[${v.address}]:${port}`).join(",")}`;
     const key = `${pinned} ${authority}`;
     let c = this.grpcClients.get(key);
     if (!c) {

@@ -2,15 +2,30 @@
 // back claims whose holder died. Claims and completions are batched: one statement for many
 // timers.
 import type pg from "pg";
-import { CALLBACK_DESTINATION_COLUMNS, destinationOfParts, type CallbackDestinationParts } from "../../shared/src/callback-destination.js";
+import {
+  CALLBACK_DESTINATION_COLUMNS,
+  destinationOfParts,
+  type CallbackDestinationParts,
+} from "../../shared/src/callback-destination.js";
 import { State, type TimerRow } from "../../shared/src/timer-model.js";
 import type { DueTimer } from "./due-queue.js";
 
 /** A timer claimed for delivery, with what the delivery needs. */
 export type ClaimedTimer = Pick<
   TimerRow,
-  | "group_id" | "timer_id" | "shard" | "fire_at" | "next_attempt_at" | "attempt" | "callback" | "payload" | "labels"
-  | "max_attempts" | "initial_backoff_ms" | "max_backoff_ms" | "backoff_multiplier"
+  | "group_id"
+  | "timer_id"
+  | "shard"
+  | "fire_at"
+  | "next_attempt_at"
+  | "attempt"
+  | "callback"
+  | "payload"
+  | "labels"
+  | "max_attempts"
+  | "initial_backoff_ms"
+  | "max_backoff_ms"
+  | "backoff_multiplier"
 > & { create_traceparent: string | null };
 
 /** The outcome of one delivery attempt, to be written back. */
@@ -48,7 +63,13 @@ const DUE_COLUMNS = `group_id, timer_id, shard, next_attempt_at, ${CALLBACK_DEST
 
 function toDue(r: DueRow): DueTimer {
   const parts: CallbackDestinationParts = { httpUrl: r.http_url, grpcTarget: r.grpc_target, nats: r.nats };
-  return { groupId: r.group_id, timerId: r.timer_id, shard: r.shard, dueMs: r.next_attempt_at.getTime(), destination: destinationOfParts(parts) };
+  return {
+    groupId: r.group_id,
+    timerId: r.timer_id,
+    shard: r.shard,
+    dueMs: r.next_attempt_at.getTime(),
+    destination: destinationOfParts(parts),
+  };
 }
 
 // The due reads go shard by shard: a LATERAL join over the owned shards, each an index scan of
@@ -91,13 +112,26 @@ function dueSql(name: string, bound: string, filter = ""): string {
 }
 
 /** Runs a dueSql statement until `limit` rows or the end of the range; `bound` is its $7. */
-async function readDue(pool: pg.Pool, sql: string, shards: number[], after: LoadCursor, limit: number, bound: unknown): Promise<DueTimer[]> {
+async function readDue(
+  pool: pg.Pool,
+  sql: string,
+  shards: number[],
+  after: LoadCursor,
+  limit: number,
+  bound: unknown,
+): Promise<DueTimer[]> {
   if (shards.length === 0 || limit <= 0) return [];
   const perShard = Math.min(limit, Math.ceil((1.25 * limit) / shards.length) + 16);
   const out: DueTimer[] = [];
   let from: [string, string, string] = [new Date(after.atMs).toISOString(), after.groupId, after.timerId];
   for (;;) {
-    const { rows } = await pool.query<DueRow & { due_at: string; complete: boolean }>(sql, [shards, ...from, perShard, limit - out.length, bound]);
+    const { rows } = await pool.query<DueRow & { due_at: string; complete: boolean }>(sql, [
+      shards,
+      ...from,
+      perShard,
+      limit - out.length,
+      bound,
+    ]);
     for (const r of rows) out.push(toDue(r));
     const last = rows.at(-1);
     if (!last || last.complete || out.length >= limit) return out;
@@ -117,7 +151,13 @@ const LOAD_OVERDUE_SQL = dueSql(
  * Scheduled timers of the given shards due after `after` and at or before `untilMs`, in due
  * order, at most `limit`: the next slice of the lookahead window.
  */
-export function loadWindow(pool: pg.Pool, shards: number[], after: LoadCursor, untilMs: number, limit: number): Promise<DueTimer[]> {
+export function loadWindow(
+  pool: pg.Pool,
+  shards: number[],
+  after: LoadCursor,
+  untilMs: number,
+  limit: number,
+): Promise<DueTimer[]> {
   return readDue(pool, LOAD_WINDOW_SQL, shards, after, limit, new Date(untilMs));
 }
 
@@ -127,7 +167,13 @@ export function loadWindow(pool: pg.Pool, shards: number[], after: LoadCursor, u
  * anything whose announcement was lost. The cursor lets a pass move past overdue timers the
  * dispatcher already holds unclaimed (parked by fair delivery) instead of reading them again.
  */
-export function loadOverdue(pool: pg.Pool, shards: number[], graceMs: number, after: LoadCursor, limit: number): Promise<DueTimer[]> {
+export function loadOverdue(
+  pool: pg.Pool,
+  shards: number[],
+  graceMs: number,
+  after: LoadCursor,
+  limit: number,
+): Promise<DueTimer[]> {
   return readDue(pool, LOAD_OVERDUE_SQL, shards, after, limit, graceMs);
 }
 
@@ -175,7 +221,16 @@ export async function claimTimers(
       RETURNING t.group_id, t.timer_id, t.shard, t.fire_at, t.next_attempt_at, t.attempt, t.callback, t.payload,
                 t.labels, t.max_attempts, t.initial_backoff_ms, t.max_backoff_ms, t.backoff_multiplier,
                 t.create_traceparent`,
-    [owner, timers.map((t) => t.groupId), timers.map((t) => t.timerId), leadMs, claimTtlMs, epochs.map(String), claimOwner, timers.map((t) => t.shard)],
+    [
+      owner,
+      timers.map((t) => t.groupId),
+      timers.map((t) => t.timerId),
+      leadMs,
+      claimTtlMs,
+      epochs.map(String),
+      claimOwner,
+      timers.map((t) => t.shard),
+    ],
   );
   return rows;
 }
@@ -249,7 +304,12 @@ export async function completeAttempts(
  * of them twice. A process that really died has its claims delivered again once their
  * deadline passed, at least once, and the idempotency key lets the receiver see the repeat.
  */
-export async function reclaimExpired(pool: pg.Pool, owner: string, shards: number[], limit: number): Promise<DueTimer[]> {
+export async function reclaimExpired(
+  pool: pg.Pool,
+  owner: string,
+  shards: number[],
+  limit: number,
+): Promise<DueTimer[]> {
   const { rows } = await pool.query<DueRow>(
     `-- reclaim_expired
      WITH x AS (

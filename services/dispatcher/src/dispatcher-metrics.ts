@@ -39,16 +39,34 @@ const LAG_REFRESH_MS = 5_000;
  * (not only owned ones) from one query, so that while any dispatcher lives the lag of a shard
  * whose owner died is still visible, with the lease's owner as a label.
  */
-export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount: number, gauges: DispatcherGauges, log: Logger): DispatcherMetrics {
+export function createDispatcherMetrics(
+  meter: Meter,
+  pool: pg.Pool,
+  shardCount: number,
+  gauges: DispatcherGauges,
+  log: Logger,
+): DispatcherMetrics {
   const lateness = meter.createHistogram("timer_fire_lateness_seconds", {
     description: "Start of the first delivery attempt minus fire_at",
     unit: "s",
-    advice: { explicitBucketBoundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300] },
+    advice: {
+      explicitBucketBoundaries: [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
+      ],
+    },
   });
-  const attempts = meter.createCounter("callback_attempts_total", { description: "Callback delivery attempts" });
-  const failures = meter.createCounter("callback_failures_total", { description: "Callback delivery attempts that failed" });
-  const executions = meter.createCounter("timer_executions_total", { description: "Timers that reached a final outcome (SUCCEEDED or FAILED)" });
-  const successes = meter.createCounter("timer_executions_success_total", { description: "Timers whose callback succeeded" });
+  const attempts = meter.createCounter("callback_attempts_total", {
+    description: "Callback delivery attempts",
+  });
+  const failures = meter.createCounter("callback_failures_total", {
+    description: "Callback delivery attempts that failed",
+  });
+  const executions = meter.createCounter("timer_executions_total", {
+    description: "Timers that reached a final outcome (SUCCEEDED or FAILED)",
+  });
+  const successes = meter.createCounter("timer_executions_success_total", {
+    description: "Timers whose callback succeeded",
+  });
   executions.add(0);
   successes.add(0);
   const gauge = (name: string, description: string, read: () => number) =>
@@ -58,18 +76,34 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
   gauge("timer_shard_count", "SHARD_COUNT of the mesh", () => shardCount);
   gauge("dispatcher_timers_in_memory", "Timers held in memory", gauges.timersInMemory);
   gauge("dispatcher_deliveries_in_flight", "Deliveries in flight", gauges.deliveriesInFlight);
-  gauge("timer_execution_queue_size", "Timers held in memory that are due and not yet being delivered", gauges.dueNotStarted);
-  gauge("dispatcher_timers_parked", "Due timers waiting because their group or callback destination holds its full share of delivery slots", gauges.timersParked);
+  gauge(
+    "timer_execution_queue_size",
+    "Timers held in memory that are due and not yet being delivered",
+    gauges.dueNotStarted,
+  );
+  gauge(
+    "dispatcher_timers_parked",
+    "Due timers waiting because their group or callback destination holds its full share of delivery slots",
+    gauges.timersParked,
+  );
   meter
-    .createObservableGauge("dispatcher_clock_offset_seconds", { description: METRICS.dispatcher_clock_offset_seconds.help, unit: "s" })
+    .createObservableGauge("dispatcher_clock_offset_seconds", {
+      description: METRICS.dispatcher_clock_offset_seconds.help,
+      unit: "s",
+    })
     .addCallback((r) => {
       const ms = gauges.clockOffsetMs();
       if (ms !== undefined) r.observe(ms / 1000);
     });
   meter
-    .createObservableCounter("dispatcher_timers_parked_total", { description: "Times a due timer was parked by fair delivery (DELIVERY_GROUP_SHARE, DELIVERY_DESTINATION_SHARE)" })
+    .createObservableCounter("dispatcher_timers_parked_total", {
+      description:
+        "Times a due timer was parked by fair delivery (DELIVERY_GROUP_SHARE, DELIVERY_DESTINATION_SHARE)",
+    })
     .addCallback((r) => r.observe(gauges.timersParkedTotal()));
-  const claimDropped = meter.createCounter("dispatcher_claim_entries_dropped_total", { description: "Timers dropped because Postgres refuses them in a claim statement even alone" });
+  const claimDropped = meter.createCounter("dispatcher_claim_entries_dropped_total", {
+    description: "Timers dropped because Postgres refuses them in a claim statement even alone",
+  });
   claimDropped.add(0);
 
   let lag: { shard: number; owner: string; lag: number }[] = [];
@@ -97,8 +131,16 @@ export function createDispatcherMetrics(meter: Meter, pool: pg.Pool, shardCount:
   const timer = setInterval(() => void refresh(), LAG_REFRESH_MS);
   timer.unref();
   meter
-    .createObservableGauge("timer_shard_lag_seconds", { description: "Now minus the oldest due, unfired fire_at in the shard; 0 when none is due", unit: "s" })
-    .addCallback((r) => lagSeries.observe(r, lag.map((l) => ({ attributes: { shard: String(l.shard), owner: l.owner }, value: l.lag }))));
+    .createObservableGauge("timer_shard_lag_seconds", {
+      description: "Now minus the oldest due, unfired fire_at in the shard; 0 when none is due",
+      unit: "s",
+    })
+    .addCallback((r) =>
+      lagSeries.observe(
+        r,
+        lag.map((l) => ({ attributes: { shard: String(l.shard), owner: l.owner }, value: l.lag })),
+      ),
+    );
 
   return {
     fired: (lateMs) => lateness.record(Math.max(0, lateMs) / 1000),

@@ -104,7 +104,8 @@ export class FairShare {
   private parkings = 0;
 
   constructor(limits: FairShareLimits) {
-    if (limits.perGroup < 1 || limits.perDestination < 1) throw new RangeError("fair-share limits must be at least 1");
+    if (limits.perGroup < 1 || limits.perDestination < 1)
+      throw new RangeError("fair-share limits must be at least 1");
     this.groups = new CapTable(limits.perGroup);
     this.destinations = new CapTable(limits.perDestination);
   }
@@ -138,7 +139,11 @@ export class FairShare {
    * returns true; otherwise parks the timer (under the cap that is full) and returns false.
    */
   tryAdmit(t: DueTimer, lane: Lane): boolean {
-    const table = this.groups.full(t.groupId) ? this.groups : this.destinations.full(t.destination) ? this.destinations : undefined;
+    const table = this.groups.full(t.groupId)
+      ? this.groups
+      : this.destinations.full(t.destination)
+        ? this.destinations
+        : undefined;
     if (table) {
       const key = table === this.groups ? t.groupId : t.destination;
       table.park(key, { ...t, lane });

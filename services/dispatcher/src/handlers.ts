@@ -1,7 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { GetStatusResponseSchema, OwnedShardSchema, type DispatcherService } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
+import {
+  GetStatusResponseSchema,
+  OwnedShardSchema,
+  type DispatcherService,
+} from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
 import type { Scheduler, ShardOwnership } from "./scheduler.js";
 
 /** What the handlers read from a started dispatcher (main.ts: once Postgres and NATS are there). */
@@ -36,7 +40,13 @@ export function createDispatcherService(deps: {
       return create(GetStatusResponseSchema, {
         dispatcherId: deps.dispatcherId,
         members: s.members(),
-        shards: owned.map((shard) => create(OwnedShardSchema, { shard, epoch: s.ownership.epochOf(shard), lagSeconds: lag.get(shard) ?? 0 })),
+        shards: owned.map((shard) =>
+          create(OwnedShardSchema, {
+            shard,
+            epoch: s.ownership.epochOf(shard),
+            lagSeconds: lag.get(shard) ?? 0,
+          }),
+        ),
         timersInMemory: BigInt(s.scheduler.held),
         deliveriesInFlight: BigInt(s.scheduler.deliveriesInFlight),
         shardCount: deps.shardCount,

@@ -72,7 +72,12 @@ export class HttpCallbackClient {
       const u = new URL(url);
       parsed =
         u.protocol === "https:" || u.protocol === "http:"
-          ? { origin: u.origin, path: `${u.pathname}${u.search}`, hostname: u.hostname, https: u.protocol === "https:" }
+          ? {
+              origin: u.origin,
+              path: `${u.pathname}${u.search}`,
+              hostname: u.hostname,
+              https: u.protocol === "https:",
+            }
           : `callback URL scheme ${u.protocol} is not http or https`;
       if (this.urls.size >= MAX_PARSED_URLS) this.urls.clear();
       this.urls.set(url, parsed);
@@ -101,7 +106,10 @@ export class HttpCallbackClient {
   }
 
   private poolFor(url: ParsedCallbackUrl, vetted: HostAddress[]): Pool {
-    const key = vetted.length === 1 ? `${url.origin} ${vetted[0]!.address}` : `${url.origin} ${vetted.map((v) => v.address).join(",")}`;
+    const key =
+      vetted.length === 1
+        ? `${url.origin} ${vetted[0]!.address}`
+        : `${url.origin} ${vetted.map((v) => v.address).join(",")}`;
     let pool = this.pools.get(key);
     if (pool) return pool;
     if (this.pools.size >= MAX_POOLS) {

@@ -21,7 +21,10 @@ import {
 } from "../../shared/src/mesh-messages.js";
 import { connectNats, type NatsLink } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
-import { DispatcherService, file_dispatcher_v1_dispatcher } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
+import {
+  DispatcherService,
+  file_dispatcher_v1_dispatcher,
+} from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
 import { loadDispatcherConfig, type DispatcherConfig } from "./config.js";
 import { CallbackDeliverer } from "./delivery.js";
 import { shardLag } from "./dispatch-store.js";
@@ -53,10 +56,21 @@ runMain(bootLog, async () => {
   // Two NATS connections: the mesh's own (membership, announcements, rebalance) and one for
   // tenant callbacks, whose user may publish only outside the mesh's subjects
   // (infra/nats/nats.conf), so no callback subject can speak for the mesh.
-  const nats = connectNats(config.natsUrl, config.natsCredentials, `dispatcher:${config.dispatcherId}`, log, telemetry.meter);
+  const nats = connectNats(
+    config.natsUrl,
+    config.natsCredentials,
+    `dispatcher:${config.dispatcherId}`,
+    log,
+    telemetry.meter,
+  );
   let callbackNats = nats;
   if (config.callbackNatsCredentials) {
-    callbackNats = connectNats(config.natsUrl, config.callbackNatsCredentials, `dispatcher:${config.dispatcherId}:callbacks`, log);
+    callbackNats = connectNats(
+      config.natsUrl,
+      config.callbackNatsCredentials,
+      `dispatcher:${config.dispatcherId}:callbacks`,
+      log,
+    );
   } else {
     log.warn(
       "NATS_USER and CALLBACK_NATS_USER are not set: tenant callbacks are published on the mesh's own, unrestricted " +
@@ -65,7 +79,10 @@ runMain(bootLog, async () => {
     );
   }
   const drops = new MeshMessageDrops(telemetry.meter, log);
-  log.info({ egress: config.egress.describe(), natsSubjects: config.tenantSubjects.describe() }, "callback policy");
+  log.info(
+    { egress: config.egress.describe(), natsSubjects: config.tenantSubjects.describe() },
+    "callback policy",
+  );
 
   // Membership, leases and the scheduler need Postgres and NATS: the ports open at once, and
   // the dispatcher starts dispatching (and becomes ready) once both are there.
@@ -90,12 +107,29 @@ runMain(bootLog, async () => {
           shardLag: (shards) => shardLag(database.pool, shards),
         }),
       ),
-    dependencies: { postgres: database, nats, ...(callbackNats !== nats ? { nats_callbacks: callbackNats } : {}) },
+    dependencies: {
+      postgres: database,
+      nats,
+      ...(callbackNats !== nats ? { nats_callbacks: callbackNats } : {}),
+    },
     checks: { membership: async () => dispatching?.membership.connected ?? false },
     start: {
       after: [database, nats, callbackNats],
       run: async (signal) => {
-        dispatching = await startDispatching({ config, log, telemetry, pool: database.pool, natsLink: nats, callbackNats, drops, claimOwner, startTimeMs }, signal);
+        dispatching = await startDispatching(
+          {
+            config,
+            log,
+            telemetry,
+            pool: database.pool,
+            natsLink: nats,
+            callbackNats,
+            drops,
+            claimOwner,
+            startTimeMs,
+          },
+          signal,
+        );
       },
     },
     telemetry,
@@ -164,7 +198,15 @@ async function startDispatching(
           const parent = extractFrom((k) => msg.headers?.get(k) || undefined);
           telemetry.tracer.startActiveSpan(
             `process ${msg.subject}`,
-            { kind: SpanKind.CONSUMER, attributes: { "messaging.system": "nats", "messaging.operation.type": "process", "messaging.destination.name": msg.subject, "timer.shard": shard } },
+            {
+              kind: SpanKind.CONSUMER,
+              attributes: {
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": msg.subject,
+                "timer.shard": shard,
+              },
+            },
             parent,
             (span) => {
               receive();
@@ -197,7 +239,8 @@ async function startDispatching(
         // Claims the previous owner left in flight are not taken back here: it may only have
         // stalled and still record their outcomes. The poll takes back those whose deadline
         // passes without one (reclaimExpired).
-        if (takenOver.length > 0) log.warn({ shards: takenOver.length }, "took over shards whose previous owner's lease expired");
+        if (takenOver.length > 0)
+          log.warn({ shards: takenOver.length }, "took over shards whose previous owner's lease expired");
         await scheduler.loadShards(shards);
       },
       lost: (shards) => {
@@ -241,22 +284,33 @@ async function startDispatching(
 
   const membership = new Membership(
     nats,
-    { id: config.dispatcherId, grpcAddress: config.advertiseAddress, version: SERVICE_VERSION, startedAtMs: startTimeMs },
+    {
+      id: config.dispatcherId,
+      grpcAddress: config.advertiseAddress,
+      version: SERVICE_VERSION,
+      startedAtMs: startTimeMs,
+    },
     { heartbeatMs: config.heartbeatMs, memberTtlMs: config.memberTtlMs },
     log,
     drops,
   );
   let draining = false;
-  const metrics = createDispatcherMetrics(telemetry.meter, pool, config.shardCount, {
-    ownedShards: () => leases.owned().length,
-    members: () => membership.list().length,
-    timersInMemory: () => scheduler.held,
-    deliveriesInFlight: () => scheduler.deliveriesInFlight,
-    dueNotStarted: () => scheduler.dueNotStarted(),
-    timersParked: () => scheduler.parked,
-    timersParkedTotal: () => scheduler.parkedTotal,
-    clockOffsetMs: () => clock.wallOffsetMs(),
-  }, log);
+  const metrics = createDispatcherMetrics(
+    telemetry.meter,
+    pool,
+    config.shardCount,
+    {
+      ownedShards: () => leases.owned().length,
+      members: () => membership.list().length,
+      timersInMemory: () => scheduler.held,
+      deliveriesInFlight: () => scheduler.deliveriesInFlight,
+      dueNotStarted: () => scheduler.dueNotStarted(),
+      timersParked: () => scheduler.parked,
+      timersParkedTotal: () => scheduler.parkedTotal,
+      clockOffsetMs: () => clock.wallOffsetMs(),
+    },
+    log,
+  );
   const reassign = () => {
     const mine = draining ? [] : shardsOf(config.dispatcherId, membership.activeIds(), config.shardCount);
     leases.setDesired(mine);
@@ -279,7 +333,13 @@ async function startDispatching(
       void leases.tick();
       if (msg.reply) {
         try {
-          msg.respond(encodeRebalanceReply({ dispatcherId: config.dispatcherId, draining, ownedShards: leases.owned().length }));
+          msg.respond(
+            encodeRebalanceReply({
+              dispatcherId: config.dispatcherId,
+              draining,
+              ownedShards: leases.owned().length,
+            }),
+          );
         } catch (e) {
           log.warn({ err: e }, "could not answer a rebalance request");
         }

@@ -131,7 +131,8 @@ export class Membership {
     clearInterval(this.timer);
     try {
       this.nc.publish(LEAVE_SUBJECT, encodeLeave(this.self.id));
-      if (!(await within(this.nc.flush(), LEAVE_FLUSH_TIMEOUT_MS))) throw new Error(`NATS did not confirm the goodbye within ${LEAVE_FLUSH_TIMEOUT_MS} ms`);
+      if (!(await within(this.nc.flush(), LEAVE_FLUSH_TIMEOUT_MS)))
+        throw new Error(`NATS did not confirm the goodbye within ${LEAVE_FLUSH_TIMEOUT_MS} ms`);
     } catch (err) {
       this.log.warn({ err }, "could not announce leave; the others will expire this member");
     }

@@ -184,7 +184,13 @@ export class Scheduler {
     if (this.stopped || !this.ownership.owns(t.shard)) return;
     if (t.dueMs > this.now() + this.opts.lookaheadMs) return; // the window loader will get it
     if (this.catchUp.has(t.groupId, t.timerId)) return;
-    this.holdAt({ groupId: t.groupId, timerId: t.timerId, shard: t.shard, dueMs: t.dueMs, destination: t.destination });
+    this.holdAt({
+      groupId: t.groupId,
+      timerId: t.timerId,
+      shard: t.shard,
+      dueMs: t.dueMs,
+      destination: t.destination,
+    });
     this.schedule();
   }
 
@@ -226,7 +232,10 @@ export class Scheduler {
       else this.idleWaiters.push(resolve);
     });
     if (!(await within(idle, timeoutMs))) {
-      this.log.warn({ in_flight: this.inFlight }, "deliveries still in flight at shutdown; their claims expire and another dispatcher retries them");
+      this.log.warn(
+        { in_flight: this.inFlight },
+        "deliveries still in flight at shutdown; their claims expire and another dispatcher retries them",
+      );
     }
     await this.flushCompletions();
   }
@@ -243,7 +252,13 @@ export class Scheduler {
       // (a short slice, whatever the window's size), so they fire on time all the same.
       this.announcementsMissed = true;
       const nearUntil = this.now() + 2 * this.opts.pollIntervalMs;
-      const near = await loadWindow(this.pool, shards, { atMs: this.now() - this.opts.overdueGraceMs, groupId: "", timerId: "" }, nearUntil, 5000);
+      const near = await loadWindow(
+        this.pool,
+        shards,
+        { atMs: this.now() - this.opts.overdueGraceMs, groupId: "", timerId: "" },
+        nearUntil,
+        5000,
+      );
       for (const t of near) this.hold(t);
     } else if (this.announcementsMissed) {
       // Back: timers created during the gap and due later in the window are behind the cursor.
@@ -269,12 +284,22 @@ export class Scheduler {
     // for the window, so a parked backlog cannot stop the present from being loaded.
     if (this.catchUp.size < this.opts.claimBatch && this.held < this.opts.maxHeld / 2) {
       const limit = this.opts.claimBatch * 4;
-      const overdue = await loadOverdue(this.pool, shards, this.opts.overdueGraceMs, this.overdueCursor, limit);
+      const overdue = await loadOverdue(
+        this.pool,
+        shards,
+        this.opts.overdueGraceMs,
+        this.overdueCursor,
+        limit,
+      );
       for (const t of overdue) {
-        if (!this.onTime.has(t.groupId, t.timerId) && !this.fair.isParked(t.groupId, t.timerId)) this.catchUp.add(t);
+        if (!this.onTime.has(t.groupId, t.timerId) && !this.fair.isParked(t.groupId, t.timerId))
+          this.catchUp.add(t);
       }
       const last = overdue.at(-1);
-      this.overdueCursor = last && overdue.length === limit ? { atMs: last.dueMs, groupId: last.groupId, timerId: last.timerId } : OVERDUE_START;
+      this.overdueCursor =
+        last && overdue.length === limit
+          ? { atMs: last.dueMs, groupId: last.groupId, timerId: last.timerId }
+          : OVERDUE_START;
     }
     // Parked timers whose cap has room although no delivery's end let them out (rare: the ones
     // let out before were rescheduled or moved away); a look at parked keys, not timers.
@@ -284,7 +309,8 @@ export class Scheduler {
 
   /** Holds a loaded timer, unless it is held already. */
   private hold(t: DueTimer): void {
-    if (!this.catchUp.has(t.groupId, t.timerId) && !this.fair.isParked(t.groupId, t.timerId)) this.onTime.add(t);
+    if (!this.catchUp.has(t.groupId, t.timerId) && !this.fair.isParked(t.groupId, t.timerId))
+      this.onTime.add(t);
   }
 
   /** Holds a timer at the given (possibly new) due time: announcements and retries. */
@@ -323,11 +349,14 @@ export class Scheduler {
     if (this.wakeTimer && at >= this.wakeAt) return;
     clearTimeout(this.wakeTimer);
     this.wakeAt = at;
-    this.wakeTimer = setTimeout(() => {
-      this.wakeTimer = undefined;
-      this.wakeAt = Infinity;
-      void this.claimDue();
-    }, Math.max(0, at - this.now()));
+    this.wakeTimer = setTimeout(
+      () => {
+        this.wakeTimer = undefined;
+        this.wakeAt = Infinity;
+        void this.claimDue();
+      },
+      Math.max(0, at - this.now()),
+    );
   }
 
   private async claimDue(): Promise<void> {
@@ -339,9 +368,10 @@ export class Scheduler {
     // Timers whose group or destination holds its full share are parked on the way.
     const batch = this.fair.admitDue(this.onTime, "onTime", horizon, batchMax);
     const catchUpRoom = Math.floor(this.opts.maxInFlight * this.opts.catchUpShare) - this.catchUpInFlight;
-    const catchUpMax = batch.length > 0 || (this.onTime.peekDueMs() ?? Infinity) <= horizon
-      ? Math.min(batchMax - batch.length, Math.max(0, catchUpRoom))
-      : batchMax - batch.length;
+    const catchUpMax =
+      batch.length > 0 || (this.onTime.peekDueMs() ?? Infinity) <= horizon
+        ? Math.min(batchMax - batch.length, Math.max(0, catchUpRoom))
+        : batchMax - batch.length;
     const late = this.fair.admitDue(this.catchUp, "catchUp", horizon, catchUpMax);
     if (batch.length + late.length === 0) {
       this.schedule();
@@ -357,7 +387,15 @@ export class Scheduler {
     try {
       const wanted = [...pending.values()].map((p) => p.timer).filter((t) => this.ownership.owns(t.shard));
       const result = await claimSplitting(wanted, (part) =>
-        claimTimers(this.pool, this.opts.dispatcherId, this.opts.claimOwner, part, part.map((t) => this.ownership.epochOf(t.shard)), this.opts.claimLeadMs, this.opts.claimTtlMs),
+        claimTimers(
+          this.pool,
+          this.opts.dispatcherId,
+          this.opts.claimOwner,
+          part,
+          part.map((t) => this.ownership.epochOf(t.shard)),
+          this.opts.claimLeadMs,
+          this.opts.claimTtlMs,
+        ),
       );
       // UPDATE ... RETURNING has no order; launch in due order.
       result.claimed.sort((a, b) => a.next_attempt_at.getTime() - b.next_attempt_at.getTime());
@@ -376,7 +414,10 @@ export class Scheduler {
         );
       }
       if (result.retry.length > 0) {
-        this.log.error({ err: result.error, count: result.retry.length }, "claiming due timers failed; retrying");
+        this.log.error(
+          { err: result.error, count: result.retry.length },
+          "claiming due timers failed; retrying",
+        );
         // Put them back; a failed claim changed nothing in Postgres.
         for (const t of result.retry) {
           const key = timerKey(t.groupId, t.timerId);
@@ -418,13 +459,14 @@ export class Scheduler {
     if (late) this.catchUpInFlight++;
     const dueMs = row.next_attempt_at.getTime();
     const wait = dueMs - this.now();
-    const go = () => void this.deliver(row, dueMs).finally(() => {
-      this.inFlight--;
-      if (late) this.catchUpInFlight--;
-      this.release(timer);
-      this.notifyIdle();
-      this.schedule();
-    });
+    const go = () =>
+      void this.deliver(row, dueMs).finally(() => {
+        this.inFlight--;
+        if (late) this.catchUpInFlight--;
+        this.release(timer);
+        this.notifyIdle();
+        this.schedule();
+      });
     if (wait > 0) setTimeout(go, wait);
     else go();
   }
@@ -467,19 +509,48 @@ export class Scheduler {
       const next = finishedAt.getTime() + backoffMs(policy, row.attempt);
       completion = base("retry", new Date(next), result.error);
       if (next - this.now() <= this.opts.lookaheadMs) {
-        retryAt = { groupId: row.group_id, timerId: row.timer_id, shard: row.shard, dueMs: next, destination: destinationOfJson(row.callback) };
+        retryAt = {
+          groupId: row.group_id,
+          timerId: row.timer_id,
+          shard: row.shard,
+          dueMs: next,
+          destination: destinationOfJson(row.callback),
+        };
       }
     } else {
       const why = result.retryable ? `gave up after ${row.attempt} attempts: ${result.error}` : result.error;
       completion = base("failed", null, why);
       this.events.finished?.(false);
-      this.log.warn({ group_id: row.group_id, timer_id: row.timer_id, shard: row.shard, attempt: row.attempt, error: why }, "timer failed");
+      this.log.warn(
+        {
+          group_id: row.group_id,
+          timer_id: row.timer_id,
+          shard: row.shard,
+          attempt: row.attempt,
+          error: why,
+        },
+        "timer failed",
+      );
     }
     this.pendingDone.push({ c: completion, retryAt });
     void this.flushCompletions();
 
-    function base(outcome: Completion["outcome"], nextAttemptAt: Date | null, error: string | null): Completion {
-      return { groupId: row.group_id, timerId: row.timer_id, shard: row.shard, attempt: row.attempt, startedAt, finishedAt, outcome, nextAttemptAt, error };
+    function base(
+      outcome: Completion["outcome"],
+      nextAttemptAt: Date | null,
+      error: string | null,
+    ): Completion {
+      return {
+        groupId: row.group_id,
+        timerId: row.timer_id,
+        shard: row.shard,
+        attempt: row.attempt,
+        startedAt,
+        finishedAt,
+        outcome,
+        nextAttemptAt,
+        error,
+      };
     }
   }
 
@@ -488,10 +559,19 @@ export class Scheduler {
    * CreateTimer call that made the timer (even days later), with the delivery as a CLIENT span
    * whose context travels to the receiver as traceparent. Without tracing, a random traceparent.
    */
-  private async traced(row: ClaimedTimer, transport: string, deliver: (traceparent: string) => Promise<DeliveryResult>): Promise<DeliveryResult> {
+  private async traced(
+    row: ClaimedTimer,
+    transport: string,
+    deliver: (traceparent: string) => Promise<DeliveryResult>,
+  ): Promise<DeliveryResult> {
     if (!this.tracing) return deliver(randomTraceparent());
     const created = spanContextOf(row.create_traceparent);
-    const attributes = { "timer.group_id": row.group_id, "timer.id": row.timer_id, "timer.shard": row.shard, "timer.attempt": row.attempt };
+    const attributes = {
+      "timer.group_id": row.group_id,
+      "timer.id": row.timer_id,
+      "timer.shard": row.shard,
+      "timer.attempt": row.attempt,
+    };
     // Parents are passed explicitly (no implicit context on this hot path).
     const fire = this.tracer.startSpan("fire timer", {
       root: true,
@@ -526,13 +606,22 @@ export class Scheduler {
       while (this.pendingDone.length > 0) {
         const batch = this.pendingDone.splice(0, 1000);
         try {
-          const applied = await completeAttempts(this.pool, this.opts.dispatcherId, this.opts.claimOwner, batch.map((b) => b.c));
+          const applied = await completeAttempts(
+            this.pool,
+            this.opts.dispatcherId,
+            this.opts.claimOwner,
+            batch.map((b) => b.c),
+          );
           if (applied < batch.length) {
             // This process stalled or lost Postgres past those claims' deadline and another
             // dispatcher took them back: they are delivered again there (at least once).
-            this.log.warn({ count: batch.length - applied }, "delivery outcomes arrived after their claims were taken back; not recorded");
+            this.log.warn(
+              { count: batch.length - applied },
+              "delivery outcomes arrived after their claims were taken back; not recorded",
+            );
           }
-          for (const b of batch) if (b.retryAt && this.ownership.owns(b.retryAt.shard)) this.holdAt(b.retryAt);
+          for (const b of batch)
+            if (b.retryAt && this.ownership.owns(b.retryAt.shard)) this.holdAt(b.retryAt);
           this.schedule();
           delay = 50;
         } catch (err) {
@@ -554,4 +643,3 @@ export class Scheduler {
     }
   }
 }
-

@@ -88,7 +88,9 @@ export class LeaseKeeper implements ShardOwnership {
          DELETE FROM dispatcher_leases WHERE owner = $1 AND NOT EXISTS (SELECT 1 FROM shard_leases WHERE owner = $1)`,
         [this.owner],
       )
-      .catch((err: unknown) => this.log.warn({ err }, "could not end the dispatcher lease; it expires by itself"));
+      .catch((err: unknown) =>
+        this.log.warn({ err }, "could not end the dispatcher lease; it expires by itself"),
+      );
   }
 
   /** Runs one renew/release/acquire round; concurrent calls coalesce into one more round. */

@@ -14,7 +14,13 @@
 // "anonymous" with every right, and the service says so loudly at every start.
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
-import { Code, ConnectError, createContextKey, type HandlerContext, type Interceptor } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createContextKey,
+  type HandlerContext,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { MISSING_TOKENS_MESSAGE } from "./env.js";
 import type { Logger } from "./logger.js";
 
@@ -60,7 +66,9 @@ export const OPEN_SERVICES: ReadonlySet<string> = new Set([
 const SCOPED_SERVICES = new Set(["timer.v1.TimerService"]);
 
 /** The caller of the current RPC, set by authInterceptor. */
-export const principalKey = createContextKey<Principal | undefined>(undefined, { description: "authenticated caller" });
+export const principalKey = createContextKey<Principal | undefined>(undefined, {
+  description: "authenticated caller",
+});
 
 /** Hex SHA-256 of a token: what the token file stores. */
 export function hashToken(token: string): string {
@@ -80,34 +88,44 @@ export function parseTokens(text: string, source: string): TokenEntry[] {
   const hashes = new Set<string>();
   return raw.map((item: unknown, i): TokenEntry => {
     const where = `${source}: token ${i + 1}`;
-    if (typeof item !== "object" || item === null || Array.isArray(item)) throw new AuthConfigError(`${where} must be an object`);
+    if (typeof item !== "object" || item === null || Array.isArray(item))
+      throw new AuthConfigError(`${where} must be an object`);
     const e = item as Record<string, unknown>;
     for (const key of Object.keys(e)) {
       if (!["name", "sha256", "groups", "admin"].includes(key)) {
-        throw new AuthConfigError(`${where} has an unknown field "${key}" (allowed: name, sha256, groups, admin)`);
+        throw new AuthConfigError(
+          `${where} has an unknown field "${key}" (allowed: name, sha256, groups, admin)`,
+        );
       }
     }
-    if (typeof e["name"] !== "string" || e["name"] === "") throw new AuthConfigError(`${where} needs a "name"`);
+    if (typeof e["name"] !== "string" || e["name"] === "")
+      throw new AuthConfigError(`${where} needs a "name"`);
     const name = e["name"];
     const named = `${source}: token "${name}"`;
     if (names.has(name)) throw new AuthConfigError(`${named} is listed twice`);
     names.add(name);
     const sha = e["sha256"];
     if (typeof sha !== "string" || !/^[0-9a-fA-F]{64}$/.test(sha)) {
-      throw new AuthConfigError(`${named}: "sha256" must be the 64 hex digits of the token's SHA-256 (not the token itself)`);
+      throw new AuthConfigError(
+        `${named}: "sha256" must be the 64 hex digits of the token's SHA-256 (not the token itself)`,
+      );
     }
-    if (hashes.has(sha.toLowerCase())) throw new AuthConfigError(`${named} has the same sha256 as another token`);
+    if (hashes.has(sha.toLowerCase()))
+      throw new AuthConfigError(`${named} has the same sha256 as another token`);
     hashes.add(sha.toLowerCase());
-    if (e["admin"] !== undefined && typeof e["admin"] !== "boolean") throw new AuthConfigError(`${named}: "admin" must be true or false`);
+    if (e["admin"] !== undefined && typeof e["admin"] !== "boolean")
+      throw new AuthConfigError(`${named}: "admin" must be true or false`);
     const admin = e["admin"] === true;
     const groups = e["groups"] ?? [];
     if (!Array.isArray(groups) || !groups.every((g) => typeof g === "string" && g !== "")) {
       throw new AuthConfigError(`${named}: "groups" must be an array of group names or patterns`);
     }
     for (const g of groups as string[]) {
-      if (g.slice(0, -1).includes("*")) throw new AuthConfigError(`${named}: group pattern "${g}" may have "*" only at its end`);
+      if (g.slice(0, -1).includes("*"))
+        throw new AuthConfigError(`${named}: group pattern "${g}" may have "*" only at its end`);
     }
-    if (!admin && groups.length === 0) throw new AuthConfigError(`${named} is not admin and names no groups: it could do nothing`);
+    if (!admin && groups.length === 0)
+      throw new AuthConfigError(`${named} is not admin and names no groups: it could do nothing`);
     return { name, admin, groups: groups as string[], sha256: Buffer.from(sha, "hex") };
   });
 }
@@ -158,7 +176,8 @@ export class Authenticator {
    */
   static async start(settings: AuthSettings, log: Logger): Promise<Authenticator> {
     const configured = settings.tokensJson !== undefined || settings.tokensFile !== undefined;
-    if (settings.disabled && configured) throw new AuthConfigError("AUTH_DISABLED=true and tokens are both set: choose one");
+    if (settings.disabled && configured)
+      throw new AuthConfigError("AUTH_DISABLED=true and tokens are both set: choose one");
     if (settings.disabled) {
       log.warn(
         { auth: "disabled" },
@@ -169,7 +188,11 @@ export class Authenticator {
       return new Authenticator(undefined, settings, log);
     }
     if (settings.tokensJson !== undefined) {
-      const auth = new Authenticator(new TokenTable(parseTokens(settings.tokensJson, "AUTH_TOKENS")), settings, log);
+      const auth = new Authenticator(
+        new TokenTable(parseTokens(settings.tokensJson, "AUTH_TOKENS")),
+        settings,
+        log,
+      );
       log.info({ tokens: auth.table!.entries.length, source: "AUTH_TOKENS" }, "authentication on");
       return auth;
     }
@@ -197,12 +220,23 @@ export class Authenticator {
   authenticate(authorization: string | null): Principal {
     if (!this.table) return ANONYMOUS;
     if (authorization === null || authorization.trim() === "") {
-      throw new ConnectError('missing credentials: send the header "authorization: Bearer <token>"', Code.Unauthenticated);
+      throw new ConnectError(
+        'missing credentials: send the header "authorization: Bearer <token>"',
+        Code.Unauthenticated,
+      );
     }
     const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization.trim());
-    if (!m) throw new ConnectError('malformed authorization header: expected "Bearer <token>"', Code.Unauthenticated);
+    if (!m)
+      throw new ConnectError(
+        'malformed authorization header: expected "Bearer <token>"',
+        Code.Unauthenticated,
+      );
     const p = this.table.lookup(m[1]!);
-    if (!p) throw new ConnectError("unknown token: it matches no configured token (revoked, or a typo?)", Code.Unauthenticated);
+    if (!p)
+      throw new ConnectError(
+        "unknown token: it matches no configured token (revoked, or a typo?)",
+        Code.Unauthenticated,
+      );
     return p;
   }
 
@@ -221,7 +255,10 @@ export class Authenticator {
         this.fileVersion = version;
         this.log.info({ why, tokens: entries.length, source: file }, "reloaded tokens");
       } catch (err) {
-        this.log.error({ why, source: file, error: (err as Error).message }, "could not reload tokens; keeping the previous ones");
+        this.log.error(
+          { why, source: file, error: (err as Error).message },
+          "could not reload tokens; keeping the previous ones",
+        );
       }
     })().finally(() => (this.reloading = undefined));
     return this.reloading;
@@ -246,7 +283,10 @@ export class Authenticator {
           const v = `missing:${err.message}`;
           if (v === this.fileVersion) return;
           this.fileVersion = v;
-          this.log.error({ source: this.settings.tokensFile, error: err.message }, "token file unreadable; keeping the previous tokens");
+          this.log.error(
+            { source: this.settings.tokensFile, error: err.message },
+            "token file unreadable; keeping the previous tokens",
+          );
         },
       );
     }, this.settings.reloadMs);
@@ -277,7 +317,10 @@ export function authInterceptor(auth: Authenticator, log: Logger): Interceptor {
     }
     if (!principal.admin && !SCOPED_SERVICES.has(service)) {
       log.warn({ rpc, token: principal.name }, "call refused: admin token required");
-      throw new ConnectError(`token "${principal.name}" may not call ${service}: it needs an admin token`, Code.PermissionDenied);
+      throw new ConnectError(
+        `token "${principal.name}" may not call ${service}: it needs an admin token`,
+        Code.PermissionDenied,
+      );
     }
     req.contextValues.set(principalKey, principal);
     return next(req);

@@ -26,8 +26,14 @@ export function destinationOfJson(json: JsonValue): string {
   const http = json["http"];
   const grpc = json["grpc"];
   return destinationOfParts({
-    httpUrl: http && typeof http === "object" && !Array.isArray(http) && typeof http["url"] === "string" ? http["url"] : null,
-    grpcTarget: grpc && typeof grpc === "object" && !Array.isArray(grpc) && typeof grpc["target"] === "string" ? grpc["target"] : null,
+    httpUrl:
+      http && typeof http === "object" && !Array.isArray(http) && typeof http["url"] === "string"
+        ? http["url"]
+        : null,
+    grpcTarget:
+      grpc && typeof grpc === "object" && !Array.isArray(grpc) && typeof grpc["target"] === "string"
+        ? grpc["target"]
+        : null,
     nats: json["nats"] !== undefined,
   });
 }

@@ -57,7 +57,10 @@ function unavailableReason(err: unknown, depth: number): string | undefined {
   if (err === null || typeof err !== "object" || depth > 5) return undefined;
   const e = err as { code?: unknown; message?: unknown; cause?: unknown; errors?: unknown };
   if (typeof e.code === "string") {
-    const reason = NETWORK_CODES[e.code] ?? SQLSTATES[e.code] ?? (/^08[0-9A-Z]{3}$/.test(e.code) ? "connection failure" : undefined);
+    const reason =
+      NETWORK_CODES[e.code] ??
+      SQLSTATES[e.code] ??
+      (/^08[0-9A-Z]{3}$/.test(e.code) ? "connection failure" : undefined);
     if (reason) return reason;
   }
   if (typeof e.message === "string") {

@@ -32,7 +32,12 @@ const RETRY_MAX_MS = 5_000;
  * on the server (statement_timeout) and, for a server that no longer answers, on the client
  * (query_timeout); TCP keepalive so that a connection to a vanished host is noticed.
  */
-export function createPool(databaseUrl: string, max: number, applicationName: string, statementTimeoutMs: number): pg.Pool {
+export function createPool(
+  databaseUrl: string,
+  max: number,
+  applicationName: string,
+  statementTimeoutMs: number,
+): pg.Pool {
   return new pg.Pool({
     connectionString: databaseUrl,
     max,
@@ -55,8 +60,14 @@ export function createPool(databaseUrl: string, max: number, applicationName: st
  * its own transaction. An advisory lock makes concurrent starts wait for one another. `upTo`
  * stops after that version: a database as an earlier release left it, for upgrade tests.
  */
-export async function migrate(target: pg.Pool | pg.ClientBase, log: Logger, upTo = Infinity): Promise<number> {
-  const files = (await readdir(migrationsDir)).filter((f) => /^\d{6}_.+\.sql$/.test(f) && Number(f.slice(0, 6)) <= upTo).sort();
+export async function migrate(
+  target: pg.Pool | pg.ClientBase,
+  log: Logger,
+  upTo = Infinity,
+): Promise<number> {
+  const files = (await readdir(migrationsDir))
+    .filter((f) => /^\d{6}_.+\.sql$/.test(f) && Number(f.slice(0, 6)) <= upTo)
+    .sort();
   const versions = files.map((f) => f.slice(0, 6));
   const clash = versions.find((v, i) => versions.indexOf(v) !== i);
   if (clash) throw new Error(`two migrations are numbered ${clash}: renumber the newer one`);
@@ -70,7 +81,9 @@ export async function migrate(target: pg.Pool | pg.ClientBase, log: Logger, upTo
         "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
       );
       const done = new Set(
-        (await client.query<{ version: number }>("SELECT version FROM schema_migrations")).rows.map((r) => r.version),
+        (await client.query<{ version: number }>("SELECT version FROM schema_migrations")).rows.map(
+          (r) => r.version,
+        ),
       );
       for (const file of files) {
         const version = Number(file.slice(0, 6));
@@ -79,7 +92,10 @@ export async function migrate(target: pg.Pool | pg.ClientBase, log: Logger, upTo
         await client.query("BEGIN");
         try {
           await client.query(sql);
-          await client.query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", [version, file]);
+          await client.query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", [
+            version,
+            file,
+          ]);
           await client.query("COMMIT");
         } catch (err) {
           await client.query("ROLLBACK");
@@ -106,7 +122,9 @@ export async function checkShardCount(client: pg.ClientBase, shardCount: number)
     "INSERT INTO mesh_settings (key, value) VALUES ('shard_count', $1) ON CONFLICT (key) DO NOTHING",
     [String(shardCount)],
   );
-  const { rows } = await client.query<{ value: string }>("SELECT value FROM mesh_settings WHERE key = 'shard_count'");
+  const { rows } = await client.query<{ value: string }>(
+    "SELECT value FROM mesh_settings WHERE key = 'shard_count'",
+  );
   const stored = Number(rows[0]!.value);
   if (stored !== shardCount) {
     throw new Error(
@@ -149,7 +167,14 @@ export class Database implements Dependency {
 
   constructor(private readonly opts: DatabaseOptions) {
     this.pool = createPool(opts.url, opts.max, opts.applicationName, opts.statementTimeoutMs);
-    if (opts.telemetry) instrumentPool(this.pool, opts.telemetry.meter, opts.telemetry.tracer, opts.telemetry.tracingEnabled, opts.max);
+    if (opts.telemetry)
+      instrumentPool(
+        this.pool,
+        opts.telemetry.meter,
+        opts.telemetry.tracer,
+        opts.telemetry.tracingEnabled,
+        opts.max,
+      );
     this.pool.on("error", (err) => opts.log.error({ err }, "idle Postgres client failed"));
     this.ready = new Promise<void>((resolve, reject) => void this.#prepare(resolve, reject));
   }
@@ -183,8 +208,13 @@ export class Database implements Dependency {
         if (unavailable.rawMessage !== lastReason) {
           lastReason = unavailable.rawMessage;
           // Node's AggregateError (a host with several addresses, all refused) has no message, only a code.
-          const detail = redactCredentials((err instanceof Error && err.message) || String((err as { code?: unknown }).code ?? err));
-          log.warn({ retry_max_ms: RETRY_MAX_MS }, `Postgres not reachable yet (${detail}): not ready, retrying with backoff`);
+          const detail = redactCredentials(
+            (err instanceof Error && err.message) || String((err as { code?: unknown }).code ?? err),
+          );
+          log.warn(
+            { retry_max_ms: RETRY_MAX_MS },
+            `Postgres not reachable yet (${detail}): not ready, retrying with backoff`,
+          );
         }
         try {
           await sleep(waitMs, undefined, { signal: this.#closed.signal });
@@ -195,7 +225,10 @@ export class Database implements Dependency {
         continue;
       }
       this.#isReady = true;
-      log.info(lastReason ? { waited_ms: Date.now() - startedAt } : {}, "Postgres reachable and migrated: database ready");
+      log.info(
+        lastReason ? { waited_ms: Date.now() - startedAt } : {},
+        "Postgres reachable and migrated: database ready",
+      );
       return resolve();
     }
   }

@@ -29,7 +29,10 @@ export type Resolver = (hostname: string) => Promise<HostAddress[]>;
 
 /** The system resolver (getaddrinfo, so /etc/hosts and the search path count, as for any client). */
 export const systemResolver: Resolver = async (hostname) =>
-  (await dns.promises.lookup(hostname, { all: true, verbatim: true })).map((a) => ({ address: a.address, family: a.family === 6 ? 6 : 4 }));
+  (await dns.promises.lookup(hostname, { all: true, verbatim: true })).map((a) => ({
+    address: a.address,
+    family: a.family === 6 ? 6 : 4,
+  }));
 
 /**
  * Shares one resolution of a name among the attempts of the next `ttlMs` (failures are not
@@ -73,7 +76,8 @@ export class EgressPolicy {
   /** Why an address is refused (its range, e.g. "private"), or undefined when it is allowed. */
   refusalOf(address: Address): string | undefined {
     const a = unwrapMapped(address);
-    if (this.allowedNetworks.some(([net, bits]) => net.kind() === a.kind() && a.match(net, bits))) return undefined;
+    if (this.allowedNetworks.some(([net, bits]) => net.kind() === a.kind() && a.match(net, bits)))
+      return undefined;
     const range = rangeOf(a);
     return range === "unicast" ? undefined : range;
   }
@@ -93,7 +97,10 @@ export class EgressPolicy {
   checkStatic(host: CallbackHost): void {
     if (host.kind === "address") {
       const why = this.refusalOf(host.address);
-      if (why) throw new EgressRefused(`is ${host.address.toString()} (${why}), which callbacks may not reach; ${OPEN_HINT}`);
+      if (why)
+        throw new EgressRefused(
+          `is ${host.address.toString()} (${why}), which callbacks may not reach; ${OPEN_HINT}`,
+        );
       return;
     }
     if (this.isRefusedLoopbackName(host.name)) {
@@ -103,7 +110,11 @@ export class EgressPolicy {
 
   /** `localhost` and `*.localhost` (RFC 6761), unless listed or loopback is opened. */
   private isRefusedLoopbackName(name: string): boolean {
-    return isLoopbackName(name) && !this.isHostAllowed(name) && LOOPBACK_ADDRESSES.every((a) => this.refusalOf(a) !== undefined);
+    return (
+      isLoopbackName(name) &&
+      !this.isHostAllowed(name) &&
+      LOOPBACK_ADDRESSES.every((a) => this.refusalOf(a) !== undefined)
+    );
   }
 
   /**
@@ -118,7 +129,10 @@ export class EgressPolicy {
     if (host.kind === "address") {
       const a = host.address;
       const why = this.refusalOf(a);
-      if (why) throw new EgressRefused(`callback address ${a.toString()} is not allowed (${why}): callbacks may reach public addresses only; ${OPEN_HINT}`);
+      if (why)
+        throw new EgressRefused(
+          `callback address ${a.toString()} is not allowed (${why}): callbacks may reach public addresses only; ${OPEN_HINT}`,
+        );
       return [toHostAddress(a)];
     }
     const resolved = await resolve(host.name);
@@ -140,7 +154,8 @@ export class EgressPolicy {
   /** One line for the start log: what this installation opened beyond public unicast. */
   describe(): string {
     const nets = this.allowedNetworks.map(([a, bits]) => `${a.toString()}/${bits}`);
-    if (nets.length === 0 && this.allowedHosts.length === 0) return "callbacks may reach public unicast addresses only";
+    if (nets.length === 0 && this.allowedHosts.length === 0)
+      return "callbacks may reach public unicast addresses only";
     return `callbacks may reach public unicast addresses, and also networks [${nets.join(", ")}] and hosts [${this.allowedHosts.join(", ")}]`;
   }
 }
@@ -162,7 +177,8 @@ export function loadEgressPolicy(env: Record<string, string | undefined>): Egres
 export function parseCallbackHost(host: string): CallbackHost {
   let hostname: string;
   try {
-    hostname = new URL(`http://${host.includes(":") && !host.startsWith("[") ? `[${host}]` : host}/`).hostname;
+    hostname = new URL(`http://${host.includes(":") && !host.startsWith("[") ? `[${host}]` : host}/`)
+      .hostname;
   } catch {
     throw new EgressRefused(`host "${host}" is not a valid host name or address`);
   }
@@ -198,7 +214,9 @@ function canonicalName(name: string): string {
 
 /** ::ffff:a.b.c.d is a.b.c.d on a dual-stack socket, so it is judged as a.b.c.d. */
 function unwrapMapped(a: Address): Address {
-  return a.kind() === "ipv6" && (a as ipaddr.IPv6).isIPv4MappedAddress() ? (a as ipaddr.IPv6).toIPv4Address() : a;
+  return a.kind() === "ipv6" && (a as ipaddr.IPv6).isIPv4MappedAddress()
+    ? (a as ipaddr.IPv6).toIPv4Address()
+    : a;
 }
 
 const IETF_RESERVED_V6: [Address, number] = ipaddr.parseCIDR("::/8");
@@ -256,7 +274,10 @@ const HOST_LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;
 function parseHostPattern(variable: string, entry: string): string {
   const pattern = canonicalName(entry);
   const name = pattern.startsWith("*.") ? pattern.slice(2) : pattern;
-  if (ipaddr.isValid(name)) throw new ConfigError(`${variable}: "${entry}" is an address; list addresses in CALLBACK_ALLOWED_NETWORKS`);
+  if (ipaddr.isValid(name))
+    throw new ConfigError(
+      `${variable}: "${entry}" is an address; list addresses in CALLBACK_ALLOWED_NETWORKS`,
+    );
   if (name === "" || !name.split(".").every((l) => HOST_LABEL.test(l))) {
     throw new ConfigError(`${variable}: "${entry}" is not a host name or *.suffix pattern`);
   }

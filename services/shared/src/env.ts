@@ -36,7 +36,8 @@ export function envNumber(env: Env, name: string, fallback: number, min: number,
   const raw = env[name];
   if (raw === undefined || raw === "") return fallback;
   const n = Number(raw.trim());
-  if (raw.trim() === "" || !Number.isFinite(n)) throw new ConfigError(`${name} must be a number, got "${raw}"`);
+  if (raw.trim() === "" || !Number.isFinite(n))
+    throw new ConfigError(`${name} must be a number, got "${raw}"`);
   if (n < min || n > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${n}`);
   return n;
 }
@@ -44,7 +45,13 @@ export function envNumber(env: Env, name: string, fallback: number, min: number,
 const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /** A duration setting in milliseconds: "250ms", "5s", "2m", "1h", "365d", or a bare number of ms. */
-export function envDurationMs(env: Env, name: string, fallbackMs: number, minMs: number, maxMs: number): number {
+export function envDurationMs(
+  env: Env,
+  name: string,
+  fallbackMs: number,
+  minMs: number,
+  maxMs: number,
+): number {
   const raw = env[name];
   if (raw === undefined || raw === "") return fallbackMs;
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(raw.trim());
@@ -82,11 +89,18 @@ export function envUrl(env: Env, name: string, fallback: string, schemes: string
 }
 
 /** A NATS user and password from two variables, set together (undefined when neither is). */
-export function envNatsCredentials(env: Env, userVar: string, passwordVar: string): { user: string; password: string } | undefined {
+export function envNatsCredentials(
+  env: Env,
+  userVar: string,
+  passwordVar: string,
+): { user: string; password: string } | undefined {
   const user = envOptional(env, userVar);
   const password = envOptional(env, passwordVar);
   if (user === undefined && password === undefined) return undefined;
-  if (user === undefined) throw new ConfigError(`${passwordVar} is set but ${userVar} is not: set both, or neither for a NATS server without authorization`);
+  if (user === undefined)
+    throw new ConfigError(
+      `${passwordVar} is set but ${userVar} is not: set both, or neither for a NATS server without authorization`,
+    );
   if (password === undefined) throw new ConfigError(`${userVar} is set but ${passwordVar} is not`);
   return { user, password };
 }
@@ -154,7 +168,10 @@ export interface SecurityConfig {
 /** Reads the settings every service shares; ports default per service. */
 export function loadCommonConfig(env: Env, ports: { grpc: number; http: number }): CommonConfig {
   return {
-    databaseUrl: envUrl(env, "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/timers", ["postgres", "postgresql"]),
+    databaseUrl: envUrl(env, "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/timers", [
+      "postgres",
+      "postgresql",
+    ]),
     natsUrl: envUrl(env, "NATS_URL", "nats://127.0.0.1:4222", ["nats", "tls", "ws", "wss"]),
     natsCredentials: envNatsCredentials(env, "NATS_USER", "NATS_PASSWORD"),
     grpcPort: envInt(env, "GRPC_PORT", ports.grpc, 0, 65535),
@@ -175,8 +192,8 @@ export function loadCommonConfig(env: Env, ports: { grpc: number; http: number }
 export const MISSING_TOKENS_MESSAGE =
   "no token configuration: set AUTH_TOKENS_FILE to a JSON file of tokens (or AUTH_TOKENS to the same JSON inline), " +
   'e.g. [{"name":"ops","sha256":"<hex SHA-256 of the token>","admin":true},{"name":"billing-ci","sha256":"<hex>","groups":["billing","orders-*"]}]. ' +
-  "Only the hash is stored; make one with  printf %s \"$TOKEN\" | sha256sum  or  " +
-  "node -e 'console.log(require(\"crypto\").createHash(\"sha256\").update(process.argv[1]).digest(\"hex\"))' \"$TOKEN\"  " +
+  'Only the hash is stored; make one with  printf %s "$TOKEN" | sha256sum  or  ' +
+  'node -e \'console.log(require("crypto").createHash("sha256").update(process.argv[1]).digest("hex"))\' "$TOKEN"  ' +
   "(infra/generate-secrets.sh writes a token file and its tokens). " +
   "To run without authentication, where every caller is an anonymous admin (local development only), set AUTH_DISABLED=true.";
 
@@ -197,7 +214,8 @@ export function loadSecurityConfig(env: Env): SecurityConfig {
   const keyFile = envOptional(env, "TLS_KEY_FILE");
   const clientCaFile = envOptional(env, "TLS_CLIENT_CA_FILE");
   if (!certFile !== !keyFile) throw new ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
-  if (clientCaFile && !certFile) throw new ConfigError("TLS_CLIENT_CA_FILE (mTLS) needs TLS_CERT_FILE and TLS_KEY_FILE");
+  if (clientCaFile && !certFile)
+    throw new ConfigError("TLS_CLIENT_CA_FILE (mTLS) needs TLS_CERT_FILE and TLS_KEY_FILE");
   return {
     authTokensFile,
     authTokens,
@@ -208,8 +226,11 @@ export function loadSecurityConfig(env: Env): SecurityConfig {
 }
 
 /** The standard OTEL_* variables this project honours for traces. */
-function loadOtelConfig(env: Env): Pick<CommonConfig, "tracesEndpoint" | "tracesProtocol" | "otelServiceName"> {
-  const off = envOptional(env, "OTEL_SDK_DISABLED") === "true" || envOptional(env, "OTEL_TRACES_EXPORTER") === "none";
+function loadOtelConfig(
+  env: Env,
+): Pick<CommonConfig, "tracesEndpoint" | "tracesProtocol" | "otelServiceName"> {
+  const off =
+    envOptional(env, "OTEL_SDK_DISABLED") === "true" || envOptional(env, "OTEL_TRACES_EXPORTER") === "none";
   const specific = envOptional(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
   const generic = envOptional(env, "OTEL_EXPORTER_OTLP_ENDPOINT");
   let tracesEndpoint: string | undefined;
@@ -218,9 +239,14 @@ function loadOtelConfig(env: Env): Pick<CommonConfig, "tracesEndpoint" | "traces
     const name = specific ? "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" : "OTEL_EXPORTER_OTLP_ENDPOINT";
     envUrl({ [name]: tracesEndpoint }, name, "", ["http", "https"]);
   }
-  const protocol = envOptional(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") ?? envOptional(env, "OTEL_EXPORTER_OTLP_PROTOCOL") ?? "http/protobuf";
+  const protocol =
+    envOptional(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") ??
+    envOptional(env, "OTEL_EXPORTER_OTLP_PROTOCOL") ??
+    "http/protobuf";
   if (protocol !== "http/protobuf" && protocol !== "http/json") {
-    throw new ConfigError(`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL must be http/protobuf or http/json, got "${protocol}"`);
+    throw new ConfigError(
+      `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL must be http/protobuf or http/json, got "${protocol}"`,
+    );
   }
   return { tracesEndpoint, tracesProtocol: protocol, otelServiceName: envOptional(env, "OTEL_SERVICE_NAME") };
 }

@@ -17,7 +17,11 @@ import {
   type MethodImplSpec,
   type ServiceImplSpec,
 } from "@connectrpc/connect";
-import { createAsyncIterable, invokeUnaryImplementation, transformInvokeImplementation } from "@connectrpc/connect/protocol";
+import {
+  createAsyncIterable,
+  invokeUnaryImplementation,
+  transformInvokeImplementation,
+} from "@connectrpc/connect/protocol";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 
 /**
@@ -35,7 +39,10 @@ export function recordingRouter(router: ConnectRouter, specs: ServiceImplSpec[])
       return recorder;
     },
     rpc(method, impl, options) {
-      specs.push({ service: method.parent, methods: { [method.localName]: { kind: method.methodKind, method, impl } as MethodImplSpec } });
+      specs.push({
+        service: method.parent,
+        methods: { [method.localName]: { kind: method.methodKind, method, impl } as MethodImplSpec },
+      });
       router.rpc(method, impl, options);
       return recorder;
     },
@@ -44,7 +51,11 @@ export function recordingRouter(router: ConnectRouter, specs: ServiceImplSpec[])
 }
 
 /** Registers every method of the recorded implementations on the grpc-js server, behind `interceptors`. */
-export function registerOnGrpcJs(server: grpc.Server, specs: ServiceImplSpec[], interceptors: Interceptor[]): void {
+export function registerOnGrpcJs(
+  server: grpc.Server,
+  specs: ServiceImplSpec[],
+  interceptors: Interceptor[],
+): void {
   for (const { methods } of specs) {
     for (const spec of Object.values(methods)) {
       const { method } = spec;
@@ -56,10 +67,22 @@ export function registerOnGrpcJs(server: grpc.Server, specs: ServiceImplSpec[], 
           server.register(path, unaryHandler(spec, path, interceptors), serialize, deserialize, "unary");
           break;
         case "client_streaming":
-          server.register(path, clientStreamHandler(spec, path, interceptors), serialize, deserialize, "clientStream");
+          server.register(
+            path,
+            clientStreamHandler(spec, path, interceptors),
+            serialize,
+            deserialize,
+            "clientStream",
+          );
           break;
         default:
-          server.register(path, streamHandler(spec, path, interceptors), serialize, deserialize, spec.kind === "server_streaming" ? "serverStream" : "bidi");
+          server.register(
+            path,
+            streamHandler(spec, path, interceptors),
+            serialize,
+            deserialize,
+            spec.kind === "server_streaming" ? "serverStream" : "bidi",
+          );
       }
     }
   }
@@ -71,7 +94,11 @@ const DEADLINE_EXCEEDED = new ConnectError("the operation timed out", Code.Deadl
 const CANCELED = new ConnectError("operation was aborted via signal", Code.Canceled);
 const CALL_OVER = new ConnectError("the call is over", Code.Canceled);
 
-type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>;
+type AnyCall =
+  | grpc.ServerUnaryCall<unknown, unknown>
+  | grpc.ServerWritableStream<unknown, unknown>
+  | grpc.ServerDuplexStream<unknown, unknown>
+  | grpc.ServerReadableStream<unknown, unknown>;
 
 /**
  * A HandlerContext like connect-node's: its signal aborts when the client cancels (reason
@@ -80,7 +107,12 @@ type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStrea
  * createHandlerContext, which copies the headers twice and starts a deadline timer of its own
  * where grpc-js already runs one.
  */
-function handlerContext(call: AnyCall, service: DescService, spec: MethodImplSpec, url: string): { ctx: HandlerContext; controller: AbortController } {
+function handlerContext(
+  call: AnyCall,
+  service: DescService,
+  spec: MethodImplSpec,
+  url: string,
+): { ctx: HandlerContext; controller: AbortController } {
   const controller = new AbortController();
   const deadline = Number(call.getDeadline());
   // grpc-js emits this when the client cancels, when the deadline passes, and when the stream
@@ -106,12 +138,22 @@ function handlerContext(call: AnyCall, service: DescService, spec: MethodImplSpe
   return { ctx, controller };
 }
 
-function unaryHandler(spec: MethodImplSpec, path: string, interceptors: Interceptor[]): grpc.handleUnaryCall<unknown, unknown> {
+function unaryHandler(
+  spec: MethodImplSpec,
+  path: string,
+  interceptors: Interceptor[],
+): grpc.handleUnaryCall<unknown, unknown> {
   const service = spec.method.parent;
   const typed = spec as MethodImplSpec & { kind: "unary" };
   return (call, callback) => {
     const { ctx, controller } = handlerContext(call, service, spec, path);
-    answerOnce(call, callback, ctx, controller, invokeUnaryImplementation(typed, ctx, call.request as never, interceptors));
+    answerOnce(
+      call,
+      callback,
+      ctx,
+      controller,
+      invokeUnaryImplementation(typed, ctx, call.request as never, interceptors),
+    );
   };
 }
 
@@ -146,7 +188,11 @@ function streamHandler(spec: MethodImplSpec, path: string, interceptors: Interce
     void (async () => {
       try {
         let headerSent = false;
-        for await (const message of transformInvokeImplementation(spec, ctx, interceptors)(input as AsyncIterable<never>)) {
+        for await (const message of transformInvokeImplementation(
+          spec,
+          ctx,
+          interceptors,
+        )(input as AsyncIterable<never>)) {
           if (!headerSent) {
             headerSent = true;
             const header = metadataOf(ctx.responseHeader);
@@ -165,13 +211,22 @@ function streamHandler(spec: MethodImplSpec, path: string, interceptors: Interce
 }
 
 /** Client streaming: the requests in, one answer out. */
-function clientStreamHandler(spec: MethodImplSpec, path: string, interceptors: Interceptor[]): grpc.handleClientStreamingCall<unknown, unknown> {
+function clientStreamHandler(
+  spec: MethodImplSpec,
+  path: string,
+  interceptors: Interceptor[],
+): grpc.handleClientStreamingCall<unknown, unknown> {
   const service = spec.method.parent;
   return (call, callback) => {
     const { ctx, controller } = handlerContext(call, service, spec, path);
     const answer = (async () => {
       let last: unknown;
-      for await (const message of transformInvokeImplementation(spec, ctx, interceptors)(requestsOf(call) as AsyncIterable<never>)) last = message;
+      for await (const message of transformInvokeImplementation(
+        spec,
+        ctx,
+        interceptors,
+      )(requestsOf(call) as AsyncIterable<never>))
+        last = message;
       return last;
     })();
     answerOnce(call, callback, ctx, controller, answer);
@@ -183,12 +238,17 @@ function clientStreamHandler(spec: MethodImplSpec, path: string, interceptors: I
  * the stream once the requests end, and a destroyed grpc-js call never sends its status. A
  * cancelled call is destroyed by grpc-js, which ends this iteration.
  */
-function requestsOf(call: grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>): AsyncIterable<unknown> {
+function requestsOf(
+  call: grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>,
+): AsyncIterable<unknown> {
   return { [Symbol.asyncIterator]: () => call.iterator({ destroyOnReturn: false }) };
 }
 
 /** Resolves when the stream can take more, or the call is over. */
-function drained(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+function drained(
+  call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
+  signal: AbortSignal,
+): Promise<void> {
   if (signal.aborted) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
@@ -237,5 +297,9 @@ function statusOf(err: unknown, ctx: HandlerContext): Partial<grpc.StatusObject>
   // grpc-js writes these two itself, from code and details.
   trailer.delete("grpc-status");
   trailer.delete("grpc-message");
-  return { code: e.code as number as grpc.status, details: e.rawMessage, metadata: metadataOf(trailer) ?? new grpc.Metadata() };
+  return {
+    code: e.code as number as grpc.status,
+    details: e.rawMessage,
+    metadata: metadataOf(trailer) ?? new grpc.Metadata(),
+  };
 }

@@ -30,17 +30,20 @@ type ReflectionAnswer =
 
 /** Registers grpc.reflection.v1 and v1alpha ServerReflection describing the given files (plus health and reflection). */
 export function registerReflectionServices(router: ConnectRouter, files: DescFile[]): ConnectRouter {
-  const reflector = new Reflector([
-    ...files,
-    file_grpc_health_v1_health,
-    v1.file_grpc_reflection_v1_reflection,
-    v1alpha.file_grpc_reflection_v1alpha_reflection,
-  ], [
-    ...files.flatMap((f) => f.services.map((s) => s.typeName)),
-    Health.typeName,
-    v1.ServerReflection.typeName,
-    v1alpha.ServerReflection.typeName,
-  ]);
+  const reflector = new Reflector(
+    [
+      ...files,
+      file_grpc_health_v1_health,
+      v1.file_grpc_reflection_v1_reflection,
+      v1alpha.file_grpc_reflection_v1alpha_reflection,
+    ],
+    [
+      ...files.flatMap((f) => f.services.map((s) => s.typeName)),
+      Health.typeName,
+      v1.ServerReflection.typeName,
+      v1alpha.ServerReflection.typeName,
+    ],
+  );
   router.service(v1.ServerReflection, {
     async *serverReflectionInfo(requests: AsyncIterable<v1.ServerReflectionRequest>) {
       for await (const req of requests) {

@@ -9,7 +9,10 @@ import type { DropReason } from "./mesh-messages.js";
 /** Counts and logs refused mesh messages. */
 export class MeshMessageDrops {
   private readonly counter: Counter;
-  private readonly pending = new Map<string, { count: number; reasons: Set<DropReason>; lastLogMs: number }>();
+  private readonly pending = new Map<
+    string,
+    { count: number; reasons: Set<DropReason>; lastLogMs: number }
+  >();
 
   constructor(
     meter: Meter,
@@ -17,7 +20,8 @@ export class MeshMessageDrops {
     private readonly logIntervalMs = 10_000,
   ) {
     this.counter = meter.createCounter("mesh_messages_dropped_total", {
-      description: "Messages on mesh NATS subjects that did not decode or validate, by subject kind and reason",
+      description:
+        "Messages on mesh NATS subjects that did not decode or validate, by subject kind and reason",
     });
   }
 

@@ -90,7 +90,14 @@ export interface RebalanceAnswer {
 export type Decoded<T> = { ok: true; value: T } | { ok: false; reason: DropReason };
 
 /** Why a message was refused (the `reason` label of mesh_messages_dropped_total). */
-export type DropReason = "too_large" | "undecodable" | "invalid_id" | "invalid_shard" | "invalid_time" | "invalid_address" | "invalid_field";
+export type DropReason =
+  | "too_large"
+  | "undecodable"
+  | "invalid_id"
+  | "invalid_shard"
+  | "invalid_time"
+  | "invalid_address"
+  | "invalid_field";
 
 const refuse = (reason: DropReason): { ok: false; reason: DropReason } => ({ ok: false, reason });
 
@@ -108,9 +115,21 @@ export function encodeAnnouncement(a: Announcement): Uint8Array {
  */
 export function encodeAnnouncements(list: readonly Announcement[]): Uint8Array {
   const [first, ...rest] = list;
-  if (!first || list.length > MAX_ANNOUNCED_PER_MESSAGE) throw new RangeError(`an announcement carries 1 to ${MAX_ANNOUNCED_PER_MESSAGE} timers, not ${list.length}`);
-  const entry = (a: Announcement) => ({ groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs), destination: a.destination });
-  return toBinary(TimerAnnouncementSchema, create(TimerAnnouncementSchema, { ...entry(first), more: rest.map(entry) }));
+  if (!first || list.length > MAX_ANNOUNCED_PER_MESSAGE)
+    throw new RangeError(
+      `an announcement carries 1 to ${MAX_ANNOUNCED_PER_MESSAGE} timers, not ${list.length}`,
+    );
+  const entry = (a: Announcement) => ({
+    groupId: a.groupId,
+    timerId: a.timerId,
+    shard: a.shard,
+    dueAtMs: BigInt(a.dueMs),
+    destination: a.destination,
+  });
+  return toBinary(
+    TimerAnnouncementSchema,
+    create(TimerAnnouncementSchema, { ...entry(first), more: rest.map(entry) }),
+  );
 }
 
 /**
@@ -125,10 +144,21 @@ export function publishAnnouncement(nc: NatsConnection, a: Announcement, headers
  * Publishes announcements of timers of one shard on its subject, MAX_ANNOUNCED_PER_MESSAGE to
  * a message: one message where there used to be one per timer. Throws as publishAnnouncement.
  */
-export function publishAnnouncements(nc: NatsConnection, shard: number, list: readonly Announcement[], headers?: MsgHdrs): void {
-  for (const a of list) if (a.shard !== shard) throw new RangeError(`timer ${a.groupId}/${a.timerId} is of shard ${a.shard}, not ${shard}`);
+export function publishAnnouncements(
+  nc: NatsConnection,
+  shard: number,
+  list: readonly Announcement[],
+  headers?: MsgHdrs,
+): void {
+  for (const a of list)
+    if (a.shard !== shard)
+      throw new RangeError(`timer ${a.groupId}/${a.timerId} is of shard ${a.shard}, not ${shard}`);
   for (let i = 0; i < list.length; i += MAX_ANNOUNCED_PER_MESSAGE) {
-    nc.publish(shardSubject(shard), encodeAnnouncements(list.slice(i, i + MAX_ANNOUNCED_PER_MESSAGE)), headers ? { headers } : undefined);
+    nc.publish(
+      shardSubject(shard),
+      encodeAnnouncements(list.slice(i, i + MAX_ANNOUNCED_PER_MESSAGE)),
+      headers ? { headers } : undefined,
+    );
   }
 }
 
@@ -139,7 +169,12 @@ export function publishAnnouncements(nc: NatsConnection, shard: number, list: re
  * our own services never send one, so its other entries are not trusted either (their owner's
  * poll still finds real timers).
  */
-export function decodeAnnouncements(data: Uint8Array, subjectShard: number, shardCount: number, nowMs = Date.now()): Decoded<Announcement[]> {
+export function decodeAnnouncements(
+  data: Uint8Array,
+  subjectShard: number,
+  shardCount: number,
+  nowMs = Date.now(),
+): Decoded<Announcement[]> {
   if (data.length > MAX_ANNOUNCEMENT_BYTES) return refuse("too_large");
   const m = parse(() => fromBinary(TimerAnnouncementSchema, data));
   if (!m) return refuse("undecodable");
@@ -155,15 +190,29 @@ export function decodeAnnouncements(data: Uint8Array, subjectShard: number, shar
   return { ok: true, value: out };
 }
 
-function checkAnnouncement(m: TimerAnnouncement, subjectShard: number, shardCount: number, nowMs: number): Decoded<Announcement> {
+function checkAnnouncement(
+  m: TimerAnnouncement,
+  subjectShard: number,
+  shardCount: number,
+  nowMs: number,
+): Decoded<Announcement> {
   if (!isValidId(m.groupId) || !isValidId(m.timerId)) return refuse("invalid_id");
-  if (m.shard !== subjectShard || m.shard < 0 || m.shard >= shardCount || shardOf(m.groupId, m.timerId, shardCount) !== m.shard) {
+  if (
+    m.shard !== subjectShard ||
+    m.shard < 0 ||
+    m.shard >= shardCount ||
+    shardOf(m.groupId, m.timerId, shardCount) !== m.shard
+  ) {
     return refuse("invalid_shard");
   }
   const dueMs = saneTime(m.dueAtMs, nowMs);
   if (dueMs === undefined) return refuse("invalid_time");
-  if (m.destination.length > MAX_DESTINATION_CHARS || hasControlCharacters(m.destination)) return refuse("invalid_field");
-  return { ok: true, value: { groupId: m.groupId, timerId: m.timerId, shard: m.shard, dueMs, destination: m.destination } };
+  if (m.destination.length > MAX_DESTINATION_CHARS || hasControlCharacters(m.destination))
+    return refuse("invalid_field");
+  return {
+    ok: true,
+    value: { groupId: m.groupId, timerId: m.timerId, shard: m.shard, dueMs, destination: m.destination },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -193,7 +242,16 @@ export function decodeHeartbeat(data: Uint8Array, nowMs = Date.now()): Decoded<H
   const startedAtMs = saneTime(m.startedAtMs, nowMs);
   if (startedAtMs === undefined || startedAtMs > nowMs + 60_000) return refuse("invalid_time");
   if (m.version.length > MAX_VERSION_CHARS || hasControlCharacters(m.version)) return refuse("invalid_field");
-  return { ok: true, value: { dispatcherId: m.dispatcherId, grpcAddress: m.grpcAddress, version: m.version, startedAtMs, draining: m.draining } };
+  return {
+    ok: true,
+    value: {
+      dispatcherId: m.dispatcherId,
+      grpcAddress: m.grpcAddress,
+      version: m.version,
+      startedAtMs,
+      draining: m.draining,
+    },
+  };
 }
 
 /** The wire form of a goodbye. */
@@ -240,7 +298,10 @@ export function decodeRebalanceReply(data: Uint8Array, shardCount: number): Deco
   if (!m) return refuse("undecodable");
   if (!isValidId(m.dispatcherId)) return refuse("invalid_id");
   if (m.ownedShards < 0 || m.ownedShards > shardCount) return refuse("invalid_shard");
-  return { ok: true, value: { dispatcherId: m.dispatcherId, draining: m.draining, ownedShards: m.ownedShards } };
+  return {
+    ok: true,
+    value: { dispatcherId: m.dispatcherId, draining: m.draining, ownedShards: m.ownedShards },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,7 +326,8 @@ function hasControlCharacters(s: string): boolean {
   return CONTROL_CHARACTERS.test(s);
 }
 
-const DNS_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+const DNS_NAME =
+  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 
 /** host:port with a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535. */
 export function isHostPort(address: string): boolean {

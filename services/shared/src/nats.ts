@@ -41,7 +41,9 @@ export class NatsLink implements Dependency {
     private readonly log: Logger,
     meter?: Meter,
   ) {
-    meter?.createObservableGauge("nats_connected", { description: "1 while connected to NATS" }).addCallback((r) => r.observe(this.#connected ? 1 : 0));
+    meter
+      ?.createObservableGauge("nats_connected", { description: "1 while connected to NATS" })
+      .addCallback((r) => r.observe(this.#connected ? 1 : 0));
     this.ready = this.#connect(url);
     // The service handles a rejection (service-runtime.ts); this only keeps an early one from
     // counting as unhandled before anyone awaits it.
@@ -103,7 +105,9 @@ export class NatsLink implements Dependency {
     } catch (err) {
       // nats.js gives up (even with waitOnFirstConnect) only when the server refuses the user twice.
       if (err instanceof Error && /authoriz|authentication/i.test(`${err.name} ${err.message}`)) {
-        const who = this.credentials ? `user "${this.credentials.user}"` : "a connection without credentials (NATS_USER is not set)";
+        const who = this.credentials
+          ? `user "${this.credentials.user}"`
+          : "a connection without credentials (NATS_USER is not set)";
         throw new Error(
           `NATS refused ${who} for ${this.connectionName}: check NATS_USER/NATS_PASSWORD (CALLBACK_NATS_* for tenant callbacks) against the server's users`,
           { cause: err },
@@ -141,6 +145,12 @@ export class NatsLink implements Dependency {
 }
 
 /** Starts connecting to NATS as `credentials.user` in the background; see NatsLink. */
-export function connectNats(url: string, credentials: NatsCredentials | undefined, name: string, log: Logger, meter?: Meter): NatsLink {
+export function connectNats(
+  url: string,
+  credentials: NatsCredentials | undefined,
+  name: string,
+  log: Logger,
+  meter?: Meter,
+): NatsLink {
   return new NatsLink(url, credentials, name, log, meter);
 }

@@ -14,7 +14,8 @@ export function loadListPageMaxBytes(env: Record<string, string | undefined>): n
  * Approximate bytes of a timer row in a response: payload (octet_length reads a TOASTed value's
  * size without fetching it), callback and labels as stored, and 256 bytes for the rest.
  */
-export const TIMER_BYTES_SQL = "(octet_length(payload) + pg_column_size(callback) + pg_column_size(labels) + 256)";
+export const TIMER_BYTES_SQL =
+  "(octet_length(payload) + pg_column_size(callback) + pg_column_size(labels) + 256)";
 
 /**
  * Wraps a keyset query over timers into one that keeps the page within `maxBytesParam` bytes.
@@ -24,7 +25,12 @@ export const TIMER_BYTES_SQL = "(octet_length(payload) + pg_column_size(callback
  * Returns the rows that fit (the first always does) in order, each with `window_rows`: how many
  * rows the keyset query found, so the caller knows whether more follow the last one returned.
  */
-export function boundedPageSql(opts: { keysetQuery: string; orderBy: string; columns: string; maxBytesParam: string }): string {
+export function boundedPageSql(opts: {
+  keysetQuery: string;
+  orderBy: string;
+  columns: string;
+  maxBytesParam: string;
+}): string {
   return `WITH w AS (${opts.keysetQuery}),
      sized AS (
        SELECT w.*, row_number() OVER (ORDER BY ${opts.orderBy}) AS n,
@@ -40,14 +46,20 @@ export function boundedPageSql(opts: { keysetQuery: string; orderBy: string; col
 
 /** TIMER_COLUMNS qualified for boundedPageSql's `columns`. */
 export function timerColumnsOf(columns: string): string {
-  return columns.split(",").map((c) => `t.${c.trim()}`).join(", ");
+  return columns
+    .split(",")
+    .map((c) => `t.${c.trim()}`)
+    .join(", ");
 }
 
 /**
  * The page to return from rows cut by boundedPageSql: at most `pageSize`, and whether more rows
  * follow (some were cut by bytes or by count), so next_page_token resumes right after the last.
  */
-export function pageOf<T extends { window_rows: number }>(rows: T[], pageSize: number): { page: T[]; more: boolean } {
+export function pageOf<T extends { window_rows: number }>(
+  rows: T[],
+  pageSize: number,
+): { page: T[]; more: boolean } {
   const page = rows.slice(0, pageSize);
   const found = rows[0]?.window_rows ?? 0;
   return { page, more: found > page.length };

@@ -16,7 +16,10 @@ const SECRET_PARAMS = /([?&;\s](?:password|sslpassword|pass|pwd|token|auth_token
 export function redactUrl(value: string): string {
   return value
     .split(/,(?=\s*[a-z][a-z0-9+.-]*:\/\/)/i)
-    .map((one) => maskUserInfo(one, /^(\s*[a-z][a-z0-9+.-]*:\/\/)(.*)@/is) ?? maskUserInfo(one, /^()([^/]*)@/s) ?? one)
+    .map(
+      (one) =>
+        maskUserInfo(one, /^(\s*[a-z][a-z0-9+.-]*:\/\/)(.*)@/is) ?? maskUserInfo(one, /^()([^/]*)@/s) ?? one,
+    )
     .join(",")
     .replace(SECRET_PARAMS, `$1${MASK}`);
 }
@@ -28,7 +31,10 @@ export function redactUrl(value: string): string {
  */
 export function redactCredentials(text: string): string {
   return text
-    .replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s"'<>/]*)@/gi, (_m, scheme: string, info: string) => scheme + maskedInfo(info) + "@")
+    .replace(
+      /([a-z][a-z0-9+.-]*:\/\/)([^\s"'<>/]*)@/gi,
+      (_m, scheme: string, info: string) => scheme + maskedInfo(info) + "@",
+    )
     .replace(SECRET_PARAMS, `$1${MASK}`);
 }
 

@@ -3,7 +3,13 @@ import http from "node:http";
 import net, { type AddressInfo, type Socket } from "node:net";
 import { Server as TlsServer, type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
-import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImplSpec } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  type Interceptor,
+  type ServiceImplSpec,
+} from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { recordingRouter, registerOnGrpcJs } from "./grpc-js-server.js";
 import { databaseUnavailable } from "./db-errors.js";
@@ -46,7 +52,11 @@ export interface TlsMaterial {
 }
 
 /** Reads the PEM files named by TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE. */
-export async function readTlsMaterial(files: { certFile: string; keyFile: string; clientCaFile: string | undefined }): Promise<TlsMaterial> {
+export async function readTlsMaterial(files: {
+  certFile: string;
+  keyFile: string;
+  clientCaFile: string | undefined;
+}): Promise<TlsMaterial> {
   const read = (variable: string, path: string) =>
     readFile(path).catch((err: Error) => {
       throw new Error(`${variable}: cannot read ${path}: ${err.message}`);
@@ -240,7 +250,13 @@ const CHECK_TIMEOUT_MS = 2_000;
 export async function runChecks(checks: Record<string, Check>): Promise<Record<string, boolean>> {
   const entries = await Promise.all(
     Object.entries(checks).map(async ([name, check]) => {
-      const ok = (await within(check().catch(() => false), CHECK_TIMEOUT_MS))?.value ?? false;
+      const ok =
+        (
+          await within(
+            check().catch(() => false),
+            CHECK_TIMEOUT_MS,
+          )
+        )?.value ?? false;
       return [name, ok] as const;
     }),
   );
@@ -274,7 +290,10 @@ export async function startHttpServer(opts: {
     try {
       if (LIVE_PATHS.has(path)) return send(res, 200, { status: "alive" });
       if (READY_PATHS.has(path)) {
-        const [required, optional] = await Promise.all([runChecks(opts.checks), runChecks(opts.optional ?? {})]);
+        const [required, optional] = await Promise.all([
+          runChecks(opts.checks),
+          runChecks(opts.optional ?? {}),
+        ]);
         const stopping = opts.stopping?.() ?? false;
         const ok = !stopping && Object.values(required).every(Boolean);
         return send(res, ok ? 200 : 503, {

@@ -16,7 +16,15 @@ import { within } from "./bounded-wait.js";
 import { redactCredentials, redactDeep } from "./redact.js";
 import { rpcServerInterceptor } from "./telemetry/rpc.js";
 import type { Telemetry } from "./telemetry/telemetry.js";
-import { errorInterceptor, readTlsMaterial, runChecks, startGrpcServer, startHttpServer, type Check, type ExtraRoute } from "./servers.js";
+import {
+  errorInterceptor,
+  readTlsMaterial,
+  runChecks,
+  startGrpcServer,
+  startHttpServer,
+  type Check,
+  type ExtraRoute,
+} from "./servers.js";
 
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
 
@@ -106,7 +114,9 @@ export async function runService(opts: {
   for (const dep of Object.values(opts.dependencies)) dep.ready.catch((err: unknown) => failStart(log, err));
 
   const stopping = new AbortController();
-  const stopped = new Promise<void>((resolve) => stopping.signal.addEventListener("abort", () => resolve(), { once: true }));
+  const stopped = new Promise<void>((resolve) =>
+    stopping.signal.addEventListener("abort", () => resolve(), { once: true }),
+  );
   const runs = new Set<Promise<void>>();
   const after = (deps: Dependency[], run: (signal: AbortSignal) => Promise<void> | void) => {
     const task = (async () => {
@@ -141,7 +151,8 @@ export async function runService(opts: {
   const optionalNames = new Set(opts.optional ?? []);
   const required: Record<string, Check> = { started: async () => started };
   const optional: Record<string, Check> = {};
-  for (const [name, dep] of Object.entries(opts.dependencies)) (optionalNames.has(name) ? optional : required)[name] = () => dep.check();
+  for (const [name, dep] of Object.entries(opts.dependencies))
+    (optionalNames.has(name) ? optional : required)[name] = () => dep.check();
   Object.assign(required, opts.checks);
 
   const grpc = await startGrpcServer({
@@ -190,7 +201,8 @@ export async function runService(opts: {
       const status = ready ? SERVING : NOT_SERVING;
       health.set("", status);
       for (const s of opts.serviceNames) health.set(s, status);
-      const failing = (checks: Record<string, boolean>) => Object.keys(checks).filter((name) => !checks[name] && name !== "started");
+      const failing = (checks: Record<string, boolean>) =>
+        Object.keys(checks).filter((name) => !checks[name] && name !== "started");
       const [reqDown, optDown] = [failing(req), failing(opt)];
       const state = `${ready}:${reqDown.join(",")}:${optDown.join(",")}`;
       if (state !== lastState) {
@@ -198,7 +210,11 @@ export async function runService(opts: {
         const checks = { ...req, ...opt };
         const also = optDown.length > 0 ? ` (${optDown.join(", ")} down, not needed for readiness)` : "";
         if (ready) log.info({ checks }, `ready${also}`);
-        else log.warn({ checks }, `not ready: ${reqDown.length > 0 ? `${reqDown.join(", ")} down` : "starting"}${also}`);
+        else
+          log.warn(
+            { checks },
+            `not ready: ${reqDown.length > 0 ? `${reqDown.join(", ")} down` : "starting"}${also}`,
+          );
       }
     } finally {
       updating = false;
@@ -241,7 +257,10 @@ export async function runService(opts: {
       await within(Promise.allSettled(runs), workDeadline - Date.now());
       await opts.onStop();
       await grpc.close(workDeadline);
-      await within(Promise.allSettled(Object.values(opts.dependencies).map((d) => d.close())), CLOSE_DEPENDENCIES_MS);
+      await within(
+        Promise.allSettled(Object.values(opts.dependencies).map((d) => d.close())),
+        CLOSE_DEPENDENCIES_MS,
+      );
       await httpServer.close(Date.now() + CLOSE_HTTP_MS);
       await within(
         opts.telemetry.shutdown().catch((err: unknown) => log.warn({ err }, "flushing telemetry failed")),
@@ -264,7 +283,12 @@ export async function runService(opts: {
     });
   }
   log.info(
-    { grpc_port: grpc.port, http_port: httpServer.port, tls: tls ? (tls.clientCa ? "mtls" : "tls") : "off", auth: auth.enabled ? "on" : "off" },
+    {
+      grpc_port: grpc.port,
+      http_port: httpServer.port,
+      tls: tls ? (tls.clientCa ? "mtls" : "tls") : "off",
+      auth: auth.enabled ? "on" : "off",
+    },
     `${opts.name} listening`,
   );
   return { grpcPort: grpc.port, httpPort: httpServer.port, health, after, stop };

@@ -12,7 +12,12 @@ export interface RecountListener {
 }
 
 /** Counts once now (so the first creates are checked against real counts), then every `everyMs`; returns how to stop. */
-export async function startActiveTimerRecount(pool: pg.Pool, log: Logger, everyMs: number, listeners: RecountListener[]): Promise<{ stop(): void }> {
+export async function startActiveTimerRecount(
+  pool: pg.Pool,
+  log: Logger,
+  everyMs: number,
+  listeners: RecountListener[],
+): Promise<{ stop(): void }> {
   let running = false;
   const recount = async () => {
     if (running) return; // a slow count is not stacked on itself

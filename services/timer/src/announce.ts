@@ -4,7 +4,13 @@
 import { context, SpanKind, trace, type Tracer } from "@opentelemetry/api";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
 import type { Logger } from "../../shared/src/logger.js";
-import { ANNOUNCEMENT_SUBJECTS, MAX_DESTINATION_CHARS, publishAnnouncements, shardSubject, type Announcement } from "../../shared/src/mesh-messages.js";
+import {
+  ANNOUNCEMENT_SUBJECTS,
+  MAX_DESTINATION_CHARS,
+  publishAnnouncements,
+  shardSubject,
+  type Announcement,
+} from "../../shared/src/mesh-messages.js";
 import type { NatsLink } from "../../shared/src/nats.js";
 import { injectInto } from "../../shared/src/telemetry/trace-context.js";
 
@@ -14,7 +20,10 @@ import { injectInto } from "../../shared/src/telemetry/trace-context.js";
  * shards a CreateTimers call of 1,000 timers still spans about 630 shards. One span covers the
  * call's announcements, named after the shard's subject when there is one shard.
  */
-export function announceTimers(deps: { nats: NatsLink; tracer: Tracer; log: Logger }, list: readonly Announcement[]): void {
+export function announceTimers(
+  deps: { nats: NatsLink; tracer: Tracer; log: Logger },
+  list: readonly Announcement[],
+): void {
   const nc = deps.nats.ifConnected();
   if (!nc || list.length === 0) return;
   const byShard = new Map<number, Announcement[]>();
@@ -35,7 +44,9 @@ export function announceTimers(deps: { nats: NatsLink; tracer: Tracer; log: Logg
       "messaging.system": "nats",
       "messaging.operation.type": "send",
       "messaging.destination.name": subject,
-      ...(onlyShard === undefined ? { "messaging.batch.message_count": byShard.size } : { "timer.shard": onlyShard }),
+      ...(onlyShard === undefined
+        ? { "messaging.batch.message_count": byShard.size }
+        : { "timer.shard": onlyShard }),
     },
   });
   try {
@@ -43,7 +54,10 @@ export function announceTimers(deps: { nats: NatsLink; tracer: Tracer; log: Logg
     injectInto((k, v) => (h ??= natsHeaders()).set(k, v), trace.setSpan(context.active(), span));
     for (const [shard, same] of byShard) publishAnnouncements(nc, shard, same, h);
   } catch (err) {
-    deps.log.warn({ err, timers: list.length, first_timer: `${list[0]!.groupId}/${list[0]!.timerId}` }, "could not announce created timers over NATS");
+    deps.log.warn(
+      { err, timers: list.length, first_timer: `${list[0]!.groupId}/${list[0]!.timerId}` },
+      "could not announce created timers over NATS",
+    );
   } finally {
     span.end();
   }

@@ -1,4 +1,11 @@
-import { ConfigError, envDurationMs, envInt, envNumber, loadCommonConfig, type CommonConfig } from "../../shared/src/env.js";
+import {
+  ConfigError,
+  envDurationMs,
+  envInt,
+  envNumber,
+  loadCommonConfig,
+  type CommonConfig,
+} from "../../shared/src/env.js";
 import { loadListPageMaxBytes } from "../../shared/src/page-bytes.js";
 import type { Limits, RetryBounds, RetrySettings } from "./validation.js";
 import { loadEgressPolicy } from "../../shared/src/egress.js";
@@ -74,12 +81,18 @@ export function loadTimerConfig(env: Record<string, string | undefined>): TimerC
 // requests are held to.
 function checkRetryDefaults(d: RetrySettings, b: RetryBounds): void {
   if (d.maxAttempts > b.maxAttempts) {
-    throw new ConfigError(`RETRY_MAX_ATTEMPTS (${d.maxAttempts}) must not exceed RETRY_MAX_ATTEMPTS_LIMIT (${b.maxAttempts})`);
+    throw new ConfigError(
+      `RETRY_MAX_ATTEMPTS (${d.maxAttempts}) must not exceed RETRY_MAX_ATTEMPTS_LIMIT (${b.maxAttempts})`,
+    );
   }
   if (d.initialBackoffMs < b.minBackoffMs) {
-    throw new ConfigError(`RETRY_INITIAL_BACKOFF (${d.initialBackoffMs}ms) must not be below RETRY_MIN_BACKOFF (${b.minBackoffMs}ms)`);
+    throw new ConfigError(
+      `RETRY_INITIAL_BACKOFF (${d.initialBackoffMs}ms) must not be below RETRY_MIN_BACKOFF (${b.minBackoffMs}ms)`,
+    );
   }
   if (d.maxBackoffMs < d.initialBackoffMs) {
-    throw new ConfigError(`RETRY_MAX_BACKOFF (${d.maxBackoffMs}ms) must not be below RETRY_INITIAL_BACKOFF (${d.initialBackoffMs}ms)`);
+    throw new ConfigError(
+      `RETRY_MAX_BACKOFF (${d.maxBackoffMs}ms) must not be below RETRY_INITIAL_BACKOFF (${d.initialBackoffMs}ms)`,
+    );
   }
 }

@@ -25,7 +25,12 @@ export function takeCreateToken(buckets: TokenBuckets, tokenName: string, nowMs:
  * without it when `count` is more than the bucket holds (CREATE_BURST_PER_TOKEN): waiting
  * cannot help, smaller calls can.
  */
-export function takeCreateTokens(buckets: TokenBuckets, tokenName: string, nowMs: number, count: number): void {
+export function takeCreateTokens(
+  buckets: TokenBuckets,
+  tokenName: string,
+  nowMs: number,
+  count: number,
+): void {
   // Written without , ; : / (grpc-js clients leave those percent-encoded in a status message).
   if (count > buckets.burst) {
     throw new ConnectError(

@@ -77,7 +77,9 @@ export class CreateQueue<T, R> {
    * batch starts. Once its batch has started, the item's result is awaited whatever the signal.
    */
   add(item: T, signal?: AbortSignal): Promise<R> {
-    return new Promise<R>((resolve, reject) => this.enqueue({ kind: "item", item, resolve, reject, signal, onAbort: undefined }, 1));
+    return new Promise<R>((resolve, reject) =>
+      this.enqueue({ kind: "item", item, resolve, reject, signal, onAbort: undefined }, 1),
+    );
   }
 
   /**
@@ -93,7 +95,10 @@ export class CreateQueue<T, R> {
           kind: "whole",
           weight,
           // The slot is free before the caller goes on.
-          run: () => void job().finally(() => this.finished()).then(resolve, reject),
+          run: () =>
+            void job()
+              .finally(() => this.finished())
+              .then(resolve, reject),
           reject,
           signal,
           onAbort: undefined,
@@ -161,7 +166,8 @@ export class CreateQueue<T, R> {
           (results) => {
             batch.forEach((w, i) => {
               const r = results[i];
-              if (!r) w.reject(new Error(`batch returned ${results.length} results for ${batch.length} items`));
+              if (!r)
+                w.reject(new Error(`batch returned ${results.length} results for ${batch.length} items`));
               else if (r.status === "fulfilled") w.resolve(r.value);
               else w.reject(r.reason);
             });
@@ -180,6 +186,12 @@ function abandoned(signal: AbortSignal): ConnectError {
   const reason: unknown = signal.reason;
   const deadline = reason instanceof ConnectError && reason.code === Code.DeadlineExceeded;
   return deadline
-    ? new ConnectError("the deadline passed while the create waited for the database. It was not stored", Code.DeadlineExceeded)
-    : new ConnectError("the call was cancelled while the create waited for the database. It was not stored", Code.Canceled);
+    ? new ConnectError(
+        "the deadline passed while the create waited for the database. It was not stored",
+        Code.DeadlineExceeded,
+      )
+    : new ConnectError(
+        "the call was cancelled while the create waited for the database. It was not stored",
+        Code.Canceled,
+      );
 }

@@ -14,7 +14,8 @@ export class TokenBuckets {
     readonly ratePerSecond: number,
     readonly burst: number,
   ) {
-    if (!(ratePerSecond > 0) || !(burst >= 1)) throw new RangeError("ratePerSecond must be > 0 and burst >= 1");
+    if (!(ratePerSecond > 0) || !(burst >= 1))
+      throw new RangeError("ratePerSecond must be > 0 and burst >= 1");
   }
 
   /**
@@ -31,6 +32,9 @@ export class TokenBuckets {
       return { allowed: true };
     }
     this.buckets.set(key, { tokens, atMs: nowMs });
-    return { allowed: false, retryAfterMs: Math.max(1, Math.ceil(((count - tokens) * 1000) / this.ratePerSecond)) };
+    return {
+      allowed: false,
+      retryAfterMs: Math.max(1, Math.ceil(((count - tokens) * 1000) / this.ratePerSecond)),
+    };
   }
 }

@@ -10,7 +10,11 @@ import { authorizeGroup, callerOf } from "../../shared/src/auth.js";
 import { destinationOf } from "../../shared/src/callback-destination.js";
 import type { Announcement } from "../../shared/src/mesh-messages.js";
 import { shardOf } from "../../shared/src/shard.js";
-import type { CreateTimersRequest, CreateTimersResponseSchema, CreateTimersResultSchema } from "../../shared/src/gen/timer/v1/timer_pb.js";
+import type {
+  CreateTimersRequest,
+  CreateTimersResponseSchema,
+  CreateTimersResultSchema,
+} from "../../shared/src/gen/timer/v1/timer_pb.js";
 import { announceTimers } from "./announce.js";
 import { createTraceparent, grpcCodeName } from "./call-support.js";
 import { groupQuotaExceeded, takeCreateTokens } from "./create-limits.js";
@@ -50,11 +54,19 @@ export async function createTimers(
   return { results };
 }
 
-async function judgeAndStore(deps: TimerDeps, req: CreateTimersRequest, ctx: HandlerContext): Promise<Result[]> {
+async function judgeAndStore(
+  deps: TimerDeps,
+  req: CreateTimersRequest,
+  ctx: HandlerContext,
+): Promise<Result[]> {
   const { config } = deps;
   const n = req.requests.length;
   // Call-level messages avoid , ; : / (grpc-js clients leave those percent-encoded).
-  if (n === 0) throw new ConnectError(`requests is empty. A CreateTimers call takes 1 to ${MAX_CREATES_PER_CALL} creates`, Code.InvalidArgument);
+  if (n === 0)
+    throw new ConnectError(
+      `requests is empty. A CreateTimers call takes 1 to ${MAX_CREATES_PER_CALL} creates`,
+      Code.InvalidArgument,
+    );
   if (n > MAX_CREATES_PER_CALL) {
     throw new ConnectError(
       `requests has ${n} creates. A CreateTimers call takes at most ${MAX_CREATES_PER_CALL}. Split the batch`,
@@ -119,7 +131,11 @@ async function judgeAndStore(deps: TimerDeps, req: CreateTimersRequest, ctx: Han
       for (const a of admissions) a.released();
       throw err;
     }
-    toInsert.forEach((t, j) => (stored.created.has(timerKey(t.groupId, t.timerId)) ? admissions[j]!.created() : admissions[j]!.released()));
+    toInsert.forEach((t, j) =>
+      stored.created.has(timerKey(t.groupId, t.timerId))
+        ? admissions[j]!.created()
+        : admissions[j]!.released(),
+    );
   }
 
   const announcements: Announcement[] = [];
@@ -132,7 +148,13 @@ async function judgeAndStore(deps: TimerDeps, req: CreateTimersRequest, ctx: Han
     if (createdHere && first === i) {
       results[i] = { timerId: t.timerId, created: true, fireAt: timestampFromMs(t.fireAtMs), shard: t.shard };
       if (t.fireAtMs - now <= config.announceWindowMs) {
-        announcements.push({ groupId: t.groupId, timerId: t.timerId, shard: t.shard, dueMs: t.fireAtMs, destination: destinationOf(t.callback) });
+        announcements.push({
+          groupId: t.groupId,
+          timerId: t.timerId,
+          shard: t.shard,
+          dueMs: t.fireAtMs,
+          destination: destinationOf(t.callback),
+        });
       }
       continue;
     }
@@ -144,7 +166,12 @@ async function judgeAndStore(deps: TimerDeps, req: CreateTimersRequest, ctx: Han
       results[i] = refusal
         ? itemError(i, "group_id", Code.ResourceExhausted, groupQuotaExceeded(refusal).rawMessage)
         : // Stored a moment ago and purged since: vanishingly rare.
-          itemError(i, "timer_id", Code.Aborted, `timer ${t.groupId}/${t.timerId} was stored and removed again while this call ran. Retry it`);
+          itemError(
+            i,
+            "timer_id",
+            Code.Aborted,
+            `timer ${t.groupId}/${t.timerId} was stored and removed again while this call ran. Retry it`,
+          );
       continue;
     }
     results[i] = before.requestHash.equals(t.requestHash)

@@ -57,7 +57,11 @@ export class GroupQuota {
 
   /** The estimated active timers of a group (see the top of this file). */
   activeOf(groupId: string): number {
-    return (this.counted.get(groupId) ?? 0) + (this.createdSinceRecount.get(groupId) ?? 0) + (this.storing.get(groupId) ?? 0);
+    return (
+      (this.counted.get(groupId) ?? 0) +
+      (this.createdSinceRecount.get(groupId) ?? 0) +
+      (this.storing.get(groupId) ?? 0)
+    );
   }
 
   /** Admits one more create for the group, or says why not. */

@@ -20,7 +20,14 @@ import { createTraceparent, grpcCodeName } from "./call-support.js";
 import { createTimers } from "./create-timers.js";
 import type { TimerMetrics } from "./timer-metrics.js";
 import type { TimerConfig } from "./config.js";
-import { cancelTimer, findStoredCreate, getTimer, listTimers, type CreateBatcher, type StoredCreate } from "./timer-store.js";
+import {
+  cancelTimer,
+  findStoredCreate,
+  getTimer,
+  listTimers,
+  type CreateBatcher,
+  type StoredCreate,
+} from "./timer-store.js";
 import { ValidationError, validateCreate, type NewTimer } from "./validation.js";
 import { groupQuotaExceeded, takeCreateToken } from "./create-limits.js";
 import type { TokenBuckets } from "./create-rate.js";
@@ -67,13 +74,15 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     }
     const row = stored.row;
     if (stored.created && row.next_attempt_at.getTime() - now <= config.announceWindowMs) {
-      announceTimers(deps, [{
-        groupId: row.group_id,
-        timerId: row.timer_id,
-        shard: row.shard,
-        dueMs: row.next_attempt_at.getTime(),
-        destination: destinationOf(timer.callback),
-      }]);
+      announceTimers(deps, [
+        {
+          groupId: row.group_id,
+          timerId: row.timer_id,
+          shard: row.shard,
+          dueMs: row.next_attempt_at.getTime(),
+          destination: destinationOf(timer.callback),
+        },
+      ]);
     }
     return create(CreateTimerResponseSchema, { timer: rowToTimer(row), created: stored.created });
   };
@@ -96,7 +105,12 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     async getTimer(req, ctx) {
       const key = checkKey(req.groupId, req.timerId);
       authorizeGroup(ctx, key.groupId);
-      const row = await getTimer(pool, key.groupId, key.timerId, shardOf(key.groupId, key.timerId, config.shardCount));
+      const row = await getTimer(
+        pool,
+        key.groupId,
+        key.timerId,
+        shardOf(key.groupId, key.timerId, config.shardCount),
+      );
       if (!row) throw notFound(key);
       return { timer: rowToTimer(row) };
     },
@@ -104,7 +118,12 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     async cancelTimer(req, ctx) {
       const key = checkKey(req.groupId, req.timerId);
       authorizeGroup(ctx, key.groupId);
-      const row = await cancelTimer(pool, key.groupId, key.timerId, shardOf(key.groupId, key.timerId, config.shardCount));
+      const row = await cancelTimer(
+        pool,
+        key.groupId,
+        key.timerId,
+        shardOf(key.groupId, key.timerId, config.shardCount),
+      );
       if (!row) throw notFound(key);
       if (row.state !== State.Cancelled) {
         throw new ConnectError(
@@ -131,15 +150,32 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       let after;
       if (req.pageToken !== "") {
         after = decodePageToken(req.pageToken, req.groupId, states);
-        if (!after) throw new ConnectError("page_token is malformed or belongs to a different query", Code.InvalidArgument);
+        if (!after)
+          throw new ConnectError(
+            "page_token is malformed or belongs to a different query",
+            Code.InvalidArgument,
+          );
       }
-      const rows = await listTimers(pool, req.groupId, states, after, pageSize + 1, config.quotas.listPageMaxBytes);
+      const rows = await listTimers(
+        pool,
+        req.groupId,
+        states,
+        after,
+        pageSize + 1,
+        config.quotas.listPageMaxBytes,
+      );
       const { page, more } = pageOf(rows, pageSize);
       const last = page[page.length - 1];
       return {
         timers: page.map(rowToTimer),
         nextPageToken:
-          more && last ? encodePageToken({ fireAtMs: last.fire_at.getTime(), timerId: last.timer_id }, req.groupId, states) : "",
+          more && last
+            ? encodePageToken(
+                { fireAtMs: last.fire_at.getTime(), timerId: last.timer_id },
+                req.groupId,
+                states,
+              )
+            : "",
       };
     },
   };
@@ -188,4 +224,3 @@ function invalid(err: unknown): ConnectError {
   if (err instanceof ValidationError) return new ConnectError(err.message, Code.InvalidArgument);
   throw err;
 }
-

@@ -26,8 +26,16 @@ runMain(bootLog, async () => {
     throw err;
   }
   const log = createLogger("timer", config.logLevel);
-  log.info({ egress: config.limits.egress.describe(), natsSubjects: config.limits.tenantSubjects.describe() }, "callback policy");
-  const telemetry = startServiceTelemetry("timer", `timer-${hostname()}-${process.pid}`, config, SERVICE_VERSION);
+  log.info(
+    { egress: config.limits.egress.describe(), natsSubjects: config.limits.tenantSubjects.describe() },
+    "callback policy",
+  );
+  const telemetry = startServiceTelemetry(
+    "timer",
+    `timer-${hostname()}-${process.pid}`,
+    config,
+    SERVICE_VERSION,
+  );
   const database = openDatabase(config, "timer", log, telemetry);
   const pool = database.pool;
   const nats = connectNats(config.natsUrl, config.natsCredentials, "timer", log, telemetry.meter);
@@ -44,7 +52,21 @@ runMain(bootLog, async () => {
     log,
     files: [file_timer_v1_timer],
     serviceNames: [TimerService.typeName],
-    routes: (router) => router.service(TimerService, createTimerService({ pool, nats, batcher, config, log, metrics, tracer: telemetry.tracer, quota, createRate })),
+    routes: (router) =>
+      router.service(
+        TimerService,
+        createTimerService({
+          pool,
+          nats,
+          batcher,
+          config,
+          log,
+          metrics,
+          tracer: telemetry.tracer,
+          quota,
+          createRate,
+        }),
+      ),
     // Creating a timer needs Postgres alone: while NATS is away announcements are skipped (the
     // dispatchers' poll finds the timers), so a NATS outage does not take the service out of
     // rotation.

@@ -9,19 +9,33 @@ export interface PagePosition {
 }
 
 function queryTag(groupId: string, states: number[]): string {
-  return createHash("sha256").update(`${groupId}\u0000${states.join(",")}`).digest("base64url").slice(0, 12);
+  return createHash("sha256")
+    .update(`${groupId}\u0000${states.join(",")}`)
+    .digest("base64url")
+    .slice(0, 12);
 }
 
 /** Encodes a page position for this query. */
 export function encodePageToken(pos: PagePosition, groupId: string, states: number[]): string {
-  return Buffer.from(JSON.stringify({ f: pos.fireAtMs, t: pos.timerId, q: queryTag(groupId, states) })).toString("base64url");
+  return Buffer.from(
+    JSON.stringify({ f: pos.fireAtMs, t: pos.timerId, q: queryTag(groupId, states) }),
+  ).toString("base64url");
 }
 
 /** Decodes a token made by encodePageToken for the same query; undefined when it is not one. */
 export function decodePageToken(token: string, groupId: string, states: number[]): PagePosition | undefined {
   try {
-    const v = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { f?: unknown; t?: unknown; q?: unknown };
-    if (typeof v.f !== "number" || !Number.isFinite(v.f) || typeof v.t !== "string" || v.q !== queryTag(groupId, states)) {
+    const v = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as {
+      f?: unknown;
+      t?: unknown;
+      q?: unknown;
+    };
+    if (
+      typeof v.f !== "number" ||
+      !Number.isFinite(v.f) ||
+      typeof v.t !== "string" ||
+      v.q !== queryTag(groupId, states)
+    ) {
       return undefined;
     }
     return { fireAtMs: v.f, timerId: v.t };

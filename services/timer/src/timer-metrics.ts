@@ -18,7 +18,10 @@ export interface TimerMetrics extends RecountListener {
 const TOP_GROUPS = 50;
 
 /** The largest `top` groups by active timers (ties by group id), the rest summed as "_other". */
-export function largestGroups(activeByGroup: ReadonlyMap<string, number>, top: number): { group_id: string; n: number }[] {
+export function largestGroups(
+  activeByGroup: ReadonlyMap<string, number>,
+  top: number,
+): { group_id: string; n: number }[] {
   const sorted = [...activeByGroup].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
   const out = sorted.slice(0, top).map(([group_id, n]) => ({ group_id, n }));
   const rest = sorted.slice(top).reduce((sum, [, n]) => sum + n, 0);
@@ -28,9 +31,15 @@ export function largestGroups(activeByGroup: ReadonlyMap<string, number>, top: n
 
 /** Creates the timer service's instruments; active_timers_total is set from each recount (active-timer-recount.ts). */
 export function createTimerMetrics(meter: Meter): TimerMetrics {
-  const attempts = meter.createCounter("timer_creation_attempts_total", { description: "Creates asked for (CreateTimer calls and CreateTimers items)" });
-  const creations = meter.createCounter("timer_creations_total", { description: "Timers created (not replays)" });
-  const failures = meter.createCounter("timer_creation_failures_total", { description: "Creates that failed, by gRPC code" });
+  const attempts = meter.createCounter("timer_creation_attempts_total", {
+    description: "Creates asked for (CreateTimer calls and CreateTimers items)",
+  });
+  const creations = meter.createCounter("timer_creations_total", {
+    description: "Timers created (not replays)",
+  });
+  const failures = meter.createCounter("timer_creation_failures_total", {
+    description: "Creates that failed, by gRPC code",
+  });
   // Present from the first scrape, so rate() has a starting point.
   attempts.add(0);
   creations.add(0);
@@ -38,8 +47,15 @@ export function createTimerMetrics(meter: Meter): TimerMetrics {
   // A group whose timers all finished (or that left the largest 50) must drop to 0.
   const activeSeries = new GaugeSeries();
   meter
-    .createObservableGauge("active_timers_total", { description: "Scheduled or firing timers per group (largest 50 groups; the rest as _other)" })
-    .addCallback((r) => activeSeries.observe(r, active.map((a) => ({ attributes: { group_id: a.group_id }, value: a.n }))));
+    .createObservableGauge("active_timers_total", {
+      description: "Scheduled or firing timers per group (largest 50 groups; the rest as _other)",
+    })
+    .addCallback((r) =>
+      activeSeries.observe(
+        r,
+        active.map((a) => ({ attributes: { group_id: a.group_id }, value: a.n })),
+      ),
+    );
   return {
     attempt: (n = 1) => attempts.add(n),
     created: (n = 1) => creations.add(n),

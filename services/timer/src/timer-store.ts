@@ -77,8 +77,17 @@ export class CreateBatcher {
    * It waits for a slot like a batch of unary creates, and `signal` works as for store(): when
    * it aborts before the INSERT starts, nothing is stored.
    */
-  storeBatch(timers: ShardedTimer[], traceparent: string | undefined, alsoFind: TimerKey[], signal?: AbortSignal): Promise<StoredBatch> {
-    return this.queue.runWhole(timers.length + alsoFind.length, () => storeBatch(this.pool, timers, traceparent, alsoFind), signal);
+  storeBatch(
+    timers: ShardedTimer[],
+    traceparent: string | undefined,
+    alsoFind: TimerKey[],
+    signal?: AbortSignal,
+  ): Promise<StoredBatch> {
+    return this.queue.runWhole(
+      timers.length + alsoFind.length,
+      () => storeBatch(this.pool, timers, traceparent, alsoFind),
+      signal,
+    );
   }
 }
 
@@ -124,7 +133,11 @@ async function insertTimers<R extends pg.QueryResultRow>(
 }
 
 /** `columns` of the timers stored under `keys` (those that exist). */
-async function findTimers<R extends pg.QueryResultRow>(pool: pg.Pool, keys: readonly TimerKey[], columns: string): Promise<R[]> {
+async function findTimers<R extends pg.QueryResultRow>(
+  pool: pg.Pool,
+  keys: readonly TimerKey[],
+  columns: string,
+): Promise<R[]> {
   const { rows } = await pool.query<R>(
     `-- find_existing_timers
      SELECT ${columns} FROM timers
@@ -134,7 +147,10 @@ async function findTimers<R extends pg.QueryResultRow>(pool: pg.Pool, keys: read
   return rows;
 }
 
-async function insertBatch(pool: pg.Pool, batch: PendingCreate[]): Promise<PromiseSettledResult<StoredCreate>[]> {
+async function insertBatch(
+  pool: pg.Pool,
+  batch: PendingCreate[],
+): Promise<PromiseSettledResult<StoredCreate>[]> {
   type StoredRow = TimerRow & { request_hash: Buffer };
   const columns = `${TIMER_COLUMNS}, request_hash`;
   const rows = await insertTimers<StoredRow>(
@@ -147,9 +163,12 @@ async function insertBatch(pool: pg.Pool, batch: PendingCreate[]): Promise<Promi
   for (const r of rows) stored.set(timerKey(r.group_id, r.timer_id), r);
 
   // Keys this INSERT did not write were stored before (a replay or a conflict): read them.
-  const before = batch.filter((p) => !stored.has(timerKey(p.timer.groupId, p.timer.timerId))).map((p) => p.timer);
+  const before = batch
+    .filter((p) => !stored.has(timerKey(p.timer.groupId, p.timer.timerId)))
+    .map((p) => p.timer);
   if (before.length > 0) {
-    for (const r of await findTimers<StoredRow>(pool, before, columns)) stored.set(timerKey(r.group_id, r.timer_id), r);
+    for (const r of await findTimers<StoredRow>(pool, before, columns))
+      stored.set(timerKey(r.group_id, r.timer_id), r);
   }
 
   // The first request for a key that this INSERT wrote created it; any later one in the same
@@ -163,24 +182,49 @@ async function insertBatch(pool: pg.Pool, batch: PendingCreate[]): Promise<Promi
       return { status: "rejected", reason: new Error(`timer ${k} vanished between insert and read`) };
     }
     if (createdHere.delete(k)) return { status: "fulfilled", value: { row, created: true, conflict: false } };
-    return { status: "fulfilled", value: { row, created: false, conflict: !row.request_hash.equals(p.timer.requestHash) } };
+    return {
+      status: "fulfilled",
+      value: { row, created: false, conflict: !row.request_hash.equals(p.timer.requestHash) },
+    };
   });
 }
 
 // A CreateTimers result needs no more than the key of each timer written (its fire time and
 // shard are the request's) and, for the others, the stored fire time and request hash: full
 // rows would be read back and parsed for nothing.
-async function storeBatch(pool: pg.Pool, timers: ShardedTimer[], traceparent: string | undefined, alsoFind: TimerKey[]): Promise<StoredBatch> {
+async function storeBatch(
+  pool: pg.Pool,
+  timers: ShardedTimer[],
+  traceparent: string | undefined,
+  alsoFind: TimerKey[],
+): Promise<StoredBatch> {
   const created = new Set<string>();
   if (timers.length > 0) {
-    const rows = await insertTimers<{ group_id: string; timer_id: string }>(pool, timers, new Array<string | null>(timers.length).fill(traceparent ?? null), "group_id, timer_id");
+    const rows = await insertTimers<{ group_id: string; timer_id: string }>(
+      pool,
+      timers,
+      new Array<string | null>(timers.length).fill(traceparent ?? null),
+      "group_id, timer_id",
+    );
     for (const r of rows) created.add(timerKey(r.group_id, r.timer_id));
   }
   const existing: StoredBatch["existing"] = new Map();
-  const find = created.size === timers.length ? alsoFind : [...timers.filter((t) => !created.has(timerKey(t.groupId, t.timerId))), ...alsoFind];
+  const find =
+    created.size === timers.length
+      ? alsoFind
+      : [...timers.filter((t) => !created.has(timerKey(t.groupId, t.timerId))), ...alsoFind];
   if (find.length > 0) {
-    const rows = await findTimers<{ group_id: string; timer_id: string; fire_at: Date; request_hash: Buffer }>(pool, find, "group_id, timer_id, fire_at, request_hash");
-    for (const r of rows) existing.set(timerKey(r.group_id, r.timer_id), { fireAtMs: r.fire_at.getTime(), requestHash: r.request_hash });
+    const rows = await findTimers<{
+      group_id: string;
+      timer_id: string;
+      fire_at: Date;
+      request_hash: Buffer;
+    }>(pool, find, "group_id, timer_id, fire_at, request_hash");
+    for (const r of rows)
+      existing.set(timerKey(r.group_id, r.timer_id), {
+        fireAtMs: r.fire_at.getTime(),
+        requestHash: r.request_hash,
+      });
   }
   return { created, existing };
 }
@@ -194,7 +238,12 @@ export function timerKey(groupId: string, timerId: string): string {
 // leads the primary key (migration 000007).
 
 /** One timer by key with the hash of the request that made it (to tell a replay from a conflict). */
-export async function findStoredCreate(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<(TimerRow & { request_hash: Buffer }) | undefined> {
+export async function findStoredCreate(
+  pool: pg.Pool,
+  groupId: string,
+  timerId: string,
+  shard: number,
+): Promise<(TimerRow & { request_hash: Buffer }) | undefined> {
   const { rows } = await pool.query<TimerRow & { request_hash: Buffer }>(
     `-- find_stored_create
      SELECT ${TIMER_COLUMNS}, request_hash FROM timers WHERE shard = $3 AND group_id = $1 AND timer_id = $2`,
@@ -204,7 +253,12 @@ export async function findStoredCreate(pool: pg.Pool, groupId: string, timerId: 
 }
 
 /** One timer by key. */
-export async function getTimer(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<TimerRow | undefined> {
+export async function getTimer(
+  pool: pg.Pool,
+  groupId: string,
+  timerId: string,
+  shard: number,
+): Promise<TimerRow | undefined> {
   const { rows } = await pool.query<TimerRow>(
     `-- get_timer
      SELECT ${TIMER_COLUMNS} FROM timers WHERE shard = $3 AND group_id = $1 AND timer_id = $2`,
@@ -217,7 +271,12 @@ export async function getTimer(pool: pg.Pool, groupId: string, timerId: string, 
  * Cancels a SCHEDULED timer. Returns the row after the attempt: CANCELLED if it was cancelled
  * now or before; another state when it could not be; undefined when there is no such timer.
  */
-export async function cancelTimer(pool: pg.Pool, groupId: string, timerId: string, shard: number): Promise<TimerRow | undefined> {
+export async function cancelTimer(
+  pool: pg.Pool,
+  groupId: string,
+  timerId: string,
+  shard: number,
+): Promise<TimerRow | undefined> {
   const { rows } = await pool.query<TimerRow>(
     `-- cancel_timer
      UPDATE timers SET state = ${State.Cancelled}, finish_time = now()

@@ -5,7 +5,12 @@ import { isIP } from "node:net";
 import { create, toJson } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import { durationToMsCeil, timestampToMsCeil } from "../../shared/src/time.js";
-import { EgressRefused, parseCallbackHost, parseGrpcTarget, type EgressPolicy } from "../../shared/src/egress.js";
+import {
+  EgressRefused,
+  parseCallbackHost,
+  parseGrpcTarget,
+  type EgressPolicy,
+} from "../../shared/src/egress.js";
 import type { TenantSubjects } from "../../shared/src/tenant-subjects.js";
 import { ID_PATTERN } from "../../shared/src/timer-id.js";
 import {
@@ -72,8 +77,18 @@ const ID_RE = ID_PATTERN; // shared with the mesh messages' checks (timer-id.ts)
 const LABEL_KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}$/;
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$/;
 const RESERVED_HEADERS = new Set([
-  "x-timer-group", "x-timer-id", "x-timer-attempt", "x-timer-fire-at", "idempotency-key", "traceparent",
-  "tracestate", "content-length", "content-type", "host", "connection", "transfer-encoding",
+  "x-timer-group",
+  "x-timer-id",
+  "x-timer-attempt",
+  "x-timer-fire-at",
+  "idempotency-key",
+  "traceparent",
+  "tracestate",
+  "content-length",
+  "content-type",
+  "host",
+  "connection",
+  "transfer-encoding",
 ]);
 const MAX_LABELS = 64;
 const MAX_BACKOFF_MS = 24 * 3_600_000;
@@ -89,7 +104,12 @@ export type UrlVerdicts = Map<string, ValidationError | null>;
  * Checks a CreateTimerRequest and resolves its defaults; throws ValidationError naming the field.
  * `urls` (a CreateTimers call's) remembers URL checks across the call's creates.
  */
-export function validateCreate(req: CreateTimerRequest, limits: Limits, nowMs: number, urls?: UrlVerdicts): NewTimer {
+export function validateCreate(
+  req: CreateTimerRequest,
+  limits: Limits,
+  nowMs: number,
+  urls?: UrlVerdicts,
+): NewTimer {
   const groupId = checkId("group_id", req.groupId, true);
   const timerId = req.timerId === "" ? randomUUID() : checkId("timer_id", req.timerId, false);
 
@@ -97,12 +117,20 @@ export function validateCreate(req: CreateTimerRequest, limits: Limits, nowMs: n
   switch (req.schedule.case) {
     case "fireAt": {
       const ts = req.schedule.value;
-      if (ts.nanos < 0 || ts.nanos > 999_999_999) throw new ValidationError("fire_at", "nanos must be in [0, 999999999]");
+      if (ts.nanos < 0 || ts.nanos > 999_999_999)
+        throw new ValidationError("fire_at", "nanos must be in [0, 999999999]");
       fireAtMs = timestampToMsCeil(ts);
       if (fireAtMs - nowMs > limits.maxHorizonMs) {
-        throw new ValidationError("fire_at", `is beyond the maximum horizon of ${formatMs(limits.maxHorizonMs)} from now`);
+        throw new ValidationError(
+          "fire_at",
+          `is beyond the maximum horizon of ${formatMs(limits.maxHorizonMs)} from now`,
+        );
       }
-      if (fireAtMs < Date.UTC(2000, 0, 1)) throw new ValidationError("fire_at", "is before 2000-01-01; is it in seconds rather than a Timestamp?");
+      if (fireAtMs < Date.UTC(2000, 0, 1))
+        throw new ValidationError(
+          "fire_at",
+          "is before 2000-01-01; is it in seconds rather than a Timestamp?",
+        );
       break;
     }
     case "delay": {
@@ -111,7 +139,10 @@ export function validateCreate(req: CreateTimerRequest, limits: Limits, nowMs: n
       if (d.nanos > 999_999_999) throw new ValidationError("delay", "nanos must be in [0, 999999999]");
       const ms = durationToMsCeil(d);
       if (ms > limits.maxHorizonMs) {
-        throw new ValidationError("delay", `is beyond the maximum horizon of ${formatMs(limits.maxHorizonMs)}`);
+        throw new ValidationError(
+          "delay",
+          `is beyond the maximum horizon of ${formatMs(limits.maxHorizonMs)}`,
+        );
       }
       fireAtMs = nowMs + ms;
       break;
@@ -124,7 +155,10 @@ export function validateCreate(req: CreateTimerRequest, limits: Limits, nowMs: n
   checkCallback(req.callback, groupId, limits, urls);
 
   if (req.payload.length > limits.maxPayloadBytes) {
-    throw new ValidationError("payload", `is ${req.payload.length} bytes; the limit is ${limits.maxPayloadBytes}`);
+    throw new ValidationError(
+      "payload",
+      `is ${req.payload.length} bytes; the limit is ${limits.maxPayloadBytes}`,
+    );
   }
 
   const labels = checkLabels(req.labels);
@@ -148,12 +182,20 @@ function checkId(field: string, value: string, required: boolean): string {
     return value;
   }
   if (!ID_RE.test(value)) {
-    throw new ValidationError(field, "must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit");
+    throw new ValidationError(
+      field,
+      "must be 1-128 characters of [A-Za-z0-9._:-], starting with a letter or digit",
+    );
   }
   return value;
 }
 
-function checkCallback(cb: Callback, groupId: string, rules: Pick<Limits, "egress" | "tenantSubjects">, urls: UrlVerdicts | undefined): void {
+function checkCallback(
+  cb: Callback,
+  groupId: string,
+  rules: Pick<Limits, "egress" | "tenantSubjects">,
+  urls: UrlVerdicts | undefined,
+): void {
   switch (cb.target.case) {
     case "http": {
       const { url, headers } = cb.target.value;
@@ -172,13 +214,20 @@ function checkCallback(cb: Callback, groupId: string, rules: Pick<Limits, "egres
       const names = Object.keys(headers);
       if (names.length > 32) throw new ValidationError("callback.http.headers", "has more than 32 entries");
       for (const name of names) {
-        if (!HEADER_NAME_RE.test(name)) throw new ValidationError("callback.http.headers", `"${name}" is not a valid header name`);
+        if (!HEADER_NAME_RE.test(name))
+          throw new ValidationError("callback.http.headers", `"${name}" is not a valid header name`);
         if (RESERVED_HEADERS.has(name.toLowerCase())) {
-          throw new ValidationError("callback.http.headers", `"${name}" is set by the dispatcher and cannot be overridden`);
+          throw new ValidationError(
+            "callback.http.headers",
+            `"${name}" is set by the dispatcher and cannot be overridden`,
+          );
         }
         const value = headers[name]!;
         if (/[\r\n\0]/.test(value) || value.length > 4096) {
-          throw new ValidationError("callback.http.headers", `value of "${name}" has a line break or is over 4096 characters`);
+          throw new ValidationError(
+            "callback.http.headers",
+            `value of "${name}" has a line break or is over 4096 characters`,
+          );
         }
       }
       return;
@@ -201,7 +250,10 @@ function checkCallback(cb: Callback, groupId: string, rules: Pick<Limits, "egres
       if (target === "") throw new ValidationError("callback.grpc.target", "is required");
       const parsed = parseGrpcTarget(target);
       if (!parsed || (parsed.host.startsWith("[") && isIP(parsed.host.slice(1, -1)) !== 6)) {
-        throw new ValidationError("callback.grpc.target", "must be host:port (for example receiver.example.com:9090 or [2606:2800::1]:9090)");
+        throw new ValidationError(
+          "callback.grpc.target",
+          "must be host:port (for example receiver.example.com:9090 or [2606:2800::1]:9090)",
+        );
       }
       checkEgress("callback.grpc.target", parsed.host, rules.egress);
       return;
@@ -249,7 +301,8 @@ function checkLabels(labels: Record<string, string>): Record<string, string> {
   if (keys.length > MAX_LABELS) throw new ValidationError("labels", `has more than ${MAX_LABELS} entries`);
   const out: Record<string, string> = {};
   for (const key of keys.sort()) {
-    if (!LABEL_KEY_RE.test(key)) throw new ValidationError("labels", `key "${key}" must be 1-63 characters of [A-Za-z0-9._/-]`);
+    if (!LABEL_KEY_RE.test(key))
+      throw new ValidationError("labels", `key "${key}" must be 1-63 characters of [A-Za-z0-9._/-]`);
     const value = labels[key]!;
     if (value.length > 256) throw new ValidationError("labels", `value of "${key}" is over 256 characters`);
     out[key] = value;
@@ -266,24 +319,39 @@ function resolveRetry(req: CreateTimerRequest, defaults: RetrySettings, bounds: 
       `must be between 1 and ${bounds.maxAttempts} (0 for the default); the limit is RETRY_MAX_ATTEMPTS_LIMIT`,
     );
   }
-  for (const [field, d] of [["retry_policy.initial_backoff", p.initialBackoff], ["retry_policy.max_backoff", p.maxBackoff]] as const) {
+  for (const [field, d] of [
+    ["retry_policy.initial_backoff", p.initialBackoff],
+    ["retry_policy.max_backoff", p.maxBackoff],
+  ] as const) {
     if (d && (d.seconds < 0n || d.nanos < 0 || durationMs(d) > MAX_BACKOFF_MS)) {
       throw new ValidationError(field, "must be between 0 and 24h (0 for the default)");
     }
   }
-  if (!Number.isFinite(p.multiplier) || p.multiplier < 0 || (p.multiplier !== 0 && p.multiplier < 1) || p.multiplier > 10) {
+  if (
+    !Number.isFinite(p.multiplier) ||
+    p.multiplier < 0 ||
+    (p.multiplier !== 0 && p.multiplier < 1) ||
+    p.multiplier > 10
+  ) {
     throw new ValidationError("retry_policy.multiplier", "must be between 1 and 10 (0 for the default)");
   }
-  const initialBackoffMs = p.initialBackoff ? durationToMsCeil(p.initialBackoff) || defaults.initialBackoffMs : defaults.initialBackoffMs;
+  const initialBackoffMs = p.initialBackoff
+    ? durationToMsCeil(p.initialBackoff) || defaults.initialBackoffMs
+    : defaults.initialBackoffMs;
   if (initialBackoffMs < bounds.minBackoffMs) {
     throw new ValidationError(
       "retry_policy.initial_backoff",
       `must be at least ${formatMs(bounds.minBackoffMs)} (0 for the default); the limit is RETRY_MIN_BACKOFF`,
     );
   }
-  const maxBackoffMs = p.maxBackoff ? durationToMsCeil(p.maxBackoff) || defaults.maxBackoffMs : defaults.maxBackoffMs;
+  const maxBackoffMs = p.maxBackoff
+    ? durationToMsCeil(p.maxBackoff) || defaults.maxBackoffMs
+    : defaults.maxBackoffMs;
   if (maxBackoffMs < initialBackoffMs) {
-    throw new ValidationError("retry_policy.max_backoff", `must not be less than initial_backoff (${initialBackoffMs}ms)`);
+    throw new ValidationError(
+      "retry_policy.max_backoff",
+      `must not be less than initial_backoff (${initialBackoffMs}ms)`,
+    );
   }
   return {
     maxAttempts: p.maxAttempts || defaults.maxAttempts,
@@ -304,13 +372,18 @@ function requestHash(req: CreateTimerRequest, timerId: string): Buffer {
 
 // crypto.hash (Node 20.12+) is the one-shot form: a third of createHash's cost per create.
 const sha256: (s: string) => Buffer =
-  typeof hash === "function" ? (s) => hash("sha256", s, "buffer") : (s) => createHash("sha256").update(s).digest();
+  typeof hash === "function"
+    ? (s) => hash("sha256", s, "buffer")
+    : (s) => createHash("sha256").update(s).digest();
 
 function stableStringify(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(stableStringify).join(",")}]`;
   if (v !== null && typeof v === "object") {
     const o = v as Record<string, unknown>;
-    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${stableStringify(o[k])}`).join(",")}}`;
+    return `{${Object.keys(o)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${stableStringify(o[k])}`)
+      .join(",")}}`;
   }
   return JSON.stringify(v);
 }

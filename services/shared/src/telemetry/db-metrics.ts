@@ -14,17 +14,32 @@ export function operationOf(sql: string): string {
 }
 
 /** Instruments `pool` in place; every pool.query is timed and (with tracing) traced. */
-export function instrumentPool(pool: pg.Pool, meter: Meter, tracer: Tracer, tracing: boolean, maxConnections: number): void {
+export function instrumentPool(
+  pool: pg.Pool,
+  meter: Meter,
+  tracer: Tracer,
+  tracing: boolean,
+  maxConnections: number,
+): void {
   const duration = meter.createHistogram("database_query_duration_seconds", {
     description: "Postgres query time",
     unit: "s",
-    advice: { explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
+    advice: {
+      explicitBucketBoundaries: [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+      ],
+    },
   });
-  meter.createObservableGauge("database_connections_active", { description: "Postgres connections in use" })
+  meter
+    .createObservableGauge("database_connections_active", { description: "Postgres connections in use" })
     .addCallback((r) => r.observe(pool.totalCount - pool.idleCount));
-  meter.createObservableGauge("database_connections_idle", { description: "Postgres connections idle in the pool" })
+  meter
+    .createObservableGauge("database_connections_idle", {
+      description: "Postgres connections idle in the pool",
+    })
     .addCallback((r) => r.observe(pool.idleCount));
-  meter.createObservableGauge("database_connections_max", { description: "Postgres pool size limit" })
+  meter
+    .createObservableGauge("database_connections_max", { description: "Postgres pool size limit" })
     .addCallback((r) => r.observe(maxConnections));
 
   const original = pool.query.bind(pool) as (...args: unknown[]) => Promise<unknown>;
@@ -39,13 +54,24 @@ export function instrumentPool(pool: pg.Pool, meter: Meter, tracer: Tracer, trac
         ok = true;
         return res;
       } finally {
-        duration.record((performance.now() - start) / 1000, ok ? { operation } : { operation, error: "true" });
+        duration.record(
+          (performance.now() - start) / 1000,
+          ok ? { operation } : { operation, error: "true" },
+        );
       }
     };
     if (!tracing || !trace.getActiveSpan()) return timed();
     return tracer.startActiveSpan(
       `${operation} postgresql`,
-      { kind: SpanKind.CLIENT, attributes: { "db.system.name": "postgresql", "db.system": "postgresql", "db.operation.name": operation, "db.query.text": sql } },
+      {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          "db.system.name": "postgresql",
+          "db.system": "postgresql",
+          "db.operation.name": operation,
+          "db.query.text": sql,
+        },
+      },
       async (span) => {
         try {
           return await timed();

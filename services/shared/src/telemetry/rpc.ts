@@ -19,14 +19,19 @@ export function rpcServerInterceptor(meter: Meter, tracer: Tracer, tracing: bool
   const duration = meter.createHistogram("rpc_server_call_duration_seconds", {
     description: "Duration of RPCs served",
     unit: "s",
-    advice: { explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
+    advice: {
+      explicitBucketBoundaries: [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+      ],
+    },
   });
   return (next) => async (req) => {
     const service = req.service.typeName;
     const method = req.method.name;
     const start = performance.now();
     const attrs = { rpc_system: "grpc", rpc_service: service, rpc_method: method };
-    const finish = (code: number) => duration.record((performance.now() - start) / 1000, { ...attrs, rpc_grpc_status_code: code });
+    const finish = (code: number) =>
+      duration.record((performance.now() - start) / 1000, { ...attrs, rpc_grpc_status_code: code });
     if (!tracing) {
       try {
         const res = await next(req);
@@ -40,7 +45,10 @@ export function rpcServerInterceptor(meter: Meter, tracer: Tracer, tracing: bool
     const parent = propagation.extract(context.active(), req.header, headerGetter);
     return tracer.startActiveSpan(
       `${service}/${method}`,
-      { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", "rpc.service": service, "rpc.method": method } },
+      {
+        kind: SpanKind.SERVER,
+        attributes: { "rpc.system": "grpc", "rpc.service": service, "rpc.method": method },
+      },
       parent,
       async (span) => {
         try {
@@ -51,8 +59,16 @@ export function rpcServerInterceptor(meter: Meter, tracer: Tracer, tracing: bool
         } catch (err) {
           const code = codeOf(err);
           span.setAttribute("rpc.grpc.status_code", code);
-          if (code === Code.Unknown || code === Code.Internal || code === Code.Unavailable || code === Code.DataLoss) {
-            span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof ConnectError ? err.rawMessage : "error" });
+          if (
+            code === Code.Unknown ||
+            code === Code.Internal ||
+            code === Code.Unavailable ||
+            code === Code.DataLoss
+          ) {
+            span.setStatus({
+              code: SpanStatusCode.ERROR,
+              message: err instanceof ConnectError ? err.rawMessage : "error",
+            });
           }
           finish(code);
           throw err;

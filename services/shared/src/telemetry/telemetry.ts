@@ -67,7 +67,9 @@ export function startTelemetry(config: TelemetryConfig): Telemetry {
     // its hook on every promise costs ~0.4 ms of CPU per RPC and ~30% of the dispatcher's fire
     // rate here. Without tracing there is no propagator either.
     // NodeSDK.start() documents null as "do not register"; its types only admit an instance.
-    ...(tracingEnabled && config.implicitContext ? {} : { contextManager: null as unknown as ContextManager }),
+    ...(tracingEnabled && config.implicitContext
+      ? {}
+      : { contextManager: null as unknown as ContextManager }),
     ...(tracingEnabled ? {} : { textMapPropagator: null }),
   });
   sdk.start();
@@ -88,7 +90,11 @@ export function startTelemetry(config: TelemetryConfig): Telemetry {
 export function startServiceTelemetry(
   service: string,
   instanceId: string,
-  config: { tracesEndpoint: string | undefined; tracesProtocol: "http/protobuf" | "http/json"; otelServiceName: string | undefined },
+  config: {
+    tracesEndpoint: string | undefined;
+    tracesProtocol: "http/protobuf" | "http/json";
+    otelServiceName: string | undefined;
+  },
   version: string,
   implicitContext = true,
 ): Telemetry {

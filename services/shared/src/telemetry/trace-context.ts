@@ -40,10 +40,14 @@ export function injectInto(set: (key: string, value: string) => void, ctx: Conte
 
 /** The context carried by headers read through `get`. */
 export function extractFrom(get: (key: string) => string | undefined): Context {
-  return propagation.extract(context.active(), {}, {
-    get: (_c, key) => get(key),
-    keys: () => ["traceparent", "tracestate"],
-  });
+  return propagation.extract(
+    context.active(),
+    {},
+    {
+      get: (_c, key) => get(key),
+      keys: () => ["traceparent", "tracestate"],
+    },
+  );
 }
 
 /** trace_id and span_id of the active span, for log lines (pino mixin). */
