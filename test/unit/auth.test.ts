@@ -144,7 +144,7 @@ test("Authenticator: refuses to start without tokens unless disabled explicitly,
   assert.equal(off.authenticate(null), ANONYMOUS);
   const warning = lines().find((l) => /AUTHENTICATION IS DISABLED/.test(l.msg));
   assert.ok(warning, "the start says authentication is disabled");
-  assert.ok(warning.level >= pino.levels.values["warn"]!, "at warn level or above");
+  assert.ok(warning.level >= pino.levels.values.warn!, "at warn level or above");
   assert.match(warning.msg, /anonymous admin/);
 });
 

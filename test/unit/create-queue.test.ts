@@ -85,7 +85,7 @@ test("a full queue refuses at once with RESOURCE_EXHAUSTED naming CREATE_QUEUE_M
   f.batches[2]!.settle();
   assert.deepEqual(await Promise.all([...waiting, e]), ["stored b", "stored c", "stored e"]);
   assert.deepEqual(
-    f.batches.map((b) => b.items).flat(),
+    f.batches.flatMap((b) => b.items),
     ["a", "b", "c", "e"],
     "the refused create never reached the database",
   );
@@ -109,7 +109,10 @@ test("a create whose deadline passes while it waits is dropped, answered DEADLIN
   await tick();
   f.batches[1]!.settle();
   assert.equal(await c, "stored c");
-  assert.deepEqual(f.batches.map((b) => b.items).flat(), ["a", "c"]);
+  assert.deepEqual(
+    f.batches.flatMap((b) => b.items),
+    ["a", "c"],
+  );
 });
 
 test("a cancelled caller's create is dropped as CANCELLED; an already aborted one never queues", async () => {
@@ -127,7 +130,10 @@ test("a cancelled caller's create is dropped as CANCELLED; an already aborted on
   assert.equal(q.queued, 0);
   f.batches[0]!.settle();
   await tick();
-  assert.deepEqual(f.batches.map((b) => b.items).flat(), ["a"]);
+  assert.deepEqual(
+    f.batches.flatMap((b) => b.items),
+    ["a"],
+  );
 });
 
 test("once its batch has started, a create's result is awaited even if its caller gives up", async () => {

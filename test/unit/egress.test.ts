@@ -24,6 +24,7 @@ import { CallbackSchema, type Callback } from "../../services/shared/src/gen/tim
 import { loadTimerConfig } from "../../services/timer/src/config.js";
 import { loadDispatcherConfig } from "../../services/dispatcher/src/config.js";
 import { startGrpcReceiver, startHttpReceiver } from "../support/receivers.js";
+import { RESERVED_SUBJECT_EXAMPLES } from "../support/reserved-subjects.js";
 
 const strict = loadEgressPolicy({});
 const LOOPBACK = "127.0.0.0/8,::1/128";
@@ -393,11 +394,7 @@ describe("delivery connects to the vetted address", () => {
       assert.deepEqual(await d.deliver(delivery(http(`http://receiver.test:${port}/hook`))), { ok: true });
       assert.deepEqual(resolve.calls, ["receiver.test"]);
       assert.equal(rx.received.length, 1);
-      assert.equal(
-        rx.received[0]!.headers["host"],
-        `receiver.test:${port}`,
-        "the request still names the host",
-      );
+      assert.equal(rx.received[0]!.headers.host, `receiver.test:${port}`, "the request still names the host");
       // The next lookup answers 10.0.0.5: that attempt is refused before anything is sent.
       const second = await d.deliver(delivery(http(`http://receiver.test:${port}/hook`)));
       assert.equal(second.ok, false);
@@ -551,14 +548,7 @@ describe("delivery re-checks NATS subjects", () => {
   test("a stored callback on a reserved subject fails for good and is never published", async () => {
     const nats = natsStub();
     const d = deliverer(stubResolver({}), {}, nats);
-    for (const subject of [
-      "timers.shard.0",
-      "mesh.dispatchers.heartbeat",
-      "$JS.API.STREAM.LIST",
-      "$SYS.x",
-      "$KV.b.k",
-      "_INBOX.x",
-    ]) {
+    for (const subject of RESERVED_SUBJECT_EXAMPLES) {
       const r = await d.deliver(delivery(natsCb(subject)));
       assert.equal(r.ok ? "ok" : r.retryable, false, subject);
       assert.match(r.ok ? "" : r.error, /is reserved for the timer mesh/, subject);

@@ -81,7 +81,7 @@ export function parseTokens(text: string, source: string): TokenEntry[] {
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new AuthConfigError(`${source}: not valid JSON (${(err as Error).message})`);
+    throw new AuthConfigError(`${source}: not valid JSON (${(err as Error).message})`, { cause: err });
   }
   if (!Array.isArray(raw)) throw new AuthConfigError(`${source}: must be a JSON array of tokens`);
   const names = new Set<string>();
@@ -98,13 +98,12 @@ export function parseTokens(text: string, source: string): TokenEntry[] {
         );
       }
     }
-    if (typeof e["name"] !== "string" || e["name"] === "")
-      throw new AuthConfigError(`${where} needs a "name"`);
-    const name = e["name"];
+    if (typeof e.name !== "string" || e.name === "") throw new AuthConfigError(`${where} needs a "name"`);
+    const name = e.name;
     const named = `${source}: token "${name}"`;
     if (names.has(name)) throw new AuthConfigError(`${named} is listed twice`);
     names.add(name);
-    const sha = e["sha256"];
+    const sha = e.sha256;
     if (typeof sha !== "string" || !/^[0-9a-fA-F]{64}$/.test(sha)) {
       throw new AuthConfigError(
         `${named}: "sha256" must be the 64 hex digits of the token's SHA-256 (not the token itself)`,
@@ -113,10 +112,10 @@ export function parseTokens(text: string, source: string): TokenEntry[] {
     if (hashes.has(sha.toLowerCase()))
       throw new AuthConfigError(`${named} has the same sha256 as another token`);
     hashes.add(sha.toLowerCase());
-    if (e["admin"] !== undefined && typeof e["admin"] !== "boolean")
+    if (e.admin !== undefined && typeof e.admin !== "boolean")
       throw new AuthConfigError(`${named}: "admin" must be true or false`);
-    const admin = e["admin"] === true;
-    const groups = e["groups"] ?? [];
+    const admin = e.admin === true;
+    const groups = e.groups ?? [];
     if (!Array.isArray(groups) || !groups.every((g) => typeof g === "string" && g !== "")) {
       throw new AuthConfigError(`${named}: "groups" must be an array of group names or patterns`);
     }
@@ -199,7 +198,7 @@ export class Authenticator {
     if (settings.tokensFile !== undefined) {
       const file = settings.tokensFile;
       const version = await fileVersion(file).catch((err: Error) => {
-        throw new AuthConfigError(`AUTH_TOKENS_FILE: cannot read ${file}: ${err.message}`);
+        throw new AuthConfigError(`AUTH_TOKENS_FILE: cannot read ${file}: ${err.message}`, { cause: err });
       });
       const text = await readFile(file, "utf8");
       const auth = new Authenticator(new TokenTable(parseTokens(text, file)), settings, log);

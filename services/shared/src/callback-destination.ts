@@ -23,18 +23,18 @@ export function destinationOf(callback: Callback): string {
 /** The same key from the proto-JSON form stored in timers.callback. */
 export function destinationOfJson(json: JsonValue): string {
   if (json === null || typeof json !== "object" || Array.isArray(json)) return "";
-  const http = json["http"];
-  const grpc = json["grpc"];
+  const http = json.http;
+  const grpc = json.grpc;
   return destinationOfParts({
     httpUrl:
-      http && typeof http === "object" && !Array.isArray(http) && typeof http["url"] === "string"
-        ? http["url"]
+      http && typeof http === "object" && !Array.isArray(http) && typeof http.url === "string"
+        ? http.url
         : null,
     grpcTarget:
-      grpc && typeof grpc === "object" && !Array.isArray(grpc) && typeof grpc["target"] === "string"
-        ? grpc["target"]
+      grpc && typeof grpc === "object" && !Array.isArray(grpc) && typeof grpc.target === "string"
+        ? grpc.target
         : null,
-    nats: json["nats"] !== undefined,
+    nats: json.nats !== undefined,
   });
 }
 

@@ -48,7 +48,13 @@ export function databaseUnavailable(err: unknown): ConnectError | undefined {
   if (reason === undefined) return undefined;
   // Only ". ( )" between words: grpc-js decodes grpc-message with decodeURI, which leaves an
   // escaped ";", ",", ":" as "%3B", "%2C", "%3A".
-  return new ConnectError(`database unavailable (${reason}). Retry with backoff`, Code.Unavailable);
+  return new ConnectError(
+    `database unavailable (${reason}). Retry with backoff`,
+    Code.Unavailable,
+    undefined,
+    undefined,
+    err,
+  );
 }
 
 function unavailableReason(err: unknown, depth: number): string | undefined {

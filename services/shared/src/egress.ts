@@ -179,8 +179,8 @@ export function parseCallbackHost(host: string): CallbackHost {
   try {
     hostname = new URL(`http://${host.includes(":") && !host.startsWith("[") ? `[${host}]` : host}/`)
       .hostname;
-  } catch {
-    throw new EgressRefused(`host "${host}" is not a valid host name or address`);
+  } catch (err) {
+    throw new EgressRefused(`host "${host}" is not a valid host name or address`, { cause: err });
   }
   const bare = hostname.startsWith("[") ? hostname.slice(1, -1) : hostname;
   if (ipaddr.isValid(bare) && (bare.includes(":") || ipaddr.IPv4.isValidFourPartDecimal(bare))) {
@@ -258,8 +258,10 @@ function parseNetwork(variable: string, entry: string): [Address, number] {
   let net: [Address, number];
   try {
     net = ipaddr.parseCIDR(entry);
-  } catch {
-    throw new ConfigError(`${variable}: "${entry}" is not a CIDR like 10.0.0.0/8 or fd00::/8`);
+  } catch (err) {
+    throw new ConfigError(`${variable}: "${entry}" is not a CIDR like 10.0.0.0/8 or fd00::/8`, {
+      cause: err,
+    });
   }
   const [a, bits] = net;
   // ::ffff:a.b.c.d/n is stored as the IPv4 network it names, since addresses are unwrapped.

@@ -1,5 +1,6 @@
-// The only module that reads process.env. Each service's config.ts describes its settings with
-// these parsers; a bad value stops the process at start with a message naming the variable.
+// The parsers of settings from the environment. Each service's main.ts hands process.env (read
+// nowhere else in services/) to its config.ts, which describes its settings with these parsers;
+// a bad value stops the process at start with a message naming the variable.
 import { redactUrl } from "./redact.js";
 
 /** Raised when an environment variable is missing or malformed. */
@@ -78,9 +79,9 @@ export function envUrl(env: Env, name: string, fallback: string, schemes: string
   let url: URL;
   try {
     url = new URL(raw);
-  } catch {
+  } catch (err) {
     // The value may hold a password (DATABASE_URL) or a token (NATS_URL): never quote it whole.
-    throw new ConfigError(`${name} must be a URL, got "${redactUrl(raw)}"`);
+    throw new ConfigError(`${name} must be a URL, got "${redactUrl(raw)}"`, { cause: err });
   }
   if (!schemes.includes(url.protocol.replace(/:$/, ""))) {
     throw new ConfigError(`${name} must use ${schemes.join(" or ")}, got "${url.protocol}"`);

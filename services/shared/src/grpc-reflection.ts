@@ -44,27 +44,10 @@ export function registerReflectionServices(router: ConnectRouter, files: DescFil
       v1alpha.ServerReflection.typeName,
     ],
   );
-  router.service(v1.ServerReflection, {
-    async *serverReflectionInfo(requests: AsyncIterable<v1.ServerReflectionRequest>) {
-      for await (const req of requests) {
-        yield create(v1.ServerReflectionResponseSchema, {
-          validHost: req.host,
-          originalRequest: req,
-          messageResponse: reflector.answer(req),
-        });
-      }
-    },
-  });
+  // Both versions answer with the same fields; Connect makes each version's message of them.
+  router.service(v1.ServerReflection, { serverReflectionInfo: (requests) => reflector.answers(requests) });
   router.service(v1alpha.ServerReflection, {
-    async *serverReflectionInfo(requests: AsyncIterable<v1alpha.ServerReflectionRequest>) {
-      for await (const req of requests) {
-        yield create(v1alpha.ServerReflectionResponseSchema, {
-          validHost: req.host,
-          originalRequest: req,
-          messageResponse: reflector.answer(req),
-        });
-      }
-    },
+    serverReflectionInfo: (requests) => reflector.answers(requests),
   });
   return router;
 }
@@ -90,6 +73,15 @@ class Reflector {
       create(FileDescriptorSetSchema, { file: ordered.map((f) => f.proto) }),
     );
     this.#services = [...new Set(services)];
+  }
+
+  /** The responses to a reflection stream, in the fields v1 and v1alpha share. */
+  async *answers<R extends ReflectionRequest>(
+    requests: AsyncIterable<R>,
+  ): AsyncIterable<{ validHost: string; originalRequest: R; messageResponse: ReflectionAnswer }> {
+    for await (const req of requests) {
+      yield { validHost: req.host, originalRequest: req, messageResponse: this.answer(req) };
+    }
   }
 
   answer(req: ReflectionRequest): ReflectionAnswer {

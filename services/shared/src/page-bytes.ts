@@ -64,3 +64,14 @@ export function pageOf<T extends { window_rows: number }>(
   const found = rows[0]?.window_rows ?? 0;
   return { page, more: found > page.length };
 }
+
+/** pageOf's page, with the next_page_token `tokenAfter` makes from its last row ("" on the last page). */
+export function pageWithToken<T extends { window_rows: number }>(
+  rows: T[],
+  pageSize: number,
+  tokenAfter: (last: T) => string,
+): { page: T[]; nextPageToken: string } {
+  const { page, more } = pageOf(rows, pageSize);
+  const last = page[page.length - 1];
+  return { page, nextPageToken: more && last ? tokenAfter(last) : "" };
+}

@@ -33,7 +33,7 @@ export function redactCredentials(text: string): string {
   return text
     .replace(
       /([a-z][a-z0-9+.-]*:\/\/)([^\s"'<>/]*)@/gi,
-      (_m, scheme: string, info: string) => scheme + maskedInfo(info) + "@",
+      (_m, scheme: string, info: string) => `${scheme + maskedInfo(info)}@`,
     )
     .replace(SECRET_PARAMS, `$1${MASK}`);
 }
@@ -49,7 +49,7 @@ export function redactDeep<T>(value: T, depth = 0): T {
 function maskUserInfo(value: string, pattern: RegExp): string | undefined {
   const m = pattern.exec(value);
   if (!m) return undefined;
-  return m[1]! + maskedInfo(m[2]!) + "@" + value.slice(m[0].length);
+  return `${m[1]! + maskedInfo(m[2]!)}@${value.slice(m[0].length)}`;
 }
 
 function maskedInfo(info: string): string {

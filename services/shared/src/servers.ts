@@ -1,4 +1,3 @@
-import { readFile } from "node:fs/promises";
 import http from "node:http";
 import net, { type AddressInfo, type Socket } from "node:net";
 import { Server as TlsServer, type TLSSocket } from "node:tls";
@@ -15,6 +14,7 @@ import { recordingRouter, registerOnGrpcJs } from "./grpc-js-server.js";
 import { databaseUnavailable } from "./db-errors.js";
 import type { Logger } from "./logger.js";
 import { within } from "./bounded-wait.js";
+import type { TlsMaterial } from "./tls-files.js";
 
 /**
  * Turns an unexpected error into INTERNAL without its text (which may carry SQL or hosts), or
@@ -39,32 +39,9 @@ export function errorInterceptor(log: Logger): Interceptor {
         throw unavailable;
       }
       log.error({ err, rpc: req.url }, "rpc failed");
-      throw new ConnectError("internal error", Code.Internal);
+      // The cause stays on this side: it is logged above, never sent to the caller.
+      throw new ConnectError("internal error", Code.Internal, undefined, undefined, err);
     }
-  };
-}
-
-/** PEM material of a TLS gRPC port; with clientCa, clients must present a certificate it signed. */
-export interface TlsMaterial {
-  cert: Buffer;
-  key: Buffer;
-  clientCa?: Buffer;
-}
-
-/** Reads the PEM files named by TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE. */
-export async function readTlsMaterial(files: {
-  certFile: string;
-  keyFile: string;
-  clientCaFile: string | undefined;
-}): Promise<TlsMaterial> {
-  const read = (variable: string, path: string) =>
-    readFile(path).catch((err: Error) => {
-      throw new Error(`${variable}: cannot read ${path}: ${err.message}`);
-    });
-  return {
-    cert: await read("TLS_CERT_FILE", files.certFile),
-    key: await read("TLS_KEY_FILE", files.keyFile),
-    clientCa: files.clientCaFile ? await read("TLS_CLIENT_CA_FILE", files.clientCaFile) : undefined,
   };
 }
 
@@ -91,7 +68,8 @@ export async function startGrpcServer(opts: {
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
   maxRequestBytes: number;
-  tls?: TlsMaterial;
+  /** Absent or undefined: plaintext. */
+  tls?: TlsMaterial | undefined;
 }): Promise<GrpcServer> {
   const specs: ServiceImplSpec[] = [];
   const connectHandler = connectNodeAdapter({
@@ -184,8 +162,8 @@ export async function startGrpcServer(opts: {
   });
   const port = (server.address() as AddressInfo).port;
   let closed: Promise<void> | undefined;
-  /** Resolves once the listener has closed and its last connection with it. */
-  const stopAccepting = (): Promise<void> => {
+  /** Resolves once the listener has closed and its last connection with it (close() waits for it). */
+  const closing = (): Promise<void> => {
     if (!closed) {
       stopping = true;
       // The listener's close callback runs after its last connection has closed.
@@ -201,9 +179,11 @@ export async function startGrpcServer(opts: {
   };
   return {
     port,
-    stopAccepting,
+    stopAccepting: () => {
+      void closing(); // close() waits for it; the caller of stopAccepting() does not
+    },
     async close(deadlineMs) {
-      const done = stopAccepting();
+      const done = closing();
       await within(done, deadlineMs - Date.now());
       grpcServer.forceShutdown();
       for (const sock of sockets) sock.destroy();
@@ -285,7 +265,8 @@ export async function startHttpServer(opts: {
   stopping?: () => boolean;
   extra?: ExtraRoute[];
 }): Promise<{ server: http.Server; port: number; close(deadlineMs: number): Promise<void> }> {
-  const server = http.createServer(async (req, res) => {
+  // Never rejects: every failure is answered 500 below.
+  const answer = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     const path = (req.url ?? "/").split("?")[0]!;
     try {
       if (LIVE_PATHS.has(path)) return send(res, 200, { status: "alive" });
@@ -304,7 +285,7 @@ export async function startHttpServer(opts: {
         });
       }
       if (path === "/health/db") {
-        const db = opts.checks["postgres"];
+        const db = opts.checks.postgres;
         const ok = db ? await db().catch(() => false) : false;
         return send(res, ok ? 200 : 503, { status: ok ? "ok" : "unavailable" });
       }
@@ -313,7 +294,8 @@ export async function startHttpServer(opts: {
     } catch {
       if (!res.headersSent) send(res, 500, { error: "internal error" });
     }
-  });
+  };
+  const server = http.createServer((req, res) => void answer(req, res));
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.port, opts.host, () => resolve());

@@ -16,9 +16,9 @@ import { within } from "./bounded-wait.js";
 import { redactCredentials, redactDeep } from "./redact.js";
 import { rpcServerInterceptor } from "./telemetry/rpc.js";
 import type { Telemetry } from "./telemetry/telemetry.js";
+import { readTlsMaterial } from "./tls-files.js";
 import {
   errorInterceptor,
-  readTlsMaterial,
   runChecks,
   startGrpcServer,
   startHttpServer,

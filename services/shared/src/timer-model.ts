@@ -2,6 +2,7 @@
 // timers, so the API shows one shape whoever answers.
 import { create, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { timerName } from "./timer-id.js";
 import {
   CallbackSchema,
   RetryPolicySchema,
@@ -87,5 +88,5 @@ export function rowToTimer(row: TimerRow): Timer {
 
 /** The idempotency key sent with every delivery of a timer: stable across its retries. */
 export function idempotencyKey(groupId: string, timerId: string): string {
-  return `${groupId}/${timerId}`;
+  return timerName(groupId, timerId);
 }

@@ -13,6 +13,7 @@ import {
 } from "../../shared/src/mesh-messages.js";
 import type { NatsLink } from "../../shared/src/nats.js";
 import { injectInto } from "../../shared/src/telemetry/trace-context.js";
+import { timerName } from "../../shared/src/timer-id.js";
 
 /**
  * Announces `list`: one message per shard with all of that shard's timers (owners subscribe per
@@ -51,11 +52,17 @@ export function announceTimers(
   });
   try {
     let h: MsgHdrs | undefined;
-    injectInto((k, v) => (h ??= natsHeaders()).set(k, v), trace.setSpan(context.active(), span));
+    injectInto(
+      (k, v) => {
+        h ??= natsHeaders();
+        h.set(k, v);
+      },
+      trace.setSpan(context.active(), span),
+    );
     for (const [shard, same] of byShard) publishAnnouncements(nc, shard, same, h);
   } catch (err) {
     deps.log.warn(
-      { err, timers: list.length, first_timer: `${list[0]!.groupId}/${list[0]!.timerId}` },
+      { err, timers: list.length, first_timer: timerName(list[0]!.groupId, list[0]!.timerId) },
       "could not announce created timers over NATS",
     );
   } finally {

@@ -17,8 +17,9 @@ export interface TimerConfig extends CommonConfig {
   /** Timers due within this window are announced to their shard's owner over NATS. */
   announceWindowMs: number;
   /**
-   * How often active timers are recounted per group from Postgres (active_timers_total, and the
-   * group quota) and group quota overrides are read again.
+   * ACTIVE_TIMERS_REFRESH (default 30s, 500ms to 1h): how often active timers are recounted per
+   * group from Postgres (active_timers_total, and the group quota) and group quota overrides are
+   * read again. Each recount scans the timers table: shorter means a fresher quota at more load.
    */
   activeTimersRefreshMs: number;
   /**
@@ -66,6 +67,7 @@ export function loadTimerConfig(env: Record<string, string | undefined>): TimerC
       tenantSubjects: loadTenantSubjects(env),
     },
     announceWindowMs: envDurationMs(env, "ANNOUNCE_WINDOW", 60_000, 0, 86_400_000),
+    // ACTIVE_TIMERS_REFRESH: see activeTimersRefreshMs.
     activeTimersRefreshMs: envDurationMs(env, "ACTIVE_TIMERS_REFRESH", 30_000, 500, 3_600_000),
     createQueueMax: envInt(env, "CREATE_QUEUE_MAX", 5_000, 1, 1_000_000),
     quotas: {

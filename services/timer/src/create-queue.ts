@@ -110,14 +110,18 @@ export class CreateQueue<T, R> {
 
   private enqueue(w: Waiting<T, R>, weight: number): void {
     const { signal } = w;
-    if (signal?.aborted) return w.reject(abandoned(signal));
+    if (signal?.aborted) {
+      w.reject(abandoned(signal));
+      return;
+    }
     if (this.waiting.length > 0 && this.waitingCreates + weight > this.opts.maxQueued) {
-      return w.reject(
+      w.reject(
         new ConnectError(
           `too many creates are waiting for the database. The queue holds at most ${this.opts.maxQueued} (CREATE_QUEUE_MAX). Retry with backoff`,
           Code.ResourceExhausted,
         ),
       );
+      return;
     }
     if (signal) {
       w.onAbort = () => {

@@ -16,11 +16,13 @@ import type {
   CreateTimersResultSchema,
 } from "../../shared/src/gen/timer/v1/timer_pb.js";
 import { announceTimers } from "./announce.js";
-import { createTraceparent, grpcCodeName } from "./call-support.js";
+import { createTraceparent } from "./call-support.js";
+import { grpcCodeName, grpcCodeNameOf } from "../../shared/src/grpc-code-name.js";
 import { groupQuotaExceeded, takeCreateTokens } from "./create-limits.js";
 import { isRefusal, type Admission, type QuotaRefusal } from "./group-quota.js";
 import type { TimerDeps } from "./handlers.js";
-import { timerKey, type ShardedTimer, type StoredBatch, type TimerKey } from "./timer-store.js";
+import type { ShardedTimer, StoredBatch, TimerKey } from "./timer-store.js";
+import { timerKey, timerName } from "../../shared/src/timer-id.js";
 import { ValidationError, validateCreate, type UrlVerdicts } from "./validation.js";
 
 /** Most creates one CreateTimers call may carry (README, API). */
@@ -40,7 +42,7 @@ export async function createTimers(
   try {
     results = await judgeAndStore(deps, req, ctx);
   } catch (err) {
-    deps.metrics.failed(err instanceof ConnectError ? grpcCodeName(err.code) : "INTERNAL", n);
+    deps.metrics.failed(grpcCodeNameOf(err), n);
     throw err;
   }
   let created = 0;
@@ -131,11 +133,10 @@ async function judgeAndStore(
       for (const a of admissions) a.released();
       throw err;
     }
-    toInsert.forEach((t, j) =>
-      stored.created.has(timerKey(t.groupId, t.timerId))
-        ? admissions[j]!.created()
-        : admissions[j]!.released(),
-    );
+    toInsert.forEach((t, j) => {
+      if (stored.created.has(timerKey(t.groupId, t.timerId))) admissions[j]!.created();
+      else admissions[j]!.released();
+    });
   }
 
   const announcements: Announcement[] = [];
@@ -170,7 +171,7 @@ async function judgeAndStore(
             i,
             "timer_id",
             Code.Aborted,
-            `timer ${t.groupId}/${t.timerId} was stored and removed again while this call ran. Retry it`,
+            `timer ${timerName(t.groupId, t.timerId)} was stored and removed again while this call ran. Retry it`,
           );
       continue;
     }
@@ -180,7 +181,7 @@ async function judgeAndStore(
           i,
           "timer_id",
           Code.AlreadyExists,
-          `timer ${t.groupId}/${t.timerId} already exists with a different schedule, callback, payload, retry policy or labels`,
+          `timer ${timerName(t.groupId, t.timerId)} already exists with a different schedule, callback, payload, retry policy or labels`,
         );
   }
   announceTimers(deps, announcements);

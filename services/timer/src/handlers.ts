@@ -16,7 +16,9 @@ import {
 } from "../../shared/src/gen/timer/v1/timer_pb.js";
 import type { Tracer } from "@opentelemetry/api";
 import { announceTimers } from "./announce.js";
-import { createTraceparent, grpcCodeName } from "./call-support.js";
+import { createTraceparent } from "./call-support.js";
+import { grpcCodeNameOf } from "../../shared/src/grpc-code-name.js";
+import { timerName } from "../../shared/src/timer-id.js";
 import { createTimers } from "./create-timers.js";
 import type { TimerMetrics } from "./timer-metrics.js";
 import type { TimerConfig } from "./config.js";
@@ -32,8 +34,8 @@ import { ValidationError, validateCreate, type NewTimer } from "./validation.js"
 import { groupQuotaExceeded, takeCreateToken } from "./create-limits.js";
 import type { TokenBuckets } from "./create-rate.js";
 import { isRefusal, type GroupQuota } from "./group-quota.js";
-import { decodePageToken, encodePageToken } from "./page-token.js";
-import { pageOf } from "../../shared/src/page-bytes.js";
+import { decodeListTimersToken, encodeListTimersToken } from "./page-token.js";
+import { pageWithToken } from "../../shared/src/page-bytes.js";
 
 /** Dependencies of the TimerService handlers. */
 export interface TimerDeps {
@@ -58,7 +60,7 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     if (req.groupId !== "") authorizeGroup(ctx, req.groupId);
     const now = Date.now();
     takeCreateToken(deps.createRate, callerOf(ctx).name, now);
-    let timer;
+    let timer: NewTimer;
     try {
       timer = validateCreate(req, config.limits, now);
     } catch (err) {
@@ -68,7 +70,7 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     const stored = await storeWithinQuota(deps, { ...timer, shard }, createTraceparent(ctx), ctx.signal);
     if (stored.conflict) {
       throw new ConnectError(
-        `timer ${timer.groupId}/${timer.timerId} already exists with a different schedule, callback, payload, retry policy or labels`,
+        `timer ${timerName(timer.groupId, timer.timerId)} already exists with a different schedule, callback, payload, retry policy or labels`,
         Code.AlreadyExists,
       );
     }
@@ -95,7 +97,7 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
         if (res.created) deps.metrics.created();
         return res;
       } catch (err) {
-        deps.metrics.failed(err instanceof ConnectError ? grpcCodeName(err.code) : "INTERNAL");
+        deps.metrics.failed(grpcCodeNameOf(err));
         throw err;
       }
     },
@@ -103,31 +105,19 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
     createTimers: (req, ctx) => createTimers(deps, req, ctx),
 
     async getTimer(req, ctx) {
-      const key = checkKey(req.groupId, req.timerId);
-      authorizeGroup(ctx, key.groupId);
-      const row = await getTimer(
-        pool,
-        key.groupId,
-        key.timerId,
-        shardOf(key.groupId, key.timerId, config.shardCount),
-      );
+      const key = authorizedKey(req, ctx, config.shardCount);
+      const row = await getTimer(pool, key.groupId, key.timerId, key.shard);
       if (!row) throw notFound(key);
       return { timer: rowToTimer(row) };
     },
 
     async cancelTimer(req, ctx) {
-      const key = checkKey(req.groupId, req.timerId);
-      authorizeGroup(ctx, key.groupId);
-      const row = await cancelTimer(
-        pool,
-        key.groupId,
-        key.timerId,
-        shardOf(key.groupId, key.timerId, config.shardCount),
-      );
+      const key = authorizedKey(req, ctx, config.shardCount);
+      const row = await cancelTimer(pool, key.groupId, key.timerId, key.shard);
       if (!row) throw notFound(key);
       if (row.state !== State.Cancelled) {
         throw new ConnectError(
-          `timer ${key.groupId}/${key.timerId} is ${TimerState[row.state]}; only a SCHEDULED timer can be cancelled`,
+          `timer ${timerName(key.groupId, key.timerId)} is ${TimerState[row.state]}; only a SCHEDULED timer can be cancelled`,
           Code.FailedPrecondition,
         );
       }
@@ -147,15 +137,8 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       }
       const states = [...new Set(req.states)].sort();
       const pageSize = req.pageSize || 100;
-      let after;
-      if (req.pageToken !== "") {
-        after = decodePageToken(req.pageToken, req.groupId, states);
-        if (!after)
-          throw new ConnectError(
-            "page_token is malformed or belongs to a different query",
-            Code.InvalidArgument,
-          );
-      }
+      const after =
+        req.pageToken === "" ? undefined : decodeListTimersToken(req.pageToken, req.groupId, states);
       const rows = await listTimers(
         pool,
         req.groupId,
@@ -164,19 +147,14 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
         pageSize + 1,
         config.quotas.listPageMaxBytes,
       );
-      const { page, more } = pageOf(rows, pageSize);
-      const last = page[page.length - 1];
-      return {
-        timers: page.map(rowToTimer),
-        nextPageToken:
-          more && last
-            ? encodePageToken(
-                { fireAtMs: last.fire_at.getTime(), timerId: last.timer_id },
-                req.groupId,
-                states,
-              )
-            : "",
-      };
+      const { page, nextPageToken } = pageWithToken(rows, pageSize, (last) =>
+        encodeListTimersToken(
+          { fireAtMs: last.fire_at.getTime(), timerId: last.timer_id },
+          req.groupId,
+          states,
+        ),
+      );
+      return { timers: page.map(rowToTimer), nextPageToken };
     },
   };
 }
@@ -210,17 +188,26 @@ async function storeWithinQuota(
   return stored;
 }
 
-function checkKey(groupId: string, timerId: string): { groupId: string; timerId: string } {
+/** The key a GetTimer or CancelTimer asks about, once the caller may use its group, with its shard. */
+function authorizedKey(
+  req: { groupId: string; timerId: string },
+  ctx: HandlerContext,
+  shardCount: number,
+): { groupId: string; timerId: string; shard: number } {
+  const { groupId, timerId } = req;
   if (groupId === "") throw new ConnectError("group_id is required", Code.InvalidArgument);
   if (timerId === "") throw new ConnectError("timer_id is required", Code.InvalidArgument);
-  return { groupId, timerId };
+  authorizeGroup(ctx, groupId);
+  return { groupId, timerId, shard: shardOf(groupId, timerId, shardCount) };
 }
 
 function notFound(key: { groupId: string; timerId: string }): ConnectError {
-  return new ConnectError(`timer ${key.groupId}/${key.timerId} not found`, Code.NotFound);
+  return new ConnectError(`timer ${timerName(key.groupId, key.timerId)} not found`, Code.NotFound);
 }
 
 function invalid(err: unknown): ConnectError {
-  if (err instanceof ValidationError) return new ConnectError(err.message, Code.InvalidArgument);
+  if (err instanceof ValidationError) {
+    return new ConnectError(err.message, Code.InvalidArgument, undefined, undefined, err);
+  }
   throw err;
 }

@@ -3,7 +3,7 @@ import { createLogger } from "../../shared/src/logger.js";
 import { startServiceTelemetry } from "../../shared/src/telemetry/telemetry.js";
 import { SERVICE_VERSION } from "../../shared/src/version.js";
 import { createTimerMetrics } from "./timer-metrics.js";
-import { ConfigError } from "../../shared/src/env.js";
+import { loadServiceConfig } from "../../shared/src/service-config.js";
 import { openDatabase } from "../../shared/src/db.js";
 import { connectNats } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
@@ -18,13 +18,7 @@ import { GroupQuota } from "./group-quota.js";
 const bootLog = createLogger("timer", "info");
 
 runMain(bootLog, async () => {
-  let config;
-  try {
-    config = loadTimerConfig(process.env);
-  } catch (err) {
-    if (err instanceof ConfigError) throw new Error(`configuration: ${err.message}`);
-    throw err;
-  }
+  const config = loadServiceConfig(() => loadTimerConfig(process.env));
   const log = createLogger("timer", config.logLevel);
   log.info(
     { egress: config.limits.egress.describe(), natsSubjects: config.limits.tenantSubjects.describe() },

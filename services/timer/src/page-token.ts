@@ -1,6 +1,8 @@
-// Opaque ListTimers page tokens: the last position seen, bound to the query that made it so a
-// token cannot be replayed against a different group or filter.
+// ListTimers page tokens: the (fire_at, timer_id) of the last timer of a page, bound to the group
+// and states asked for (shared/page-token.ts).
 import { createHash } from "node:crypto";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { decodePageToken, encodePageToken, PAGE_TOKEN_REFUSED } from "../../shared/src/page-token.js";
 
 /** The position after which the next page starts. */
 export interface PagePosition {
@@ -8,6 +10,7 @@ export interface PagePosition {
   timerId: string;
 }
 
+// A hash keeps the token short whatever the group id and the list of states.
 function queryTag(groupId: string, states: number[]): string {
   return createHash("sha256")
     .update(`${groupId}\u0000${states.join(",")}`)
@@ -15,31 +18,16 @@ function queryTag(groupId: string, states: number[]): string {
     .slice(0, 12);
 }
 
-/** Encodes a page position for this query. */
-export function encodePageToken(pos: PagePosition, groupId: string, states: number[]): string {
-  return Buffer.from(
-    JSON.stringify({ f: pos.fireAtMs, t: pos.timerId, q: queryTag(groupId, states) }),
-  ).toString("base64url");
+/** The next_page_token of a ListTimers page that ended at `pos`, for this group and these states. */
+export function encodeListTimersToken(pos: PagePosition, groupId: string, states: number[]): string {
+  return encodePageToken({ f: pos.fireAtMs, t: pos.timerId }, queryTag(groupId, states));
 }
 
-/** Decodes a token made by encodePageToken for the same query; undefined when it is not one. */
-export function decodePageToken(token: string, groupId: string, states: number[]): PagePosition | undefined {
-  try {
-    const v = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as {
-      f?: unknown;
-      t?: unknown;
-      q?: unknown;
-    };
-    if (
-      typeof v.f !== "number" ||
-      !Number.isFinite(v.f) ||
-      typeof v.t !== "string" ||
-      v.q !== queryTag(groupId, states)
-    ) {
-      return undefined;
-    }
+/** The position in a ListTimers page_token; INVALID_ARGUMENT when it is malformed or for another query. */
+export function decodeListTimersToken(token: string, groupId: string, states: number[]): PagePosition {
+  const v = decodePageToken(token, queryTag(groupId, states));
+  if (v && typeof v.f === "number" && Number.isFinite(v.f) && typeof v.t === "string") {
     return { fireAtMs: v.f, timerId: v.t };
-  } catch {
-    return undefined;
   }
+  throw new ConnectError(PAGE_TOKEN_REFUSED, Code.InvalidArgument);
 }

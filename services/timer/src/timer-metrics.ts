@@ -1,6 +1,7 @@
 // The timer service's own metrics (names from the operations document).
 import type { Meter } from "@opentelemetry/api";
 import { GaugeSeries } from "../../shared/src/telemetry/gauge-series.js";
+import { counter, observableGauge } from "../../shared/src/telemetry/instruments.js";
 import type { RecountListener } from "./active-timer-recount.js";
 
 /**
@@ -31,31 +32,21 @@ export function largestGroups(
 
 /** Creates the timer service's instruments; active_timers_total is set from each recount (active-timer-recount.ts). */
 export function createTimerMetrics(meter: Meter): TimerMetrics {
-  const attempts = meter.createCounter("timer_creation_attempts_total", {
-    description: "Creates asked for (CreateTimer calls and CreateTimers items)",
-  });
-  const creations = meter.createCounter("timer_creations_total", {
-    description: "Timers created (not replays)",
-  });
-  const failures = meter.createCounter("timer_creation_failures_total", {
-    description: "Creates that failed, by gRPC code",
-  });
+  const attempts = counter(meter, "timer_creation_attempts_total");
+  const creations = counter(meter, "timer_creations_total");
+  const failures = counter(meter, "timer_creation_failures_total");
   // Present from the first scrape, so rate() has a starting point.
   attempts.add(0);
   creations.add(0);
   let active: { group_id: string; n: number }[] = [];
   // A group whose timers all finished (or that left the largest 50) must drop to 0.
   const activeSeries = new GaugeSeries();
-  meter
-    .createObservableGauge("active_timers_total", {
-      description: "Scheduled or firing timers per group (largest 50 groups; the rest as _other)",
-    })
-    .addCallback((r) =>
-      activeSeries.observe(
-        r,
-        active.map((a) => ({ attributes: { group_id: a.group_id }, value: a.n })),
-      ),
-    );
+  observableGauge(meter, "active_timers_total").addCallback((r) =>
+    activeSeries.observe(
+      r,
+      active.map((a) => ({ attributes: { group_id: a.group_id }, value: a.n })),
+    ),
+  );
   return {
     attempt: (n = 1) => attempts.add(n),
     created: (n = 1) => creations.add(n),

@@ -6,6 +6,7 @@ import { boundedPageSql, timerColumnsOf, TIMER_BYTES_SQL } from "../../shared/sr
 import { callbackToJson, State, TIMER_COLUMNS, type TimerRow } from "../../shared/src/timer-model.js";
 import { CreateQueue } from "./create-queue.js";
 import type { NewTimer } from "./validation.js";
+import { timerKey, timerName } from "../../shared/src/timer-id.js";
 
 /** A validated timer and the shard it belongs to: what is stored. */
 export type ShardedTimer = NewTimer & { shard: number };
@@ -179,7 +180,12 @@ async function insertBatch(
     const row = stored.get(k);
     if (!row) {
       // Stored a moment ago and purged since: vanishingly rare; the caller may retry.
-      return { status: "rejected", reason: new Error(`timer ${k} vanished between insert and read`) };
+      return {
+        status: "rejected",
+        reason: new Error(
+          `timer ${timerName(p.timer.groupId, p.timer.timerId)} vanished between insert and read`,
+        ),
+      };
     }
     if (createdHere.delete(k)) return { status: "fulfilled", value: { row, created: true, conflict: false } };
     return {
@@ -229,40 +235,40 @@ async function storeBatch(
   return { created, existing };
 }
 
-/** A map key for a timer's (group_id, timer_id). */
-export function timerKey(groupId: string, timerId: string): string {
-  return `${groupId}\u0000${timerId}`;
-}
-
 // Every lookup by key names the timer's shard (shardOf(group_id, timer_id, SHARD_COUNT)): it
 // leads the primary key (migration 000007).
 
 /** One timer by key with the hash of the request that made it (to tell a replay from a conflict). */
-export async function findStoredCreate(
+export function findStoredCreate(
   pool: pg.Pool,
   groupId: string,
   timerId: string,
   shard: number,
 ): Promise<(TimerRow & { request_hash: Buffer }) | undefined> {
-  const { rows } = await pool.query<TimerRow & { request_hash: Buffer }>(
-    `-- find_stored_create
-     SELECT ${TIMER_COLUMNS}, request_hash FROM timers WHERE shard = $3 AND group_id = $1 AND timer_id = $2`,
-    [groupId, timerId, shard],
-  );
-  return rows[0];
+  return selectByKey(pool, "find_stored_create", `${TIMER_COLUMNS}, request_hash`, [groupId, timerId, shard]);
 }
 
 /** One timer by key. */
-export async function getTimer(
+export function getTimer(
   pool: pg.Pool,
   groupId: string,
   timerId: string,
   shard: number,
 ): Promise<TimerRow | undefined> {
-  const { rows } = await pool.query<TimerRow>(
-    `-- get_timer
-     SELECT ${TIMER_COLUMNS} FROM timers WHERE shard = $3 AND group_id = $1 AND timer_id = $2`,
-    [groupId, timerId, shard],
+  return selectByKey(pool, "get_timer", TIMER_COLUMNS, [groupId, timerId, shard]);
+}
+
+// `operation` names the query in database_query_duration_seconds (db-metrics.ts).
+async function selectByKey<R extends pg.QueryResultRow>(
+  pool: pg.Pool,
+  operation: string,
+  columns: string,
+  key: [groupId: string, timerId: string, shard: number],
+): Promise<R | undefined> {
+  const { rows } = await pool.query<R>(
+    `-- ${operation}
+     SELECT ${columns} FROM timers WHERE shard = $3 AND group_id = $1 AND timer_id = $2`,
+    key,
   );
   return rows[0];
 }

@@ -26,8 +26,9 @@ export class ValidationError extends Error {
     readonly field: string,
     /** What is wrong with the field, without its name ("is required"). */
     readonly reason: string,
+    options?: ErrorOptions,
   ) {
-    super(`${field} ${reason}`);
+    super(`${field} ${reason}`, options);
   }
 }
 
@@ -74,7 +75,7 @@ export interface NewTimer {
 }
 
 const ID_RE = ID_PATTERN; // shared with the mesh messages' checks (timer-id.ts)
-const LABEL_KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}$/;
+const LABEL_KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$/;
 const RESERVED_HEADERS = new Set([
   "x-timer-group",
@@ -269,8 +270,8 @@ function checkHttpUrl(url: string, egress: EgressPolicy): void {
   let parsed: URL;
   try {
     parsed = new URL(url);
-  } catch {
-    throw new ValidationError("callback.http.url", "is not a valid absolute URL");
+  } catch (err) {
+    throw new ValidationError("callback.http.url", "is not a valid absolute URL", { cause: err });
   }
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
     throw new ValidationError("callback.http.url", "must use http or https");
@@ -291,7 +292,7 @@ function checkEgress(field: string, host: string, egress: EgressPolicy): void {
   try {
     egress.checkStatic(parseCallbackHost(host));
   } catch (err) {
-    if (err instanceof EgressRefused) throw new ValidationError(field, err.message);
+    if (err instanceof EgressRefused) throw new ValidationError(field, err.message, { cause: err });
     throw err;
   }
 }

@@ -4,6 +4,8 @@
 // otherwise the first SQL keyword is the operation.
 import type pg from "pg";
 import { SpanKind, SpanStatusCode, trace, type Meter, type Tracer } from "@opentelemetry/api";
+import { secondsSince } from "../time.js";
+import { histogram, observableGauge } from "./instruments.js";
 
 const NAME_RE = /^\s*--\s*([a-z_][a-z0-9_]*)/i;
 const KEYWORD_RE = /^\s*(?:--[^\n]*\n\s*)*([a-z]+)/i;
@@ -21,26 +23,12 @@ export function instrumentPool(
   tracing: boolean,
   maxConnections: number,
 ): void {
-  const duration = meter.createHistogram("database_query_duration_seconds", {
-    description: "Postgres query time",
-    unit: "s",
-    advice: {
-      explicitBucketBoundaries: [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-      ],
-    },
-  });
-  meter
-    .createObservableGauge("database_connections_active", { description: "Postgres connections in use" })
-    .addCallback((r) => r.observe(pool.totalCount - pool.idleCount));
-  meter
-    .createObservableGauge("database_connections_idle", {
-      description: "Postgres connections idle in the pool",
-    })
-    .addCallback((r) => r.observe(pool.idleCount));
-  meter
-    .createObservableGauge("database_connections_max", { description: "Postgres pool size limit" })
-    .addCallback((r) => r.observe(maxConnections));
+  const duration = histogram(meter, "database_query_duration_seconds");
+  observableGauge(meter, "database_connections_active").addCallback((r) =>
+    r.observe(pool.totalCount - pool.idleCount),
+  );
+  observableGauge(meter, "database_connections_idle").addCallback((r) => r.observe(pool.idleCount));
+  observableGauge(meter, "database_connections_max").addCallback((r) => r.observe(maxConnections));
 
   const original = pool.query.bind(pool) as (...args: unknown[]) => Promise<unknown>;
   const wrapped = async (...args: unknown[]): Promise<unknown> => {
@@ -54,10 +42,7 @@ export function instrumentPool(
         ok = true;
         return res;
       } finally {
-        duration.record(
-          (performance.now() - start) / 1000,
-          ok ? { operation } : { operation, error: "true" },
-        );
+        duration.record(secondsSince(start), ok ? { operation } : { operation, error: "true" });
       }
     };
     if (!tracing || !trace.getActiveSpan()) return timed();

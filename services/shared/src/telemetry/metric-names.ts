@@ -1,6 +1,24 @@
 // Every metric the services export, as Prometheus scrapes it (histograms also export
 // _bucket, _sum and _count). Dashboards and alert rules may use only these; a test scrapes the
-// running services and checks each one is really exported.
+// running services and checks each one is really exported. The instruments are made from these
+// entries (instruments.ts), so a name, its help text, unit and buckets are written here only.
+
+/** What the catalogue says of one metric. */
+export interface MetricSpec {
+  type: "counter" | "gauge" | "histogram";
+  /** The labels of its series (besides the scrape's own). */
+  labels: readonly string[];
+  services: readonly ("timer" | "dispatcher" | "admin")[];
+  /** Its HELP text. */
+  help: string;
+  /** "s" for a metric in seconds; the name ends in _seconds then. */
+  unit?: "s";
+  /** A histogram's bucket boundaries. */
+  buckets?: readonly number[];
+}
+
+// Bucket boundaries of the call-duration histograms (database queries, RPCs served): 0.5 ms to 10 s.
+const CALL_SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /** Metric names with their labels and the services exporting them. */
 export const METRICS = {
@@ -15,13 +33,13 @@ export const METRICS = {
     type: "counter",
     labels: [],
     services: ["timer"],
-    help: "CreateTimer calls",
+    help: "Creates asked for (CreateTimer calls and CreateTimers items)",
   },
   timer_creation_failures_total: {
     type: "counter",
     labels: ["code"],
     services: ["timer"],
-    help: "CreateTimer calls that failed, by gRPC code",
+    help: "Creates that failed, by gRPC code",
   },
   timer_executions_total: {
     type: "counter",
@@ -82,6 +100,8 @@ export const METRICS = {
     labels: ["operation"],
     services: ["timer", "dispatcher", "admin"],
     help: "Postgres query time",
+    unit: "s",
+    buckets: CALL_SECONDS_BUCKETS,
   },
   // Added for the mesh.
   timer_shard_lag_seconds: {
@@ -89,12 +109,15 @@ export const METRICS = {
     labels: ["shard", "owner"],
     services: ["dispatcher"],
     help: "Now minus the oldest due, unfired fire_at in the shard; 0 when none is due. Every dispatcher reports every shard, so lag stays visible when an owner dies",
+    unit: "s",
   },
   timer_fire_lateness_seconds: {
     type: "histogram",
     labels: [],
     services: ["dispatcher"],
     help: "Start of the first delivery attempt minus fire_at",
+    unit: "s",
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
   },
   dispatcher_owned_shards: {
     type: "gauge",
@@ -138,6 +161,7 @@ export const METRICS = {
     labels: [],
     services: ["dispatcher"],
     help: "This machine's wall clock minus Postgres's clock (positive: ahead); firing follows Postgres's clock whatever this is",
+    unit: "s",
   },
   dispatcher_claim_entries_dropped_total: {
     type: "counter",
@@ -151,6 +175,8 @@ export const METRICS = {
     labels: ["rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code"],
     services: ["timer", "dispatcher", "admin"],
     help: "Duration of RPCs served",
+    unit: "s",
+    buckets: CALL_SECONDS_BUCKETS,
   },
   nats_connected: {
     type: "gauge",
@@ -164,7 +190,7 @@ export const METRICS = {
     services: ["dispatcher", "admin"],
     help: "Messages on mesh NATS subjects that did not decode or validate, by subject kind and reason",
   },
-} as const;
+} as const satisfies Record<string, MetricSpec>;
 
 /** A metric name the services export. */
 export type MetricName = keyof typeof METRICS;

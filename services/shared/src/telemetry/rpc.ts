@@ -3,35 +3,29 @@
 // (when tracing is on) and an rpc_server_call_duration_seconds histogram (always).
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { context, propagation, SpanKind, SpanStatusCode, type Meter, type Tracer } from "@opentelemetry/api";
+import { secondsSince } from "../time.js";
+import { histogram } from "./instruments.js";
 
 const headerGetter = {
   get: (h: Headers, key: string) => h.get(key) ?? undefined,
   keys: (h: Headers) => [...h.keys()],
 };
 
-/** The gRPC status code name of an error, as the semantic conventions want it. */
+/** The gRPC status code of an error: a number, as the semantic conventions record it; UNKNOWN if not a ConnectError. */
 function codeOf(err: unknown): number {
   return err instanceof ConnectError ? err.code : Code.Unknown;
 }
 
 /** Server-side RPC telemetry for a Connect router. */
 export function rpcServerInterceptor(meter: Meter, tracer: Tracer, tracing: boolean): Interceptor {
-  const duration = meter.createHistogram("rpc_server_call_duration_seconds", {
-    description: "Duration of RPCs served",
-    unit: "s",
-    advice: {
-      explicitBucketBoundaries: [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-      ],
-    },
-  });
+  const duration = histogram(meter, "rpc_server_call_duration_seconds");
   return (next) => async (req) => {
     const service = req.service.typeName;
     const method = req.method.name;
     const start = performance.now();
     const attrs = { rpc_system: "grpc", rpc_service: service, rpc_method: method };
     const finish = (code: number) =>
-      duration.record((performance.now() - start) / 1000, { ...attrs, rpc_grpc_status_code: code });
+      duration.record(secondsSince(start), { ...attrs, rpc_grpc_status_code: code });
     if (!tracing) {
       try {
         const res = await next(req);

@@ -43,13 +43,14 @@ export interface Telemetry {
 /** Starts metrics (always) and tracing (when configured) for a service. */
 export function startTelemetry(config: TelemetryConfig): Telemetry {
   const prometheus = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true });
-  const tracingEnabled = config.tracesEndpoint !== undefined;
+  const url = config.tracesEndpoint;
+  const tracingEnabled = url !== undefined;
   const spanProcessors = tracingEnabled
     ? [
         new BatchSpanProcessor(
           config.tracesProtocol === "http/json"
-            ? new OTLPJsonTraceExporter({ url: config.tracesEndpoint })
-            : new OTLPProtoTraceExporter({ url: config.tracesEndpoint }),
+            ? new OTLPJsonTraceExporter({ url })
+            : new OTLPProtoTraceExporter({ url }),
           { maxQueueSize: 20_000, maxExportBatchSize: 1_000, scheduledDelayMillis: 1_000 },
         ),
       ]
