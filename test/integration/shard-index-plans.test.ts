@@ -9,7 +9,7 @@ import type pg from "pg";
 import { pino } from "pino";
 import { claimTimers, loadOverdue, loadWindow } from "../../services/dispatcher/src/dispatch-store.js";
 import type { DueTimer } from "../../services/dispatcher/src/due-queue.js";
-import { checkShardCount, migrate } from "../../services/shared/src/db.js";
+import { checkShardCount, migrate, seedShardLeases } from "../../services/shared/src/db.js";
 import { shardOf } from "../../services/shared/src/shard.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 
@@ -34,6 +34,7 @@ before(async () => {
   try {
     await migrate(client, pino({ level: "silent" }));
     await checkShardCount(client, SHARDS);
+    await seedShardLeases(client, SHARDS);
   } finally {
     client.release();
   }

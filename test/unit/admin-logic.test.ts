@@ -1,5 +1,5 @@
-// The admin service's pure logic: request checks and selections, page tokens, the live
-// dispatcher view, and ExplainTimer's sentences.
+// The admin service's pure logic: request checks and selections, page tokens, and
+// ExplainTimer's sentences (the live dispatcher view: heartbeat-listener.test.ts).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
@@ -19,14 +19,13 @@ import {
   purgeSettings,
   retrySelection,
 } from "../../services/admin/src/admin-requests.js";
-import { liveMembers, type HeardDispatcher } from "../../services/admin/src/dispatcher-directory.js";
 import {
   roughDuration,
   shardComputation,
   whatHappensNext,
   type TimerFacts,
 } from "../../services/admin/src/explain.js";
-import { loadAdminConfig } from "../../services/admin/src/config.js";
+import { ADMIN_DEFAULT_DB_POOL_MAX, loadAdminConfig } from "../../services/admin/src/config.js";
 import { shardOf } from "../../services/shared/src/shard.js";
 import { State } from "../../services/shared/src/timer-model.js";
 
@@ -119,21 +118,6 @@ test("page sizes and page tokens", () => {
   assert.throws(() => decodeAuditCursor("1; DROP TABLE"), /malformed/);
 });
 
-test("live dispatchers are those heard within the TTL, sorted", () => {
-  const m = (id: string, lastSeenMs: number): HeardDispatcher => ({
-    id,
-    address: `${id}:1`,
-    version: "1",
-    startedAtMs: 0,
-    draining: false,
-    lastSeenMs,
-  });
-  assert.deepEqual(
-    liveMembers([m("d3", 9_000), m("d1", 10_000), m("d2", 6_000)], 10_000, 3_000).map((d) => d.id),
-    ["d1", "d3"],
-  );
-});
-
 test("the shard computation shows the hash and the modulo that give the timer's shard", () => {
   const text = shardComputation("billing", "invoice-42", 1024);
   assert.match(
@@ -224,4 +208,16 @@ test("admin settings: member TTL, rebalance wait, dispatcher TLS", () => {
     250,
   );
   assert.throws(() => loadAdminConfig({ ...noAuth, MEMBER_TTL: "soon" }), /MEMBER_TTL/);
+});
+
+test("admin settings: DB_POOL_MAX is honoured as set, and is ADMIN_DEFAULT_DB_POOL_MAX when unset", () => {
+  const noAuth = { AUTH_DISABLED: "true" };
+  assert.equal(loadAdminConfig(noAuth).dbPoolMax, ADMIN_DEFAULT_DB_POOL_MAX);
+  assert.equal(loadAdminConfig({ ...noAuth, DB_POOL_MAX: "" }).dbPoolMax, ADMIN_DEFAULT_DB_POOL_MAX);
+  assert.equal(loadAdminConfig({ ...noAuth, DB_POOL_MAX: "12" }).dbPoolMax, 12);
+  assert.equal(loadAdminConfig({ ...noAuth, DB_POOL_MAX: "2" }).dbPoolMax, 2);
+  assert.throws(
+    () => loadAdminConfig({ ...noAuth, DB_POOL_MAX: "0" }),
+    /DB_POOL_MAX must be between 1 and 1000/,
+  );
 });

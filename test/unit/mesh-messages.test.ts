@@ -116,6 +116,11 @@ test("the issue's JSON announcement, and protobuf ones with bad ids, shards or t
   );
 });
 
+/** An announcement's fields as the wire message has them, for forging messages the encoder refuses to write. */
+function wireEntry(a: Announcement) {
+  return { groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs) };
+}
+
 /** `n` announcements of distinct timers of `shard` (ids searched for: the shard is the key's hash). */
 function announcementsOf(shard: number, n: number, idLength = 8): Announcement[] {
   const out: Announcement[] = [];
@@ -131,15 +136,9 @@ test("one message carries many timers of a shard, up to MAX_ANNOUNCED_PER_MESSAG
   assert.deepEqual(decodeAnnouncements(encodeAnnouncements(list), 3, SHARDS, NOW), { ok: true, value: list });
   assert.throws(() => encodeAnnouncements([...list, list[0]!]), /1 to 1000 timers/);
   // A forged message beyond the count is refused (encoded by hand: the encoder will not).
-  const entry = (a: Announcement) => ({
-    groupId: a.groupId,
-    timerId: a.timerId,
-    shard: a.shard,
-    dueAtMs: BigInt(a.dueMs),
-  });
   const tooMany = toBinary(
     TimerAnnouncementSchema,
-    create(TimerAnnouncementSchema, { ...entry(list[0]!), more: list.map(entry) }),
+    create(TimerAnnouncementSchema, { ...wireEntry(list[0]!), more: list.map(wireEntry) }),
   );
   assert.equal(reasonOf(decodeAnnouncements(tooMany, 3, SHARDS, NOW)), "too_large");
 });
@@ -184,17 +183,11 @@ test("every entry of a batch is checked: one bad entry refuses the message, and 
     reasonOf(decodeAnnouncements(encodeAnnouncements(bad(2, { destination: "a\nb" })), 7, SHARDS, NOW)),
     "invalid_field",
   );
-  const entry = (a: Announcement) => ({
-    groupId: a.groupId,
-    timerId: a.timerId,
-    shard: a.shard,
-    dueAtMs: BigInt(a.dueMs),
-  });
   const nested = toBinary(
     TimerAnnouncementSchema,
     create(TimerAnnouncementSchema, {
-      ...entry(list[0]!),
-      more: [{ ...entry(list[1]!), more: [entry(list[2]!)] }],
+      ...wireEntry(list[0]!),
+      more: [{ ...wireEntry(list[1]!), more: [wireEntry(list[2]!)] }],
     }),
   );
   assert.equal(reasonOf(decodeAnnouncements(nested, 7, SHARDS, NOW)), "invalid_field");
@@ -237,6 +230,14 @@ test("a heartbeat survives the round trip; a malformed one is refused with its r
     "invalid_time",
   );
   assert.equal(reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, version: "v\n1" }), NOW)), "invalid_field");
+  // Every C0 control character and DEL is refused; the printable characters around them are not.
+  for (const c of ["\u0000", "\u001f", "\u007f"])
+    assert.equal(
+      reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, version: `v${c}1` }), NOW)),
+      "invalid_field",
+    );
+  for (const c of [" ", "~", "\u0080", "é"])
+    assert.equal(reasonOf(decodeHeartbeat(encodeHeartbeat({ ...hb, version: `v${c}1` }), NOW)), "ok");
   const huge = toBinary(
     DispatcherHeartbeatSchema,
     create(DispatcherHeartbeatSchema, {

@@ -15,14 +15,8 @@ import {
   encodeRebalanceRequest,
   REBALANCE_REPLIES,
   REBALANCE_SUBJECT,
+  type RebalanceAnswer,
 } from "../../shared/src/mesh-messages.js";
-
-/** A dispatcher's answer to a rebalance request. */
-export interface RebalanceAnswer {
-  id: string;
-  draining: boolean;
-  owned: number;
-}
 
 /** TLS for calls to dispatchers: the CA to trust, and a client certificate for mTLS. */
 export interface DispatcherTls {
@@ -110,16 +104,12 @@ export class MeshControl {
           this.drops.drop(REBALANCE_REPLIES, reply.reason);
           continue;
         }
-        answers.push({
-          id: reply.value.dispatcherId,
-          draining: reply.value.draining,
-          owned: reply.value.ownedShards,
-        });
+        answers.push(reply.value);
       }
     } catch (err) {
       // No dispatcher listening ends the iteration with an error: report who answered (nobody).
       this.log.warn({ err }, "rebalance request ended with an error");
     }
-    return answers.sort((a, b) => a.id.localeCompare(b.id));
+    return answers.sort((a, b) => a.dispatcherId.localeCompare(b.dispatcherId));
   }
 }

@@ -12,9 +12,11 @@ import {
 } from "../../shared/src/env.js";
 import { isValidId } from "../../shared/src/timer-id.js";
 
-/** The dispatcher's settings, from the environment. */
-export interface DispatcherConfig extends CommonConfig {
-  dispatcherId: string;
+/**
+ * The firing loop's tuning: its meanings and defaults live here, and the scheduler takes them as
+ * they are (SchedulerOptions extends this), so each exists once.
+ */
+export interface FiringTuning {
   /** Timers due within this window are held in memory. */
   lookaheadMs: number;
   /** How often Postgres is asked for the next slice of the window and for overdue timers. */
@@ -26,20 +28,25 @@ export interface DispatcherConfig extends CommonConfig {
   claimBatch: number;
   maxInFlight: number;
   maxHeld: number;
+  /** Share of delivery capacity a backlog of overdue timers may use while current ones wait. */
+  catchUpShare: number;
+  /**
+   * Fair delivery: the share of MAX_IN_FLIGHT one group (DELIVERY_GROUP_SHARE) and one callback
+   * destination, scheme://host:port (DELIVERY_DESTINATION_SHARE), may hold, as a fraction (0..1]. The
+   * rest of a group's due timers wait unclaimed, so a hanging receiver slows only its own team.
+   */
+  groupShare: number;
+  destinationShare: number;
+}
+
+/** The dispatcher's settings, from the environment. */
+export interface DispatcherConfig extends CommonConfig, FiringTuning {
+  dispatcherId: string;
   callbackTimeoutMs: number;
   /** Where HTTP and gRPC callbacks may connect (CALLBACK_ALLOWED_NETWORKS, CALLBACK_ALLOWED_HOSTS). */
   egress: EgressPolicy;
   /** Which NATS subjects tenant callbacks may publish on (re-checked for timers stored before the rule). */
   tenantSubjects: TenantSubjects;
-  /** Share of delivery capacity a backlog of overdue timers may use while current ones wait. */
-  catchUpShare: number;
-  /**
-   * Fair delivery: the share of MAX_IN_FLIGHT one group (DELIVERY_GROUP_SHARE) and one callback
-   * destination, scheme://host:port (DELIVERY_DESTINATION_SHARE), may hold, as a fraction. The
-   * rest of a group's due timers wait unclaimed, so a hanging receiver slows only its own team.
-   */
-  groupShare: number;
-  destinationShare: number;
   /** How often this dispatcher announces itself. */
   heartbeatMs: number;
   /** A member silent for longer is gone, and its shards are reassigned. */

@@ -1,50 +1,39 @@
+// The dispatcher process: reads its settings, opens Postgres and NATS, and wires the parts that
+// fire timers (membership, shard assignment and leases, announcement subscriptions, rebalance
+// requests, the scheduler) to each other and to the service runtime. Each part's logic lives in
+// its own module; this file only builds them and orders their start and their hand-off at stop.
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { Subscription } from "@nats-io/transport-node";
-import { SpanKind } from "@opentelemetry/api";
 import type pg from "pg";
-import { createLogger, type Logger } from "../../shared/src/logger.js";
-import { extractFrom } from "../../shared/src/telemetry/trace-context.js";
-import { startServiceTelemetry, type Telemetry } from "../../shared/src/telemetry/telemetry.js";
-import { SERVICE_VERSION } from "../../shared/src/version.js";
-import { createDispatcherMetrics } from "./dispatcher-metrics.js";
-import { ConfigError } from "../../shared/src/env.js";
 import { openDatabase } from "../../shared/src/db.js";
-import { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
-import {
-  ANNOUNCEMENT_SUBJECTS,
-  decodeAnnouncements,
-  decodeRebalanceRequest,
-  encodeRebalanceReply,
-  REBALANCE_SUBJECT,
-  shardSubject,
-} from "../../shared/src/mesh-messages.js";
-import { connectNats, type NatsLink } from "../../shared/src/nats.js";
-import { runMain, runService } from "../../shared/src/service-runtime.js";
 import {
   DispatcherService,
   file_dispatcher_v1_dispatcher,
 } from "../../shared/src/gen/dispatcher/v1/dispatcher_pb.js";
-import { loadDispatcherConfig, type DispatcherConfig } from "./config.js";
-import { CallbackDeliverer } from "./delivery.js";
-import { shardLag } from "./dispatch-store.js";
+import { createLogger, type Logger } from "../../shared/src/logger.js";
+import { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
+import { connectNats, type NatsLink } from "../../shared/src/nats.js";
+import { loadServiceConfig } from "../../shared/src/service-config.js";
+import { runMain, runService } from "../../shared/src/service-runtime.js";
+import { startServiceTelemetry, type Telemetry } from "../../shared/src/telemetry/telemetry.js";
+import { SERVICE_VERSION } from "../../shared/src/version.js";
+import { AnnouncementSubscriptions } from "./announcement-subscriptions.js";
+import { type DispatcherConfig, loadDispatcherConfig } from "./config.js";
 import { DbClock } from "./db-clock.js";
+import { CallbackDeliverer } from "./delivery.js";
+import { pgDispatchStore, shardLag } from "./dispatch-store.js";
+import { createDispatcherMetrics } from "./dispatcher-metrics.js";
 import { createDispatcherService, type DispatcherState } from "./handlers.js";
 import { Membership } from "./membership.js";
+import { subscribeRebalance } from "./rebalance.js";
 import { Scheduler } from "./scheduler.js";
+import { ShardAssignment } from "./shard-assignment.js";
 import { LeaseKeeper } from "./shard-leases.js";
-import { shardsOf } from "./shard-ring.js";
 
 const bootLog = createLogger("dispatcher", "info");
 
 runMain(bootLog, async () => {
-  let config;
-  try {
-    config = loadDispatcherConfig(process.env);
-  } catch (err) {
-    if (err instanceof ConfigError) throw new Error(`configuration: ${err.message}`);
-    throw err;
-  }
+  const config = loadServiceConfig(() => loadDispatcherConfig(process.env));
   const log = createLogger("dispatcher", config.logLevel).child({ dispatcher_id: config.dispatcherId });
   const startTimeMs = Date.now();
   // Claims name this process, not just the dispatcher id, so that a restart under the same id
@@ -180,47 +169,14 @@ async function startDispatching(
   });
 
   // Announcements of new near-term timers arrive on one subject per owned shard.
-  const shardSubs = new Map<number, Subscription>();
-  const subscribeShard = (shard: number) => {
-    if (shardSubs.has(shard)) return;
-    shardSubs.set(
-      shard,
-      nats.subscribe(shardSubject(shard), {
-        callback: (err, msg) => {
-          if (err) return log.warn({ err, shard }, "announcement subscription error");
-          const receive = () => {
-            // Checked here, so nothing malformed ever reaches a claim batch.
-            const a = decodeAnnouncements(msg.data, shard, config.shardCount);
-            if (!a.ok) return drops.drop(ANNOUNCEMENT_SUBJECTS, a.reason);
-            for (const t of a.value) scheduler.announce(t);
-          };
-          if (!telemetry.tracingEnabled) return receive();
-          const parent = extractFrom((k) => msg.headers?.get(k) || undefined);
-          telemetry.tracer.startActiveSpan(
-            `process ${msg.subject}`,
-            {
-              kind: SpanKind.CONSUMER,
-              attributes: {
-                "messaging.system": "nats",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": msg.subject,
-                "timer.shard": shard,
-              },
-            },
-            parent,
-            (span) => {
-              receive();
-              span.end();
-            },
-          );
-        },
-      }),
-    );
-  };
-  const unsubscribeShard = (shard: number) => {
-    shardSubs.get(shard)?.unsubscribe();
-    shardSubs.delete(shard);
-  };
+  const announcements = new AnnouncementSubscriptions({
+    nats,
+    shardCount: config.shardCount,
+    telemetry,
+    drops,
+    log,
+    announce: (a) => scheduler.announce(a),
+  });
 
   // Fire times, claims and "never early" are judged by Postgres's clock, measured here.
   const clock = new DbClock(pool, log);
@@ -231,11 +187,11 @@ async function startDispatching(
     { leaseTtlMs: config.leaseTtlMs, tickMs: config.leaseTickMs },
     {
       releasing: async (shards) => {
-        for (const s of shards) unsubscribeShard(s);
+        for (const s of shards) announcements.unsubscribe(s);
         await scheduler.dropUnowned();
       },
       gained: async (shards, takenOver) => {
-        for (const s of shards) subscribeShard(s);
+        for (const s of shards) announcements.subscribe(s);
         // Claims the previous owner left in flight are not taken back here: it may only have
         // stalled and still record their outcomes. The poll takes back those whose deadline
         // passes without one (reclaimExpired).
@@ -244,21 +200,29 @@ async function startDispatching(
         await scheduler.loadShards(shards);
       },
       lost: (shards) => {
-        for (const s of shards) unsubscribeShard(s);
+        for (const s of shards) announcements.unsubscribe(s);
         void scheduler.dropUnowned();
       },
     },
     log,
   );
   const scheduler: Scheduler = new Scheduler(
-    pool,
-    deliverer,
-    leases,
     {
-      dispatcherId: config.dispatcherId,
+      store: pgDispatchStore(pool, config.dispatcherId, claimOwner),
       clock,
+      deliver: (d) => deliverer.deliver(d),
+      ownership: leases,
+      log,
+      events: {
+        fired: (lateMs) => metrics.fired(lateMs),
+        attempted: (transport, result) => metrics.attempted(transport, result),
+        finished: (ok) => metrics.finished(ok),
+        claimDropped: () => metrics.claimDropped(),
+      },
+      tracer: telemetry.tracingEnabled ? telemetry.tracer : undefined,
+    },
+    {
       announcementsFlowing: () => natsLink.ifConnected() !== undefined,
-      claimOwner,
       lookaheadMs: config.lookaheadMs,
       pollIntervalMs: config.pollIntervalMs,
       overdueGraceMs: config.overdueGraceMs,
@@ -271,15 +235,6 @@ async function startDispatching(
       groupShare: config.groupShare,
       destinationShare: config.destinationShare,
     },
-    log,
-    {
-      fired: (lateMs) => metrics.fired(lateMs),
-      attempted: (transport, result) => metrics.attempted(transport, result),
-      finished: (ok) => metrics.finished(ok),
-      claimDropped: () => metrics.claimDropped(),
-    },
-    telemetry.tracer,
-    telemetry.tracingEnabled,
   );
 
   const membership = new Membership(
@@ -294,7 +249,6 @@ async function startDispatching(
     log,
     drops,
   );
-  let draining = false;
   const metrics = createDispatcherMetrics(
     telemetry.meter,
     pool,
@@ -311,40 +265,22 @@ async function startDispatching(
     },
     log,
   );
-  const reassign = () => {
-    const mine = draining ? [] : shardsOf(config.dispatcherId, membership.activeIds(), config.shardCount);
-    leases.setDesired(mine);
-  };
-  membership.onChange(reassign);
+  const assignment = new ShardAssignment({
+    dispatcherId: config.dispatcherId,
+    shardCount: config.shardCount,
+    membership,
+    leases,
+    log,
+  });
+  membership.onChange(() => assignment.reassign());
   membership.start();
-  // Operators (through the admin service) ask every dispatcher to reconcile its leases with
-  // the assignment now; `undrain` names dispatchers that may take shards again.
-  const control = nats.subscribe(REBALANCE_SUBJECT, {
-    callback: (err, msg) => {
-      if (err) return;
-      const req = decodeRebalanceRequest(msg.data);
-      if (!req.ok) return drops.drop(REBALANCE_SUBJECT, req.reason);
-      if (draining && req.value.undrain.includes(config.dispatcherId)) {
-        draining = false;
-        membership.setDraining(false);
-        log.info("resumed taking shards after drain");
-      }
-      reassign();
-      void leases.tick();
-      if (msg.reply) {
-        try {
-          msg.respond(
-            encodeRebalanceReply({
-              dispatcherId: config.dispatcherId,
-              draining,
-              ownedShards: leases.owned().length,
-            }),
-          );
-        } catch (e) {
-          log.warn({ err: e }, "could not answer a rebalance request");
-        }
-      }
-    },
+  const rebalance = subscribeRebalance({
+    nats,
+    dispatcherId: config.dispatcherId,
+    assignment,
+    leases,
+    drops,
+    log,
   });
   // Hear the others before claiming anything, so a joining dispatcher does not first reach
   // for every free shard. Shutdown cuts the wait short (the sleep rejects on abort).
@@ -352,7 +288,7 @@ async function startDispatching(
   // Shutdown ends the first clock reading, which waits for Postgres.
   signal.addEventListener("abort", () => clock.stop(), { once: true });
   if (!signal.aborted) {
-    reassign();
+    assignment.reassign();
     await clock.start();
   }
   if (!signal.aborted) {
@@ -360,23 +296,13 @@ async function startDispatching(
     scheduler.start();
   }
 
-  const drain = async (): Promise<number> => {
-    const before = leases.owned().length;
-    draining = true;
-    membership.setDraining(true);
-    reassign();
-    await leases.tick();
-    log.info({ released: before - leases.owned().length }, "drained");
-    return before - leases.owned().length;
-  };
-
   return {
     scheduler,
     ownership: leases,
     membership,
     members: () => membership.list().map((m) => m.id),
-    draining: () => draining,
-    drain,
+    draining: () => assignment.draining,
+    drain: () => assignment.drain(),
     // The NATS connections and the pool stay open for the runtime to close after the calls in
     // flight (service-runtime.ts).
     stop: async () => {
@@ -384,11 +310,11 @@ async function startDispatching(
       clock.stop();
       // Leave the ring, hand the shards over (stop claiming, then release), then finish
       // the deliveries already in flight and record them.
-      draining = true;
-      control.unsubscribe();
+      assignment.stopTaking();
+      rebalance.unsubscribe();
       await membership.leave();
       await leases.stop();
-      for (const s of [...shardSubs.keys()]) unsubscribeShard(s);
+      announcements.unsubscribeAll();
       await scheduler.stop(config.shutdownTimeoutMs);
       deliverer.close();
     },

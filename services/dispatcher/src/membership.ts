@@ -7,42 +7,28 @@
 // conclude that everyone died, the view is frozen until our own heartbeats come back, so
 // the shards we hold keep firing (their leases in Postgres still fence them).
 //
-// Heartbeats and goodbyes are mesh.v1 messages, decoded and checked by mesh-messages.ts; one
-// that does not fit is dropped and counted, never taken as a member or a departure.
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+// Listening, checking and the liveness rule are the admin's too (heartbeat-listener.ts); what is
+// this file's own is heartbeating, knowing itself, the frozen view, and telling the shard
+// assignment when the set of members that take shards changes.
+import type { NatsConnection } from "@nats-io/transport-node";
 import { within } from "../../shared/src/bounded-wait.js";
+import { type HeardDispatcher, HeartbeatListener } from "../../shared/src/heartbeat-listener.js";
 import type { Logger } from "../../shared/src/logger.js";
 import type { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
 import {
-  decodeHeartbeat,
-  decodeLeave,
   encodeHeartbeat,
   encodeLeave,
   HEARTBEAT_SUBJECT,
-  LEAVE_SUBJECT,
   type Heartbeat,
+  LEAVE_SUBJECT,
 } from "../../shared/src/mesh-messages.js";
 
 // How long leave() waits for NATS to take the goodbye.
 const LEAVE_FLUSH_TIMEOUT_MS = 1_000;
 
-/** A dispatcher as its heartbeats describe it. */
-export interface Member {
-  id: string;
-  /** host:port of its DispatcherService. */
-  grpcAddress: string;
-  version: string;
-  startedAtMs: number;
-  /** A draining member is alive but owns no shards. */
-  draining: boolean;
-  lastSeenMs: number;
-}
-
 /** This dispatcher's view of the live members. */
 export class Membership {
-  private readonly members = new Map<string, Member>();
-  private readonly leftAt = new Map<string, number>();
-  private subs: Subscription[] = [];
+  private readonly listener: HeartbeatListener;
   private timer: NodeJS.Timeout | undefined;
   private lastSelfEchoMs = Date.now();
   private lastActive = "";
@@ -54,37 +40,32 @@ export class Membership {
     private readonly self: { id: string; grpcAddress: string; version: string; startedAtMs: number },
     private readonly opts: { heartbeatMs: number; memberTtlMs: number },
     private readonly log: Logger,
-    private readonly drops: MeshMessageDrops,
+    drops: MeshMessageDrops,
   ) {
-    this.members.set(self.id, { ...self, draining: false, lastSeenMs: Date.now() });
+    this.listener = new HeartbeatListener({
+      ttlMs: opts.memberTtlMs,
+      drops,
+      selfId: self.id,
+      events: {
+        selfHeard: (nowMs) => {
+          this.lastSelfEchoMs = nowMs;
+        },
+        heard: (id, change) => {
+          if (change === "joined") this.log.info({ member: id }, "member joined");
+          if (change === "joined" || change === "draining_changed") this.changed();
+        },
+        left: (id, known) => {
+          if (!known) return;
+          this.log.info({ member: id }, "member left");
+          this.changed();
+        },
+      },
+    });
   }
 
   /** Starts listening and heartbeating. */
   start(): void {
-    this.subs.push(
-      this.nc.subscribe(HEARTBEAT_SUBJECT, {
-        callback: (err, msg) => {
-          if (err) return;
-          const hb = decodeHeartbeat(msg.data);
-          if (!hb.ok) return this.drops.drop(HEARTBEAT_SUBJECT, hb.reason);
-          this.onHeartbeat(hb.value);
-        },
-      }),
-      this.nc.subscribe(LEAVE_SUBJECT, {
-        callback: (err, msg) => {
-          if (err) return;
-          const leave = decodeLeave(msg.data);
-          if (!leave.ok) return this.drops.drop(LEAVE_SUBJECT, leave.reason);
-          const id = leave.value;
-          if (id === this.self.id) return;
-          this.leftAt.set(id, Date.now());
-          if (this.members.delete(id)) {
-            this.log.info({ member: id }, "member left");
-            this.changed();
-          }
-        },
-      }),
-    );
+    this.listener.start(this.nc);
     this.beat();
     this.timer = setInterval(() => {
       this.beat();
@@ -97,9 +78,17 @@ export class Membership {
     this.listeners.push(cb);
   }
 
-  /** Live members, sorted by id. */
-  list(): Member[] {
-    return [...this.members.values()].sort((a, b) => a.id.localeCompare(b.id));
+  /** Live members, this dispatcher included, sorted by id. */
+  list(): HeardDispatcher[] {
+    const me: HeardDispatcher = {
+      id: this.self.id,
+      address: this.self.grpcAddress,
+      version: this.self.version,
+      startedAtMs: this.self.startedAtMs,
+      draining: this.draining,
+      lastSeenMs: this.lastSelfEchoMs,
+    };
+    return [me, ...this.listener.heard.list()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
   /** Ids of live members that take shards: the input of the shard assignment. */
@@ -117,8 +106,6 @@ export class Membership {
   /** Marks this dispatcher draining (it keeps running, owning nothing) and tells the others now. */
   setDraining(draining: boolean): void {
     this.draining = draining;
-    const me = this.members.get(this.self.id)!;
-    me.draining = draining;
     this.beat();
     this.changed();
   }
@@ -136,8 +123,7 @@ export class Membership {
     } catch (err) {
       this.log.warn({ err }, "could not announce leave; the others will expire this member");
     }
-    for (const s of this.subs) s.unsubscribe();
-    this.subs = [];
+    this.listener.stop();
   }
 
   private beat(): void {
@@ -155,41 +141,12 @@ export class Membership {
     }
   }
 
-  private onHeartbeat(hb: Heartbeat): void {
-    const now = Date.now();
-    const id = hb.dispatcherId;
-    if (id === this.self.id) {
-      this.lastSelfEchoMs = now;
-      this.members.get(this.self.id)!.lastSeenMs = now;
-      return;
-    }
-    const left = this.leftAt.get(id);
-    if (left !== undefined && now - left < this.opts.memberTtlMs) return; // a heartbeat overtaken by its goodbye
-    const known = this.members.get(id);
-    this.members.set(id, {
-      id,
-      grpcAddress: hb.grpcAddress,
-      version: hb.version,
-      startedAtMs: hb.startedAtMs,
-      draining: hb.draining,
-      lastSeenMs: now,
-    });
-    if (!known) this.log.info({ member: id }, "member joined");
-    if (!known || known.draining !== hb.draining) this.changed();
-  }
-
   private expire(): void {
     if (!this.connected) return; // frozen: we cannot tell who is alive
     const now = Date.now();
-    let changed = false;
-    for (const m of this.members.values()) {
-      if (m.id !== this.self.id && now - m.lastSeenMs > this.opts.memberTtlMs) {
-        this.members.delete(m.id);
-        this.log.warn({ member: m.id, silent_ms: now - m.lastSeenMs }, "member expired");
-        changed = true;
-      }
-    }
-    if (changed) this.changed();
+    const gone = this.listener.heard.expire(now);
+    for (const m of gone) this.log.warn({ member: m.id, silent_ms: now - m.lastSeenMs }, "member expired");
+    if (gone.length > 0) this.changed();
   }
 
   private changed(): void {

@@ -9,6 +9,7 @@
 // lease; the new owner can only take a released or expired lease, and takes it with epoch + 1.
 import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
+import { intervalOfMsSql } from "../../shared/src/time.js";
 import type { ShardOwnership } from "./scheduler.js";
 
 /** What the lease keeper tells the firing loop. */
@@ -95,7 +96,7 @@ export class LeaseKeeper implements ShardOwnership {
 
   /** Runs one renew/release/acquire round; concurrent calls coalesce into one more round. */
   tick(): Promise<void> {
-    if (this.ticking) {
+    if (this.ticking !== undefined) {
       this.again = true;
       return this.ticking;
     }
@@ -137,7 +138,7 @@ export class LeaseKeeper implements ShardOwnership {
     //    which shards are still ours: any other was taken after our lease expired.
     await this.pool.query(
       `-- renew_dispatcher_lease
-       INSERT INTO dispatcher_leases (owner, expires_at, incarnation) VALUES ($1, now() + make_interval(secs => $2::float8 / 1000), $3)
+       INSERT INTO dispatcher_leases (owner, expires_at, incarnation) VALUES ($1, now() + ${intervalOfMsSql("$2")}, $3)
        ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at, incarnation = EXCLUDED.incarnation`,
       [this.owner, this.opts.leaseTtlMs, this.incarnation],
     );

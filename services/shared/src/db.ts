@@ -115,7 +115,7 @@ export async function migrate(
 
 /**
  * Records the shard count on first start and refuses a different one later: every stored
- * timer's shard was computed from it.
+ * timer's shard was computed from it. Writes nothing else (the lease rows: seedShardLeases).
  */
 export async function checkShardCount(client: pg.ClientBase, shardCount: number): Promise<void> {
   await client.query(
@@ -131,6 +131,13 @@ export async function checkShardCount(client: pg.ClientBase, shardCount: number)
       `SHARD_COUNT is ${shardCount} but this database was created with ${stored}; set SHARD_COUNT=${stored}`,
     );
   }
+}
+
+/**
+ * Creates the lease row of each shard that has none (shard_leases), so that a dispatcher can
+ * acquire it: idempotent, and meant for a shard count checkShardCount has agreed to.
+ */
+export async function seedShardLeases(client: pg.ClientBase, shardCount: number): Promise<void> {
   await client.query(
     "INSERT INTO shard_leases (shard) SELECT s FROM generate_series(0, $1::int - 1) s ON CONFLICT (shard) DO NOTHING",
     [shardCount],
@@ -252,7 +259,10 @@ export class Database implements Dependency {
     await client.connect();
     try {
       await migrate(client, this.opts.log);
+      // Lease rows only once the count is known to be the database's: seeding first would add
+      // rows for shards the stored timers were never hashed to.
       await checkShardCount(client, this.opts.shardCount);
+      await seedShardLeases(client, this.opts.shardCount);
     } finally {
       await client.end().catch(() => {});
     }

@@ -4,6 +4,7 @@
 // logs or slow the receiver down.
 import type { Counter, Meter } from "@opentelemetry/api";
 import type { Logger } from "./logger.js";
+import { counter } from "./telemetry/instruments.js";
 import type { DropReason } from "./mesh-messages.js";
 
 /** Counts and logs refused mesh messages. */
@@ -19,10 +20,7 @@ export class MeshMessageDrops {
     private readonly log: Logger,
     private readonly logIntervalMs = 10_000,
   ) {
-    this.counter = meter.createCounter("mesh_messages_dropped_total", {
-      description:
-        "Messages on mesh NATS subjects that did not decode or validate, by subject kind and reason",
-    });
+    this.counter = counter(meter, "mesh_messages_dropped_total");
   }
 
   /**

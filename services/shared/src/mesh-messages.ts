@@ -18,7 +18,7 @@ import {
   type TimerAnnouncement,
 } from "./gen/mesh/v1/mesh_pb.js";
 import { shardOf } from "./shard.js";
-import { isValidId } from "./timer-id.js";
+import { isValidId, timerName } from "./timer-id.js";
 
 /** Subject on which timers due soon are announced to the owner of `shard`. */
 export function shardSubject(shard: number): string {
@@ -152,7 +152,7 @@ export function publishAnnouncements(
 ): void {
   for (const a of list)
     if (a.shard !== shard)
-      throw new RangeError(`timer ${a.groupId}/${a.timerId} is of shard ${a.shard}, not ${shard}`);
+      throw new RangeError(`timer ${timerName(a.groupId, a.timerId)} is of shard ${a.shard}, not ${shard}`);
   for (let i = 0; i < list.length; i += MAX_ANNOUNCED_PER_MESSAGE) {
     nc.publish(
       shardSubject(shard),
@@ -320,10 +320,13 @@ function saneTime(ms: bigint, nowMs: number): number | undefined {
   return Math.abs(n - nowMs) <= MAX_CLOCK_DISTANCE_MS ? n : undefined;
 }
 
-// eslint-disable-next-line no-control-regex
-const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f]/;
+/** Whether `s` holds a C0 control character or DEL (they would forge log lines and terminal output). */
 function hasControlCharacters(s: string): boolean {
-  return CONTROL_CHARACTERS.test(s);
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f) return true;
+  }
+  return false;
 }
 
 const DNS_NAME =

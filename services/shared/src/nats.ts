@@ -1,8 +1,12 @@
+// Each service's NATS connection (NatsLink): connecting in the background, reconnecting
+// forever, telling a refused user from an outage, and draining at shutdown. What travels over
+// it is mesh-messages.ts's.
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type { Meter } from "@opentelemetry/api";
 import type { Dependency } from "./dependency.js";
 import type { Logger } from "./logger.js";
 import { within } from "./bounded-wait.js";
+import { observableGauge } from "./telemetry/instruments.js";
 
 /** A NATS user and its password (NATS_USER/NATS_PASSWORD); undefined for a server without authorization. */
 export interface NatsCredentials {
@@ -41,15 +45,15 @@ export class NatsLink implements Dependency {
     private readonly log: Logger,
     meter?: Meter,
   ) {
-    meter
-      ?.createObservableGauge("nats_connected", { description: "1 while connected to NATS" })
-      .addCallback((r) => r.observe(this.#connected ? 1 : 0));
+    if (meter)
+      observableGauge(meter, "nats_connected").addCallback((r) => r.observe(this.#connected ? 1 : 0));
     this.ready = this.#connect(url);
     // The service handles a rejection (service-runtime.ts); this only keeps an early one from
     // counting as unhandled before anyone awaits it.
     this.ready.catch(() => {});
   }
 
+  /** Whether the connection has connected at least once (it may be reconnecting now). */
   get isReady(): boolean {
     return this.#nc !== undefined;
   }
@@ -64,6 +68,7 @@ export class NatsLink implements Dependency {
     return this.#connected ? this.#nc : undefined;
   }
 
+  /** The health check: connected, and the server answers a round trip. */
   async check(): Promise<boolean> {
     const nc = this.ifConnected();
     return nc !== undefined && (await nc.rtt()) >= 0;
