@@ -8,6 +8,7 @@ import pg from "pg";
 import { pino } from "pino";
 import { migrate } from "../../services/shared/src/db.js";
 import type { Delivery, DeliveryResult } from "../../services/dispatcher/src/delivery.js";
+import { pgDispatchStore } from "../../services/dispatcher/src/dispatch-store.js";
 import { Scheduler, type SchedulerOptions } from "../../services/dispatcher/src/scheduler.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { waitFor } from "../support/wait.js";
@@ -51,16 +52,17 @@ function startScheduler() {
   const lines: Record<string, unknown>[] = [];
   const log = pino(
     { level: "info" },
-    new Writable({ write: (c, _e, cb) => (lines.push(JSON.parse(String(c))), cb()) }),
+    new Writable({
+      write: (c, _e, cb) => {
+        lines.push(JSON.parse(String(c)));
+        cb();
+      },
+    }),
   );
   const delivered: Delivery[] = [];
   let dropped = 0;
   const opts: SchedulerOptions = {
-    // The test's Postgres runs on this machine: its clock is ours.
-    dispatcherId: OWNER,
-    clock: { now: () => Date.now() },
     announcementsFlowing: () => true,
-    claimOwner: `${OWNER}#1`,
     lookaheadMs: 30_000,
     pollIntervalMs: 200,
     overdueGraceMs: 2_000,
@@ -74,12 +76,29 @@ function startScheduler() {
     destinationShare: 0.25,
   };
   const scheduler = new Scheduler(
-    db.pool,
-    { deliver: async (d: Delivery): Promise<DeliveryResult> => (delivered.push(d), { ok: true }) },
-    { owned: () => [0], owns: (s) => s === 0, epochOf: () => 1n },
+    {
+      store: pgDispatchStore(db.pool, OWNER, `${OWNER}#1`),
+      // The test's Postgres runs on this machine: its clock is ours.
+      clock: {
+        now: () => Date.now(),
+        after: (ms, fn) => {
+          const timer = setTimeout(fn, ms);
+          return () => clearTimeout(timer);
+        },
+      },
+      deliver: async (d: Delivery): Promise<DeliveryResult> => {
+        delivered.push(d);
+        return { ok: true };
+      },
+      ownership: { owned: () => [0], owns: (s) => s === 0, epochOf: () => 1n },
+      log,
+      events: {
+        claimDropped: () => {
+          dropped++;
+        },
+      },
+    },
     opts,
-    log,
-    { claimDropped: () => dropped++ },
   );
   scheduler.start();
   return { scheduler, lines, delivered, dropped: () => dropped };
@@ -122,12 +141,12 @@ test("a timer Postgres refuses in a claim is dropped and the 20 good timers of i
     );
     // The refused entry is dropped (counted, logged with its key), never retried.
     assert.equal(s.dropped(), 1);
-    const drop = s.lines.filter((l) => String(l["msg"]).startsWith("dropped a timer"));
+    const drop = s.lines.filter((l) => String(l.msg).startsWith("dropped a timer"));
     assert.equal(drop.length, 1);
-    assert.equal(drop[0]!["group_id"], "bad\u0000group");
-    assert.equal(drop[0]!["timer_id"], "x");
+    assert.equal(drop[0]!.group_id, "bad\u0000group");
+    assert.equal(drop[0]!.timer_id, "x");
     assert.equal(s.scheduler.held, 0, "nothing left behind to retry");
-    assert.equal(s.lines.filter((l) => String(l["msg"]).startsWith("claiming due timers failed")).length, 0);
+    assert.equal(s.lines.filter((l) => String(l.msg).startsWith("claiming due timers failed")).length, 0);
   } finally {
     await s.scheduler.stop(5_000);
   }
@@ -140,7 +159,7 @@ test("a database outage drops nothing: every timer waits and fires once Postgres
   const name = new URL(db.url).pathname.slice(1);
   // From the server's maintenance database: a database cannot close itself to connections.
   const admin = new pg.Client({
-    connectionString: process.env["TEST_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres",
+    connectionString: process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
   });
   await admin.connect();
   try {
@@ -149,7 +168,7 @@ test("a database outage drops nothing: every timer waits and fires once Postgres
     await admin.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
     await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1`, [name]);
     await waitFor(
-      () => s.lines.some((l) => String(l["msg"]).startsWith("claiming due timers failed")),
+      () => s.lines.some((l) => String(l.msg).startsWith("claiming due timers failed")),
       15_000,
       "a failed claim",
     );

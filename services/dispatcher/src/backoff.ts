@@ -12,7 +12,7 @@ export interface RetryPolicy {
  * retry in lockstep against a receiver that is recovering.
  */
 export function backoffMs(policy: RetryPolicy, attempt: number, random: () => number = Math.random): number {
-  const exp = policy.initialBackoffMs * Math.pow(policy.multiplier, Math.max(0, attempt - 1));
+  const exp = policy.initialBackoffMs * policy.multiplier ** Math.max(0, attempt - 1);
   const capped = Math.min(policy.maxBackoffMs, exp);
   return Math.max(1, Math.round(capped * (1 - 0.2 * random())));
 }

@@ -53,10 +53,12 @@ export function estimateClock(samples: readonly ClockSample[]): ClockEstimate {
   };
 }
 
-/** The time source of the firing loop. */
+/** The time source of the firing loop: Postgres's "now", and timers that go off by it. */
 export interface Clock {
   /** Milliseconds since the epoch by Postgres's clock, never ahead of it. */
   now(): number;
+  /** Calls `fn` once `ms` have passed (it may be a fraction of a millisecond early); the returned function cancels it. */
+  after(ms: number, fn: () => void): () => void;
 }
 
 const SAMPLES_PER_BURST = 5;
@@ -78,6 +80,12 @@ export class DbClock implements Clock {
     // Before the first measurement (the dispatcher fires nothing then) the wall clock stands in.
     if (!e) return Date.now();
     return performance.now() + e.monoToDbMs - e.uncertaintyMs;
+  }
+
+  after(ms: number, fn: () => void): () => void {
+    // A delay is the same length on both clocks (now() is the monotonic clock plus an offset).
+    const timer = setTimeout(fn, Math.max(0, ms));
+    return () => clearTimeout(timer);
   }
 
   /** This machine's wall clock minus Postgres's, in milliseconds; undefined until measured. */
@@ -122,6 +130,14 @@ export class DbClock implements Clock {
     // One connection for the whole burst: waiting for a pooled connection would count as
     // round trip, on one side only.
     const client = await this.pool.connect();
+    // A connection lost mid-burst fails the query in flight (measure() rejects and is retried);
+    // a checked-out client has no pool listener, so without this one its 'error' event would
+    // also crash the process.
+    let lost: Error | undefined;
+    const onError = (err: Error): void => {
+      lost = err;
+    };
+    client.on("error", onError);
     const samples: ClockSample[] = [];
     try {
       for (let i = 0; i < SAMPLES_PER_BURST; i++) {
@@ -134,7 +150,9 @@ export class DbClock implements Clock {
         samples.push({ monoBeforeMs, monoAfterMs, wallBeforeMs, wallAfterMs, dbMs: rows[0]!.ms });
       }
     } finally {
-      client.release();
+      client.removeListener("error", onError);
+      // A client whose connection failed is discarded, not returned to the pool.
+      client.release(lost);
     }
     const next = estimateClock(samples);
     const previous = this.estimate;

@@ -7,8 +7,11 @@ import {
   destinationOfParts,
   type CallbackDestinationParts,
 } from "../../shared/src/callback-destination.js";
+import { dueTimersOfShardSql, lagSecondsSql } from "../../shared/src/shard-lag.js";
 import { State, type TimerRow } from "../../shared/src/timer-model.js";
+import { intervalOfMsSql } from "../../shared/src/time.js";
 import type { DueTimer } from "./due-queue.js";
+import type { SchedulerStore } from "./scheduler-deps.js";
 
 /** A timer claimed for delivery, with what the delivery needs. */
 export type ClaimedTimer = Pick<
@@ -143,7 +146,7 @@ const LOAD_WINDOW_SQL = dueSql("load_window", "next_attempt_at <= $7::timestampt
 
 const LOAD_OVERDUE_SQL = dueSql(
   "load_overdue",
-  "next_attempt_at <= now() - make_interval(secs => $7::float8 / 1000)",
+  `next_attempt_at <= now() - ${intervalOfMsSql("$7")}`,
   "AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = timers.group_id)",
 );
 
@@ -200,7 +203,7 @@ export async function claimTimers(
         SET state = ${State.Firing},
             attempt = t.attempt + 1,
             claim_owner = $7,
-            claim_expires_at = now() + make_interval(secs => $5::float8 / 1000),
+            claim_expires_at = now() + ${intervalOfMsSql("$5")},
             fired_time = coalesce(t.fired_time, greatest(now(), t.next_attempt_at))
        FROM unnest($2::text[], $3::text[], $6::bigint[], $8::int[]) AS k(g, id, epoch, shard), shard_leases l
       WHERE t.shard = k.shard AND t.group_id = k.g AND t.timer_id = k.id
@@ -212,7 +215,7 @@ export async function claimTimers(
         -- "+ interval '0'" keeps this test out of timers_due_idx: combined with the primary-key
         -- lookup in a BitmapAnd, that index would be scanned over every due row once per key,
         -- which under a backlog turns a millisecond claim into a minute.
-        AND t.next_attempt_at + interval '0' <= now() + make_interval(secs => $4::float8 / 1000)
+        AND t.next_attempt_at + interval '0' <= now() + ${intervalOfMsSql("$4")}
         -- The fence: only while we hold the shard's lease, at the epoch we believe we hold.
         AND l.owner = $1 AND l.epoch = k.epoch
         AND EXISTS (SELECT 1 FROM dispatcher_leases d WHERE d.owner = $1 AND d.expires_at > now())
@@ -350,13 +353,24 @@ export async function reclaimExpired(
 export async function shardLag(pool: pg.Pool, shards: number[]): Promise<Map<number, number>> {
   const { rows } = await pool.query<{ shard: number; lag: number }>(
     `-- shard_lag_owned
-     SELECT s.shard, extract(epoch FROM now() - d.oldest)::float8 AS lag
+     SELECT s.shard, ${lagSecondsSql("d.oldest")}::float8 AS lag
        FROM unnest($1::int[]) AS s(shard)
        -- The first entry of each shard's due range, not every due row.
-       CROSS JOIN LATERAL (SELECT min(next_attempt_at) AS oldest FROM timers
-                            WHERE state = ${State.Scheduled} AND timers.shard = s.shard AND next_attempt_at <= now()) d
+       CROSS JOIN LATERAL (SELECT min(next_attempt_at) AS oldest FROM ${dueTimersOfShardSql("s.shard")}) d
       WHERE d.oldest IS NOT NULL`,
     [shards],
   );
   return new Map(rows.map((r) => [r.shard, r.lag]));
+}
+
+/** The statements above bound to one pool and one dispatcher process: the scheduler's store. */
+export function pgDispatchStore(pool: pg.Pool, dispatcherId: string, claimOwner: string): SchedulerStore {
+  return {
+    loadWindow: (shards, after, untilMs, limit) => loadWindow(pool, shards, after, untilMs, limit),
+    loadOverdue: (shards, graceMs, after, limit) => loadOverdue(pool, shards, graceMs, after, limit),
+    claim: (timers, epochs, leadMs, claimTtlMs) =>
+      claimTimers(pool, dispatcherId, claimOwner, timers, epochs, leadMs, claimTtlMs),
+    complete: (done) => completeAttempts(pool, dispatcherId, claimOwner, done),
+    reclaimExpired: (shards, limit) => reclaimExpired(pool, dispatcherId, shards, limit),
+  };
 }

@@ -1,6 +1,7 @@
 // The timers a dispatcher holds in memory, ordered by when they are due. A binary min-heap
 // with a key map: adding, finding the earliest and removing are O(log n), and a timer is held
 // at most once whatever path (load, announcement, retry) brought it.
+import { timerKey } from "../../shared/src/timer-id.js";
 
 /** A timer held in memory until it is due. */
 export interface DueTimer {
@@ -18,10 +19,8 @@ interface Slot<T extends DueTimer> {
   index: number;
 }
 
-/** Key of a timer in the queue. */
-export function timerKey(groupId: string, timerId: string): string {
-  return `${groupId}\u0000${timerId}`;
-}
+// The queue's key of a timer, re-exported for the scheduler and fair-share, which key by it too.
+export { timerKey };
 
 /** Min-heap of held timers by due time, one slot per timer. */
 export class DueQueue<T extends DueTimer = DueTimer> {
@@ -89,7 +88,11 @@ export class DueQueue<T extends DueTimer = DueTimer> {
     const removed = this.heap.length - keep.length;
     if (removed === 0) return 0;
     this.heap = keep;
-    this.byKey = new Map(keep.map((s, i) => ((s.index = i), [s.key, s])));
+    this.byKey = new Map();
+    keep.forEach((s, i) => {
+      s.index = i;
+      this.byKey.set(s.key, s);
+    });
     for (let i = (this.heap.length >> 1) - 1; i >= 0; i--) this.down(i);
     return removed;
   }

@@ -73,7 +73,10 @@ class CapTable {
 
   park(key: string, t: ParkedTimer): void {
     let p = this.parked.get(key);
-    if (!p) this.parked.set(key, (p = new ParkedLanes()));
+    if (!p) {
+      p = new ParkedLanes();
+      this.parked.set(key, p);
+    }
     p.lane(t.lane).add(t);
   }
 
@@ -209,7 +212,7 @@ export class FairShare {
   remove(groupId: string, timerId: string): DueTimer | undefined {
     const k = timerKey(groupId, timerId);
     const at = this.where.get(k);
-    const t = at && at.table.remove(at.key, at.lane, groupId, timerId);
+    const t = at?.table.remove(at.key, at.lane, groupId, timerId);
     return t && this.leave(t).timer;
   }
 
@@ -219,7 +222,11 @@ export class FairShare {
     for (const table of [this.groups, this.destinations]) {
       for (const [key, p] of [...table.parked]) {
         const gone: ParkedTimer[] = [];
-        const pick = (t: ParkedTimer) => (drop(t) ? (gone.push(t), true) : false);
+        const pick = (t: ParkedTimer): boolean => {
+          if (!drop(t)) return false;
+          gone.push(t);
+          return true;
+        };
         p.onTime.removeWhere(pick);
         p.catchUp.removeWhere(pick);
         for (const t of gone) this.where.delete(timerKey(t.groupId, t.timerId));

@@ -88,7 +88,7 @@ export class HttpCallbackClient {
   /** Sends one POST; resolves with what it came to, never rejects. */
   post(req: HttpCallbackRequest, deadlineMs: number): Promise<DeliveryResult> {
     return new Promise<DeliveryResult>((resolve) => {
-      const attempt = new Attempt(resolve, this.opts.timeoutMs, deadlineMs);
+      const attempt = new HttpAttempt(resolve, this.opts.timeoutMs, deadlineMs);
       this.poolFor(req.url, req.vetted).dispatch(
         {
           path: req.url.path,
@@ -146,7 +146,7 @@ export class HttpCallbackClient {
  * is then read and dropped, up to MAX_DRAINED_BODY_BYTES, so the connection can carry the next
  * request. A longer or slower body closes the connection instead, without changing the outcome.
  */
-class Attempt implements Dispatcher.DispatchHandlers {
+export class HttpAttempt implements Dispatcher.DispatchHandlers {
   private abortRequest: ((err?: Error) => void) | undefined;
   private settled = false;
   /** Whole-attempt bound: queueing for a connection, connecting, sending, and the headers. */
@@ -224,6 +224,7 @@ export function pinnedLookup(vetted: HostAddress[]): LookupFunction {
   };
 }
 
+/** An error as a one-line message for last_error: its code (ECONNRESET...) first when the message lacks it. */
 export function describe(err: unknown): string {
   if (err instanceof Error) {
     const code = (err as { code?: string }).code;
