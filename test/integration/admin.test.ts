@@ -2,21 +2,42 @@
 // in and out, with bearer tokens, against a running mesh (timer service, three dispatchers,
 // admin; real Postgres and nats-server). Each test asserts the effect on the mesh itself:
 // shard_leases, timers, timer_attempts, deliveries at a real HTTP receiver, the audit log.
+// Each test makes the timers, groups and changes it looks at (its own group names), so any one
+// of them runs alone (--test-name-pattern) or in any order.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { create } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  create,
+  type DescMessage,
+  type DescMethod,
+  fromJsonString,
+  type JsonObject,
+  type MessageShape,
+} from "@bufbuild/protobuf";
+import { type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { hashToken } from "../../services/shared/src/auth.js";
-import { CreateTimerRequestSchema } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import { AdminService } from "../../services/shared/src/gen/admin/v1/admin_pb.js";
+import {
+  Health,
+  HealthCheckResponse_ServingStatus,
+} from "../../services/shared/src/gen/grpc/health/v1/health_pb.js";
+import {
+  CreateTimerRequestSchema,
+  TimerService,
+  TimerState,
+} from "../../services/shared/src/gen/timer/v1/timer_pb.js";
 import { shardOf } from "../../services/shared/src/shard.js";
-import { bufCurl, bufCurlOk, type BufCurlResult } from "../support/buf-curl.js";
+import { bufCurl, type BufCurlResult } from "../support/buf-curl.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startHttpReceiver, type Received } from "../support/receivers.js";
 import { startService, type ServiceProcess } from "../support/service-process.js";
+import { waitForShardOwners } from "../support/shard-owners.js";
 import { waitFor } from "../support/wait.js";
 
 const SHARDS = 64;
+/** The admin's DB_POOL_MAX: not its default (5), so the pool's size shows that it is honoured. */
+const ADMIN_DB_POOL_MAX = 7;
 const OPS = "ops-7f3c9a2e41b0d6";
 const BILLING = "billing-0c8e5d1f92a47b";
 /** The admin service's own token for dispatchers (DISPATCHER_TOKEN). */
@@ -26,39 +47,36 @@ const TOKENS = JSON.stringify([
   { name: "admin-service", sha256: hashToken(ADMIN_SERVICE), admin: true },
   { name: "ci-billing", sha256: hashToken(BILLING), groups: ["billing", "orders-*"] },
 ]);
-const ADMIN = "admin.v1.AdminService";
-const ADMIN_METHODS = [
-  "ListDispatchers",
-  "ListShards",
-  "DrainDispatcher",
-  "RebalanceShards",
-  "PauseGroup",
-  "ResumeGroup",
-  "ListGroups",
-  "ListFailedTimers",
-  "RetryTimers",
-  "CancelTimers",
-  "PurgeTimers",
-  "ExplainTimer",
-  "GetStats",
-  "ListAuditEvents",
-  "SetGroupQuota",
-  "ListGroupQuotas",
-];
+const ADMIN = AdminService.typeName;
+
+type AdminMethods = typeof AdminService.method;
+type AdminMethod = keyof AdminMethods;
+/** An AdminService response as the message it decodes to. */
+type AdminResponse<M extends AdminMethod> = MessageShape<AdminMethods[M]["output"]>;
 
 let mesh: TestMesh;
 let admin: ServiceProcess;
 let receiver: Awaited<ReturnType<typeof startHttpReceiver>>;
-/** Every changing admin call made, in order: what the audit log must show. */
-const changes: { method: string; body: Record<string, unknown>; outcome: string }[] = [];
 
 const timesSeen = (received: Received[], group: string, id: string) =>
   received.filter((r) => r.groupId === group && r.timerId === id).length;
 
+/** Rows of a query on the mesh's database, typed by the caller. */
+async function rowsOf<Row extends object>(sql: string, params: unknown[] = []): Promise<Row[]> {
+  return (await mesh.db.pool.query<Row>(sql, params)).rows;
+}
+
+/** The one row a query returns. */
+async function rowOf<Row extends object>(sql: string, params: unknown[] = []): Promise<Row> {
+  const [row] = await rowsOf<Row>(sql, params);
+  assert.ok(row, `no row from ${sql}`);
+  return row;
+}
+
 before(async () => {
   receiver = await startHttpReceiver((r) => {
-    // "flaky" fails a timer's first delivery for good (400), then succeeds; "doomed" always fails.
-    if (r.groupId === "flaky" && timesSeen(receiver.received, r.groupId, r.timerId) === 1) return 400;
+    // "flaky*" groups fail a timer's first delivery for good (400), then succeed; "doomed" always fails.
+    if (r.groupId.startsWith("flaky") && timesSeen(receiver.received, r.groupId, r.timerId) === 1) return 400;
     if (r.groupId === "doomed") return 400;
     return 200;
   });
@@ -67,17 +85,12 @@ before(async () => {
     dispatchers: 3,
     env: { SHARD_COUNT: String(SHARDS), AUTH_TOKENS: TOKENS, OVERDUE_GRACE: "500ms" },
   });
-  admin = await startService("admin", { ...mesh.envFor("admin"), DISPATCHER_TOKEN: ADMIN_SERVICE });
-  await waitFor(
-    async () => {
-      const { rows } = await mesh.db.pool.query(
-        "SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL",
-      );
-      return rows[0].owners === 3 && rows[0].n === SHARDS;
-    },
-    20_000,
-    "three dispatchers to share the shards",
-  );
+  admin = await startService("admin", {
+    ...mesh.envFor("admin"),
+    DISPATCHER_TOKEN: ADMIN_SERVICE,
+    DB_POOL_MAX: String(ADMIN_DB_POOL_MAX),
+  });
+  await waitForShardOwners(mesh.db.pool, 3, SHARDS);
 });
 after(async () => {
   await admin?.[Symbol.asyncDispose]();
@@ -85,22 +98,33 @@ after(async () => {
   await receiver?.close();
 });
 
+/**
+ * Calls a method with `buf curl` and decodes its JSON answer as the method's response message;
+ * throws unless the call succeeded.
+ */
+async function callOk<Output extends DescMessage>(
+  port: number,
+  method: Pick<DescMethod, "parent" | "name"> & { output: Output },
+  body: JsonObject,
+  token?: string,
+): Promise<MessageShape<Output>> {
+  const r = await bufCurl(port, `${method.parent.typeName}/${method.name}`, body, token);
+  if (r.exitCode !== 0) throw new Error(`${method.name} failed: ${r.code}: ${r.message}`);
+  return fromJsonString(method.output, r.stdout.trim() === "" ? "{}" : r.stdout);
+}
+
 /** An AdminService call as ops; it must succeed. */
-function adminOk(method: string, body: Record<string, unknown> = {}): Promise<any> {
-  return bufCurlOk(admin.grpcPort, `${ADMIN}/${method}`, body, OPS);
+function adminOk<M extends AdminMethod>(method: M, body: JsonObject = {}): Promise<AdminResponse<M>> {
+  // Typed per method (not the union of all), so each call's answer has its own response type.
+  const methods: {
+    [K in AdminMethod]: Pick<DescMethod, "parent" | "name"> & { output: AdminMethods[K]["output"] };
+  } = AdminService.method;
+  return callOk(admin.grpcPort, methods[method], body, OPS);
 }
 
-/** A changing AdminService call as ops, remembered for the audit-log check. */
-async function change(method: string, body: Record<string, unknown>): Promise<BufCurlResult> {
-  const r = await bufCurl(admin.grpcPort, `${ADMIN}/${method}`, body, OPS);
-  changes.push({ method, body, outcome: r.exitCode === 0 ? "OK" : String(r.code).toUpperCase() });
-  return r;
-}
-
-async function changeOk(method: string, body: Record<string, unknown>): Promise<any> {
-  const r = await change(method, body);
-  if (r.exitCode !== 0) throw new Error(`${method} failed: ${r.code}: ${r.message}`);
-  return r.json;
+/** An AdminService call as ops that may fail: look at the result's code. */
+function adminCall(method: AdminMethod, body: JsonObject): Promise<BufCurlResult> {
+  return bufCurl(admin.grpcPort, `${ADMIN}/${AdminService.method[method].name}`, body, OPS);
 }
 
 function auth(token: string): grpc.Metadata {
@@ -124,17 +148,49 @@ async function createTimer(groupId: string, timerId: string, fireAtMs: number): 
 }
 
 async function states(groupId: string): Promise<Map<string, number>> {
-  const { rows } = await mesh.db.pool.query("SELECT timer_id, state FROM timers WHERE group_id = $1", [
-    groupId,
-  ]);
-  return new Map(rows.map((r) => [r.timer_id as string, r.state as number]));
+  const rows = await rowsOf<{ timer_id: string; state: number }>(
+    "SELECT timer_id, state FROM timers WHERE group_id = $1",
+    [groupId],
+  );
+  return new Map(rows.map((r) => [r.timer_id, r.state]));
+}
+
+/** Waits until a count query (`n`) counts `n`. */
+async function waitForCount(sql: string, n: number, what: string): Promise<void> {
+  await waitFor(async () => (await rowOf<{ n: number }>(sql)).n === n, 15_000, what);
+}
+
+/** Waits until `count` timers of the group are in `state`. */
+async function waitForGroupState(groupId: string, state: number, count: number, what: string): Promise<void> {
+  await waitFor(
+    async () => [...(await states(groupId)).values()].filter((s) => s === state).length === count,
+    15_000,
+    what,
+  );
 }
 
 async function ownedCounts(): Promise<Map<string, number>> {
-  const { rows } = await mesh.db.pool.query(
+  const rows = await rowsOf<{ owner: string; n: number }>(
     "SELECT owner, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL GROUP BY owner",
   );
-  return new Map(rows.map((r) => [r.owner as string, r.n as number]));
+  return new Map(rows.map((r) => [r.owner, r.n]));
+}
+
+/** A timestamp the test expects to be there, in ms. */
+function msOf(t: Timestamp | undefined): number {
+  assert.ok(t, "a timestamp");
+  return timestampMs(t);
+}
+
+/** The newest audit event of an AdminService method. */
+async function lastAuditEvent(
+  method: AdminMethod,
+): Promise<AdminResponse<"listAuditEvents">["events"][number]> {
+  const [event] = (
+    await adminOk("listAuditEvents", { action: AdminService.method[method].name, pageSize: 1 })
+  ).events;
+  assert.ok(event, `an audit event of ${method}`);
+  return event;
 }
 
 function assertCode(r: BufCurlResult, code: string, message?: RegExp): void {
@@ -174,8 +230,8 @@ describe("authentication and authorization", () => {
       /unknown token/,
     );
     for (const port of Object.values(ports)) {
-      const health = await bufCurlOk(port, "grpc.health.v1.Health/Check", {});
-      assert.equal(health.status, "SERVING");
+      const health = await callOk(port, Health.method.check, {});
+      assert.equal(health.status, HealthCheckResponse_ServingStatus.SERVING);
     }
   });
 
@@ -187,14 +243,16 @@ describe("authentication and authorization", () => {
       delay: "3600s",
       callback: { http: { url: receiver.url } },
     });
-    const created = await bufCurlOk(t, "timer.v1.TimerService/CreateTimer", body("billing", "b-1"), BILLING);
+    const created = await callOk(t, TimerService.method.createTimer, body("billing", "b-1"), BILLING);
     assert.equal(created.created, true);
-    await bufCurlOk(t, "timer.v1.TimerService/CreateTimer", body("orders-eu", "o-1"), BILLING);
-    assert.equal(
-      (await bufCurlOk(t, "timer.v1.TimerService/GetTimer", { groupId: "billing", timerId: "b-1" }, BILLING))
-        .timer.timerId,
-      "b-1",
+    await callOk(t, TimerService.method.createTimer, body("orders-eu", "o-1"), BILLING);
+    const read = await callOk(
+      t,
+      TimerService.method.getTimer,
+      { groupId: "billing", timerId: "b-1" },
+      BILLING,
     );
+    assert.equal(read.timer?.timerId, "b-1");
 
     assertCode(
       await bufCurl(t, "timer.v1.TimerService/CreateTimer", body("payroll", "p-1"), BILLING),
@@ -203,7 +261,7 @@ describe("authentication and authorization", () => {
     );
     assert.equal((await states("payroll")).size, 0, "nothing was stored");
 
-    await bufCurlOk(t, "timer.v1.TimerService/CreateTimer", body("payroll", "p-2"), OPS);
+    await callOk(t, TimerService.method.createTimer, body("payroll", "p-2"), OPS);
     for (const method of ["GetTimer", "CancelTimer"]) {
       assertCode(
         await bufCurl(t, `timer.v1.TimerService/${method}`, { groupId: "payroll", timerId: "p-2" }, BILLING),
@@ -220,9 +278,9 @@ describe("authentication and authorization", () => {
   });
 
   test("a non-admin token gets PERMISSION_DENIED on every AdminService call and on DispatcherService/Drain", async () => {
-    for (const method of ADMIN_METHODS) {
+    for (const method of AdminService.methods) {
       assertCode(
-        await bufCurl(admin.grpcPort, `${ADMIN}/${method}`, {}, BILLING),
+        await bufCurl(admin.grpcPort, `${ADMIN}/${method.name}`, {}, BILLING),
         "permission_denied",
         /^token "ci-billing" may not call admin\.v1\.AdminService: it needs an admin token$/,
       );
@@ -235,52 +293,55 @@ describe("authentication and authorization", () => {
     );
     assert.ok((before.get("d1") ?? 0) > 0);
     assert.equal((await ownedCounts()).get("d1"), before.get("d1"), "d1 was not drained");
-    const { rows } = await mesh.db.pool.query(
+    const refused = await rowOf<{ n: number }>(
       "SELECT count(*)::int AS n FROM audit_events WHERE actor = 'ci-billing'",
     );
-    assert.equal(rows[0].n, 0, "refused calls change nothing");
+    assert.equal(refused.n, 0, "refused calls change nothing");
   });
 });
 
 describe("the mesh as operators see it", () => {
+  test("the admin's Postgres pool is DB_POOL_MAX as configured", async () => {
+    const metrics = await (await fetch(`http://127.0.0.1:${admin.httpPort}/metrics`)).text();
+    const max = /^database_connections_max(?:\{[^}]*\})? (\d+)$/m.exec(metrics);
+    assert.ok(max, "the admin exports database_connections_max");
+    assert.equal(Number(max[1]), ADMIN_DB_POOL_MAX);
+  });
+
   test("ListDispatchers and ListShards show the three dispatchers and their shards as shard_leases has them", async () => {
     await waitFor(
-      async () => (await adminOk("ListDispatchers")).dispatchers?.length === 3,
+      async () => (await adminOk("listDispatchers")).dispatchers.length === 3,
       10_000,
       "the admin to hear three heartbeats",
     );
-    const { dispatchers } = await adminOk("ListDispatchers");
+    const { dispatchers } = await adminOk("listDispatchers");
     const owned = await ownedCounts();
     assert.deepEqual(
-      dispatchers.map((d: any) => d.id),
+      dispatchers.map((d) => d.id),
       ["d1", "d2", "d3"],
     );
     for (const [i, d] of dispatchers.entries()) {
       assert.equal(d.address, `127.0.0.1:${mesh.dispatchers[i]!.grpcPort}`);
       assert.equal(d.live, true);
       assert.match(d.version, /\d/);
-      assert.ok(Date.now() - Date.parse(d.lastHeartbeatTime) < 3_000);
+      assert.ok(Date.now() - msOf(d.lastHeartbeatTime) < 3_000);
       assert.equal(d.ownedShards, owned.get(d.id));
     }
     assert.equal(
-      dispatchers.reduce((n: number, d: any) => n + d.ownedShards, 0),
+      dispatchers.reduce((n, d) => n + d.ownedShards, 0),
       SHARDS,
     );
 
-    const all = await adminOk("ListShards");
+    const all = await adminOk("listShards");
     assert.equal(all.shardCount, SHARDS);
     assert.deepEqual(
-      all.shards.map((s: any) => s.shard ?? 0),
+      all.shards.map((s) => s.shard),
       [...Array(SHARDS).keys()],
     );
-    assert.ok(
-      all.shards.every(
-        (s: any) => s.leased === true && ["d1", "d2", "d3"].includes(s.owner) && Number(s.epoch) > 0,
-      ),
-    );
-    const mine = await adminOk("ListShards", { owner: "d1" });
+    assert.ok(all.shards.every((s) => s.leased && ["d1", "d2", "d3"].includes(s.owner) && s.epoch > 0n));
+    const mine = await adminOk("listShards", { owner: "d1" });
     assert.equal(mine.shards.length, owned.get("d1"));
-    assert.ok(mine.shards.every((s: any) => s.owner === "d1"));
+    assert.ok(mine.shards.every((s) => s.owner === "d1"));
   });
 
   test("PauseGroup holds a group's timers past their fire time; ResumeGroup fires them once each, oldest first", async () => {
@@ -289,72 +350,64 @@ describe("the mesh as operators see it", () => {
     const ids: string[] = [];
     for (let i = 0; ids.length < 5; i++)
       if (shardOf("reports", `r-${i}`, SHARDS) === shard) ids.push(`r-${i}`);
-    const paused = await changeOk("PauseGroup", { groupId: "reports", reason: "incident 7" });
+    const paused = await adminOk("pauseGroup", { groupId: "reports", reason: "incident 7" });
     assert.equal(paused.newlyPaused, true);
-    assert.equal(paused.pause.pausedBy, "ops");
-    const again = await changeOk("PauseGroup", { groupId: "reports", reason: "again" });
-    assert.equal(again.newlyPaused, undefined, "pausing a paused group changes nothing");
-    assert.equal(again.pause.reason, "incident 7");
+    assert.equal(paused.pause?.pausedBy, "ops");
+    const again = await adminOk("pauseGroup", { groupId: "reports", reason: "again" });
+    assert.equal(again.newlyPaused, false, "pausing a paused group changes nothing");
+    assert.equal(again.pause?.reason, "incident 7");
 
     const base = Date.now() + 1_000;
     const fireAt = new Map(ids.map((id, i) => [id, base + i * 100]));
     for (const id of [...ids].reverse()) await createTimer("reports", id, fireAt.get(id)!);
 
-    const groups = await adminOk("ListGroups");
-    const reports = groups.groups.find((g: any) => g.groupId === "reports");
-    assert.equal(reports.scheduled, "5");
-    assert.equal(reports.pause.reason, "incident 7");
+    const groups = await adminOk("listGroups");
+    const reports = groups.groups.find((g) => g.groupId === "reports");
+    assert.ok(reports);
+    assert.equal(reports.scheduled, 5n);
+    assert.equal(reports.pause?.reason, "incident 7");
 
     // Past OVERDUE_GRACE + POLL_INTERVAL, a dispatcher would long have fired them if not paused.
-    await waitFor(
-      async () => {
-        const { rows } = await mesh.db.pool.query(
-          "SELECT count(*)::int AS n FROM timers WHERE group_id = 'reports' AND state = 1 AND next_attempt_at < now() - interval '2500 milliseconds'",
-        );
-        return rows[0].n === 5;
-      },
-      15_000,
+    await waitForCount(
+      "SELECT count(*)::int AS n FROM timers WHERE group_id = 'reports' AND state = 1 AND next_attempt_at < now() - interval '2500 milliseconds'",
+      5,
       "every paused timer to be 2.5 s overdue",
     );
     assert.equal(receiver.received.filter((r) => r.groupId === "reports").length, 0, "no paused timer fired");
-    const explained = await adminOk("ExplainTimer", { groupId: "reports", timerId: ids[0] });
+    const explained = await adminOk("explainTimer", { groupId: "reports", timerId: ids[0]! });
     assert.match(
       explained.next,
       /^waiting: group "reports" is paused \(by ops at [^:]+:[^)]*: incident 7\); it is due \(by [\d.]+ s\) and fires once the group is resumed$/,
     );
-    const lagging = await adminOk("ListShards", { onlyLagging: true, lagThreshold: "2s" });
-    const lag = lagging.shards.find((s: any) => (s.shard ?? 0) === shard);
+    const lagging = await adminOk("listShards", { onlyLagging: true, lagThreshold: "2s" });
+    const lag = lagging.shards.find((s) => s.shard === shard);
     assert.ok(lag, "the paused shard is listed as lagging");
-    assert.ok(Number(lag.dueCount) >= 5 && lag.lagSeconds > 2, JSON.stringify(lag));
-    assert.ok(Number((await adminOk("GetStats")).dueNow) >= 5);
+    assert.ok(lag.dueCount >= 5n && lag.lagSeconds > 2, `due ${lag.dueCount}, lag ${lag.lagSeconds} s`);
+    assert.ok((await adminOk("getStats")).dueNow >= 5n);
 
-    const resumed = await changeOk("ResumeGroup", { groupId: "reports" });
+    const resumed = await adminOk("resumeGroup", { groupId: "reports" });
     assert.equal(resumed.wasPaused, true);
-    assert.equal(resumed.overdueTimers, "5");
+    assert.equal(resumed.overdueTimers, 5n);
     await waitFor(
       () => ids.every((id) => timesSeen(receiver.received, "reports", id) === 1),
       15_000,
       "the resumed timers to fire",
     );
-    await waitFor(
-      async () => [...(await states("reports")).values()].every((s) => s === 3),
-      5_000,
-      "the resumed timers to be SUCCEEDED",
-    );
+    await waitForGroupState("reports", TimerState.SUCCEEDED, 5, "the resumed timers to be SUCCEEDED");
     assert.ok(
       ids.every((id) => timesSeen(receiver.received, "reports", id) === 1),
       "each fired once",
     );
-    const { rows } = await mesh.db.pool.query(
+    const order = await rowsOf<{ timer_id: string }>(
       "SELECT timer_id FROM timer_attempts WHERE group_id = 'reports' ORDER BY started_at, id",
     );
     assert.deepEqual(
-      rows.map((r) => r.timer_id),
+      order.map((r) => r.timer_id),
       ids,
       "oldest first",
     );
-    const notPaused = await changeOk("ResumeGroup", { groupId: "reports" });
-    assert.equal(notPaused.wasPaused, undefined);
+    const notPaused = await adminOk("resumeGroup", { groupId: "reports" });
+    assert.equal(notPaused.wasPaused, false);
   });
 
   test("RetryTimers refires failed timers exactly once: one timer, a fire_at range, then the rest of a group", async () => {
@@ -362,123 +415,123 @@ describe("the mesh as operators see it", () => {
     const base = Date.now() + 500;
     const fireAt = new Map(ids.map((id, i) => [id, base + i * 40]));
     for (const id of ids) await createTimer("flaky", id, fireAt.get(id)!);
-    await waitFor(
-      async () => [...(await states("flaky")).values()].filter((s) => s === 4).length === 5,
-      15_000,
-      "the flaky timers to fail",
-    );
+    await waitForGroupState("flaky", TimerState.FAILED, 5, "the flaky timers to fail");
 
     // ListFailedTimers pages through them (most recent failure first), each once.
     const seen: string[] = [];
     let token = "";
     do {
-      const page = await adminOk("ListFailedTimers", { groupId: "flaky", pageSize: 2, pageToken: token });
+      const page = await adminOk("listFailedTimers", { groupId: "flaky", pageSize: 2, pageToken: token });
       assert.ok(page.timers.length <= 2);
-      seen.push(...page.timers.map((t: any) => t.timerId));
-      assert.ok(page.timers.every((t: any) => t.state === "TIMER_STATE_FAILED" && /400/.test(t.lastError)));
-      token = page.nextPageToken ?? "";
+      seen.push(...page.timers.map((t) => t.timerId));
+      assert.ok(page.timers.every((t) => t.state === TimerState.FAILED && /400/.test(t.lastError)));
+      token = page.nextPageToken;
     } while (token !== "");
     assert.deepEqual([...seen].sort(), ids);
 
-    const dry = await changeOk("RetryTimers", { groupId: "flaky", timerId: "f1", dryRun: true });
+    const dry = await adminOk("retryTimers", { groupId: "flaky", timerId: "f1", dryRun: true });
     assert.equal(dry.count, 1);
     assert.equal(dry.dryRun, true);
-    assert.equal(dry.sample[0].timerId, "f1");
-    assert.equal((await states("flaky")).get("f1"), 4, "a dry run changes nothing");
+    assert.equal(dry.sample[0]?.timerId, "f1");
+    assert.equal((await states("flaky")).get("f1"), TimerState.FAILED, "a dry run changes nothing");
 
-    const one = await changeOk("RetryTimers", { groupId: "flaky", timerId: "f1" });
+    const one = await adminOk("retryTimers", { groupId: "flaky", timerId: "f1" });
     assert.equal(one.count, 1);
-    await waitFor(async () => (await states("flaky")).get("f1") === 3, 10_000, "f1 to succeed on retry");
+    await waitFor(
+      async () => (await states("flaky")).get("f1") === TimerState.SUCCEEDED,
+      10_000,
+      "f1 to succeed on retry",
+    );
 
     const range = {
       fireAfter: new Date(fireAt.get("f2")!).toISOString(),
       fireBefore: new Date(fireAt.get("f4")!).toISOString(),
     };
-    const byRange = await changeOk("RetryTimers", range);
+    const byRange = await adminOk("retryTimers", range);
     assert.equal(byRange.count, 2);
     assert.deepEqual(
-      byRange.sample.map((t: any) => t.timerId),
+      byRange.sample.map((t) => t.timerId),
       ["f2", "f3"],
     );
     await waitFor(
       async () => {
         const s = await states("flaky");
-        return s.get("f2") === 3 && s.get("f3") === 3;
+        return s.get("f2") === TimerState.SUCCEEDED && s.get("f3") === TimerState.SUCCEEDED;
       },
       10_000,
       "f2 and f3 to succeed",
     );
-    assert.equal((await states("flaky")).get("f4"), 4, "f4 is outside the range");
+    assert.equal((await states("flaky")).get("f4"), TimerState.FAILED, "f4 is outside the range");
 
-    const preview = await changeOk("RetryTimers", { groupId: "flaky", dryRun: true });
+    const preview = await adminOk("retryTimers", { groupId: "flaky", dryRun: true });
     assert.equal(preview.count, 2);
-    assert.equal(preview.matched, "2");
+    assert.equal(preview.matched, 2n);
     assert.deepEqual(
-      preview.sample.map((t: any) => t.timerId),
+      preview.sample.map((t) => t.timerId),
       ["f4", "f5"],
     );
-    const rest = await changeOk("RetryTimers", { groupId: "flaky" });
+    const rest = await adminOk("retryTimers", { groupId: "flaky" });
     assert.equal(rest.count, 2);
-    assert.equal(rest.more, undefined);
-    await waitFor(
-      async () => [...(await states("flaky")).values()].every((s) => s === 3),
-      10_000,
-      "every flaky timer to succeed",
-    );
+    assert.equal(rest.more, false);
+    await waitForGroupState("flaky", TimerState.SUCCEEDED, 5, "every flaky timer to succeed");
 
     for (const id of ids)
       assert.equal(timesSeen(receiver.received, "flaky", id), 2, `${id}: failed once, refired exactly once`);
-    const { rows } = await mesh.db.pool.query(
+    const attempts = await rowsOf<{ timer_id: string; outcomes: string[] }>(
       "SELECT timer_id, array_agg(outcome ORDER BY id) AS outcomes FROM timer_attempts WHERE group_id = 'flaky' GROUP BY timer_id ORDER BY timer_id",
     );
     assert.deepEqual(
-      rows.map((r) => [r.timer_id, r.outcomes]),
+      attempts.map((r) => [r.timer_id, r.outcomes]),
       ids.map((id) => [id, ["failed", "succeeded"]]),
     );
 
     assertCode(
-      await change("RetryTimers", { groupId: "flaky", timerId: "f1" }),
+      await adminCall("retryTimers", { groupId: "flaky", timerId: "f1" }),
       "failed_precondition",
       /flaky\/f1 is SUCCEEDED; only FAILED timers can be retried/,
     );
-    assertCode(await change("RetryTimers", { groupId: "flaky", timerId: "nope" }), "not_found");
-    assertCode(await change("RetryTimers", {}), "invalid_argument", /select the failed timers/);
+    assertCode(await adminCall("retryTimers", { groupId: "flaky", timerId: "nope" }), "not_found");
+    assertCode(await adminCall("retryTimers", {}), "invalid_argument", /select the failed timers/);
   });
 
   test("ExplainTimer gives the shard and how it is computed, its owner, every attempt, and what happens next", async () => {
-    const far = await adminOk("ExplainTimer", { groupId: "billing", timerId: "b-1" });
-    const shard = shardOf("billing", "b-1", SHARDS);
-    assert.equal(far.placement.shard ?? 0, shard);
+    await createTimer("explain", "far-1", Date.now() + 3_600_000);
+    const far = await adminOk("explainTimer", { groupId: "explain", timerId: "far-1" });
+    const shard = shardOf("explain", "far-1", SHARDS);
+    assert.ok(far.placement);
+    assert.equal(far.placement.shard, shard);
     assert.match(far.placement.computation, new RegExp(`mod ${SHARDS} = ${shard}$`));
-    const { rows } = await mesh.db.pool.query(
+    const lease = await rowOf<{ owner: string; epoch: string }>(
       "SELECT owner, epoch::text FROM shard_leases WHERE shard = $1",
       [shard],
     );
-    assert.equal(far.placement.owner, rows[0].owner);
-    assert.equal(far.placement.epoch, rows[0].epoch);
+    assert.equal(far.placement.owner, lease.owner);
+    assert.equal(String(far.placement.epoch), lease.epoch);
     assert.equal(far.placement.leased, true);
     assert.equal(far.placement.ownerLive, true);
-    assert.equal(far.timer.state, "TIMER_STATE_SCHEDULED");
-    assert.match(
-      far.next,
-      new RegExp(`^fires at \\S+Z \\(in [\\d.]+ min\\) by dispatcher ${rows[0].owner}$`),
-    );
+    assert.equal(far.timer?.state, TimerState.SCHEDULED);
+    assert.match(far.next, new RegExp(`^fires at \\S+Z \\(in [\\d.]+ min\\) by dispatcher ${lease.owner}$`));
 
-    const retried = await adminOk("ExplainTimer", { groupId: "flaky", timerId: "f1" });
+    // A timer that failed its first delivery and succeeded when retried.
+    await createTimer("flaky-explain", "e1", Date.now() + 300);
+    await waitForGroupState("flaky-explain", TimerState.FAILED, 1, "e1 to fail");
+    await adminOk("retryTimers", { groupId: "flaky-explain", timerId: "e1" });
+    await waitForGroupState("flaky-explain", TimerState.SUCCEEDED, 1, "e1 to succeed on retry");
+    const retried = await adminOk("explainTimer", { groupId: "flaky-explain", timerId: "e1" });
     assert.deepEqual(
-      retried.attempts.map((a: any) => [a.attempt, a.outcome]),
+      retried.attempts.map((a) => [a.attempt, a.outcome]),
       [
         [1, "failed"],
         [1, "succeeded"],
       ],
     );
-    assert.match(retried.attempts[0].error, /400/);
-    assert.match(retried.attempts[0].dispatcherId, /^d[123]$/);
+    assert.match(retried.attempts[0]?.error ?? "", /400/);
+    assert.match(retried.attempts[0]?.dispatcherId ?? "", /^d[123]$/);
     assert.match(retried.next, /^finished: SUCCEEDED at \S+ after 1 attempt$/);
     assertCode(
-      await bufCurl(admin.grpcPort, `${ADMIN}/ExplainTimer`, { groupId: "billing", timerId: "missing" }, OPS),
+      await adminCall("explainTimer", { groupId: "explain", timerId: "missing" }),
       "not_found",
-      /billing\/missing not found/,
+      /explain\/missing not found/,
     );
   });
 
@@ -490,45 +543,38 @@ describe("the mesh as operators see it", () => {
       fireAfter: new Date(base + 2 * 60_000).toISOString(),
       fireBefore: new Date(base + 8 * 60_000).toISOString(),
     };
-    const dry = await changeOk("CancelTimers", { ...range, dryRun: true });
+    const dry = await adminOk("cancelTimers", { ...range, dryRun: true });
     assert.equal(dry.count, 6);
-    assert.equal(dry.matched, "6");
+    assert.equal(dry.matched, 6n);
     assert.deepEqual(
-      dry.sample.map((t: any) => t.timerId),
+      dry.sample.map((t) => t.timerId),
       ["c-2", "c-3", "c-4", "c-5", "c-6", "c-7"],
     );
     assert.ok(
-      [...(await states("bulk")).values()].every((s) => s === 1),
+      [...(await states("bulk")).values()].every((s) => s === TimerState.SCHEDULED),
       "a dry run changes nothing",
     );
 
-    const limited = await changeOk("CancelTimers", { ...range, dryRun: true, limit: 4 });
+    const limited = await adminOk("cancelTimers", { ...range, dryRun: true, limit: 4 });
     assert.equal(limited.count, 4);
     assert.equal(limited.more, true);
 
-    const done = await changeOk("CancelTimers", range);
+    const done = await adminOk("cancelTimers", range);
     assert.equal(done.count, 6);
-    const s = await states("bulk");
-    assert.deepEqual(
-      [...s]
-        .filter(([, st]) => st === 5)
+    const s = [...(await states("bulk"))];
+    const inState = (state: TimerState) =>
+      s
+        .filter(([, st]) => st === state)
         .map(([id]) => id)
-        .sort(),
-      ["c-2", "c-3", "c-4", "c-5", "c-6", "c-7"],
-    );
-    assert.deepEqual(
-      [...s]
-        .filter(([, st]) => st === 1)
-        .map(([id]) => id)
-        .sort(),
-      ["c-0", "c-1", "c-8", "c-9"],
-    );
-    const { rows } = await mesh.db.pool.query(
+        .sort();
+    assert.deepEqual(inState(TimerState.CANCELLED), ["c-2", "c-3", "c-4", "c-5", "c-6", "c-7"]);
+    assert.deepEqual(inState(TimerState.SCHEDULED), ["c-0", "c-1", "c-8", "c-9"]);
+    const finished = await rowOf<{ n: number }>(
       "SELECT count(*)::int AS n FROM timers WHERE group_id = 'bulk' AND state = 5 AND finish_time > now() - interval '1 minute'",
     );
-    assert.equal(rows[0].n, 6, "cancelled timers have a finish time");
+    assert.equal(finished.n, 6, "cancelled timers have a finish time");
     assertCode(
-      await change("CancelTimers", { fireBefore: range.fireBefore }),
+      await adminCall("cancelTimers", { fireBefore: range.fireBefore }),
       "invalid_argument",
       /group_id is required/,
     );
@@ -539,22 +585,17 @@ describe("the mesh as operators see it", () => {
     for (let i = 0; i < 6; i++) await createTimer("old", `ok-${i}`, soon);
     await createTimer("doomed", "x-1", soon);
     await createTimer("old", "cancelled-1", Date.now() + 3_600_000);
-    await bufCurlOk(
+    await callOk(
       mesh.timer.grpcPort,
-      "timer.v1.TimerService/CancelTimer",
+      TimerService.method.cancelTimer,
       { groupId: "old", timerId: "cancelled-1" },
       OPS,
     );
     await createTimer("old", "future-1", Date.now() + 3_600_000);
     for (let i = 0; i < 2; i++) await createTimer("recent", `ok-${i}`, soon);
-    await waitFor(
-      async () => {
-        const { rows } = await mesh.db.pool.query(
-          "SELECT count(*)::int AS n FROM timers WHERE group_id IN ('old', 'doomed', 'recent') AND state IN (3, 4)",
-        );
-        return rows[0].n === 9;
-      },
-      15_000,
+    await waitForCount(
+      "SELECT count(*)::int AS n FROM timers WHERE group_id IN ('old', 'doomed', 'recent') AND state IN (3, 4)",
+      9,
       "the purge candidates to finish",
     );
     // Age them: the retention is measured on finish_time.
@@ -562,55 +603,70 @@ describe("the mesh as operators see it", () => {
       "UPDATE timers SET finish_time = now() - interval '2 days' WHERE group_id IN ('old', 'doomed') AND finish_time IS NOT NULL",
     );
     const count = async (table: string, groups: string[]) =>
-      (await mesh.db.pool.query(`SELECT count(*)::int AS n FROM ${table} WHERE group_id = ANY($1)`, [groups]))
-        .rows[0].n as number;
+      (
+        await rowOf<{ n: number }>(`SELECT count(*)::int AS n FROM ${table} WHERE group_id = ANY($1)`, [
+          groups,
+        ])
+      ).n;
+    const elsewhere = async () =>
+      (
+        await rowOf<{ n: number }>(
+          "SELECT count(*)::int AS n FROM timers WHERE group_id NOT IN ('old', 'doomed', 'recent')",
+        )
+      ).n;
     const attemptsBefore = await count("timer_attempts", ["old", "doomed"]);
     assert.equal(attemptsBefore, 7);
+    const elsewhereBefore = await elsewhere();
 
-    const dry = await changeOk("PurgeTimers", { retention: "86400s", dryRun: true });
-    assert.equal(dry.deletedTimers, "8");
-    assert.equal(dry.deletedAttempts, "7");
+    const dry = await adminOk("purgeTimers", { retention: "86400s", dryRun: true });
+    assert.equal(dry.deletedTimers, 8n);
+    assert.equal(dry.deletedAttempts, 7n);
     assert.equal(dry.dryRun, true);
-    assert.ok(Math.abs(Date.parse(dry.cutoffTime) - (Date.now() - 86_400_000)) < 60_000);
+    assert.ok(Math.abs(msOf(dry.cutoffTime) - (Date.now() - 86_400_000)) < 60_000);
     assert.equal(await count("timers", ["old", "doomed"]), 9, "a dry run deletes nothing");
 
-    const done = await changeOk("PurgeTimers", { retention: "86400s", batchSize: 3 });
-    assert.equal(done.deletedTimers, "8");
-    assert.equal(done.deletedAttempts, "7");
+    const done = await adminOk("purgeTimers", { retention: "86400s", batchSize: 3 });
+    assert.equal(done.deletedTimers, 8n);
+    assert.equal(done.deletedAttempts, 7n);
     assert.equal(done.batches, 3);
-    const left = await mesh.db.pool.query(
+    const left = await rowsOf<{ group_id: string; timer_id: string; state: number }>(
       "SELECT group_id, timer_id, state FROM timers WHERE group_id IN ('old', 'doomed', 'recent') ORDER BY group_id, timer_id",
     );
     assert.deepEqual(
-      left.rows.map((r) => `${r.group_id}/${r.timer_id}:${r.state}`),
+      left.map((r) => `${r.group_id}/${r.timer_id}:${r.state}`),
       ["old/future-1:1", "recent/ok-0:3", "recent/ok-1:3"],
     );
     assert.equal(await count("timer_attempts", ["old", "doomed"]), 0);
     assert.equal(await count("timer_attempts", ["recent"]), 2, "recent attempts are kept");
-    assert.ok(
-      (await states("flaky")).size === 5 && (await states("billing")).size >= 1,
-      "recently finished and scheduled timers elsewhere are kept",
-    );
-    assertCode(await change("PurgeTimers", {}), "invalid_argument", /retention is required/);
+    assert.equal(await elsewhere(), elsewhereBefore, "timers of other groups are kept");
+
+    // The purge's one audit event counts what every batch deleted.
+    const event = await lastAuditEvent("purgeTimers");
+    assert.equal(event.outcome, "OK");
+    assert.equal(event.dryRun, false);
+    assert.equal(event.result?.deleted_timers, 8);
+    assert.equal(event.result?.batches, 3);
+    assertCode(await adminCall("purgeTimers", {}), "invalid_argument", /retention is required/);
   });
 
   test("GetStats counts active timers by group, due now, and recent firings", async () => {
+    for (let i = 0; i < 4; i++) await createTimer("stats", `later-${i}`, Date.now() + 3_600_000);
+    await createTimer("stats-fired", "now-1", Date.now() + 300);
+    await waitForGroupState("stats-fired", TimerState.SUCCEEDED, 1, "a timer to have fired");
     // Nothing fires meanwhile, so the windowed counts can only shrink as time passes: the
     // answer lies between what Postgres says just after and just before.
-    const firings = async () =>
-      (
-        await mesh.db.pool.query(
-          `SELECT count(*) FILTER (WHERE attempt = 1 AND finished_at > now() - interval '1 minute')::int AS first_minute,
+    const firings = () =>
+      rowOf<{ first_minute: number; first_hour: number; all_minute: number }>(
+        `SELECT count(*) FILTER (WHERE attempt = 1 AND finished_at > now() - interval '1 minute')::int AS first_minute,
                 count(*) FILTER (WHERE attempt = 1)::int AS first_hour,
                 count(*) FILTER (WHERE finished_at > now() - interval '1 minute')::int AS all_minute
            FROM timer_attempts WHERE finished_at > now() - interval '1 hour'`,
-        )
-      ).rows[0] as { first_minute: number; first_hour: number; all_minute: number };
+      );
     const before = await firings();
-    const stats = await adminOk("GetStats");
+    const stats = await adminOk("getStats");
     const after = await firings();
-    const within = (value: unknown, key: keyof typeof before) => {
-      const n = Number(value ?? 0);
+    const within = (value: bigint, key: keyof typeof before) => {
+      const n = Number(value);
       assert.ok(
         n <= before[key] && n >= after[key],
         `${key}: ${n} not within [${after[key]}, ${before[key]}]`,
@@ -620,24 +676,24 @@ describe("the mesh as operators see it", () => {
     within(stats.firedLastMinute, "first_minute");
     within(stats.firedLastHour, "first_hour");
     within(stats.attemptsLastMinute, "all_minute");
-    const { rows } = await mesh.db.pool.query(
+    const active = await rowsOf<{ group_id: string; n: number }>(
       "SELECT group_id, count(*)::int AS n FROM timers WHERE state IN (1, 2) GROUP BY group_id ORDER BY group_id",
     );
     assert.deepEqual(
-      stats.activeByGroup.map((g: any) => [g.groupId, Number(g.scheduled ?? 0) + Number(g.firing ?? 0)]),
-      rows.map((r) => [r.group_id, r.n]),
+      stats.activeByGroup.map((g) => [g.groupId, Number(g.scheduled + g.firing)]),
+      active.map((r) => [r.group_id, r.n]),
     );
     assert.equal(
       Number(stats.activeTimers),
-      rows.reduce((n, r) => n + r.n, 0),
+      active.reduce((n, r) => n + r.n, 0),
     );
-    assert.equal(stats.activeByGroup.find((g: any) => g.groupId === "bulk").scheduled, "4");
-    assert.equal(stats.dueNow ?? "0", "0");
+    assert.equal(stats.activeByGroup.find((g) => g.groupId === "stats")?.scheduled, 4n);
+    assert.equal(stats.dueNow, 0n);
     assert.equal(stats.liveDispatchers, 3);
   });
 
   test("DrainDispatcher hands a dispatcher's shards to the others; RebalanceShards lets it take shards again", async () => {
-    const drained = await changeOk("DrainDispatcher", { dispatcherId: "d2" });
+    const drained = await adminOk("drainDispatcher", { dispatcherId: "d2" });
     assert.equal(drained.dispatcherId, "d2");
     assert.ok(drained.releasedShards > 0);
     await waitFor(
@@ -650,26 +706,31 @@ describe("the mesh as operators see it", () => {
     );
     await waitFor(
       async () =>
-        (await adminOk("ListDispatchers")).dispatchers.find((d: any) => d.id === "d2")?.draining === true,
+        (await adminOk("listDispatchers")).dispatchers.find((d) => d.id === "d2")?.draining === true,
       5_000,
       "d2 to be shown draining",
     );
+    // A drain changes nothing in Postgres itself: its audit event is written after the fact.
+    const event = await lastAuditEvent("drainDispatcher");
+    assert.equal(event.outcome, "OK");
+    assert.equal(event.result?.dispatcher_id, "d2");
+    assert.equal(event.result?.released_shards, drained.releasedShards);
     assertCode(
-      await change("DrainDispatcher", { dispatcherId: "d9" }),
+      await adminCall("drainDispatcher", { dispatcherId: "d9" }),
       "not_found",
       /dispatcher "d9" is not live .*live: d1, d2, d3/,
     );
 
-    const rebalanced = await changeOk("RebalanceShards", { undrain: ["d2"] });
+    const rebalanced = await adminOk("rebalanceShards", { undrain: ["d2"] });
     assert.deepEqual(
-      rebalanced.replies.map((r: any) => [r.dispatcherId, r.draining ?? false]),
+      rebalanced.replies.map((r) => [r.dispatcherId, r.draining]),
       [
         ["d1", false],
         ["d2", false],
         ["d3", false],
       ],
     );
-    assert.equal(rebalanced.missing, undefined);
+    assert.deepEqual(rebalanced.missing, []);
     await waitFor(
       async () => {
         const c = await ownedCounts();
@@ -681,45 +742,56 @@ describe("the mesh as operators see it", () => {
   });
 
   test("every change is in the audit log, newest first, with who, what, arguments and outcome; dry runs marked", async () => {
-    const events: any[] = [];
+    // Events up to here are other tests'; this test's own changes come after.
+    const since = (await adminOk("listAuditEvents", { pageSize: 1 })).events[0]?.id ?? 0n;
+    const changes: { method: AdminMethod; body: JsonObject; outcome: string }[] = [];
+    const change = async (method: AdminMethod, body: JsonObject) => {
+      const r = await adminCall(method, body);
+      changes.push({ method, body, outcome: r.exitCode === 0 ? "OK" : String(r.code).toUpperCase() });
+    };
+    await change("pauseGroup", { groupId: "audited", reason: "audit test" });
+    await change("pauseGroup", { groupId: "audited", reason: "again" });
+    await change("cancelTimers", { groupId: "audited", dryRun: true });
+    await change("retryTimers", {});
+    await change("setGroupQuota", { groupId: "audited", maxActiveTimers: "10" });
+    await change("purgeTimers", { retention: "315360000s", dryRun: true });
+    await change("resumeGroup", { groupId: "audited" });
+
+    const events: AdminResponse<"listAuditEvents">["events"] = [];
     let token = "";
     do {
-      const page = await adminOk("ListAuditEvents", { pageSize: 5, pageToken: token });
+      const page = await adminOk("listAuditEvents", { pageSize: 5, pageToken: token });
       events.push(...page.events);
-      token = page.nextPageToken ?? "";
+      token = page.events.some((e) => e.id <= since) ? "" : page.nextPageToken;
     } while (token !== "");
-    const ids = events.map((e) => Number(e.id));
+    const ids = events.map((e) => e.id);
     assert.deepEqual(
       ids,
-      [...ids].sort((a, b) => b - a),
+      [...ids].sort((a, b) => (a > b ? -1 : a < b ? 1 : 0)),
       "newest first",
     );
     assert.equal(new Set(ids).size, ids.length, "pages do not overlap");
 
-    const oldestFirst = [...events].reverse();
+    const oldestFirst = events.filter((e) => e.id > since).reverse();
     assert.deepEqual(
       oldestFirst.map((e) => [e.action, e.outcome]),
-      changes.map((c) => [`${ADMIN}/${c.method}`, c.outcome]),
+      changes.map((c) => [`${ADMIN}/${AdminService.method[c.method].name}`, c.outcome]),
       "one event per changing call, in order",
     );
     for (const [i, e] of oldestFirst.entries()) {
+      const made = changes[i];
+      assert.ok(made);
       assert.equal(e.actor, "ops");
-      assert.equal(e.dryRun ?? false, changes[i]!.body["dryRun"] === true, `event ${e.id} dry-run mark`);
-      if (!changes[i]!.body["fireAfter"])
-        assert.deepEqual(e.arguments ?? {}, changes[i]!.body, `event ${e.id} arguments`);
+      assert.equal(e.dryRun, made.body.dryRun === true, `event ${e.id} dry-run mark`);
+      assert.deepEqual(e.arguments ?? {}, made.body, `event ${e.id} arguments`);
     }
-    const purge = oldestFirst.find(
-      (e) => e.action.endsWith("/PurgeTimers") && !e.dryRun && e.outcome === "OK",
-    );
-    assert.equal(purge.result.deleted_timers, 8);
-    assert.equal(purge.result.batches, 3);
-    const drain = oldestFirst.find((e) => e.action.endsWith("/DrainDispatcher") && e.outcome === "OK");
-    assert.equal(drain.result.dispatcher_id, "d2");
-    assert.ok(drain.result.released_shards > 0);
+    const quota = oldestFirst.find((e) => e.action.endsWith("/SetGroupQuota"));
+    assert.equal(quota?.result?.max_active_timers, "10");
 
-    const pauses = await adminOk("ListAuditEvents", { action: "PauseGroup" });
-    assert.equal(pauses.events.length, 2);
-    assert.ok(pauses.events.every((e: any) => e.action === `${ADMIN}/PauseGroup`));
+    const pauses = await adminOk("listAuditEvents", { action: "PauseGroup" });
+    const ours = pauses.events.filter((e) => e.id > since);
+    assert.equal(ours.length, 2);
+    assert.ok(ours.every((e) => e.action === `${ADMIN}/PauseGroup`));
     assert.match(admin.output(), /"msg":"audit: admin\.v1\.AdminService\/PauseGroup by ops"/);
   });
 });

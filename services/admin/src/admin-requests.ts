@@ -1,6 +1,8 @@
 // Admin requests checked and turned into what the store needs: selections of timers, purge
 // settings, page sizes and page tokens. No I/O; a RequestError names the field at fault.
-import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { decodePageToken, encodePageToken, PAGE_TOKEN_REFUSED } from "../../shared/src/page-token.js";
+import { durationToMs, timestampToMsFloor } from "../../shared/src/time.js";
 import type {
   CancelTimersRequest,
   PurgeTimersRequest,
@@ -32,12 +34,7 @@ export interface TimerSelection {
 }
 
 function tsDate(ts: Timestamp | undefined): Date | null {
-  if (!ts) return null;
-  return new Date(Number(ts.seconds) * 1000 + Math.floor(ts.nanos / 1e6));
-}
-
-function durationMs(d: Duration): number {
-  return Number(d.seconds) * 1000 + d.nanos / 1e6;
+  return ts ? new Date(timestampToMsFloor(ts)) : null;
 }
 
 /** A 1..max limit from a request field where 0 means the default. */
@@ -96,7 +93,7 @@ export function cancelSelection(req: CancelTimersRequest): TimerSelection {
 /** The retention and batch size of a PurgeTimers request. */
 export function purgeSettings(req: PurgeTimersRequest): { retentionMs: number; batchSize: number } {
   if (!req.retention) throw new RequestError('retention is required, e.g. "2592000s" for 30 days');
-  const retentionMs = durationMs(req.retention);
+  const retentionMs = durationToMs(req.retention);
   if (!(retentionMs > 0)) throw new RequestError("retention must be positive");
   return {
     retentionMs,
@@ -118,27 +115,16 @@ export interface FailedCursor {
 
 /** The opaque next_page_token of ListFailedTimers; bound to the group filter it was made for. */
 export function encodeFailedCursor(c: FailedCursor, groupFilter: string): string {
-  return Buffer.from(JSON.stringify({ f: c.finish, g: c.groupId, t: c.timerId, q: groupFilter })).toString(
-    "base64url",
-  );
+  return encodePageToken({ f: c.finish, g: c.groupId, t: c.timerId }, groupFilter);
 }
 
 /** The cursor in a ListFailedTimers page_token; RequestError when it is malformed or for another filter. */
 export function decodeFailedCursor(token: string, groupFilter: string): FailedCursor {
-  try {
-    const v = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as Record<string, unknown>;
-    if (
-      typeof v["f"] === "string" &&
-      typeof v["g"] === "string" &&
-      typeof v["t"] === "string" &&
-      v["q"] === groupFilter
-    ) {
-      return { finish: v["f"], groupId: v["g"], timerId: v["t"] };
-    }
-  } catch {
-    // fall through
+  const v = decodePageToken(token, groupFilter);
+  if (v && typeof v.f === "string" && typeof v.g === "string" && typeof v.t === "string") {
+    return { finish: v.f, groupId: v.g, timerId: v.t };
   }
-  throw new RequestError("page_token is malformed or belongs to a different query");
+  throw new RequestError(PAGE_TOKEN_REFUSED);
 }
 
 /** The id an audit page_token stands for (events older than it come next). */

@@ -1,16 +1,14 @@
 // The audit trail of operator changes. A change in Postgres records its own event in the same
-// statement (admin-store.ts); changes elsewhere (drain, rebalance) and calls that failed are
+// statement (audit-store.ts); changes elsewhere (drain, rebalance) and calls that failed are
 // recorded here after the fact. Every event is also logged.
-import { toJson, type DescMessage, type JsonObject, type JsonValue, type Message } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { type Message, toJson } from "@bufbuild/protobuf";
+import { ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { trace } from "@opentelemetry/api";
 import type pg from "pg";
 import { callerOf } from "../../shared/src/auth.js";
+import { grpcCodeNameOf } from "../../shared/src/grpc-code-name.js";
 import type { Logger } from "../../shared/src/logger.js";
-import { recordAudit, type AuditInfo } from "./admin-store.js";
-
-/** The summary of a change kept in its audit event (undefined members are left out). */
-export type AuditResult = { [key: string]: JsonValue | undefined };
+import { type AuditInfo, type AuditResult, recordAudit } from "./audit-store.js";
 
 /** What a change reports back: the response, the result summary, and whether the store already recorded it. */
 export interface ChangeOutcome<T> {
@@ -29,9 +27,9 @@ export function markRecorded<E>(err: E): E {
   return err;
 }
 
-/** PERMISSION_DENIED for Code.PermissionDenied: the gRPC spelling operators know. */
-export function grpcCodeName(code: Code): string {
-  return (Code[code] ?? "Unknown").replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+/** Whether the error's audit event was already written (see markRecorded). */
+function isRecorded(err: unknown): boolean {
+  return typeof err === "object" && err !== null && recordedErrors.has(err);
 }
 
 /** The trace of the call: ours when tracing, else the caller's traceparent. */
@@ -56,7 +54,7 @@ export class Auditor {
     return {
       actor: callerOf(ctx).name,
       action: `${ctx.service.typeName}/${ctx.method.name}`,
-      arguments: toJson(ctx.method.input as DescMessage, req),
+      arguments: toJson(ctx.method.input, req),
       traceId: traceIdOf(ctx),
     };
   }
@@ -71,19 +69,19 @@ export class Auditor {
     run: (audit: AuditInfo) => Promise<ChangeOutcome<T>>,
   ): Promise<T> {
     const audit = this.infoOf(ctx, req);
-    const dryRun = (req as { dryRun?: unknown }).dryRun === true;
+    const dryRun = "dryRun" in req && req.dryRun === true;
     try {
       const out = await run(audit);
-      if (!out.recorded) await recordAudit(this.pool, audit, "OK", out.result as JsonObject);
+      if (!out.recorded) await recordAudit(this.pool, audit, "OK", out.result);
       this.log.info(
         { audit: { ...audit, dry_run: dryRun, outcome: "OK", result: out.result } },
         `audit: ${audit.action} by ${audit.actor}`,
       );
       return out.response;
     } catch (err) {
-      const code = err instanceof ConnectError ? grpcCodeName(err.code) : "INTERNAL";
+      const code = grpcCodeNameOf(err);
       const message = err instanceof ConnectError ? err.rawMessage : "internal error";
-      if (!recordedErrors.has(err as object)) {
+      if (!isRecorded(err)) {
         await recordAudit(this.pool, audit, code, { error: message }).catch((e: unknown) =>
           this.log.error({ err: e, audit }, "could not record a failed admin call in the audit log"),
         );

@@ -32,10 +32,19 @@ export interface AdminConfig extends CommonConfig {
   listPageMaxBytes: number;
 }
 
+/**
+ * The admin's Postgres pool when DB_POOL_MAX is unset: its calls are few and operator-driven, so
+ * it needs fewer connections than the services on the firing path. A DB_POOL_MAX that is set
+ * applies to the admin as it is.
+ */
+export const ADMIN_DEFAULT_DB_POOL_MAX = 5;
+
 /** Reads and validates the admin service's environment. */
 export function loadAdminConfig(env: Record<string, string | undefined>): AdminConfig {
+  const common = loadCommonConfig(env, { grpc: 50053, http: 8082 });
   return {
-    ...loadCommonConfig(env, { grpc: 50053, http: 8082 }),
+    ...common,
+    dbPoolMax: envOptional(env, "DB_POOL_MAX") === undefined ? ADMIN_DEFAULT_DB_POOL_MAX : common.dbPoolMax,
     memberTtlMs: envDurationMs(env, "MEMBER_TTL", 3_000, 100, 600_000),
     rebalanceWaitMs: envDurationMs(env, "REBALANCE_WAIT", 1_000, 50, 60_000),
     dispatcherCallTimeoutMs: envDurationMs(env, "DISPATCHER_CALL_TIMEOUT", 30_000, 100, 600_000),

@@ -1,67 +1,44 @@
-import { readFile } from "node:fs/promises";
+// The admin service's process: reads its settings, opens Postgres and NATS, and serves
+// admin.v1.AdminService, joined here from its parts (*-handlers.ts), each over its own SQL
+// (*-store.ts). Only wiring lives here.
 import { hostname } from "node:os";
-import { createLogger, type Logger } from "../../shared/src/logger.js";
+import { createLogger } from "../../shared/src/logger.js";
 import { startServiceTelemetry } from "../../shared/src/telemetry/telemetry.js";
 import { SERVICE_VERSION } from "../../shared/src/version.js";
-import { ConfigError } from "../../shared/src/env.js";
+import { loadServiceConfig } from "../../shared/src/service-config.js";
 import { openDatabase } from "../../shared/src/db.js";
-import { Code, ConnectError } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import { MeshMessageDrops } from "../../shared/src/mesh-message-drops.js";
 import { connectNats } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
 import { AdminService, file_admin_v1_admin } from "../../shared/src/gen/admin/v1/admin_pb.js";
-import { loadAdminConfig, type AdminConfig } from "./config.js";
+import { loadAdminConfig } from "./config.js";
+import { dispatcherTls, dispatcherTokenSource } from "./dispatcher-credentials.js";
 import { Auditor } from "./audit.js";
 import { DispatcherDirectory } from "./dispatcher-directory.js";
-import { createAdminService } from "./handlers.js";
-import { MeshControl, type DispatcherTls } from "./mesh-control.js";
+import { bulkHandlers } from "./bulk-handlers.js";
+import { groupHandlers } from "./group-handlers.js";
+import type { AdminDeps } from "./handler-support.js";
+import { inspectHandlers } from "./inspect-handlers.js";
+import { meshHandlers } from "./mesh-handlers.js";
+import { purgeHandlers } from "./purge-handlers.js";
+import { MeshControl } from "./mesh-control.js";
 
 const bootLog = createLogger("admin", "info");
 
-/** TLS for calls to dispatchers, when DISPATCHER_TLS_CA_FILE is set. */
-async function dispatcherTls(config: AdminConfig): Promise<DispatcherTls | undefined> {
-  if (!config.dispatcherTlsCaFile) return undefined;
-  const read = (variable: string, path: string) =>
-    readFile(path).catch((err: Error) => {
-      throw new Error(`${variable}: cannot read ${path}: ${err.message}`);
-    });
-  const own = config.security.tls;
+/** admin.v1.AdminService, one part per section of the API (each part's file says what it holds). */
+function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> {
   return {
-    ca: await read("DISPATCHER_TLS_CA_FILE", config.dispatcherTlsCaFile),
-    cert: own ? await read("TLS_CERT_FILE", own.certFile) : undefined,
-    key: own ? await read("TLS_KEY_FILE", own.keyFile) : undefined,
-  };
-}
-
-/**
- * The admin's own token for dispatchers, read at every call from DISPATCHER_TOKEN_FILE so that a
- * rotated secret is used at once. An unreadable file fails the call, naming the variable.
- */
-function dispatcherTokenSource(config: AdminConfig, log: Logger): () => Promise<string | undefined> {
-  const source = config.dispatcherToken;
-  if (!source) return async () => undefined;
-  if ("inline" in source) return async () => source.inline;
-  return async () => {
-    try {
-      return (await readFile(source.file, "utf8")).trim() || undefined;
-    } catch (err) {
-      log.error({ err, variable: "DISPATCHER_TOKEN_FILE" }, "cannot read the admin's dispatcher token");
-      throw new ConnectError(
-        `DISPATCHER_TOKEN_FILE of the admin service cannot be read`,
-        Code.FailedPrecondition,
-      );
-    }
+    ...meshHandlers(deps),
+    ...groupHandlers(deps),
+    ...bulkHandlers(deps),
+    ...purgeHandlers(deps),
+    ...inspectHandlers(deps),
   };
 }
 
 runMain(bootLog, async () => {
-  let config;
-  try {
-    config = loadAdminConfig(process.env);
-  } catch (err) {
-    if (err instanceof ConfigError) throw new Error(`configuration: ${err.message}`);
-    throw err;
-  }
+  const config = loadServiceConfig(() => loadAdminConfig(process.env));
   const log = createLogger("admin", config.logLevel);
   const telemetry = startServiceTelemetry(
     "admin",
@@ -70,7 +47,7 @@ runMain(bootLog, async () => {
     SERVICE_VERSION,
   );
   const tls = await dispatcherTls(config);
-  const database = openDatabase(config, "admin", log, telemetry, Math.min(config.dbPoolMax, 5));
+  const database = openDatabase(config, "admin", log, telemetry);
   const pool = database.pool;
   const dispatcherToken = dispatcherTokenSource(config, log);
   await dispatcherToken(); // an unreadable DISPATCHER_TOKEN_FILE stops the start, not the first drain
@@ -93,6 +70,17 @@ runMain(bootLog, async () => {
     log,
     drops,
   );
+  const deps: AdminDeps = {
+    pool,
+    nats,
+    directory,
+    control,
+    auditor: new Auditor(pool, log),
+    shardCount: config.shardCount,
+    memberTtlMs: config.memberTtlMs,
+    listPageMaxBytes: config.listPageMaxBytes,
+    log,
+  };
   const service = await runService({
     name: "admin",
     host: config.host,
@@ -101,24 +89,10 @@ runMain(bootLog, async () => {
     log,
     files: [file_admin_v1_admin],
     serviceNames: [AdminService.typeName],
-    routes: (router) =>
-      router.service(
-        AdminService,
-        createAdminService({
-          pool,
-          nats,
-          directory,
-          control,
-          auditor: new Auditor(pool, log),
-          shardCount: config.shardCount,
-          memberTtlMs: config.memberTtlMs,
-          listPageMaxBytes: config.listPageMaxBytes,
-          log,
-        }),
-      ),
+    routes: (router) => router.service(AdminService, adminService(deps)),
     // Most admin calls are Postgres alone, so the service is ready on Postgres: while NATS is
     // away, only the calls that go through the dispatchers (ListDispatchers, DrainDispatcher,
-    // RebalanceShards) answer UNAVAILABLE, naming NATS (handlers.ts).
+    // RebalanceShards) answer UNAVAILABLE, naming NATS (mesh-handlers.ts).
     dependencies: { postgres: database, nats },
     optional: ["nats"],
     start: { after: [database] },
