@@ -283,6 +283,21 @@ interface Row {
   lateMs: number[];
 }
 
+/** A row with nothing counted yet. */
+function emptyRow(phase: string): Row {
+  return {
+    phase,
+    stored: 0,
+    createErrors: 0,
+    fired: 0,
+    lost: 0,
+    dupInFlight: 0,
+    dupOther: 0,
+    early: 0,
+    lateMs: [],
+  };
+}
+
 function analyse(
   created: Map<string, Created>,
   stored: Map<string, number>,
@@ -308,17 +323,7 @@ function analyse(
     while (i + 1 < phases.length && phases[i + 1]!.fromMs <= fireAtMs) i++;
     return i;
   };
-  const rows: Row[] = phases.map((p) => ({
-    phase: p.name,
-    stored: 0,
-    createErrors: 0,
-    fired: 0,
-    lost: 0,
-    dupInFlight: 0,
-    dupOther: 0,
-    early: 0,
-    lateMs: [],
-  }));
+  const rows: Row[] = phases.map((p) => emptyRow(p.name));
   for (const [id, c] of created) {
     if (c.answer !== "OK" && !stored.has(id)) rows[phaseOf(c.fireAtMs)]!.createErrors++;
   }
@@ -363,17 +368,7 @@ function analyse(
       }
     }
   }
-  const total: Row = {
-    phase: "total",
-    stored: 0,
-    createErrors: 0,
-    fired: 0,
-    lost: 0,
-    dupInFlight: 0,
-    dupOther: 0,
-    early: 0,
-    lateMs: [],
-  };
+  const total = emptyRow("total");
   for (const r of rows) {
     total.stored += r.stored;
     total.createErrors += r.createErrors;
@@ -450,7 +445,7 @@ async function main(): Promise<number> {
   // half-way through the clean-up.
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     process.on(sig, () => {
-      if (cleaning) return;
+      if (cleaning !== undefined) return;
       log(`${sig}: stopping everything`);
       void cleanUp().finally(() => process.exit(130));
     });
@@ -478,7 +473,11 @@ async function main(): Promise<number> {
     watch(mesh.timer);
     const watched = new Set<ServiceProcess>();
     const watchAll = () => {
-      for (const p of c.mesh.dispatchers) if (!watched.has(p)) watched.add(p), watch(p);
+      for (const p of c.mesh.dispatchers) {
+        if (watched.has(p)) continue;
+        watched.add(p);
+        watch(p);
+      }
     };
     watchAll();
     await waitFor(() => allReady(c), 60_000, "every service to be ready");

@@ -3,9 +3,10 @@
 // (created: true); anything else (an error, a refused item, a replay) is counted as failed with
 // the first such message kept, so a rate is never reported over creates that did not happen.
 import { performance } from "node:perf_hooks";
+import { create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
-import type { CreateTimerRequest } from "../services/shared/src/gen/timer/v1/timer_pb.js";
-import { createTimers, type GrpcTimerClient } from "../test/support/timer-client.js";
+import { CallbackSchema, type CreateTimerRequest } from "../services/shared/src/gen/timer/v1/timer_pb.js";
+import { createTimers, type GrpcTimerClient, hourAhead } from "../test/support/timer-client.js";
 import { summarize, type Summary } from "./stats.js";
 
 /** How much to create: `count` creates, or as many as fit before `untilMs` (epoch ms). */
@@ -26,6 +27,19 @@ export interface CreateRun {
   endedAtMs: number;
   /** Latency of each call (one create, or one batch). */
   latency: Summary;
+}
+
+/**
+ * The create load: the i-th create of timers `<group>-<i>`, an hour out (they never fire during a
+ * run), calling back `url` over HTTP with `payload`.
+ */
+export function hourAheadLoad(
+  group: string,
+  url: string,
+  payload?: Uint8Array,
+): (i: number) => CreateTimerRequest {
+  const callback = create(CallbackSchema, { target: { case: "http", value: { url, headers: {} } } });
+  return (i) => hourAhead(group, `${group}-${i}`, { callback, ...(payload ? { payload } : {}) });
 }
 
 /** Acknowledged creates per second. */

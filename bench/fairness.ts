@@ -30,8 +30,8 @@ const cfg = {
   bOffsetMs: envInt("BENCH_B_OFFSET_MS", 200),
   observeMs: envInt("BENCH_OBSERVE_MS", 20_000),
   leadMs: envInt("BENCH_LEAD_MS", 30_000),
-  baseline: process.env["BENCH_BASELINE"] === "1",
-  strict: process.env["BENCH_STRICT"] === "1",
+  baseline: process.env.BENCH_BASELINE === "1",
+  strict: process.env.BENCH_STRICT === "1",
   dispatcherEnv: envPairs("BENCH_DISPATCHER_ENV"),
 };
 

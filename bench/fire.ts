@@ -35,16 +35,18 @@ import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { fileURLToPath } from "node:url";
-import { create } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import {
-  CreateTimerRequestSchema,
-  type CreateTimerRequest,
-} from "../services/shared/src/gen/timer/v1/timer_pb.js";
 import { startMesh, type TestMesh } from "../test/support/mesh.js";
 import { envInt, envPairs } from "./bench-env.js";
 import { cpuSnapshot, cpuTable, machineBusyPct, readProc, type CpuSnapshot, type Known } from "./cpu.js";
-import { createBatches, createRate, createUnary, Creator, failureNote, type CreateRun } from "./creates.js";
+import {
+  type CreateRun,
+  Creator,
+  createBatches,
+  createRate,
+  createUnary,
+  failureNote,
+  hourAheadLoad,
+} from "./creates.js";
 import { dbStates, fireRun, type FireOutcome } from "./fire-run.js";
 import { startReceiver, type Receiver } from "./receiver.js";
 import {
@@ -79,7 +81,7 @@ const cfg = {
   fires: envInt("BENCH_FIRES", 20_000),
   fireWindowMs: Math.max(1, envInt("BENCH_FIRE_WINDOW_MS", 2_000)),
   fireLeadMs: envInt("BENCH_FIRE_LEAD_MS", 10_000),
-  steadyRates: (process.env["BENCH_STEADY_RATES"] ?? "5000,1000")
+  steadyRates: (process.env.BENCH_STEADY_RATES ?? "5000,1000")
     .split(",")
     .filter(Boolean)
     .map((r) => {
@@ -91,8 +93,8 @@ const cfg = {
   steadyLeadMs: envInt("BENCH_STEADY_LEAD_MS", 5_000),
   drainTimeoutMs: envInt("BENCH_DRAIN_TIMEOUT_MS", 60_000),
   shardCount: Math.max(1, envInt("BENCH_SHARD_COUNT", 1024)),
-  strict: process.env["BENCH_STRICT"] === "1",
-  vacuum: process.env["BENCH_VACUUM"] === "1",
+  strict: process.env.BENCH_STRICT === "1",
+  vacuum: process.env.BENCH_VACUUM === "1",
   timerEnv: envPairs("BENCH_TIMER_ENV"),
   dispatcherEnv: envPairs("BENCH_DISPATCHER_ENV"),
 };
@@ -220,16 +222,7 @@ async function main(): Promise<number> {
     );
 
     const payload = new Uint8Array(cfg.payloadBytes).map((_, i) => 97 + (i % 26));
-    const inAnHour =
-      (group: string) =>
-      (i: number): CreateTimerRequest =>
-        create(CreateTimerRequestSchema, {
-          groupId: group,
-          timerId: `${group}-${i}`,
-          schedule: { case: "delay", value: durationFromMs(3_600_000) },
-          callback: { target: { case: "http", value: { url: rx!.url, headers: {} } } },
-          payload,
-        });
+    const inAnHour = (group: string) => hourAheadLoad(group, rx!.url, payload);
     const vacuum = async () => {
       const t = Date.now();
       await db.pool.query("VACUUM (ANALYZE)");

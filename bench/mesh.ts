@@ -24,14 +24,25 @@
 // BENCH_TRANSPORTS ("nats,http"), BENCH_CALLERS, BENCH_LEAD_MS (5 s between the end of a run's
 // creation and its first fire time), BENCH_SKIP_KILL / BENCH_SKIP_OTEL (=1 to skip those parts).
 import { cpus } from "node:os";
-import { create } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { CreateTimerRequestSchema } from "../services/shared/src/gen/timer/v1/timer_pb.js";
 import { startMesh, type TestMesh } from "../test/support/mesh.js";
-import { waitFor } from "../test/support/wait.js";
+import { waitForShardOwners } from "../test/support/shard-owners.js";
 import { envInt } from "./bench-env.js";
-import { createBatches, createRate, createUnary, Creator, failureNote, type CreateRun } from "./creates.js";
-import { fireRun, type CallbackKind, type FireOutcome, type FireSpec } from "./fire-run.js";
+import {
+  type CreateRun,
+  Creator,
+  createBatches,
+  createRate,
+  createUnary,
+  failureNote,
+  hourAheadLoad,
+} from "./creates.js";
+import {
+  type CallbackKind,
+  type FireOutcome,
+  type FireSpec,
+  fireRun,
+  vacuumTimerTables,
+} from "./fire-run.js";
 import { startReceiver, type Receiver } from "./receiver.js";
 import { fireRate, fmtInt, fmtMs, renderTable } from "./stats.js";
 import { exitCode, judged, summaryTable, TARGETS, type Verdict } from "./targets.js";
@@ -43,20 +54,20 @@ const cfg = {
   rate: Math.max(1, envInt("BENCH_RATE", 5_000)),
   seconds: Math.max(1, envInt("BENCH_SECONDS", 8)),
   // Empty: no configuration runs (only the failover and telemetry parts).
-  dispatchers: (process.env["BENCH_DISPATCHERS"] ?? "1,2,3").split(",").filter(Boolean).map(Number),
-  transports: (process.env["BENCH_TRANSPORTS"] ?? "nats,http").split(",").filter(Boolean) as CallbackKind[],
+  dispatchers: (process.env.BENCH_DISPATCHERS ?? "1,2,3").split(",").filter(Boolean).map(Number),
+  transports: (process.env.BENCH_TRANSPORTS ?? "nats,http").split(",").filter(Boolean) as CallbackKind[],
   callers: Math.max(1, envInt("BENCH_CALLERS", 64)),
   leadMs: envInt("BENCH_LEAD_MS", 5_000),
   drainTimeoutMs: envInt("BENCH_DRAIN_TIMEOUT_MS", 60_000),
-  skipKill: process.env["BENCH_SKIP_KILL"] === "1",
-  skipOtel: process.env["BENCH_SKIP_OTEL"] === "1",
-  strict: process.env["BENCH_STRICT"] === "1",
+  skipKill: process.env.BENCH_SKIP_KILL === "1",
+  skipOtel: process.env.BENCH_SKIP_OTEL === "1",
+  strict: process.env.BENCH_STRICT === "1",
 };
 for (const t of cfg.transports)
   if (t !== "nats" && t !== "http") throw new Error(`BENCH_TRANSPORTS takes nats and http, got "${t}"`);
 for (const d of cfg.dispatchers)
   if (!Number.isInteger(d) || d < 1)
-    throw new Error(`BENCH_DISPATCHERS takes counts of 1 or more, got "${process.env["BENCH_DISPATCHERS"]}"`);
+    throw new Error(`BENCH_DISPATCHERS takes counts of 1 or more, got "${process.env.BENCH_DISPATCHERS}"`);
 
 const log = (m: string) =>
   process.stderr.write(`[bench:mesh ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
@@ -103,16 +114,7 @@ async function startBenchMesh(dispatchers: number, tracing: false | number = fal
   };
   try {
     await receiver.listenNats(mesh.nats.url, "operator", mesh.nats.passwords.operator);
-    await waitFor(
-      async () => {
-        const { rows } = await mesh.db.pool.query(
-          "SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL",
-        );
-        return rows[0].owners === dispatchers && rows[0].n === SHARDS;
-      },
-      30_000,
-      "every shard to be owned",
-    );
+    await waitForShardOwners(mesh.db.pool, dispatchers, SHARDS, 30_000);
     const creator = new Creator(mesh.client, log, { callers: cfg.callers, batchSize: 1_000 });
     // Learn whether CreateTimers is there and how fast creation goes once warm (the first calls
     // of a fresh process are slow), so that the first fire run's window is planned after its
@@ -122,7 +124,7 @@ async function startBenchMesh(dispatchers: number, tracing: false | number = fal
       1_000,
       1,
       { count: 2_000 },
-      farFuture("bench-warmup", receiver.url),
+      hourAheadLoad("bench-warmup", receiver.url),
     );
     creator.observe(
       warm.unimplemented
@@ -132,7 +134,7 @@ async function startBenchMesh(dispatchers: number, tracing: false | number = fal
             1_000,
             1,
             { count: 5_000 },
-            farFuture("bench-probe", receiver.url),
+            hourAheadLoad("bench-probe", receiver.url),
           ),
     );
     return { mesh, receiver, creator, close };
@@ -140,17 +142,6 @@ async function startBenchMesh(dispatchers: number, tracing: false | number = fal
     await close();
     throw err;
   }
-}
-
-/** Timers due in an hour (they never fire during a run): the create load. */
-function farFuture(group: string, url: string) {
-  return (i: number) =>
-    create(CreateTimerRequestSchema, {
-      groupId: group,
-      timerId: `${group}-${i}`,
-      schedule: { case: "delay", value: durationFromMs(3_600_000) },
-      callback: { target: { case: "http", value: { url, headers: {} } } },
-    });
 }
 
 /** A fire run on the mesh, vacuuming first (this machine's Postgres runs with autovacuum off). */
@@ -162,10 +153,7 @@ async function run(
   callback: CallbackKind,
   during?: FireSpec["during"],
 ): Promise<FireOutcome> {
-  // Without this, each run would wade through the dead row versions of the runs before it
-  // (every fire updates a row twice).
-  await b.mesh.db.pool.query("VACUUM ANALYZE timers");
-  await b.mesh.db.pool.query("VACUUM ANALYZE timer_attempts");
+  await vacuumTimerTables(b.mesh.db);
   return fireRun(
     b.creator,
     b.receiver,
@@ -234,14 +222,14 @@ async function main(): Promise<number> {
               b.mesh.client,
               cfg.callers,
               { untilMs: startMs + halfMs },
-              farFuture("load-unary", b.receiver.url),
+              hourAheadLoad("load-unary", b.receiver.url),
             );
             batch = await createBatches(
               b.mesh.client,
               1_000,
               1,
               { untilMs: startMs + 2 * halfMs },
-              farFuture("load-batch", b.receiver.url),
+              hourAheadLoad("load-batch", b.receiver.url),
             );
           },
         );

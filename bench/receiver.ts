@@ -45,7 +45,10 @@ async function receiverMain(): Promise<void> {
   const byGroup = new Map<string, Delivery[]>();
   const record = (group: string, d: Delivery) => {
     let rows = byGroup.get(group);
-    if (!rows) byGroup.set(group, (rows = []));
+    if (!rows) {
+      rows = [];
+      byGroup.set(group, rows);
+    }
     rows.push(d);
   };
   const rx = await startHttpReceiver((r) => {

@@ -34,10 +34,10 @@ import {
 import { shardOf } from "../services/shared/src/shard.js";
 import { getTimer, listTimers } from "../services/timer/src/timer-store.js";
 import { startMesh, type TestMesh } from "../test/support/mesh.js";
-import { waitFor } from "../test/support/wait.js";
+import { waitForShardOwners } from "../test/support/shard-owners.js";
 import { envInt } from "./bench-env.js";
 import { createBatches, createRate, Creator, failureNote } from "./creates.js";
-import { fireRun, type FireOutcome } from "./fire-run.js";
+import { type FireOutcome, fireRun, vacuumTimerTables } from "./fire-run.js";
 import { explainCall, type PlanFigures } from "./plans.js";
 import { startReceiver, type Receiver } from "./receiver.js";
 import { fmt, fmtInt, fmtMs, renderTable, summarize, type Summary } from "./stats.js";
@@ -52,7 +52,7 @@ const cfg = {
   inFlight: Math.max(1, envInt("BENCH_SCALE_IN_FLIGHT", 4)),
   fireSeconds: Math.max(1, envInt("BENCH_SCALE_FIRE_SECONDS", 10)),
   samples: Math.max(10, envInt("BENCH_SCALE_SAMPLES", 2_000)),
-  strict: process.env["BENCH_STRICT"] === "1",
+  strict: process.env.BENCH_STRICT === "1",
 };
 
 /** Issue 10's targets for item 5. */
@@ -198,12 +198,6 @@ function fireCheck(o: FireOutcome): { ok: boolean; note: string } {
   };
 }
 
-async function vacuum(mesh: TestMesh): Promise<void> {
-  // This machine's Postgres runs with autovacuum off: statistics and the visibility map come from here.
-  await mesh.db.pool.query("VACUUM ANALYZE timers");
-  await mesh.db.pool.query("VACUUM ANALYZE timer_attempts");
-}
-
 async function main(): Promise<number> {
   const receiver = await startReceiver();
   const mesh = await startMesh({
@@ -221,16 +215,7 @@ async function main(): Promise<number> {
   try {
     log(await checkDisk(mesh));
     const dispatcherPid = mesh.dispatchers[0]!.child.pid!;
-    await waitFor(
-      async () => {
-        const { rows } = await mesh.db.pool.query(
-          "SELECT count(*)::int AS n FROM shard_owners WHERE owner IS NOT NULL",
-        );
-        return rows[0].n === SHARDS;
-      },
-      30_000,
-      "every shard to be owned",
-    );
+    await waitForShardOwners(mesh.db.pool, 1, SHARDS, 30_000);
     const url = receiver.url;
     const callback = { target: { case: "http" as const, value: { url, headers: {} } } };
 
@@ -248,7 +233,7 @@ async function main(): Promise<number> {
       throw new Error(`could not create the probe timers: ${failureNote(probeRun)}`);
     const creator = new Creator(mesh.client, log, { callers: 64, batchSize: 1_000 });
     creator.observe(probeRun);
-    await vacuum(mesh);
+    await vacuumTimerTables(mesh.db); // this machine's Postgres runs with autovacuum off
 
     // A first fire run warms the dispatcher, the receiver and their connections up (in the
     // 10M run without it, the first run's p99 was ten times the second's): not measured.
@@ -308,7 +293,7 @@ async function main(): Promise<number> {
     const loadRate = loaded / (loadMs / 1000);
     log("VACUUM ANALYZE");
     const vacuumStart = performance.now();
-    await vacuum(mesh);
+    await vacuumTimerTables(mesh.db);
     const vacuumS = (performance.now() - vacuumStart) / 1000;
     const { rows: sizeRows } = await mesh.db.pool.query<{ table: string; total: string; active: string }>(
       `SELECT pg_size_pretty(pg_relation_size('timers')) AS table, pg_size_pretty(pg_total_relation_size('timers')) AS total,

@@ -182,7 +182,10 @@ export function timeline(r: FireResult, originMs: number): string {
   const buckets = new Map<number, { received: number; late: number[] }>();
   const at = (s: number) => {
     let b = buckets.get(s);
-    if (!b) buckets.set(s, (b = { received: 0, late: [] }));
+    if (!b) {
+      b = { received: 0, late: [] };
+      buckets.set(s, b);
+    }
     return b;
   };
   for (const [due, recv] of r.firsts) {

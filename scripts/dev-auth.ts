@@ -63,7 +63,7 @@ export async function ensureDevAuth(env: NodeJS.ProcessEnv, dataDir: string): Pr
     await mkdir(dataDir, { recursive: true });
     await writeFile(tokenPath, `${token}\n`, { mode: 0o600 });
     await writeFile(dispatcherTokenPath, `${dispatcherToken}\n`, { mode: 0o600 });
-    await writeFile(tokensFile, JSON.stringify(entries, null, 2) + "\n", { mode: 0o600 });
+    await writeFile(tokensFile, `${JSON.stringify(entries, null, 2)}\n`, { mode: 0o600 });
     source = `${tokensFile} (new development admin token in ${tokenPath})`;
   }
   return {

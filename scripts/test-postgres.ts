@@ -5,7 +5,7 @@ import { startEmbeddedPostgres } from "./embedded-postgres.js";
 
 const pg = await startEmbeddedPostgres({
   dataDir: new URL("../.data/test-postgres", import.meta.url).pathname,
-  port: Number(process.env["EMBEDDED_PG_PORT"] ?? 54329),
+  port: Number(process.env.EMBEDDED_PG_PORT ?? 54329),
   database: "postgres",
 });
 console.log(pg.url);

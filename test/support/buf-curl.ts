@@ -6,11 +6,14 @@ import { fileURLToPath } from "node:url";
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const buf = `${root}node_modules/.bin/buf`;
 
-/** What one `buf curl` call returned: the JSON response, or the gRPC error. */
-export interface BufCurlResult {
+/**
+ * What one `buf curl` call returned: the JSON response, or the gRPC error. `Json` is the shape the
+ * caller expects of the response message (as the proto3 JSON mapping writes it); unchecked.
+ */
+export interface BufCurlResult<Json = unknown> {
   exitCode: number;
   /** The response message as JSON (undefined on error). */
-  json: any;
+  json: Json | undefined;
   /** The gRPC error code as buf prints it (e.g. "permission_denied"), undefined on success. */
   code: string | undefined;
   /** The error message, undefined on success. */
@@ -25,13 +28,13 @@ export interface BufCurlResult {
  * (https://... with `extra` TLS flags such as --cacert). Never throws for a gRPC error: look at
  * `code`.
  */
-export function bufCurl(
+export function bufCurl<Json = unknown>(
   target: number | string,
   method: string,
   body: unknown = {},
   token?: string,
   extra: string[] = [],
-): Promise<BufCurlResult> {
+): Promise<BufCurlResult<Json>> {
   const base = typeof target === "number" ? `http://127.0.0.1:${target}` : target;
   const args = ["curl", "--timeout", "30s", "--protocol", "grpc"];
   if (base.startsWith("http:")) args.push("--http2-prior-knowledge");
@@ -47,7 +50,7 @@ export function bufCurl(
       if (exitCode === 0) {
         resolve({
           exitCode,
-          json: stdout.trim() === "" ? {} : JSON.parse(stdout),
+          json: (stdout.trim() === "" ? {} : JSON.parse(stdout)) as Json,
           code: undefined,
           message: undefined,
           stdout,
@@ -71,14 +74,16 @@ export function bufCurl(
 }
 
 /** Like bufCurl, but throws unless the call succeeded; returns the response JSON. */
-export async function bufCurlOk(
+export async function bufCurlOk<Json = unknown>(
   target: number | string,
   method: string,
   body: unknown = {},
   token?: string,
   extra: string[] = [],
-): Promise<any> {
-  const r = await bufCurl(target, method, body, token, extra);
-  if (r.exitCode !== 0) throw new Error(`${method} failed: ${r.code}: ${r.message}\n${r.stderr}`);
+): Promise<Json> {
+  const r = await bufCurl<Json>(target, method, body, token, extra);
+  if (r.exitCode !== 0 || r.json === undefined) {
+    throw new Error(`${method} failed: ${r.code}: ${r.message}\n${r.stderr}`);
+  }
   return r.json;
 }

@@ -1,19 +1,18 @@
 // A real nats-server on a free port with JetStream and the mesh's users and permissions
-// (infra/nats/nats.conf, random passwords), for one test file. Async-disposable.
-import { spawn, type ChildProcess } from "node:child_process";
+// (infra/nats/nats.conf, random passwords), for one test file: started the way `npm start` starts
+// it (scripts/nats-child.ts), on a store of its own. Async-disposable.
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { type NatsServer, startNatsServer } from "../../scripts/nats-child.js";
 import {
-  NATS_CONFIG_FILE,
-  randomPasswords,
-  serverPasswordEnv,
-  serviceNatsEnv,
   type NatsPasswords,
   type NatsUser,
+  randomPasswords,
+  serviceNatsEnv,
 } from "../../scripts/nats-users.js";
-import { freePort, waitFor, canConnect } from "./wait.js";
+import { freePort } from "./wait.js";
 
 /** A running test nats-server. */
 export interface TestNats extends AsyncDisposable {
@@ -40,40 +39,23 @@ export async function startNats(opts: { launch?: boolean } = {}): Promise<TestNa
   const port = await freePort();
   const store = await mkdtemp(join(tmpdir(), "nats-test-"));
   const passwords = randomPasswords();
-  let child: ChildProcess | undefined;
-  let log = "";
+  let server: NatsServer | undefined;
   const launch = async () => {
-    log = "";
-    const c = spawn(
-      "nats-server",
-      ["-c", NATS_CONFIG_FILE, "-a", "127.0.0.1", "-p", String(port), "-js", "-sd", store],
-      {
-        env: { PATH: process.env["PATH"] ?? "", ...serverPasswordEnv(passwords) },
-        stdio: ["ignore", "ignore", "pipe"],
-      },
-    );
-    c.stderr!.on("data", (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
-    const spawnError = new Promise<never>((_, reject) =>
-      c.once("error", (err) =>
-        reject(new Error("nats-server is not on PATH: apt-get install nats-server", { cause: err })),
-      ),
-    );
-    const exited = new Promise<never>((_, reject) =>
-      c.once("exit", (code) => reject(new Error(`nats-server exited (${code}):\n${log}`))),
-    );
-    child = c;
-    await Promise.race([
-      waitFor(() => canConnect(port), 10_000, `nats-server on port ${port}`),
-      spawnError,
-      exited,
-    ]);
+    const started = await startNatsServer({ port, storeDir: store, passwords, readyTimeoutMs: 10_000 });
+    if (started.port !== port) {
+      // startNatsServer moves to a free port when its own is taken; the services' NATS_URL names this one.
+      await started.stop();
+      throw new Error(`nats-server could not have port ${port} again: it is taken`);
+    }
+    server = started;
   };
   const stop = async (signal: "SIGTERM" | "SIGKILL" = "SIGTERM") => {
-    const c = child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) return;
-    const exited = new Promise((r) => c.once("exit", r));
-    c.kill(signal);
-    await exited;
+    const s = server;
+    if (!s) return;
+    server = undefined;
+    if (signal === "SIGTERM") return s.stop();
+    s.child.kill("SIGKILL"); // a crash: no clean-up, the pid file stays
+    await s.exited;
   };
   if (opts.launch !== false) await launch();
   const url = `nats://127.0.0.1:${port}`;

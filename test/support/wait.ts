@@ -1,4 +1,5 @@
-import net from "node:net";
+// Waiting in tests: for a condition to hold, and for a free port to listen on.
+import { getFreePort } from "../../scripts/child-process.js";
 
 /** Polls `cond` until it returns truthy, or throws after `timeoutMs` naming what was awaited. */
 export async function waitFor<T>(
@@ -25,24 +26,5 @@ export async function waitFor<T>(
 
 /** A TCP port free on 127.0.0.1 right now. */
 export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Whether something accepts TCP connections on 127.0.0.1:port. */
-export function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = net.connect(port, "127.0.0.1");
-    sock.once("connect", () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once("error", () => resolve(false));
-  });
+  return getFreePort("127.0.0.1");
 }

@@ -110,7 +110,7 @@ interface Stage {
   from: string;
   env: Env;
   expose: number[];
-  cmd?: string[];
+  cmd?: string[] | undefined;
   copies: string[];
 }
 
@@ -420,14 +420,105 @@ test("Prometheus scrapes exactly the compose services, and Grafana gets its prov
 
 // ------------------------------------------------------------------------------------ k8s
 
+// The parts of the Kubernetes objects these checks read; the checks say what they expect present.
+
+/** A label selector of a workload, PodDisruptionBudget or NetworkPolicy. */
+interface LabelSelector {
+  matchLabels?: Env;
+  matchExpressions?: { key: string; operator: string; values?: string[] }[];
+}
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: {
+    secretKeyRef?: { name: string; key: string };
+    configMapKeyRef?: { name: string; key: string };
+    fieldRef?: { fieldPath: string };
+  };
+}
+interface HttpProbe {
+  httpGet?: { path: string; port: string | number };
+}
+interface Container {
+  image: string;
+  command?: string[];
+  args?: string[];
+  ports?: { name?: string; containerPort: number }[];
+  env?: EnvVar[];
+  envFrom?: { configMapRef?: { name: string }; secretRef?: { name: string } }[];
+  readinessProbe?: HttpProbe;
+  livenessProbe?: HttpProbe;
+  volumeMounts?: { name: string; mountPath: string; subPath?: string }[];
+}
+interface Volume {
+  name: string;
+  secret?: { secretName: string; items?: { key: string; path: string }[] };
+  configMap?: { name: string };
+}
+interface PodTemplate {
+  metadata: { labels?: Env; annotations?: Env };
+  spec: { containers: Container[]; volumes?: Volume[]; terminationGracePeriodSeconds?: number };
+}
+interface IngressRule {
+  ports?: { port?: number }[];
+  from?: { ipBlock?: unknown; namespaceSelector?: LabelSelector; podSelector?: LabelSelector }[];
+}
+/** The spec fields read here, of every kind read (each kind has some of them). */
+interface K8sSpec {
+  /** A Service's: the pod labels it selects; a workload's or PodDisruptionBudget's: a LabelSelector. */
+  selector?: unknown;
+  template?: PodTemplate;
+  replicas?: number;
+  serviceName?: string;
+  clusterIP?: string;
+  ports?: { name: string; port: number; targetPort: string | number }[];
+  podSelector?: LabelSelector;
+  policyTypes?: string[];
+  ingress?: IngressRule[];
+}
 interface K8sObject {
   apiVersion: string;
   kind: string;
   metadata: { name: string; namespace?: string; labels?: Env; annotations?: Env };
-  spec?: any; // manifests are loosely typed; the checks say what they expect
+  spec?: K8sSpec;
   data?: Env;
   stringData?: Env;
   resources?: string[];
+}
+
+const isLabels = (v: unknown): v is Env =>
+  typeof v === "object" && v !== null && Object.values(v).every((x) => typeof x === "string");
+
+/** The labels a Service selects its pods by. */
+function serviceSelector(service: K8sObject): Env {
+  const selector = service.spec?.selector;
+  assert.ok(isLabels(selector), `${service.kind}/${service.metadata.name} has a selector of labels`);
+  return selector;
+}
+
+/** The matchLabels of a workload's or PodDisruptionBudget's selector. */
+function matchLabelsOf(obj: K8sObject): Env {
+  const selector = obj.spec?.selector;
+  const labels = typeof selector === "object" && selector !== null && "matchLabels" in selector;
+  assert.ok(
+    labels && isLabels(selector.matchLabels),
+    `${obj.kind}/${obj.metadata.name} selector.matchLabels`,
+  );
+  return selector.matchLabels;
+}
+
+/** A workload's pod template. */
+function podTemplateOf(workload: K8sObject): PodTemplate {
+  const template = workload.spec?.template;
+  assert.ok(template, `${workload.kind}/${workload.metadata.name} has a pod template`);
+  return template;
+}
+
+/** The one container of a workload's pods. */
+function containerOf(pod: PodTemplate): Container {
+  const [container] = pod.spec.containers;
+  assert.ok(container, "a pod has a container");
+  return container;
 }
 
 function k8sFiles(): string[] {
@@ -473,15 +564,15 @@ test("the k8s manifests are all listed, in one namespace, and their references r
   for (const { obj } of objects.filter(
     ({ obj }) => obj.kind === "Service" || obj.kind === "PodDisruptionBudget",
   )) {
-    const selector = obj.kind === "Service" ? obj.spec.selector : obj.spec.selector.matchLabels;
-    const target = workloads.find((w) => matches(selector, w.spec.template.metadata.labels));
+    const selector = obj.kind === "Service" ? serviceSelector(obj) : matchLabelsOf(obj);
+    const target = workloads.find((w) => matches(selector, podTemplateOf(w).metadata.labels));
     assert.ok(target, `${obj.kind}/${obj.metadata.name} selects no pods`);
     const kind = target.metadata.labels!["app.kubernetes.io/name"] as Kind;
     if (obj.kind === "Service" && kinds.includes(kind)) {
-      const containerPorts = target.spec.template.spec.containers.flatMap((c: any) => c.ports);
-      for (const port of obj.spec.ports) {
+      const containerPorts = podTemplateOf(target).spec.containers.flatMap((c) => c.ports ?? []);
+      for (const port of obj.spec?.ports ?? []) {
         const named = containerPorts.find(
-          (p: any) => p.name === port.targetPort || p.containerPort === port.targetPort,
+          (p) => p.name === port.targetPort || p.containerPort === port.targetPort,
         );
         assert.ok(
           named,
@@ -522,12 +613,12 @@ test("every workload probes /readyz and /healthz on its HTTP port, is scraped, a
   for (const w of appWorkloads(objects)) {
     const kind = w.metadata.name as Kind;
     const where = `${w.kind}/${w.metadata.name}`;
-    const pod = w.spec.template;
+    const pod = podTemplateOf(w);
+    assert.ok(matches(matchLabelsOf(w), pod.metadata.labels), `${where} selector matches its pods`);
     assert.ok(
-      matches(w.spec.selector.matchLabels, pod.metadata.labels),
-      `${where} selector matches its pods`,
+      (pod.spec.terminationGracePeriodSeconds ?? 0) >= 30,
+      `${where} terminationGracePeriodSeconds >= 30`,
     );
-    assert.ok(pod.spec.terminationGracePeriodSeconds >= 30, `${where} terminationGracePeriodSeconds >= 30`);
     assert.deepEqual(
       [
         pod.metadata.annotations?.["prometheus.io/scrape"],
@@ -538,7 +629,7 @@ test("every workload probes /readyz and /healthz on its HTTP port, is scraped, a
       `${where} scrape annotations`,
     );
     assert.equal(pod.spec.containers.length, 1, where);
-    const c = pod.spec.containers[0];
+    const c = containerOf(pod);
     assert.match(
       c.image,
       new RegExp(`^timer-mesh/(${stages.join("|")}):`),
@@ -546,43 +637,47 @@ test("every workload probes /readyz and /healthz on its HTTP port, is scraped, a
     );
     assert.ok(c.image.startsWith(`timer-mesh/${kind}:`), `${where} runs the ${kind} image`);
     const portOf = (p: string | number) =>
-      typeof p === "number" ? p : c.ports.find((cp: any) => cp.name === p)?.containerPort;
+      typeof p === "number" ? p : c.ports?.find((cp) => cp.name === p)?.containerPort;
     assert.equal(portOf("grpc"), contract[kind].grpc, `${where} grpc port`);
     assert.equal(portOf("http"), contract[kind].http, `${where} http port`);
     assert.equal(c.readinessProbe?.httpGet?.path, "/readyz", `${where} readinessProbe`);
-    assert.equal(portOf(c.readinessProbe.httpGet.port), contract[kind].http, `${where} readinessProbe port`);
+    assert.equal(
+      portOf(c.readinessProbe!.httpGet!.port),
+      contract[kind].http,
+      `${where} readinessProbe port`,
+    );
     assert.equal(c.livenessProbe?.httpGet?.path, "/healthz", `${where} livenessProbe`);
-    assert.equal(portOf(c.livenessProbe.httpGet.port), contract[kind].http, `${where} livenessProbe port`);
+    assert.equal(portOf(c.livenessProbe!.httpGet!.port), contract[kind].http, `${where} livenessProbe port`);
 
     // The environment the container gets, resolved as the kubelet would.
     const env: Env = {};
     for (const from of c.envFrom ?? []) {
       const source = from.configMapRef
         ? configMaps.get(from.configMapRef.name)
-        : secrets.get(from.secretRef?.name);
+        : from.secretRef && secrets.get(from.secretRef.name);
       assert.ok(source, `${where} envFrom refers to a missing ConfigMap/Secret`);
       Object.assign(env, source);
     }
     for (const e of c.env ?? []) {
       const ref = e.valueFrom;
+      /** The value of a key of a Secret or ConfigMap, which must exist. */
+      const keyValue = (
+        kind: string,
+        objects: Map<string, Env>,
+        { name, key }: { name: string; key: string },
+      ) => {
+        const value = objects.get(name)?.[key];
+        assert.ok(value, `${where} ${e.name}: no key ${key} in ${kind} ${name}`);
+        return value;
+      };
       if (ref?.secretKeyRef) {
-        const value = secrets.get(ref.secretKeyRef.name)?.[ref.secretKeyRef.key];
-        assert.ok(
-          value,
-          `${where} ${e.name}: no key ${ref.secretKeyRef.key} in Secret ${ref.secretKeyRef.name}`,
-        );
-        env[e.name] = value;
+        env[e.name] = keyValue("Secret", secrets, ref.secretKeyRef);
       } else if (ref?.configMapKeyRef) {
-        const value = configMaps.get(ref.configMapKeyRef.name)?.[ref.configMapKeyRef.key];
-        assert.ok(
-          value,
-          `${where} ${e.name}: no key ${ref.configMapKeyRef.key} in ConfigMap ${ref.configMapKeyRef.name}`,
-        );
-        env[e.name] = value;
+        env[e.name] = keyValue("ConfigMap", configMaps, ref.configMapKeyRef);
       } else if (ref?.fieldRef) {
         env[e.name] =
           { "metadata.name": `${w.metadata.name}-0`, "metadata.namespace": w.metadata.namespace! }[
-            ref.fieldRef.fieldPath as string
+            ref.fieldRef.fieldPath
           ] ?? "";
       } else {
         // $(VAR) expands only variables defined earlier in the list.
@@ -596,7 +691,7 @@ test("every workload probes /readyz and /healthz on its HTTP port, is scraped, a
     for (const v of required) assert.ok(env[v], `${where} lacks ${v}`);
     assert.equal(env.GRPC_PORT, String(contract[kind].grpc), `${where} GRPC_PORT`);
     assert.equal(env.HTTP_PORT, String(contract[kind].http), `${where} HTTP_PORT`);
-    const dbVar = c.env.find((e: any) => e.name === "DATABASE_URL");
+    const dbVar = c.env?.find((e) => e.name === "DATABASE_URL");
     assert.ok(dbVar?.valueFrom?.secretKeyRef, `${where} DATABASE_URL comes from a Secret`);
     shardCounts.add(contract[kind].load(env).shardCount); // throws on a value the service refuses
   }
@@ -608,16 +703,13 @@ test("dispatchers are a StatefulSet named by their pods, behind a headless Servi
   const sts = objects.find((o) => o.kind === "StatefulSet");
   assert.ok(sts, "no StatefulSet");
   assert.equal(sts.metadata.name, "dispatcher");
-  assert.ok(sts.spec.replicas >= 2, "a mesh of at least two dispatchers");
-  const headless = objects.find((o) => o.kind === "Service" && o.metadata.name === sts.spec.serviceName);
-  assert.ok(headless, `serviceName ${sts.spec.serviceName} is not a Service`);
-  assert.equal(headless.spec.clusterIP, "None", "the dispatchers' Service is headless");
-  assert.ok(matches(headless.spec.selector, sts.spec.template.metadata.labels));
-  const env = sts.spec.template.spec.containers[0].env as {
-    name: string;
-    valueFrom?: { fieldRef?: { fieldPath: string } };
-    value?: string;
-  }[];
+  assert.ok((sts.spec?.replicas ?? 1) >= 2, "a mesh of at least two dispatchers");
+  const headless = objects.find((o) => o.kind === "Service" && o.metadata.name === sts.spec?.serviceName);
+  assert.ok(headless, `serviceName ${sts.spec?.serviceName} is not a Service`);
+  assert.equal(headless.spec?.clusterIP, "None", "the dispatchers' Service is headless");
+  const pod = podTemplateOf(sts);
+  assert.ok(matches(serviceSelector(headless), pod.metadata.labels));
+  const env = containerOf(pod).env ?? [];
   assert.equal(
     env.find((e) => e.name === "DISPATCHER_ID")?.valueFrom?.fieldRef?.fieldPath,
     "metadata.name",
@@ -630,7 +722,7 @@ test("dispatchers are a StatefulSet named by their pods, behind a headless Servi
   );
   const shutdown = env.find((e) => e.name === "SHUTDOWN_TIMEOUT")?.value ?? "15s";
   assert.ok(
-    sts.spec.template.spec.terminationGracePeriodSeconds > seconds(shutdown),
+    (pod.spec.terminationGracePeriodSeconds ?? 30) > seconds(shutdown),
     "the grace period outlasts SHUTDOWN_TIMEOUT",
   );
 });
@@ -790,14 +882,18 @@ test("compose: ports are published on loopback only, and Prometheus has no lifec
 });
 
 /** The Secret key behind a file path in a pod: a secret volume mounted at the path's directory. */
-function secretFileOf(pod: any, container: any, path: string): { secret: string; key: string } | undefined {
+function secretFileOf(
+  pod: PodTemplate,
+  container: Container,
+  path: string,
+): { secret: string; key: string } | undefined {
   for (const m of container.volumeMounts ?? []) {
-    const dir = String(m.mountPath).replace(/\/$/, "");
+    const dir = m.mountPath.replace(/\/$/, "");
     if (!path.startsWith(`${dir}/`) || m.subPath) continue; // subPath mounts never see a rotated Secret
-    const volume = (pod.spec.volumes ?? []).find((v: any) => v.name === m.name);
+    const volume = (pod.spec.volumes ?? []).find((v) => v.name === m.name);
     if (!volume?.secret) return undefined;
     const file = path.slice(dir.length + 1);
-    const item = (volume.secret.items ?? []).find((i: any) => i.path === file);
+    const item = (volume.secret.items ?? []).find((i) => i.path === file);
     if (volume.secret.items && !item) return undefined;
     return { secret: volume.secret.secretName, key: item?.key ?? file };
   }
@@ -828,12 +924,12 @@ test("k8s: tokens, NATS users and the admin's credential come from Secrets, whic
     ref !== undefined && secrets.get(ref.secret)?.data[ref.key] !== undefined;
   for (const w of appWorkloads(objects.map(({ obj }) => obj))) {
     const kind = w.metadata.name as Kind;
-    const pod = w.spec.template;
-    const c = pod.spec.containers[0];
-    const env = new Map<string, any>((c.env ?? []).map((e: any) => [e.name, e]));
+    const pod = podTemplateOf(w);
+    const c = containerOf(pod);
+    const env = new Map((c.env ?? []).map((e) => [e.name, e]));
     const secretRef = (name: string) => {
       const ref = env.get(name)?.valueFrom?.secretKeyRef;
-      return ref && { secret: ref.name as string, key: ref.key as string };
+      return ref && { secret: ref.name, key: ref.key };
     };
     for (const forbidden of ["AUTH_DISABLED", "AUTH_TOKENS"])
       assert.ok(!env.has(forbidden), `${kind} sets ${forbidden}`);
@@ -894,19 +990,20 @@ test("k8s: nats-server runs infra/nats/nats.conf (a ConfigMap equal to it) with 
   const objects = k8sObjects().map(({ obj }) => obj);
   const sts = objects.find((o) => o.kind === "StatefulSet" && o.metadata.name === "nats");
   assert.ok(sts, "no nats StatefulSet");
-  const pod = sts.spec.template;
-  const c = pod.spec.containers[0];
+  const pod = podTemplateOf(sts);
+  const c = containerOf(pod);
   const args: string[] = [...(c.command ?? []), ...(c.args ?? [])];
   const confPath = args[args.indexOf("-c") + 1];
   assert.ok(args.includes("-c") && confPath, "nats-server -c <config>");
-  const mount = (c.volumeMounts ?? []).find((m: any) =>
-    confPath!.startsWith(`${String(m.mountPath).replace(/\/$/, "")}/`),
+  const mount = (c.volumeMounts ?? []).find((m) =>
+    confPath!.startsWith(`${m.mountPath.replace(/\/$/, "")}/`),
   );
-  const volume = (pod.spec.volumes ?? []).find((v: any) => v.name === mount?.name);
-  assert.ok(volume?.configMap, `${confPath} is mounted from a ConfigMap`);
-  const configMap = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === volume.configMap.name);
-  const key = confPath!.slice(String(mount.mountPath).replace(/\/$/, "").length + 1);
-  assert.ok(configMap?.data?.[key] !== undefined, `ConfigMap ${volume.configMap.name} has ${key}`);
+  const volume = (pod.spec.volumes ?? []).find((v) => v.name === mount?.name);
+  assert.ok(mount && volume?.configMap, `${confPath} is mounted from a ConfigMap`);
+  const configMapName = volume.configMap.name;
+  const configMap = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === configMapName);
+  const key = confPath!.slice(mount.mountPath.replace(/\/$/, "").length + 1);
+  assert.ok(configMap?.data?.[key] !== undefined, `ConfigMap ${configMapName} has ${key}`);
   assert.equal(
     configMap.data[key],
     natsConf,
@@ -914,7 +1011,7 @@ test("k8s: nats-server runs infra/nats/nats.conf (a ConfigMap equal to it) with 
   );
   for (const flag of ["-js", "-sd"]) assert.ok(args.includes(flag), `nats-server ${flag}`);
   assert.equal(args[args.indexOf("-p") + 1], "4222");
-  const secretNames = (c.envFrom ?? []).map((f: any) => f.secretRef?.name).filter(Boolean);
+  const secretNames = (c.envFrom ?? []).flatMap((f) => (f.secretRef ? [f.secretRef.name] : []));
   const secrets = objects.filter((o) => o.kind === "Secret" && secretNames.includes(o.metadata.name));
   const provided = secrets.flatMap((s) => Object.keys({ ...s.data, ...s.stringData }));
   assert.deepEqual(
@@ -928,11 +1025,11 @@ test("k8s: nats-server runs infra/nats/nats.conf (a ConfigMap equal to it) with 
     (o) => o.kind === "Service" && o.metadata.name === natsUrl.hostname.split(".")[0],
   );
   assert.ok(
-    service && matches(service.spec.selector, pod.metadata.labels),
+    service && matches(serviceSelector(service), pod.metadata.labels),
     `NATS_URL ${natsUrl.hostname} is the nats Service`,
   );
   assert.ok(
-    service.spec.ports.some((p: any) => p.port === Number(natsUrl.port || 4222)),
+    (service.spec?.ports ?? []).some((p) => p.port === Number(natsUrl.port || 4222)),
     "on the NATS_URL port",
   );
 });
@@ -942,15 +1039,16 @@ interface Peer {
   labels: Env;
   namespace: Env;
 }
-function selectorMatches(selector: any, labels: Env): boolean {
+function selectorMatches(selector: LabelSelector | undefined, labels: Env): boolean {
   if (!selector) return true;
   const byLabels = Object.entries(selector.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
-  const byExpressions = (selector.matchExpressions ?? []).every((e: any) => {
+  const byExpressions = (selector.matchExpressions ?? []).every((e) => {
+    const value = labels[e.key];
     switch (e.operator) {
       case "In":
-        return e.values.includes(labels[e.key]);
+        return value !== undefined && (e.values ?? []).includes(value);
       case "NotIn":
-        return !e.values.includes(labels[e.key]);
+        return value === undefined || !(e.values ?? []).includes(value);
       case "Exists":
         return e.key in labels;
       case "DoesNotExist":
@@ -970,16 +1068,16 @@ function mayConnect(
   const selecting = policies.filter(
     (p) =>
       p.metadata.namespace === target.namespace &&
-      selectorMatches(p.spec.podSelector, target.labels) &&
-      (p.spec.policyTypes ?? ["Ingress"]).includes("Ingress"),
+      selectorMatches(p.spec?.podSelector, target.labels) &&
+      (p.spec?.policyTypes ?? ["Ingress"]).includes("Ingress"),
   );
   if (selecting.length === 0) return true; // not isolated
   return selecting.some((p) =>
-    (p.spec.ingress ?? []).some((rule: any) => {
-      const portOk = !rule.ports || rule.ports.some((rp: any) => rp.port === undefined || rp.port === port);
+    (p.spec?.ingress ?? []).some((rule) => {
+      const portOk = !rule.ports || rule.ports.some((rp) => rp.port === undefined || rp.port === port);
       const peerOk =
         !rule.from ||
-        rule.from.some((peer: any) => {
+        rule.from.some((peer) => {
           if (peer.ipBlock) return true; // pod addresses may fall in any block: count it as open
           const nsOk = peer.namespaceSelector
             ? selectorMatches(peer.namespaceSelector, from.namespace)
@@ -1001,7 +1099,7 @@ test("k8s: NetworkPolicies let only the admin reach dispatchers' gRPC, Prometheu
       (o) => (o.kind === "Deployment" || o.kind === "StatefulSet") && o.metadata.name === name,
     );
     assert.ok(w, `no workload ${name}`);
-    return { labels: w.spec.template.metadata.labels as Env, namespace: w.metadata.namespace! };
+    return { labels: podTemplateOf(w).metadata.labels ?? {}, namespace: w.metadata.namespace! };
   };
   const peer = (name: string): Peer => ({ labels: podOf(name).labels, namespace: ns(namespace) });
   const prometheus: Peer = {
