@@ -1,7 +1,12 @@
 #!/usr/bin/env node
-// `npm test`: type-check, then every unit and integration test with Node's test runner, one
-// file at a time (each integration file starts its own processes on a 2-core machine).
-// Pass file paths to run only those.
+// `npm test`: check the code (Biome's format and lint, ESLint's type-aware promise rules, the
+// type checker), then run every unit and integration test with Node's test runner, one file at a
+// time (each integration file starts its own processes on a 2-core machine).
+//
+//   node scripts/test.mjs              checks, then unit, then integration tests
+//   node scripts/test.mjs unit         checks, then the unit tests
+//   node scripts/test.mjs integration  checks, then the integration tests
+//   node scripts/test.mjs FILE...      type check, then only those files (quick iteration)
 import { spawnSync } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
@@ -16,25 +21,38 @@ function testFiles(dir) {
     .sort();
 }
 
-const args = process.argv.slice(2);
-const files = args.length > 0 ? args : [...testFiles("test/unit"), ...testFiles("test/integration")];
-
-const tsc = spawnSync(
-  process.execPath,
-  ["node_modules/typescript/bin/tsc", "--noEmit", "-p", "tsconfig.json"],
-  { stdio: "inherit" },
-);
-if (tsc.status !== 0) {
-  console.error("type check failed");
-  process.exit(tsc.status ?? 1);
-}
-
-const result = spawnSync(
-  process.execPath,
-  ["--import", "tsx", "--test", "--test-concurrency=1", "--test-reporter=spec", ...files],
-  {
+/** Runs one step with the output shown; exits with its status when it fails. */
+function step(name, command, args) {
+  const result = spawnSync(command, args, {
     stdio: "inherit",
     env: { ...process.env, PATH: `${join(root, "node_modules/.bin")}:${process.env.PATH}` },
-  },
-);
-process.exit(result.status ?? 1);
+  });
+  if (result.status !== 0) {
+    console.error(`${name} failed`);
+    process.exit(result.status ?? 1);
+  }
+}
+
+const args = process.argv.slice(2);
+const suites = { unit: ["test/unit"], integration: ["test/integration"] };
+const selected = args.length === 0 ? ["test/unit", "test/integration"] : suites[args[0]];
+const files = selected ? selected.flatMap(testFiles) : args;
+
+if (selected) {
+  // The whole code base, so a commit cannot land unformatted or with a floating promise.
+  step("format and lint (biome ci)", process.execPath, ["node_modules/@biomejs/biome/bin/biome", "ci", "."]);
+  step("type-aware lint (eslint)", process.execPath, [
+    "node_modules/eslint/bin/eslint.js",
+    "--max-warnings=0",
+    ".",
+  ]);
+}
+step("type check", process.execPath, ["node_modules/typescript/bin/tsc", "--noEmit", "-p", "tsconfig.json"]);
+step("tests", process.execPath, [
+  "--import",
+  "tsx",
+  "--test",
+  "--test-concurrency=1",
+  "--test-reporter=spec",
+  ...files,
+]);

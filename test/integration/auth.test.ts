@@ -129,12 +129,25 @@ describe("TLS and mTLS on the gRPC ports", () => {
 
   test("the admin port speaks TLS and requires a client certificate signed by TLS_CLIENT_CA_FILE", async () => {
     const url = `https://127.0.0.1:${admin.grpcPort}`;
-    const health = await bufCurlOk(url, "grpc.health.v1.Health/Check", {}, undefined, clientCert());
+    const health = await bufCurlOk<{ status: string }>(
+      url,
+      "grpc.health.v1.Health/Check",
+      {},
+      undefined,
+      clientCert(),
+    );
     assert.equal(health.status, "SERVING");
     await waitFor(
       async () =>
-        (await bufCurlOk(url, "admin.v1.AdminService/ListDispatchers", {}, OPS, clientCert())).dispatchers
-          ?.length === 1,
+        (
+          await bufCurlOk<{ dispatchers?: unknown[] }>(
+            url,
+            "admin.v1.AdminService/ListDispatchers",
+            {},
+            OPS,
+            clientCert(),
+          )
+        ).dispatchers?.length === 1,
       10_000,
       "the admin to hear the dispatcher",
     );
@@ -158,7 +171,7 @@ describe("TLS and mTLS on the gRPC ports", () => {
 
   test("DrainDispatcher reaches a dispatcher that requires mTLS (DISPATCHER_TLS_CA_FILE)", async () => {
     const url = `https://127.0.0.1:${admin.grpcPort}`;
-    const drained = await bufCurlOk(
+    const drained = await bufCurlOk<{ releasedShards: number }>(
       url,
       "admin.v1.AdminService/DrainDispatcher",
       { dispatcherId: "d1" },

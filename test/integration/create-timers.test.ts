@@ -196,7 +196,9 @@ describe("item by item", () => {
       hourAhead("replay", `r-${i}`, { payload: new Uint8Array([i]) }),
     );
     const first = await createTimers(mesh.client, reqs);
-    first.forEach((r, i) => assertCreated(r, `r-${i}`, `first call, requests[${i}]`));
+    first.forEach((r, i) => {
+      assertCreated(r, `r-${i}`, `first call, requests[${i}]`);
+    });
     const again = await createTimers(mesh.client, reqs);
     again.forEach((r, i) => {
       assert.equal(r.error, undefined, r.error?.message);
@@ -278,9 +280,11 @@ describe("item by item", () => {
         },
       ],
     };
-    const res = await bufCurl(mesh.timer.grpcPort, "timer.v1.TimerService/CreateTimers", body);
+    const res = await bufCurl<{
+      results: [{ timerId: string; created: boolean; shard: number; fireAt: string }, unknown];
+    }>(mesh.timer.grpcPort, "timer.v1.TimerService/CreateTimers", body);
     assert.equal(res.exitCode, 0, res.stderr);
-    const [first, second] = res.json.results;
+    const [first, second] = res.json!.results;
     assert.deepEqual(
       [first.timerId, first.created, first.shard],
       ["invoice-43", true, shardOf("readme", "invoice-43", SHARDS)],

@@ -15,6 +15,7 @@ import {
 import { State } from "../../services/shared/src/timer-model.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startGrpcReceiver, startHttpReceiver } from "../support/receivers.js";
+import { RESERVED_SUBJECT_EXAMPLES } from "../support/reserved-subjects.js";
 import { startService, type ServiceProcess } from "../support/service-process.js";
 import { GrpcTimerClient } from "../support/timer-client.js";
 import { waitFor } from "../support/wait.js";
@@ -163,14 +164,7 @@ describe("internal and disguised callback addresses are refused at create, namin
 });
 
 describe("tenant NATS subjects", () => {
-  for (const subject of [
-    "timers.shard.0",
-    "mesh.dispatchers.heartbeat",
-    "$JS.API.STREAM.LIST",
-    "$SYS.x",
-    "$KV.b.k",
-    "_INBOX.x",
-  ]) {
+  for (const subject of RESERVED_SUBJECT_EXAMPLES) {
     test(`${subject} is refused at create`, async () => {
       await expectRefused(
         strictClient,
@@ -267,7 +261,7 @@ describe("names are checked at delivery on the addresses they resolve to", () =>
       grx.received.map((r) => r.timerId),
       [allowedGrpc.timerId],
     );
-    assert.equal(rx.received[0]!.headers["host"], `localhost:${port}`);
+    assert.equal(rx.received[0]!.headers.host, `localhost:${port}`);
     assert.equal(grx.received[0]!.headers[":authority"], `localhost:${grpcPort}`);
   });
 });

@@ -87,7 +87,7 @@ test("a group whose receiver hangs holds only its share of the slots; another gr
     healthy.received.every((r) => r.groupId === "team-b" && r.attempt === 1 && r.receivedAtMs >= bDue),
   );
   await waitFor(
-    async () => (await states("team-b"))["succeeded"] === B_TIMERS,
+    async () => (await states("team-b")).succeeded === B_TIMERS,
     30_000,
     "team-b SUCCEEDED in Postgres",
   );

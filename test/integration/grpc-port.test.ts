@@ -95,7 +95,7 @@ async function startTestPort(
   return startGrpcServer({
     host: "127.0.0.1",
     port: 0,
-    tls,
+    ...(tls ? { tls } : {}),
     maxRequestBytes: MAX_REQUEST_BYTES,
     interceptors: [mark],
     routes: (router) => router.service(TimerService, testService(seen)),
@@ -298,6 +298,17 @@ describe("one TLS port: h2 by ALPN to grpc-js, http/1.1 to connect-node, client 
     await certs?.[Symbol.asyncDispose]();
   });
 
+  /** A Connect client over HTTP/1.1 with TLS, presenting whatever certificates `tls` holds. */
+  const tlsConnectClient = (tls: { ca: Buffer; key?: Buffer; cert?: Buffer }) =>
+    createClient(
+      TimerService,
+      createConnectTransport({
+        baseUrl: `https://127.0.0.1:${port.port}`,
+        httpVersion: "1.1",
+        nodeOptions: tls,
+      }),
+    );
+
   test("gRPC over h2 (grpc-js client) and Connect over http/1.1, each with a client certificate", async () => {
     const client = new grpc.Client(
       `127.0.0.1:${port.port}`,
@@ -309,14 +320,7 @@ describe("one TLS port: h2 by ALPN to grpc-js, http/1.1 to connect-node, client 
     } finally {
       client.close();
     }
-    const connect = createClient(
-      TimerService,
-      createConnectTransport({
-        baseUrl: `https://127.0.0.1:${port.port}`,
-        httpVersion: "1.1",
-        nodeOptions: { ca, key: clientKey, cert: clientCert },
-      }),
-    );
+    const connect = tlsConnectClient({ ca, key: clientKey, cert: clientCert });
     assert.equal((await connect.createTimer(echo("tls-connect"))).timer?.groupId, "-|intercepted|connect");
   });
 
@@ -331,14 +335,7 @@ describe("one TLS port: h2 by ALPN to grpc-js, http/1.1 to connect-node, client 
     } finally {
       client.close();
     }
-    const connect = createClient(
-      TimerService,
-      createConnectTransport({
-        baseUrl: `https://127.0.0.1:${port.port}`,
-        httpVersion: "1.1",
-        nodeOptions: { ca },
-      }),
-    );
+    const connect = tlsConnectClient({ ca });
     await assert.rejects(connect.createTimer(echo("no-cert")));
     assert.equal(seen.handled, 2, "only the two calls with certificates were handled");
   });

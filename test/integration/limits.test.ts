@@ -277,28 +277,15 @@ describe("active timers per group (GROUP_MAX_ACTIVE_TIMERS)", () => {
       assert.deepEqual(audit.rows[0].arguments, { groupId: "quota-a", maxActiveTimers: "12" });
       assert.equal(audit.rows[0].result.max_active_timers, "12");
 
-      await waitFor(
-        () =>
-          client.call("createTimer", hourAhead("quota-a", refusedIds[0]!)).then(
-            (r) => r.created,
-            () => false,
-          ),
-        15_000,
-        "the override to reach the timer service",
-        100,
-      );
+      const createdNow = (timerId: string) => () =>
+        client.call("createTimer", hourAhead("quota-a", timerId)).then(
+          (r) => r.created,
+          () => false,
+        );
+      await waitFor(createdNow(refusedIds[0]!), 15_000, "the override to reach the timer service", 100);
       // Until the next recount, a create that committed while one ran may be counted twice: never
       // too few, sometimes one too many for a moment.
-      await waitFor(
-        () =>
-          client.call("createTimer", hourAhead("quota-a", refusedIds[1]!)).then(
-            (r) => r.created,
-            () => false,
-          ),
-        15_000,
-        "the 12th timer to fit",
-        100,
-      );
+      await waitFor(createdNow(refusedIds[1]!), 15_000, "the 12th timer to fit", 100);
       await refused(
         client.call("createTimer", hourAhead("quota-a", refusedIds[2]!)),
         grpc.status.RESOURCE_EXHAUSTED,

@@ -103,15 +103,18 @@ async function attemptsOf(
   return rows;
 }
 
+/** A receiver and a mesh of three dispatchers that already share the shards. */
+async function startThreeDispatchers() {
+  const receiver = await startHttpReceiver();
+  const mesh = await startMesh({ dispatchers: 3, env: { SHARD_COUNT: String(SHARDS) } });
+  await waitForOwners(mesh, ["d1", "d2", "d3"], "three dispatchers to share the shards");
+  return { mesh, receiver };
+}
+
 describe("a mesh of dispatchers", () => {
   let mesh: TestMesh;
   let receiver: Awaited<ReturnType<typeof startHttpReceiver>>;
-
-  before(async () => {
-    receiver = await startHttpReceiver();
-    mesh = await startMesh({ dispatchers: 3, env: { SHARD_COUNT: String(SHARDS) } });
-    await waitForOwners(mesh, ["d1", "d2", "d3"], "three dispatchers to share the shards");
-  });
+  before(async () => ({ mesh, receiver } = await startThreeDispatchers()));
   after(async () => {
     await mesh?.[Symbol.asyncDispose]();
     await receiver?.close();
@@ -164,12 +167,7 @@ describe("a mesh of dispatchers", () => {
 describe("failures", () => {
   let mesh: TestMesh;
   let receiver: Awaited<ReturnType<typeof startHttpReceiver>>;
-
-  before(async () => {
-    receiver = await startHttpReceiver();
-    mesh = await startMesh({ dispatchers: 3, env: { SHARD_COUNT: String(SHARDS) } });
-    await waitForOwners(mesh, ["d1", "d2", "d3"], "three dispatchers to share the shards");
-  });
+  before(async () => ({ mesh, receiver } = await startThreeDispatchers()));
   after(async () => {
     await mesh?.[Symbol.asyncDispose]();
     await receiver?.close();

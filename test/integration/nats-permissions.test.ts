@@ -247,17 +247,27 @@ describe("a mesh that drops malformed mesh messages", () => {
       // Longer than MEMBER_TTL with forgeries arriving: had one been believed, d2 would be gone
       // from d1's view (and "ghost" in it), and some shards unowned.
       const members = async (port: number) =>
-        (await bufCurl(port, "dispatcher.v1.DispatcherService/GetStatus", {}, ADMIN_SERVICE)).json?.members as
-          | string[]
-          | undefined;
+        (
+          await bufCurl<{ members?: string[] }>(
+            port,
+            "dispatcher.v1.DispatcherService/GetStatus",
+            {},
+            ADMIN_SERVICE,
+          )
+        ).json?.members;
       const deadline = Date.now() + 2_000;
       while (Date.now() < deadline) {
         assert.deepEqual(await members(mesh.dispatchers[0]!.grpcPort), ["d1", "d2"]);
         await new Promise((r) => setTimeout(r, 200));
       }
-      const listed = await bufCurl(admin.grpcPort, "admin.v1.AdminService/ListDispatchers", {}, OPS);
+      const listed = await bufCurl<{ dispatchers: { id: string }[] }>(
+        admin.grpcPort,
+        "admin.v1.AdminService/ListDispatchers",
+        {},
+        OPS,
+      );
       assert.deepEqual(
-        (listed.json.dispatchers as { id: string }[]).map((d) => d.id),
+        listed.json?.dispatchers.map((d) => d.id),
         ["d1", "d2"],
       );
       const { rows } = await mesh.db.pool.query(
@@ -292,8 +302,14 @@ describe("a mesh that drops malformed mesh messages", () => {
     await using bare = await startService("admin", { ...mesh.envFor("admin"), AUTH_TOKENS: ADMIN_TOKENS });
     await waitFor(
       async () =>
-        (await bufCurl(bare.grpcPort, "admin.v1.AdminService/ListDispatchers", {}, OPS)).json?.dispatchers
-          ?.length === 2,
+        (
+          await bufCurl<{ dispatchers?: unknown[] }>(
+            bare.grpcPort,
+            "admin.v1.AdminService/ListDispatchers",
+            {},
+            OPS,
+          )
+        ).json?.dispatchers?.length === 2,
       10_000,
       "the second admin to hear both dispatchers",
     );
@@ -306,14 +322,14 @@ describe("a mesh that drops malformed mesh messages", () => {
     assert.equal(refused.code, "failed_precondition", refused.stderr);
     assert.match(refused.message ?? "", /DISPATCHER_TOKEN/);
 
-    const drained = await bufCurl(
+    const drained = await bufCurl<{ releasedShards: number }>(
       admin.grpcPort,
       "admin.v1.AdminService/DrainDispatcher",
       { dispatcherId: "d2" },
       OPS,
     );
     assert.equal(drained.exitCode, 0, drained.stderr);
-    assert.ok(drained.json.releasedShards > 0);
+    assert.ok((drained.json?.releasedShards ?? 0) > 0);
     const { rows } = await mesh.db.pool.query(
       "SELECT count(*)::int AS n FROM shard_owners WHERE owner = 'd2'",
     );

@@ -283,7 +283,7 @@ async function outageUnderLoad(group: string, fault: PostgresFault): Promise<voi
     await waitFor(
       async () => {
         states = await stateCounts(pool, group);
-        return states["Succeeded"] === expected.size;
+        return states.Succeeded === expected.size;
       },
       60_000,
       "every stored timer to succeed",
@@ -437,7 +437,10 @@ describe("Postgres faults", () => {
     await withWritesBlocked(pool, async () => {
       // 4 take the batch slots, CREATE_QUEUE_MAX wait, the rest are refused.
       const creates = Array.from({ length: 4 + CREATE_QUEUE_MAX + 10 }, (_, i) =>
-        createOnce(group, `q-${i}`, fireAtMs, 60_000).then((o) => (done.push(o), o)),
+        createOnce(group, `q-${i}`, fireAtMs, 60_000).then((o) => {
+          done.push(o);
+          return o;
+        }),
       );
       all = Promise.all(creates);
       await waitFor(

@@ -119,7 +119,7 @@ test("ShardLagHigh fires for a dead owner's lagging shard, then clears after tak
   const alerts = async (): Promise<Alert[]> =>
     ((await (await fetch(`${api}/alerts`)).json()) as { data: { alerts: Alert[] } }).data.alerts;
   const lagAlert = (list: Alert[]) =>
-    list.find((a) => a.labels["alertname"] === "ShardLagHigh" && a.labels["shard"] === String(shard));
+    list.find((a) => a.labels.alertname === "ShardLagHigh" && a.labels.shard === String(shard));
   const firing = await waitFor(
     async () => {
       const a = lagAlert(await alerts());
@@ -129,8 +129,8 @@ test("ShardLagHigh fires for a dead owner's lagging shard, then clears after tak
     `ShardLagHigh to fire for shard ${shard}`,
     500,
   );
-  assert.equal(firing.labels["owner"], "d1", "the alert names the dead owner");
-  assert.equal(firing.labels["severity"], "critical");
+  assert.equal(firing.labels.owner, "d1", "the alert names the dead owner");
+  assert.equal(firing.labels.severity, "critical");
   assert.equal(
     receiver.received.filter((r) => r.groupId === "lag").length,
     0,

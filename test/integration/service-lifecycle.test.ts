@@ -85,7 +85,7 @@ describe("Postgres down at start", () => {
     for (const s of services) {
       const r = await firstReadiness(s);
       assert.equal(r.status, 503, `${s.name} /readyz while Postgres is down: ${JSON.stringify(r.body)}`);
-      assert.equal(r.body.checks["postgres"], false, `${s.name} names Postgres as what is missing`);
+      assert.equal(r.body.checks.postgres, false, `${s.name} names Postgres as what is missing`);
       // The operations documents' names for the same answers.
       assert.equal(
         (await fetch(`http://127.0.0.1:${s.httpPort}/health/live`)).status,
@@ -169,7 +169,7 @@ describe("NATS down at start, then lost and back mid-run", () => {
     await using timer = await startService("timer", { ...env, ...nats.serviceEnv("timer") });
     const t0 = await timer.readiness();
     assert.equal(
-      t0.body.checks["nats"],
+      t0.body.checks.nats,
       false,
       `the timer service reports NATS down: ${JSON.stringify(t0.body)}`,
     );
@@ -192,7 +192,7 @@ describe("NATS down at start, then lost and back mid-run", () => {
     for (const s of [d1, d2]) {
       const r = await firstReadiness(s);
       assert.equal(r.status, 503, `${s.name} must not be ready without NATS: ${JSON.stringify(r.body)}`);
-      assert.equal(r.body.checks["nats"], false);
+      assert.equal(r.body.checks.nats, false);
     }
 
     const timers = createClient(TimerService, grpc(timer.grpcPort));
@@ -214,7 +214,7 @@ describe("NATS down at start, then lost and back mid-run", () => {
     await d1.waitReady(30_000);
     await d2.waitReady(30_000);
     await waitFor(
-      async () => (await timer.readiness()).body.checks["nats"] === true,
+      async () => (await timer.readiness()).body.checks.nats === true,
       30_000,
       "the timer service to connect to NATS",
     );
@@ -236,7 +236,7 @@ describe("NATS down at start, then lost and back mid-run", () => {
     );
     await nats.stop("SIGKILL");
     await waitFor(
-      async () => (await timer.readiness()).body.checks["nats"] === false,
+      async () => (await timer.readiness()).body.checks.nats === false,
       30_000,
       "the timer service to notice NATS is gone",
     );
@@ -256,7 +256,7 @@ describe("NATS down at start, then lost and back mid-run", () => {
       `all ${ids.length} timers to fire`,
     );
     await waitFor(
-      async () => (await timer.readiness()).body.checks["nats"] === true,
+      async () => (await timer.readiness()).body.checks.nats === true,
       30_000,
       "the timer service to reconnect",
     );

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import {
   CreateTimerRequestSchema,
@@ -70,7 +70,7 @@ describe("CreateTimer and GetTimer", () => {
     assert.equal(t.state, TimerState.SCHEDULED);
     assert.equal(t.shard, shardOf("billing", r.timerId, 64));
     assert.deepEqual(t.labels, { tenant: "acme" });
-    const fireAt = Number(t.fireAt!.seconds) * 1000 + t.fireAt!.nanos / 1e6;
+    const fireAt = timestampMs(t.fireAt!);
     assert.ok(fireAt >= before + 3_600_000 && fireAt <= Date.now() + 3_600_000);
     assert.equal(t.retryPolicy!.maxAttempts, 5);
 
@@ -288,20 +288,13 @@ describe("CancelTimer", () => {
   });
 
   test("an unknown timer is NOT_FOUND", async () => {
+    const unknown = { groupId: "billing", timerId: "nope" };
     await expectCode(
-      mesh.client.call("cancelTimer", {
-        $typeName: "timer.v1.CancelTimerRequest",
-        groupId: "billing",
-        timerId: "nope",
-      }),
+      mesh.client.call("cancelTimer", { $typeName: "timer.v1.CancelTimerRequest", ...unknown }),
       grpc.status.NOT_FOUND,
     );
     await expectCode(
-      mesh.client.call("getTimer", {
-        $typeName: "timer.v1.GetTimerRequest",
-        groupId: "billing",
-        timerId: "nope",
-      }),
+      mesh.client.call("getTimer", { $typeName: "timer.v1.GetTimerRequest", ...unknown }),
       grpc.status.NOT_FOUND,
     );
   });
@@ -368,35 +361,17 @@ describe("ListTimers", () => {
   });
 
   test("a malformed or foreign page token is INVALID_ARGUMENT", async () => {
-    await expectCode(
+    const list = (groupId: string, pageSize: number, pageToken: string) =>
       mesh.client.call("listTimers", {
         $typeName: "timer.v1.ListTimersRequest",
-        groupId: "listing",
+        groupId,
         states: [],
-        pageSize: 10,
-        pageToken: "garbage",
-      }),
-      grpc.status.INVALID_ARGUMENT,
-      "page_token",
-    );
-    const page = await mesh.client.call("listTimers", {
-      $typeName: "timer.v1.ListTimersRequest",
-      groupId: "listing",
-      states: [],
-      pageSize: 1,
-      pageToken: "",
-    });
-    await expectCode(
-      mesh.client.call("listTimers", {
-        $typeName: "timer.v1.ListTimersRequest",
-        groupId: "billing",
-        states: [],
-        pageSize: 1,
-        pageToken: page.nextPageToken,
-      }),
-      grpc.status.INVALID_ARGUMENT,
-      "page_token",
-    );
+        pageSize,
+        pageToken,
+      });
+    await expectCode(list("listing", 10, "garbage"), grpc.status.INVALID_ARGUMENT, "page_token");
+    const page = await list("listing", 1, "");
+    await expectCode(list("billing", 1, page.nextPageToken), grpc.status.INVALID_ARGUMENT, "page_token");
   });
 });
 
