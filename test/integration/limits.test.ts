@@ -98,6 +98,20 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
   // 30 timers of 20 kB (three fit in 64 KiB), 2 of 90 kB (each over the limit alone), 8 small.
   const sizes = [...Array<number>(30).fill(20_000), 90_000, 90_000, ...Array<number>(8).fill(10)];
 
+  /** Every page of a List call, following next_page_token (at most 100 pages). */
+  async function allPages(
+    list: (pageToken: string) => Promise<{ timers: Timer[]; nextPageToken: string }>,
+  ): Promise<Timer[][]> {
+    const pages: Timer[][] = [];
+    let token = "";
+    do {
+      const res = await list(token);
+      pages.push(res.timers);
+      token = res.nextPageToken;
+    } while (token !== "" && pages.length < 100);
+    return pages;
+  }
+
   function checkPages(pages: Timer[][], all: string[]): void {
     const seen = pages.flat().map((t) => t.timerId);
     assert.equal(seen.length, all.length, "every timer once, none repeated");
@@ -127,19 +141,15 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
       });
       assert.equal((await mesh.client.call("createTimer", r)).created, true);
     }
-    const pages: Timer[][] = [];
-    let token = "";
-    do {
-      const res = await mesh.client.call("listTimers", {
+    const pages = await allPages((pageToken) =>
+      mesh.client.call("listTimers", {
         $typeName: "timer.v1.ListTimersRequest",
         groupId: "pages",
         states: [],
         pageSize: 1000,
-        pageToken: token,
-      });
-      pages.push(res.timers);
-      token = res.nextPageToken;
-    } while (token !== "" && pages.length < 100);
+        pageToken,
+      }),
+    );
     checkPages(pages, ids);
     const flat = pages.flat();
     for (let i = 1; i < flat.length; i++)
@@ -168,17 +178,9 @@ describe("pages bounded in bytes (LIST_PAGE_MAX_BYTES)", () => {
       `UPDATE timers SET state = 4, last_error = 'gave up', finish_time = now() - (substr(timer_id, 3)::int * interval '1 second')
         WHERE group_id = 'failed-pages'`,
     );
-    const pages: Timer[][] = [];
-    let token = "";
-    do {
-      const res = await adminClient.listFailedTimers({
-        groupId: "failed-pages",
-        pageSize: 1000,
-        pageToken: token,
-      });
-      pages.push(res.timers);
-      token = res.nextPageToken;
-    } while (token !== "" && pages.length < 100);
+    const pages = await allPages((pageToken) =>
+      adminClient.listFailedTimers({ groupId: "failed-pages", pageSize: 1000, pageToken }),
+    );
     checkPages(pages, ids);
   });
 });

@@ -103,24 +103,36 @@ async function attemptsOf(
   return rows;
 }
 
-/** A receiver and a mesh of three dispatchers that already share the shards. */
-async function startThreeDispatchers() {
-  const receiver = await startHttpReceiver();
-  const mesh = await startMesh({ dispatchers: 3, env: { SHARD_COUNT: String(SHARDS) } });
-  await waitForOwners(mesh, ["d1", "d2", "d3"], "three dispatchers to share the shards");
-  return { mesh, receiver };
-}
-
-describe("a mesh of dispatchers", () => {
-  let mesh: TestMesh;
-  let receiver: Awaited<ReturnType<typeof startHttpReceiver>>;
-  before(async () => ({ mesh, receiver } = await startThreeDispatchers()));
+/**
+ * Hooks of a suite that runs against a receiver and a mesh of three dispatchers already sharing
+ * the shards: started before the suite's tests, stopped after them. Tests call the returned
+ * function for the running system.
+ */
+function threeDispatchersForSuite(): () => { mesh: TestMesh; receiver: HttpReceiver } {
+  let receiver: HttpReceiver | undefined;
+  let mesh: TestMesh | undefined;
+  before(async () => {
+    receiver = await startHttpReceiver();
+    mesh = await startMesh({ dispatchers: 3, env: { SHARD_COUNT: String(SHARDS) } });
+    await waitForOwners(mesh, ["d1", "d2", "d3"], "three dispatchers to share the shards");
+  });
   after(async () => {
     await mesh?.[Symbol.asyncDispose]();
     await receiver?.close();
   });
+  return () => {
+    assert.ok(mesh && receiver, "the suite's mesh started");
+    return { mesh, receiver };
+  };
+}
+
+type HttpReceiver = Awaited<ReturnType<typeof startHttpReceiver>>;
+
+describe("a mesh of dispatchers", () => {
+  const system = threeDispatchersForSuite();
 
   test("shards are shared by the three, each sees the others, and GetStatus reports its shards", async () => {
+    const { mesh } = system();
     const counts = await ownedCounts(mesh);
     for (const d of ["d1", "d2", "d3"])
       assert.ok((counts.get(d) ?? 0) > SHARDS / 6, `${d} owns ${counts.get(d)}`);
@@ -132,6 +144,7 @@ describe("a mesh of dispatchers", () => {
   });
 
   test("a dispatcher joins and another drains under a steady stream: every timer once, none early, spread over the mesh", async () => {
+    const { mesh, receiver } = system();
     const group = "steady";
     const start = Date.now() + 2_000;
     const span = 10_000;
@@ -165,15 +178,10 @@ describe("a mesh of dispatchers", () => {
 });
 
 describe("failures", () => {
-  let mesh: TestMesh;
-  let receiver: Awaited<ReturnType<typeof startHttpReceiver>>;
-  before(async () => ({ mesh, receiver } = await startThreeDispatchers()));
-  after(async () => {
-    await mesh?.[Symbol.asyncDispose]();
-    await receiver?.close();
-  });
+  const system = threeDispatchersForSuite();
 
   test("SIGKILL of a dispatcher under load: every timer fires, never early; only claims in flight at the kill repeat; its shards move at once", async () => {
+    const { mesh, receiver } = system();
     const group = "kill";
     const start = Date.now() + 2_000;
     const creating = createSpread(mesh, group, 1_500, start, 8_000, receiver.url);
@@ -225,6 +233,7 @@ describe("failures", () => {
   });
 
   test("restart of nats-server in the middle of a run: dispatchers keep firing while it is away, nothing lost", async () => {
+    const { mesh, receiver } = system();
     const group = "natsrestart";
     const start = Date.now() + 1_000;
     const ids = await createSpread(mesh, group, 600, start, 6_000, receiver.url);
