@@ -11,6 +11,7 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 import { delimiter, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
+import { within } from "../services/shared/src/bounded-wait.js";
 
 /** A process environment: process.env, or one a caller made up. */
 export type Env = Record<string, string | undefined>;
@@ -66,8 +67,8 @@ export async function stopChild(child: ChildProcess, steps: StopSteps, group = f
     for (const [signal, timeoutMs] of steps) {
       if (child.exitCode !== null || child.signalCode !== null) break;
       signalProcess(pid, signal, group);
-      const done = await Promise.race([exited.then(() => true), sleep(timeoutMs).then(() => false)]);
-      if (done) break;
+      // within() clears its timer: a child that exits at once leaves no timer holding the process.
+      if (await within(exited, timeoutMs)) break;
     }
   }
   const info = await exited;

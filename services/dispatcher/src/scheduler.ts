@@ -12,7 +12,7 @@ import { destinationOfJson } from "../../shared/src/callback-destination.js";
 import type { Announcement } from "../../shared/src/mesh-messages.js";
 import { callbackFromJson, idempotencyKey } from "../../shared/src/timer-model.js";
 import { decideOutcome, retryPolicyOf } from "./attempt-outcome.js";
-import { type AdmittedTimer, claimAdmitted } from "./claiming.js";
+import { type AdmittedTimer, type ClaimContext, claimAdmitted } from "./claiming.js";
 import { CompletionWriter, type PendingCompletion } from "./completion-writer.js";
 import type { FiringTuning } from "./config.js";
 import type { ClaimedTimer, LoadCursor } from "./dispatch-store.js";
@@ -48,6 +48,8 @@ export class Scheduler {
   private readonly timers: HeldTimers;
   private readonly completions: CompletionWriter;
   private readonly events: SchedulerEvents;
+  /** What every claim passes besides its timers. */
+  private readonly claimContext: ClaimContext;
   /** Where the window loader stopped; set at the first load (once the clock is measured). */
   private cursorAt: LoadCursor | undefined;
   /** Announcements could not reach us at some poll since the window was last read whole. */
@@ -76,6 +78,14 @@ export class Scheduler {
       perGroup: slotsOf(opts.maxInFlight, opts.groupShare),
       perDestination: slotsOf(opts.maxInFlight, opts.destinationShare),
     });
+    this.claimContext = {
+      store: deps.store,
+      ownership: deps.ownership,
+      log: deps.log,
+      events: this.events,
+      claimLeadMs: opts.claimLeadMs,
+      claimTtlMs: opts.claimTtlMs,
+    };
     this.completions = new CompletionWriter(deps.store, deps.clock, deps.log, (batch) =>
       this.recorded(batch),
     );
@@ -317,17 +327,7 @@ export class Scheduler {
   }
 
   private async claim(batch: AdmittedTimer[]): Promise<void> {
-    const round = await claimAdmitted(
-      {
-        store: this.deps.store,
-        ownership: this.deps.ownership,
-        log: this.deps.log,
-        events: this.events,
-        claimLeadMs: this.opts.claimLeadMs,
-        claimTtlMs: this.opts.claimTtlMs,
-      },
-      batch,
-    );
+    const round = await claimAdmitted(this.claimContext, batch);
     for (const { row, admitted } of round.claimed) this.launch(row, admitted);
     // A failed claim changed nothing in Postgres: those are held again.
     for (const a of round.putBack) this.timers.putBack(a.timer, a.lane);
@@ -386,7 +386,6 @@ export class Scheduler {
     this.events.attempted?.(transport, result);
     const finishedAt = new Date(this.now());
     const decided = decideOutcome(result, row.attempt, retryPolicyOf(row), finishedAt.getTime());
-    let retryAt: DueTimer | undefined;
     if (decided.outcome === "succeeded") this.events.finished?.(true);
     if (decided.outcome === "failed") {
       this.events.finished?.(false);
@@ -403,15 +402,16 @@ export class Scheduler {
     }
     const next = decided.nextAttemptAtMs;
     // A retry due within the window is held once its outcome is recorded; a later one is loaded.
-    if (next !== null && next - this.now() <= this.opts.lookaheadMs) {
-      retryAt = {
-        groupId: row.group_id,
-        timerId: row.timer_id,
-        shard: row.shard,
-        dueMs: next,
-        destination: destinationOfJson(row.callback),
-      };
-    }
+    const retryAt: DueTimer | undefined =
+      next !== null && next - this.now() <= this.opts.lookaheadMs
+        ? {
+            groupId: row.group_id,
+            timerId: row.timer_id,
+            shard: row.shard,
+            dueMs: next,
+            destination: destinationOfJson(row.callback),
+          }
+        : undefined;
     this.completions.add({
       completion: {
         groupId: row.group_id,
