@@ -292,15 +292,25 @@ export function isPortFree(port: number, host?: string): Promise<boolean> {
   });
 }
 
-/** A port the OS currently considers free on `host`. */
-export function getFreePort(host = "127.0.0.1"): Promise<number> {
-  return new Promise((res, rej) => {
-    const server = createServer();
-    server.once("error", rej);
-    server.listen({ port: 0, host, exclusive: true }, () => {
-      const addr = server.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      server.close(() => res(port));
-    });
-  });
+// Where getFreePort looks: below Linux's ephemeral range (ip_local_port_range, 32768-60999 by
+// default), from which the kernel picks the local port of every outgoing connection. A port the
+// kernel hands out as "free" (listen on 0) comes from that range, and between our check and the
+// child's bind an outgoing connection (to Postgres, to NATS) may take it: the child then fails
+// with EADDRINUSE. Ports below the range are taken only by listeners.
+const FREE_PORT_MIN = 20_000;
+const FREE_PORT_SPAN = 12_000;
+// Ports this process handed out, so two calls before either port is bound never return the same.
+const handedOut = new Set<number>();
+
+/** A port free on `host` now, outside the ephemeral range, not handed out before by this process. */
+export async function getFreePort(host = "127.0.0.1"): Promise<number> {
+  for (let tries = 0; tries < 500; tries++) {
+    const port = FREE_PORT_MIN + Math.floor(Math.random() * FREE_PORT_SPAN);
+    if (handedOut.has(port) || !(await isPortFree(port, host))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error(
+    `no free port on ${host} between ${FREE_PORT_MIN} and ${FREE_PORT_MIN + FREE_PORT_SPAN - 1}`,
+  );
 }
