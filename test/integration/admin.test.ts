@@ -379,11 +379,13 @@ describe("the mesh as operators see it", () => {
       explained.next,
       /^waiting: group "reports" is paused \(by ops at [^:]+:[^)]*: incident 7\); it is due \(by [\d.]+ s\) and fires once the group is resumed$/,
     );
+    // Waiting on purpose is not lag (nor backlog): the shard is not listed as lagging.
     const lagging = await adminOk("listShards", { onlyLagging: true, lagThreshold: "2s" });
-    const lag = lagging.shards.find((s) => s.shard === shard);
-    assert.ok(lag, "the paused shard is listed as lagging");
-    assert.ok(lag.dueCount >= 5n && lag.lagSeconds > 2, `due ${lag.dueCount}, lag ${lag.lagSeconds} s`);
-    assert.ok((await adminOk("getStats")).dueNow >= 5n);
+    assert.equal(
+      lagging.shards.find((s) => s.shard === shard),
+      undefined,
+      "a paused group's due timers are not shard lag",
+    );
 
     const resumed = await adminOk("resumeGroup", { groupId: "reports" });
     assert.equal(resumed.wasPaused, true);

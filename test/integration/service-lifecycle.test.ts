@@ -173,6 +173,18 @@ describe("NATS down at start, then lost and back mid-run", () => {
       false,
       `the timer service reports NATS down: ${JSON.stringify(t0.body)}`,
     );
+    // The operations documents' probes say the same, and NATS's state is a metric (NatsDisconnected).
+    for (const path of ["/health/live", "/health/ready"])
+      assert.equal(
+        (await fetch(`http://127.0.0.1:${timer.httpPort}${path}`)).status,
+        200,
+        `timer ${path} without NATS`,
+      );
+    const natsConnected = async () =>
+      /^nats_connected (\d)$/m.exec(
+        await (await fetch(`http://127.0.0.1:${timer.httpPort}/metrics`)).text(),
+      )?.[1];
+    assert.equal(await natsConnected(), "0", "nats_connected while NATS has never been up");
     // The admin service too: most of its calls are Postgres alone; those through the dispatchers say NATS is missing.
     await using admin = await startService("admin", { ...env, ...nats.serviceEnv("admin") });
     const admins = createClient(AdminService, grpc(admin.grpcPort));
@@ -218,6 +230,7 @@ describe("NATS down at start, then lost and back mid-run", () => {
       30_000,
       "the timer service to connect to NATS",
     );
+    assert.equal(await natsConnected(), "1", "nats_connected once connected");
     await waitFor(
       async () =>
         (await admins.listDispatchers({}).catch(() => ({ dispatchers: [] }))).dispatchers.filter(

@@ -7,7 +7,14 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import type pg from "pg";
 import { pino } from "pino";
-import { claimTimers, loadOverdue, loadWindow } from "../../services/dispatcher/src/dispatch-store.js";
+import {
+  claimTimers,
+  loadOverdue,
+  loadWindow,
+  shardLag,
+} from "../../services/dispatcher/src/dispatch-store.js";
+import { listShards } from "../../services/admin/src/shard-store.js";
+import { pausedDueTimersSql } from "../../services/shared/src/shard-lag.js";
 import type { DueTimer } from "../../services/dispatcher/src/due-queue.js";
 import { checkShardCount, migrate, seedShardLeases } from "../../services/shared/src/db.js";
 import { shardOf } from "../../services/shared/src/shard.js";
@@ -58,7 +65,12 @@ before(async () => {
       ids.map((_, i) => new Date(startMs + ((i % 10) - 1) * 3 * 86_400_000 + i)),
     ],
   );
+  // Two of the groups paused: lag and backlog leave their timers out (shard-lag.ts).
+  await db.pool.query(
+    "INSERT INTO paused_groups (group_id, paused_by, reason) VALUES ('g3', 't', ''), ('g7', 't', '')",
+  );
   await db.pool.query("ANALYZE timers");
+  await db.pool.query("ANALYZE paused_groups");
 });
 after(async () => {
   await db?.[Symbol.asyncDispose]();
@@ -141,4 +153,27 @@ test("the lookahead and catch-up reads scan each owned shard's range of the due 
         `${name}: ${s}`,
       );
   }
+});
+
+test("shard lag and backlog read each shard's range of the due index, paused groups left out", async () => {
+  const owned = Array.from({ length: SHARDS }, (_, s) => s);
+  const lag = await planOf((p) => shardLag(p, owned));
+  const shards = await planOf((p) => listShards(p, null, null));
+  for (const [name, plan] of [
+    ["shard_lag_owned", lag],
+    ["list_shards", shards],
+  ] as const) {
+    const scans = timerScans(plan);
+    assert.ok(scans.length > 0, `${name} scans timers`);
+    for (const s of scans)
+      assert.match(
+        s,
+        /^(Index Scan|Index Only Scan|Bitmap Index Scan) timers_due_idx: \(\(shard = [sl]\.shard\) AND \(next_attempt_at <= now\(\)\)\)$/,
+        `${name}: ${s}`,
+      );
+  }
+  // The paused groups' own count goes through the group index, not every due timer.
+  const { rows } = await db.pool.query(`EXPLAIN (FORMAT JSON) ${pausedDueTimersSql()}`);
+  const paused = timerScans(rows[0]["QUERY PLAN"][0].Plan);
+  assert.ok(paused.length > 0 && paused.every((s) => s.includes("timers_group_idx")), paused.join(" | "));
 });

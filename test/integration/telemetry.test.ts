@@ -6,7 +6,10 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { CreateTimerRequestSchema } from "../../services/shared/src/gen/timer/v1/timer_pb.js";
-import { METRICS } from "../../services/shared/src/telemetry/metric-names.js";
+import { METRICS, RUNTIME_METRICS } from "../../services/shared/src/telemetry/metric-names.js";
+import { AdminService } from "../../services/shared/src/gen/admin/v1/admin_pb.js";
+import { shardOf } from "../../services/shared/src/shard.js";
+import { httpTimerAt } from "../support/timer-client.js";
 import { HEARTBEAT_SUBJECT } from "../../services/shared/src/mesh-messages.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startHttpReceiver } from "../support/receivers.js";
@@ -46,6 +49,10 @@ after(async () => {
   await otlp?.[Symbol.asyncDispose]();
 });
 
+function adminClient() {
+  return createClient(AdminService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${admin.grpcPort}` }));
+}
+
 async function scrape(port: number): Promise<string> {
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
   assert.equal(res.status, 200);
@@ -62,12 +69,22 @@ function timer(id: string, url: string, delayMs: number) {
   });
 }
 
+/** The value of the one series `series` (name and labels as printed) on a scrape, or undefined. */
+function seriesValue(text: string, series: string): number | undefined {
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
 describe("metrics", () => {
   test("every service exports every metric of the catalogue that it owns", async () => {
     await mesh.client.call("createTimer", timer("m-later", receiver.url, 3_600_000));
     await mesh.client.call("createTimer", timer("m-ok", receiver.url, 50));
     await mesh.client.call("createTimer", timer("m-fail", failing.url, 50));
     await assert.rejects(mesh.client.call("createTimer", timer("bad id", receiver.url, 50)));
+    // A paused group with a due timer, for timer_paused_due_timers.
+    const admins = adminClient();
+    await admins.pauseGroup({ groupId: "obs-held", reason: "metrics test" });
+    await mesh.client.call("createTimer", httpTimerAt("obs-held", "held", Date.now(), receiver.url));
     // One malformed heartbeat (sent as a dispatcher may), for mesh_messages_dropped_total.
     const asDispatcher = await mesh.nats.connectAs("dispatcher");
     asDispatcher.publish(HEARTBEAT_SUBJECT, new TextEncoder().encode("not a heartbeat"));
@@ -93,12 +110,16 @@ describe("metrics", () => {
     await waitFor(
       async () =>
         /^timer_executions_total 2$/m.test(await scrape(ports.dispatcher)) &&
+        /^timer_paused_due_timers\{group_id="obs-held"\} 1$/m.test(await scrape(ports.dispatcher)) &&
         /active_timers_total\{/.test(await scrape(ports.timer)) &&
         /^mesh_messages_dropped_total\{/m.test(await scrape(ports.admin)),
       20_000,
       "counters and refreshed gauges",
     );
-    for (const [name, spec] of Object.entries(METRICS)) {
+    // The GC histogram has a series from a process's first garbage collection on.
+    for (const port of Object.values(ports))
+      await waitFor(async () => /^v8js_gc_duration_bucket\{/m.test(await scrape(port)), 20_000, "a GC");
+    for (const [name, spec] of Object.entries({ ...METRICS, ...RUNTIME_METRICS })) {
       for (const service of spec.services) {
         const text = await scrape(ports[service]);
         const series = spec.type === "histogram" ? `${name}_bucket` : name;
@@ -117,6 +138,16 @@ describe("metrics", () => {
     assert.match(d, /^timer_executions_success_total 1$/m);
     assert.match(d, /^timer_executions_total 2$/m);
     assert.match(d, /^callback_failures_total\{transport="http",retryable="true"\} 1$/m);
+    // Each attempt timed, by what the receiver answered (m-fail's 500 is retryable).
+    assert.match(d, /^callback_duration_seconds_count\{transport="http",outcome="success"\} [1-9]/m);
+    assert.match(d, /^callback_duration_seconds_count\{transport="http",outcome="retryable_failure"\} 1$/m);
+    assert.match(d, /^callback_duration_seconds_bucket\{transport="http",outcome="success",le="30"\} [1-9]/m);
+    for (const text of [d, await scrape(ports.timer), await scrape(ports.admin)]) {
+      assert.match(text, /^database_connections_waiting 0$/m);
+      assert.match(text, /^process_cpu_time_seconds_total\{cpu_mode="user"\} [0-9.e+-]+$/m);
+      assert.match(text, /^process_memory_usage_bytes [1-9]\d*$/m);
+      assert.match(text, /^nodejs_eventloop_delay_p99 [0-9.e+-]+$/m);
+    }
     assert.match(d, /^dispatcher_owned_shards 64$/m);
     // Lag is recomputed every 5 s for every shard, with the lease holder as owner.
     await waitFor(
@@ -125,8 +156,12 @@ describe("metrics", () => {
       "shard lag with its owner",
     );
     assert.match(d, /^database_query_duration_seconds_count\{operation="claim_timers"\} \d/m);
-    // Bounded cardinality: the lag gauge has one series per shard, no more.
-    assert.equal(d.match(/^timer_shard_lag_seconds\{/gm)!.length, 64);
+    // Bounded cardinality: the lag gauge has one live series per shard, no more. A scrape before
+    // the leases were taken saw owner="none" (the dispatcher's first refresh, at start); those
+    // series stay, at 0 (gauge-series.ts).
+    assert.equal(d.match(/^timer_shard_lag_seconds\{shard="\d+",owner="d1"\}/gm)!.length, 64);
+    const others = d.match(/^timer_shard_lag_seconds\{shard="\d+",owner="(?!d1")[^"]*"\} .*$/gm) ?? [];
+    assert.ok(others.length <= 64 && others.every((l) => l.endsWith(" 0")), others.join("\n"));
   });
 });
 
@@ -204,5 +239,64 @@ describe("traces and logs", () => {
       lines.length > 0 && lines.every((l) => l.service === "dispatcher" && typeof l.level === "string"),
     );
     for (const secret of ["password", "aGVsbG8"]) assert.ok(!mesh.timer.output().includes(secret));
+  });
+});
+
+// Last in the file: every other timer has fired (or waits paused, or an hour ahead), so any lag
+// on these shards would be theirs.
+describe("paused groups", () => {
+  test("a paused group's due timers are counted apart, not as shard lag, and fire once it is resumed", async () => {
+    const admins = adminClient();
+    const group = "paused-lag";
+    await admins.pauseGroup({ groupId: group, reason: "receiver down" });
+    const ids = ["p1", "p2", "p3", "p4", "p5"];
+    const shards = [...new Set(ids.map((id) => shardOf(group, id, 64)))];
+    for (const id of ids) {
+      const res = await mesh.client.call("createTimer", httpTimerAt(group, id, Date.now(), receiver.url));
+      assert.equal(res.created, true);
+    }
+    const port = mesh.dispatchers[0]!.httpPort;
+    // The lag gauge is refreshed with the paused count, from a read made after it: once the
+    // count shows the five, the same scrape's lag saw them due.
+    const text = await waitFor(
+      async () => {
+        const t = await scrape(port);
+        return seriesValue(t, `timer_paused_due_timers{group_id="${group}"}`) === ids.length ? t : undefined;
+      },
+      30_000,
+      "the dispatcher's metrics to count the paused group's due timers",
+    );
+    for (const shard of shards)
+      assert.equal(
+        seriesValue(text, `timer_shard_lag_seconds{shard="${shard}",owner="d1"}`),
+        0,
+        `shard ${shard} holds only a paused group's due timers: no lag`,
+      );
+    // The admin's view agrees: no lag and no backlog on those shards, none in GetStats.
+    const listed = await admins.listShards({});
+    for (const shard of shards) {
+      const row = listed.shards.find((r) => r.shard === shard);
+      assert.deepEqual([row?.lagSeconds, row?.dueCount], [0, 0n], `ListShards, shard ${shard}`);
+    }
+    const stats = await admins.getStats({});
+    assert.equal(stats.dueNow, 0n, "GetStats' backlog leaves the paused group out");
+    assert.equal(
+      receiver.received.filter((r) => r.groupId === group).length,
+      0,
+      "nothing fired while paused",
+    );
+
+    await admins.resumeGroup({ groupId: group });
+    await waitFor(
+      () => ids.every((id) => receiver.received.some((r) => r.groupId === group && r.timerId === id)),
+      30_000,
+      "the resumed group's timers to fire",
+    );
+    assert.equal(receiver.received.filter((r) => r.groupId === group).length, ids.length, "each fired once");
+    await waitFor(
+      async () => seriesValue(await scrape(port), `timer_paused_due_timers{group_id="${group}"}`) === 0,
+      30_000,
+      "the resumed group's paused-and-due count to drop to 0",
+    );
   });
 });

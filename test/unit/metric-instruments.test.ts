@@ -25,7 +25,12 @@ test("the services' instruments take their help text, unit and buckets from the 
   const provider = new MeterProvider({ readers: [reader] });
   const meter = provider.getMeter("test");
   const log = createLogger("test", "silent");
-  const pool = { query: async () => ({ rows: [] }), totalCount: 0, idleCount: 0 } as unknown as pg.Pool;
+  const pool = {
+    query: async () => ({ rows: [] }),
+    totalCount: 0,
+    idleCount: 0,
+    waitingCount: 0,
+  } as unknown as pg.Pool;
   const tracer = trace.getTracer("test");
 
   const timer = createTimerMetrics(meter);
@@ -47,7 +52,7 @@ test("the services' instruments take their help text, unit and buckets from the 
     log,
   );
   dispatcher.fired(5);
-  dispatcher.attempted("http", { ok: false, retryable: true, error: "x" });
+  dispatcher.attempted("http", { ok: false, retryable: true, error: "x" }, 12);
   instrumentPool(pool, meter, tracer, false, 5);
   await pool.query("SELECT 1");
   rpcServerInterceptor(meter, tracer, false);
@@ -77,10 +82,12 @@ test("the services' instruments take their help text, unit and buckets from the 
     "timer_creation_failures_total",
     "timer_fire_lateness_seconds",
     "callback_failures_total",
+    "callback_duration_seconds",
     "dispatcher_owned_shards",
     "dispatcher_clock_offset_seconds",
     "database_query_duration_seconds",
     "database_connections_max",
+    "database_connections_waiting",
     "mesh_messages_dropped_total",
   ]) {
     assert.ok(seen.has(name), `${name} was collected`);

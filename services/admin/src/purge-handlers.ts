@@ -1,16 +1,18 @@
 // The purge part of the AdminService: PurgeTimers deletes finished timers older than a retention
 // in batches (purge-store.ts), each its own short transaction, so a large purge neither holds
-// locks for long nor loses what it did when it stops midway.
+// locks for long nor loses what it did when it stops midway. The dispatchers do the same on their
+// own (RETENTION_* settings, retention-loop.ts); PurgeTimers is for a shorter retention now.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { PurgeTimersResponseSchema } from "../../shared/src/gen/admin/v1/admin_pb.js";
 import { grpcCodeNameOf } from "../../shared/src/grpc-code-name.js";
+import { cutoffBefore } from "../../shared/src/retention.js";
 import { purgeSettings } from "./admin-requests.js";
 import { markRecorded } from "./audit.js";
 import type { AuditInfo } from "./audit-store.js";
 import { type AdminDeps, type AdminHandlers, checked } from "./handler-support.js";
-import { endPurgeAudit, previewPurge, purgeBatch, purgeCutoff } from "./purge-store.js";
+import { endPurgeAudit, previewPurge, purgeBatch } from "./purge-store.js";
 
 /** What a purge deleted, in how many batches. */
 interface PurgeTotals {
@@ -74,7 +76,7 @@ export function purgeHandlers(deps: AdminDeps): AdminHandlers<"purgeTimers"> {
         req,
         async (audit) => {
           const { retentionMs, batchSize } = checked(() => purgeSettings(req));
-          const { cutoff, exact } = await purgeCutoff(deps.pool, retentionMs);
+          const { cutoff, exact } = await cutoffBefore(deps.pool, retentionMs);
           if (req.dryRun) {
             const p = await previewPurge(deps.pool, exact, audit);
             return {

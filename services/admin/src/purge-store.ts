@@ -1,26 +1,12 @@
 // PurgeTimers in SQL: finished timers older than a cutoff are deleted with their attempts, in
 // batches of short transactions, and the purge's one audit event counts what each committed
-// batch deleted. The loop over the batches is purgeInBatches (purge-handlers.ts).
+// batch deleted. The deletion itself is retention's (services/shared/src/retention.ts), the same
+// the dispatchers' automatic retention runs; here it is joined to the audit event in one
+// statement. The loop over the batches is purgeInBatches (purge-handlers.ts).
 import type { JsonObject } from "@bufbuild/protobuf";
 import type pg from "pg";
-import { State } from "../../shared/src/timer-model.js";
-import { intervalOfMsSql } from "../../shared/src/time.js";
+import { deleteFinishedTimersCtes, previewFinishedTimersCte } from "../../shared/src/retention.js";
 import { type AuditInfo, auditParams, insertAuditSql } from "./audit-store.js";
-
-const FINISHED = `${State.Succeeded}, ${State.Failed}, ${State.Cancelled}`;
-
-/** now() minus the retention, by the database's clock: as a Date, and exactly (text) for the batches. */
-export async function purgeCutoff(
-  pool: pg.Pool,
-  retentionMs: number,
-): Promise<{ cutoff: Date; exact: string }> {
-  const { rows } = await pool.query<{ cutoff: Date; exact: string }>(
-    `-- purge_cutoff
-     SELECT c AS cutoff, c::text AS exact FROM (SELECT now() - ${intervalOfMsSql("$1")} AS c) x`,
-    [retentionMs],
-  );
-  return rows[0]!;
-}
 
 /**
  * Deletes one batch of finished timers older than the cutoff, with their attempts, skipping
@@ -37,22 +23,8 @@ export async function purgeBatch(
 ): Promise<{ timers: number; attempts: number; auditId: string }> {
   const { rows } = await pool.query<{ timers: string; attempts: string; audit_id: string }>(
     `-- purge_timers_batch
-     WITH doomed AS (
-       SELECT shard, group_id, timer_id FROM timers
-        WHERE state IN (${FINISHED}) AND finish_time < $1::timestamptz
-        ORDER BY finish_time
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED
-     ), t AS (
-       DELETE FROM timers x USING doomed d
-        WHERE x.shard = d.shard AND x.group_id = d.group_id AND x.timer_id = d.timer_id
-       RETURNING 1
-     ), a AS (
-       DELETE FROM timer_attempts x USING doomed d
-        WHERE x.shard = d.shard AND x.group_id = d.group_id AND x.timer_id = d.timer_id
-       RETURNING 1
-     ), c AS (
-       SELECT (SELECT count(*) FROM t) AS timers, (SELECT count(*) FROM a) AS attempts
+     WITH ${deleteFinishedTimersCtes("$1::timestamptz", "$2::int")}, c AS (
+       SELECT (SELECT count(*) FROM retention_timers) AS timers, (SELECT count(*) FROM retention_attempts) AS attempts
      ), ins AS (
        ${insertAuditSql(
          4,
@@ -100,11 +72,8 @@ export async function previewPurge(
 ): Promise<{ timers: number; attempts: number }> {
   const { rows } = await pool.query<{ timers: string; attempts: string }>(
     `-- purge_timers_dry_run
-     WITH d AS (
-       SELECT shard, group_id, timer_id FROM timers WHERE state IN (${FINISHED}) AND finish_time < $1::timestamptz
-     ), c AS (
-       SELECT (SELECT count(*) FROM d) AS timers,
-              (SELECT count(*) FROM timer_attempts x JOIN d ON x.shard = d.shard AND x.group_id = d.group_id AND x.timer_id = d.timer_id) AS attempts
+     WITH ${previewFinishedTimersCte("$1::timestamptz")}, c AS (
+       SELECT timers, attempts FROM retention_preview
      ), audit AS (
        ${insertAuditSql(2, "'OK'", "jsonb_build_object('dry_run', true, 'would_delete_timers', c.timers, 'would_delete_attempts', c.attempts, 'cutoff', $1::timestamptz)", "FROM c")}
      )

@@ -25,7 +25,11 @@ export interface ShardRow {
   due: string;
 }
 
-/** Shards with lease, lag and due count; optionally one owner's, optionally only those lagging more than minLagSeconds. */
+/**
+ * Shards with lease, lag and due count; optionally one owner's, optionally only those lagging
+ * more than minLagSeconds. Lag and due count leave out paused groups' timers, like the
+ * dispatchers' timer_shard_lag_seconds (shard-lag.ts).
+ */
 export async function listShards(
   pool: pg.Pool,
   owner: string | null,

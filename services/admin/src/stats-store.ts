@@ -36,7 +36,10 @@ export interface StatsRow {
   db_now: Date;
 }
 
-/** Due timers, recent firings (timer_attempts, by finish time) and paused groups. */
+/**
+ * Due timers (the backlog: paused groups' left out, the sum of ListShards' due counts), recent
+ * firings (timer_attempts, by finish time) and paused groups.
+ */
 export async function meshCounters(pool: pg.Pool): Promise<StatsRow> {
   const { rows } = await pool.query<StatsRow>(
     `-- mesh_counters

@@ -3,6 +3,7 @@ import { loadEgressPolicy, type EgressPolicy } from "../../shared/src/egress.js"
 import { loadTenantSubjects, type TenantSubjects } from "../../shared/src/tenant-subjects.js";
 import {
   ConfigError,
+  envBoolean,
   envDurationMs,
   envInt,
   envNatsCredentials,
@@ -39,8 +40,43 @@ export interface FiringTuning {
   destinationShare: number;
 }
 
+/**
+ * Automatic retention (retention-loop.ts), one dispatcher at a time. Also the defaults of
+ * `npm run ops -- retention`, which reads the same variables.
+ */
+export interface RetentionSettings {
+  /** RETENTION_ENABLED: delete; when false only the size and age gauges are refreshed. */
+  enabled: boolean;
+  /** RETENTION_FINISHED_TIMERS: finished timers, with their attempts, go this long after finishing. */
+  finishedTimersMs: number;
+  /** RETENTION_AUDIT_EVENTS: audit events go this long after they were recorded. */
+  auditEventsMs: number;
+  /** RETENTION_INTERVAL: how often a run starts (and the gauges are refreshed). */
+  intervalMs: number;
+  /** RETENTION_BATCH_SIZE: rows per delete statement. */
+  batchSize: number;
+  /** RETENTION_BATCH_PAUSE: the pause between two batches. */
+  batchPauseMs: number;
+}
+
+/** Reads the RETENTION_* variables. */
+export function loadRetentionSettings(env: Record<string, string | undefined>): RetentionSettings {
+  const day = 86_400_000;
+  return {
+    enabled: envBoolean(env, "RETENTION_ENABLED", true),
+    // A finished timer is also what answers a replayed create: below an hour a late retry could
+    // create (and fire) the timer a second time.
+    finishedTimersMs: envDurationMs(env, "RETENTION_FINISHED_TIMERS", 7 * day, 3_600_000, 3650 * day),
+    auditEventsMs: envDurationMs(env, "RETENTION_AUDIT_EVENTS", 90 * day, 3_600_000, 3650 * day),
+    intervalMs: envDurationMs(env, "RETENTION_INTERVAL", 300_000, 1_000, 86_400_000),
+    batchSize: envInt(env, "RETENTION_BATCH_SIZE", 1000, 1, 10_000),
+    batchPauseMs: envDurationMs(env, "RETENTION_BATCH_PAUSE", 100, 0, 60_000),
+  };
+}
+
 /** The dispatcher's settings, from the environment. */
 export interface DispatcherConfig extends CommonConfig, FiringTuning {
+  retention: RetentionSettings;
   dispatcherId: string;
   callbackTimeoutMs: number;
   /** Where HTTP and gRPC callbacks may connect (CALLBACK_ALLOWED_NETWORKS, CALLBACK_ALLOWED_HOSTS). */
@@ -96,6 +132,7 @@ export function loadDispatcherConfig(env: Record<string, string | undefined>): D
     ...common,
     dispatcherId,
     callbackNatsCredentials,
+    retention: loadRetentionSettings(env),
     lookaheadMs: envDurationMs(env, "LOOKAHEAD", 30_000, 1_000, 3_600_000),
     pollIntervalMs: envDurationMs(env, "POLL_INTERVAL", 1_000, 50, 60_000),
     overdueGraceMs: envDurationMs(env, "OVERDUE_GRACE", 2_000, 0, 600_000),

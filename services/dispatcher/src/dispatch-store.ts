@@ -7,7 +7,7 @@ import {
   destinationOfParts,
   type CallbackDestinationParts,
 } from "../../shared/src/callback-destination.js";
-import { dueTimersOfShardSql, lagSecondsSql } from "../../shared/src/shard-lag.js";
+import { groupPausedSql, lagSecondsSql, oldestDueOfShardSql } from "../../shared/src/shard-lag.js";
 import { State, type TimerRow } from "../../shared/src/timer-model.js";
 import { intervalOfMsSql } from "../../shared/src/time.js";
 import type { DueTimer } from "./due-queue.js";
@@ -147,7 +147,7 @@ const LOAD_WINDOW_SQL = dueSql("load_window", "next_attempt_at <= $7::timestampt
 const LOAD_OVERDUE_SQL = dueSql(
   "load_overdue",
   `next_attempt_at <= now() - ${intervalOfMsSql("$7")}`,
-  "AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = timers.group_id)",
+  `AND NOT ${groupPausedSql("timers.group_id")}`,
 );
 
 /**
@@ -220,7 +220,7 @@ export async function claimTimers(
         AND l.owner = $1 AND l.epoch = k.epoch
         AND EXISTS (SELECT 1 FROM dispatcher_leases d WHERE d.owner = $1 AND d.expires_at > now())
         -- A paused group's timers wait (they fire, oldest first, once it is resumed).
-        AND NOT EXISTS (SELECT 1 FROM paused_groups p WHERE p.group_id = t.group_id)
+        AND NOT ${groupPausedSql("t.group_id")}
       RETURNING t.group_id, t.timer_id, t.shard, t.fire_at, t.next_attempt_at, t.attempt, t.callback, t.payload,
                 t.labels, t.max_attempts, t.initial_backoff_ms, t.max_backoff_ms, t.backoff_multiplier,
                 t.create_traceparent`,
@@ -349,14 +349,17 @@ export async function reclaimExpired(
   return rows.map(toDue);
 }
 
-/** Lag of each of the given shards in seconds: now minus its oldest due, unfired fire time. */
+/**
+ * Lag of each of the given shards in seconds: now minus its oldest due, unfired fire time
+ * (paused groups left out, shard-lag.ts).
+ */
 export async function shardLag(pool: pg.Pool, shards: number[]): Promise<Map<number, number>> {
   const { rows } = await pool.query<{ shard: number; lag: number }>(
     `-- shard_lag_owned
      SELECT s.shard, ${lagSecondsSql("d.oldest")}::float8 AS lag
        FROM unnest($1::int[]) AS s(shard)
        -- The first entry of each shard's due range, not every due row.
-       CROSS JOIN LATERAL (SELECT min(next_attempt_at) AS oldest FROM ${dueTimersOfShardSql("s.shard")}) d
+       CROSS JOIN LATERAL (SELECT ${oldestDueOfShardSql("s.shard")} AS oldest) d
       WHERE d.oldest IS NOT NULL`,
     [shards],
   );

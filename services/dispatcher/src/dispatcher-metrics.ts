@@ -1,4 +1,5 @@
-// The dispatcher's metrics: firing, delivery, the mesh, and the lag of every shard.
+// The dispatcher's metrics: firing, delivery, the mesh, the lag of every shard and the due
+// timers held back by paused groups.
 import type { Meter } from "@opentelemetry/api";
 import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
@@ -11,13 +12,14 @@ import {
   observableGauge,
   type GaugeName,
 } from "../../shared/src/telemetry/instruments.js";
-import { dueTimersOfShardSql, lagSecondsSql } from "../../shared/src/shard-lag.js";
+import { lagSecondsSql, oldestDueOfShardSql, pausedDueTimersSql } from "../../shared/src/shard-lag.js";
 import { msToSeconds } from "../../shared/src/time.js";
 
 /** What the firing loop reports. */
 export interface DispatcherMetrics {
   fired(lateMs: number): void;
-  attempted(transport: string, result: DeliveryResult): void;
+  /** One delivery attempt made, taking `ms`. */
+  attempted(transport: string, result: DeliveryResult, ms: number): void;
   finished(succeeded: boolean): void;
   /** A timer dropped because Postgres refuses it in a claim statement even alone. */
   claimDropped(): void;
@@ -56,6 +58,7 @@ export function createDispatcherMetrics(
   const lateness = histogram(meter, "timer_fire_lateness_seconds");
   const attempts = counter(meter, "callback_attempts_total");
   const failures = counter(meter, "callback_failures_total");
+  const callbackDuration = histogram(meter, "callback_duration_seconds");
   const executions = counter(meter, "timer_executions_total");
   const successes = counter(meter, "timer_executions_success_total");
   executions.add(0);
@@ -80,18 +83,28 @@ export function createDispatcherMetrics(
   claimDropped.add(0);
 
   let lag: { shard: number; owner: string; lag: number }[] = [];
-  // A shard's owner label changes on hand-off; the previous owner's series must drop to 0.
+  let pausedDue: { groupId: string; due: number }[] = [];
+  // A shard's owner label changes on hand-off; the previous owner's series must drop to 0. A
+  // resumed group's series drops to 0 the same way.
   const lagSeries = new GaugeSeries();
+  const pausedSeries = new GaugeSeries();
   const refresh = async () => {
     try {
+      // Paused first, both published together: a timer counted as paused-and-due in a scrape
+      // was already due when that scrape's lag was read, so the two never disagree about it.
+      const paused = await pool.query<{ group_id: string; due: string }>(
+        `-- paused_due_timers
+         ${pausedDueTimersSql()}`,
+      );
       const { rows } = await pool.query<{ shard: number; owner: string | null; lag: number | null }>(
         `-- shard_lag
          SELECT l.shard, l.owner, ${lagSecondsSql("d.oldest")}::float8 AS lag
            FROM shard_owners l
-           CROSS JOIN LATERAL (SELECT min(next_attempt_at) AS oldest FROM ${dueTimersOfShardSql("l.shard")}) d
+           CROSS JOIN LATERAL (SELECT ${oldestDueOfShardSql("l.shard")} AS oldest) d
           WHERE l.shard < $1`,
         [shardCount],
       );
+      pausedDue = paused.rows.map((r) => ({ groupId: r.group_id, due: Number(r.due) }));
       lag = rows.map((r) => ({ shard: r.shard, owner: r.owner ?? "none", lag: Math.max(0, r.lag ?? 0) }));
     } catch (err) {
       log.warn({ err }, "could not compute shard lag");
@@ -107,11 +120,23 @@ export function createDispatcherMetrics(
     ),
   );
 
+  observableGauge(meter, "timer_paused_due_timers").addCallback((r) =>
+    pausedSeries.observe(
+      r,
+      pausedDue.map((p) => ({ attributes: { group_id: p.groupId }, value: p.due })),
+    ),
+  );
+
   return {
     fired: (lateMs) => lateness.record(msToSeconds(Math.max(0, lateMs))),
-    attempted: (transport, result) => {
+    attempted: (transport, result, ms) => {
       attempts.add(1, { transport });
       if (!result.ok) failures.add(1, { transport, retryable: String(result.retryable) });
+      // Measured on the Postgres-aligned clock, whose offset may be re-estimated mid-attempt.
+      callbackDuration.record(msToSeconds(Math.max(0, ms)), {
+        transport,
+        outcome: attemptOutcomeLabel(result),
+      });
     },
     finished: (succeeded) => {
       executions.add(1);
@@ -120,4 +145,13 @@ export function createDispatcherMetrics(
     claimDropped: () => claimDropped.add(1),
     stop: () => clearInterval(timer),
   };
+}
+
+/**
+ * The outcome label of callback_duration_seconds: what the receiver's answer was, not what came
+ * of the timer (a retryable failure on the last attempt still fails the timer).
+ */
+function attemptOutcomeLabel(result: DeliveryResult): "success" | "retryable_failure" | "permanent_failure" {
+  if (result.ok) return "success";
+  return result.retryable ? "retryable_failure" : "permanent_failure";
 }

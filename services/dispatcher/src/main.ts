@@ -26,6 +26,7 @@ import { createDispatcherMetrics } from "./dispatcher-metrics.js";
 import { createDispatcherService, type DispatcherState } from "./handlers.js";
 import { Membership } from "./membership.js";
 import { subscribeRebalance } from "./rebalance.js";
+import { RetentionLoop } from "./retention-loop.js";
 import { Scheduler } from "./scheduler.js";
 import { ShardAssignment } from "./shard-assignment.js";
 import { LeaseKeeper } from "./shard-leases.js";
@@ -215,7 +216,7 @@ async function startDispatching(
       log,
       events: {
         fired: (lateMs) => metrics.fired(lateMs),
-        attempted: (transport, result) => metrics.attempted(transport, result),
+        attempted: (transport, result, ms) => metrics.attempted(transport, result, ms),
         finished: (ok) => metrics.finished(ok),
         claimDropped: () => metrics.claimDropped(),
       },
@@ -295,6 +296,16 @@ async function startDispatching(
     leases.start();
     scheduler.start();
   }
+  // Deletes what is past its retention when it holds the lock; its own connection (retention-loop.ts).
+  const retention = new RetentionLoop({
+    databaseUrl: config.databaseUrl,
+    applicationName: `dispatcher:${config.dispatcherId}:retention`,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+    settings: config.retention,
+    meter: telemetry.meter,
+    log,
+  });
+  if (!signal.aborted) retention.start();
 
   return {
     scheduler,
@@ -306,6 +317,8 @@ async function startDispatching(
     // The NATS connections and the pool stay open for the runtime to close after the calls in
     // flight (service-runtime.ts).
     stop: async () => {
+      // Ends after its current batch, while the hand-off below goes on.
+      const retentionStopped = retention.stop();
       metrics.stop();
       clock.stop();
       // Leave the ring, hand the shards over (stop claiming, then release), then finish
@@ -317,6 +330,7 @@ async function startDispatching(
       announcements.unsubscribeAll();
       await scheduler.stop(config.shutdownTimeoutMs);
       deliverer.close();
+      await retentionStopped;
     },
   };
 }

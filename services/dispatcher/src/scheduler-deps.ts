@@ -43,7 +43,8 @@ export type Deliver = (delivery: Delivery) => Promise<DeliveryResult>;
 /** Observations the scheduler reports (metrics hook in here). */
 export interface SchedulerEvents {
   fired?(lateMs: number): void;
-  attempted?(transport: string, result: DeliveryResult): void;
+  /** One delivery attempt made; `ms` is its time (tracing included) by the scheduler's clock. */
+  attempted?(transport: string, result: DeliveryResult, ms: number): void;
   finished?(succeeded: boolean): void;
   /** A timer was dropped because Postgres refuses it in a claim statement even alone. */
   claimDropped?(): void;

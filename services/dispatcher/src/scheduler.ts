@@ -366,7 +366,8 @@ export class Scheduler {
     // A timer may wake a fraction of a millisecond early; a timer must never fire early (by
     // Postgres's clock: now() is never ahead of it).
     while (this.now() < dueMs) await new Promise((r) => setImmediate(r));
-    const startedAt = new Date(this.now());
+    const startedMs = this.now();
+    const startedAt = new Date(startedMs);
     if (row.attempt === 1) this.events.fired?.(startedAt.getTime() - row.fire_at.getTime());
     const callback = callbackFromJson(row.callback);
     const transport = callback.target.case ?? "none";
@@ -383,8 +384,9 @@ export class Scheduler {
         traceparent,
       }),
     );
-    this.events.attempted?.(transport, result);
-    const finishedAt = new Date(this.now());
+    const finishedMs = this.now();
+    this.events.attempted?.(transport, result, finishedMs - startedMs);
+    const finishedAt = new Date(finishedMs);
     const decided = decideOutcome(result, row.attempt, retryPolicyOf(row), finishedAt.getTime());
     if (decided.outcome === "succeeded") this.events.finished?.(true);
     if (decided.outcome === "failed") {

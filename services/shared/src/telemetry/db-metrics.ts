@@ -29,6 +29,8 @@ export function instrumentPool(
   );
   observableGauge(meter, "database_connections_idle").addCallback((r) => r.observe(pool.idleCount));
   observableGauge(meter, "database_connections_max").addCallback((r) => r.observe(maxConnections));
+  // Active at max only says the pool is full; callers waiting says it is too small (or a query hangs).
+  observableGauge(meter, "database_connections_waiting").addCallback((r) => r.observe(pool.waitingCount));
 
   const original = pool.query.bind(pool) as (...args: unknown[]) => Promise<unknown>;
   const wrapped = async (...args: unknown[]): Promise<unknown> => {

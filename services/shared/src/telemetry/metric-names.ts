@@ -11,7 +11,7 @@ export interface MetricSpec {
   services: readonly ("timer" | "dispatcher" | "admin")[];
   /** Its HELP text. */
   help: string;
-  /** "s" for a metric in seconds; the name ends in _seconds then. */
+  /** "s" for a metric in seconds; the name ends in _seconds (a counter's in _seconds_total) then. */
   unit?: "s";
   /** A histogram's bucket boundaries. */
   buckets?: readonly number[];
@@ -95,6 +95,12 @@ export const METRICS = {
     services: ["timer", "dispatcher", "admin"],
     help: "Postgres pool size limit",
   },
+  database_connections_waiting: {
+    type: "gauge",
+    labels: [],
+    services: ["timer", "dispatcher", "admin"],
+    help: "Callers queued for a Postgres connection (the pool is exhausted while above 0)",
+  },
   database_query_duration_seconds: {
     type: "histogram",
     labels: ["operation"],
@@ -108,8 +114,23 @@ export const METRICS = {
     type: "gauge",
     labels: ["shard", "owner"],
     services: ["dispatcher"],
-    help: "Now minus the oldest due, unfired fire_at in the shard; 0 when none is due. Every dispatcher reports every shard, so lag stays visible when an owner dies",
+    help: "Now minus the oldest due, unfired fire_at in the shard (paused groups left out); 0 when none is due. Every dispatcher reports every shard, so lag stays visible when an owner dies",
     unit: "s",
+  },
+  timer_paused_due_timers: {
+    type: "gauge",
+    labels: ["group_id"],
+    services: ["dispatcher"],
+    help: "Due SCHEDULED timers of a paused group, waiting for it to be resumed (not in timer_shard_lag_seconds); 0 once resumed",
+  },
+  callback_duration_seconds: {
+    type: "histogram",
+    labels: ["transport", "outcome"],
+    services: ["dispatcher"],
+    help: "Time of one callback delivery attempt, by transport and outcome (success, retryable_failure, permanent_failure)",
+    unit: "s",
+    // 1 ms (a local NATS publish) to 30 s (three times the default CALLBACK_TIMEOUT of 10 s).
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
   },
   timer_fire_lateness_seconds: {
     type: "histogram",
@@ -169,6 +190,39 @@ export const METRICS = {
     services: ["dispatcher"],
     help: "Timers dropped because Postgres refuses them in a claim statement even alone",
   },
+  // Retention (retention-loop.ts): one dispatcher at a time deletes; every dispatcher refreshes the gauges.
+  retention_rows_deleted_total: {
+    type: "counter",
+    labels: ["table"],
+    services: ["dispatcher"],
+    help: "Rows deleted by this dispatcher's automatic retention, by table (timers, timer_attempts, audit_events)",
+  },
+  retention_oldest_row_age_seconds: {
+    type: "gauge",
+    labels: ["table"],
+    services: ["dispatcher"],
+    help: "Age of the oldest row kept: timers (finished), timer_attempts (of the oldest finished timers), audit_events; 0 when none",
+    unit: "s",
+  },
+  retention_last_run_timestamp_seconds: {
+    type: "gauge",
+    labels: [],
+    services: ["dispatcher"],
+    help: "Unix time this dispatcher last completed a retention run (0: never; the others skip while one holds the lock)",
+    unit: "s",
+  },
+  database_size_bytes: {
+    type: "gauge",
+    labels: [],
+    services: ["dispatcher"],
+    help: "pg_database_size of the timer database, refreshed every RETENTION_INTERVAL",
+  },
+  database_table_size_bytes: {
+    type: "gauge",
+    labels: ["table"],
+    services: ["dispatcher"],
+    help: "pg_total_relation_size (indexes and TOAST included) of the 10 largest tables, refreshed every RETENTION_INTERVAL",
+  },
   // RPCs, following the OpenTelemetry RPC semantic conventions.
   rpc_server_call_duration_seconds: {
     type: "histogram",
@@ -184,6 +238,21 @@ export const METRICS = {
     services: ["timer", "dispatcher"],
     help: "1 while connected to NATS",
   },
+  // The process, as the OpenTelemetry semantic conventions name it (process.cpu.time,
+  // process.memory.usage); made in telemetry.ts. The runtime's own are RUNTIME_METRICS below.
+  process_cpu_time_seconds_total: {
+    type: "counter",
+    labels: ["cpu_mode"],
+    services: ["timer", "dispatcher", "admin"],
+    help: "CPU time used by the process, by mode (user, system)",
+    unit: "s",
+  },
+  process_memory_usage_bytes: {
+    type: "gauge",
+    labels: [],
+    services: ["timer", "dispatcher", "admin"],
+    help: "Resident set size of the process",
+  },
   mesh_messages_dropped_total: {
     type: "counter",
     labels: ["subject", "reason"],
@@ -194,3 +263,106 @@ export const METRICS = {
 
 /** A metric name the services export. */
 export type MetricName = keyof typeof METRICS;
+
+const ALL = ["timer", "dispatcher", "admin"] as const;
+
+/**
+ * The Node.js runtime's metrics, made by @opentelemetry/instrumentation-runtime-node in every
+ * service (telemetry.ts), as Prometheus scrapes them: OpenTelemetry's names with dots as
+ * underscores and no unit suffix (delays and durations are in seconds, sizes in bytes); the
+ * help text here is a summary (a scrape shows the instrumentation's). Apart from METRICS because
+ * nothing here makes them (an instrument of that name would clash) and a dashboard shows a few,
+ * not all; the telemetry test scrapes them too.
+ */
+export const RUNTIME_METRICS = {
+  nodejs_eventloop_delay_min: {
+    type: "gauge",
+    labels: [],
+    services: ALL,
+    help: "Event loop minimum delay (s)",
+  },
+  nodejs_eventloop_delay_max: {
+    type: "gauge",
+    labels: [],
+    services: ALL,
+    help: "Event loop maximum delay (s)",
+  },
+  nodejs_eventloop_delay_mean: {
+    type: "gauge",
+    labels: [],
+    services: ALL,
+    help: "Event loop mean delay (s)",
+  },
+  nodejs_eventloop_delay_stddev: {
+    type: "gauge",
+    labels: [],
+    services: ALL,
+    help: "Event loop delay's standard deviation (s)",
+  },
+  nodejs_eventloop_delay_p50: {
+    type: "gauge",
+    labels: [],
+    services: ALL,
+    help: "Event loop delay's median (s)",
+  },
+  nodejs_eventloop_delay_p90: {
+    type: "gauge",
+    labels: [],
+    services: ALL,
+    help: "Event loop delay's 90th percentile (s)",
+  },
+  nodejs_eventloop_delay_p99: {
+    type: "gauge",
+    labels: [],
+    services: ALL,
+    help: "Event loop delay's 99th percentile (s)",
+  },
+  nodejs_eventloop_utilization: {
+    type: "gauge",
+    labels: [],
+    services: ALL,
+    help: "Event loop utilization (0 to 1)",
+  },
+  nodejs_eventloop_time_total: {
+    type: "counter",
+    labels: ["nodejs_eventloop_state"],
+    services: ALL,
+    help: "Time the event loop spent in each state (active, idle), seconds",
+  },
+  v8js_gc_duration: {
+    type: "histogram",
+    labels: ["v8js_gc_type"],
+    services: ALL,
+    help: "Garbage collection time by kind (major, minor, incremental, weakcb), seconds",
+  },
+  v8js_memory_heap_used: {
+    type: "gauge",
+    labels: ["v8js_heap_space_name"],
+    services: ALL,
+    help: "V8 heap bytes in use, per heap space",
+  },
+  v8js_memory_heap_space_size: {
+    type: "gauge",
+    labels: ["v8js_heap_space_name"],
+    services: ALL,
+    help: "V8 heap bytes reserved, per heap space",
+  },
+  v8js_memory_heap_space_available_size: {
+    type: "gauge",
+    labels: ["v8js_heap_space_name"],
+    services: ALL,
+    help: "V8 heap bytes still available, per heap space",
+  },
+  v8js_memory_heap_space_physical_size: {
+    type: "gauge",
+    labels: ["v8js_heap_space_name"],
+    services: ALL,
+    help: "V8 heap bytes committed, per heap space",
+  },
+  v8js_resource_active: {
+    type: "gauge",
+    labels: ["v8js_resource_type"],
+    services: ALL,
+    help: "Active resources keeping the event loop alive, by type",
+  },
+} as const satisfies Record<string, MetricSpec>;

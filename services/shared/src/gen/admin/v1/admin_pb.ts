@@ -213,14 +213,14 @@ export type Shard = Message<"admin.v1.Shard"> & {
 
   /**
    * Now minus the oldest due, unfired next attempt time in the shard; 0 when none is due.
-   * Timers of paused groups count too.
+   * Timers of paused groups do not count (they wait on purpose; see timer_paused_due_timers).
    *
    * @generated from field: double lag_seconds = 6;
    */
   lagSeconds: number;
 
   /**
-   * SCHEDULED timers whose next attempt is due now or earlier.
+   * SCHEDULED timers whose next attempt is due now or earlier, paused groups' left out.
    *
    * @generated from field: int64 due_count = 7;
    */
@@ -1152,7 +1152,8 @@ export type GetStatsResponse = Message<"admin.v1.GetStatsResponse"> & {
   activeTimers: bigint;
 
   /**
-   * SCHEDULED timers whose next attempt is due now or earlier (backlog, paused groups).
+   * SCHEDULED timers whose next attempt is due now or earlier, paused groups' left out: the
+   * backlog, the sum of ListShards' due_count.
    *
    * @generated from field: int64 due_now = 3;
    */
