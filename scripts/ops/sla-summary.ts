@@ -138,7 +138,12 @@ export function judgeLine(row: SlaRow): SlaLine {
     onTime: row.onTime,
     onTimePercent,
     neverAttempted: row.neverAttempted,
-    latenessSeconds: { p50: row.p50, p95: row.p95, p99: row.p99, max: row.max },
+    latenessSeconds: {
+      p50: toMicroseconds(row.p50),
+      p95: toMicroseconds(row.p95),
+      p99: toMicroseconds(row.p99),
+      max: toMicroseconds(row.max),
+    },
     failedTimers: row.failedTimers,
     failuresByReason: [...byReason]
       .map(([reason, count]) => ({ reason, count }))
@@ -262,4 +267,9 @@ export function formatSlaText(report: SlaReport): string {
   }
   for (const note of report.notes) out.push("", `note: ${note}`);
   return out.join("\n");
+}
+
+/** Seconds to whole microseconds (Postgres's resolution): percentile_cont interpolates in floating point (0.00200999...). */
+function toMicroseconds(seconds: number | null): number | null {
+  return seconds === null ? null : Math.round(seconds * 1e6) / 1e6;
 }
