@@ -6,7 +6,6 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import type pg from "pg";
-import { pino } from "pino";
 import {
   claimTimers,
   loadOverdue,
@@ -16,9 +15,9 @@ import {
 import { listShards } from "../../services/admin/src/shard-store.js";
 import { pausedDueTimersSql } from "../../services/shared/src/shard-lag.js";
 import type { DueTimer } from "../../services/dispatcher/src/due-queue.js";
-import { checkShardCount, migrate, seedShardLeases } from "../../services/shared/src/db.js";
 import { shardOf } from "../../services/shared/src/shard.js";
-import { createTestDatabase, type TestDatabase } from "../support/database.js";
+import type { TestDatabase } from "../support/database.js";
+import { createMigratedDatabase } from "../support/migrated-database.js";
 
 const SHARDS = 64;
 const TIMERS = 50_000;
@@ -36,15 +35,7 @@ let db: TestDatabase;
 const startMs = Date.now();
 
 before(async () => {
-  db = await createTestDatabase();
-  const client = await db.pool.connect();
-  try {
-    await migrate(client, pino({ level: "silent" }));
-    await checkShardCount(client, SHARDS);
-    await seedShardLeases(client, SHARDS);
-  } finally {
-    client.release();
-  }
+  db = await createMigratedDatabase(SHARDS);
   await db.pool.query("UPDATE shard_leases SET owner = $1, epoch = 1", [OWNER]);
   await db.pool.query(
     "INSERT INTO dispatcher_leases (owner, expires_at) VALUES ($1, now() + interval '1 hour')",
