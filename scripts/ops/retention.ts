@@ -162,7 +162,7 @@ async function retain(pool: pg.Pool, opts: Options, signal: AbortSignal): Promis
     try {
       let batches = 0;
       const run = await runRetention(session, {
-        ages: { finishedTimersMs: settings.finishedTimersMs, auditEventsMs: settings.auditEventsMs },
+        ages: settings,
         batchSize: settings.batchSize,
         pauseMs: settings.batchPauseMs,
         signal,

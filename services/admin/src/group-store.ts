@@ -3,6 +3,7 @@
 // event in the same statement (audit-store.ts).
 import type pg from "pg";
 import { State } from "../../shared/src/timer-model.js";
+import { dueTimersOfGroupSql } from "../../shared/src/shard-lag.js";
 import { type AuditInfo, auditParams, insertAuditSql } from "./audit-store.js";
 
 /** A paused group. */
@@ -47,7 +48,7 @@ export async function resumeGroup(
        DELETE FROM paused_groups WHERE group_id = $1 RETURNING group_id
      ), o AS (
        SELECT EXISTS (SELECT 1 FROM d) AS was_paused,
-              (SELECT count(*) FROM timers WHERE group_id = $1 AND state = ${State.Scheduled} AND next_attempt_at <= now()) AS overdue
+              (SELECT count(*) FROM ${dueTimersOfGroupSql("$1")}) AS overdue
      ), audit AS (
        ${insertAuditSql(2, "'OK'", "jsonb_build_object('was_paused', o.was_paused, 'overdue_timers', o.overdue)", "FROM o")}
      )

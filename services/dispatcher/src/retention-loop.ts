@@ -165,7 +165,7 @@ export class RetentionLoop {
     }
     try {
       const run = await runRetention(session, {
-        ages: { finishedTimersMs: settings.finishedTimersMs, auditEventsMs: settings.auditEventsMs },
+        ages: settings,
         batchSize: settings.batchSize,
         pauseMs: settings.batchPauseMs,
         signal: this.#stopping.signal,

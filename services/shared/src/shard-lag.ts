@@ -43,14 +43,20 @@ export function lagSecondsSql(oldest: string): string {
 }
 
 /**
+ * FROM-and-WHERE of one group's due timers (SCHEDULED, next attempt now or past), whether or not
+ * it is paused; `groupId` is an SQL expression. Read through timers_group_idx (group_id leads).
+ */
+export function dueTimersOfGroupSql(groupId: string): string {
+  return `timers WHERE timers.group_id = ${groupId} AND state = ${State.Scheduled} AND next_attempt_at <= now()`;
+}
+
+/**
  * SELECT of the due SCHEDULED timers of each paused group that has any: (group_id, due::text).
- * Read through timers_group_idx (group_id leads), so it costs the paused groups' timers only.
+ * It costs the paused groups' timers only.
  */
 export function pausedDueTimersSql(): string {
   return `SELECT p.group_id, d.due::text AS due
        FROM paused_groups p
-       CROSS JOIN LATERAL (SELECT count(*) AS due FROM timers t
-                            WHERE t.group_id = p.group_id AND t.state = ${State.Scheduled}
-                              AND t.next_attempt_at <= now()) d
+       CROSS JOIN LATERAL (SELECT count(*) AS due FROM ${dueTimersOfGroupSql("p.group_id")}) d
       WHERE d.due > 0`;
 }
