@@ -8,8 +8,9 @@
 // inode, polled) and on SIGHUP; a file that no longer parses keeps the previous tokens.
 //
 // Rules: health and reflection are open; AdminService and DispatcherService (and anything not
-// listed) need an admin token; TimerService needs a valid token here, and the handlers check
-// the request's group against the token's groups (authorizeGroup). A service with no tokens
+// listed) need an admin token, except the AdminService methods in SCOPED_METHODS; TimerService,
+// ScheduleService and those methods need a valid token here, and the handlers check the
+// request's group against the token's groups (authorizeGroup). A service with no tokens
 // refuses to start unless AUTH_DISABLED=true says so explicitly; then every call runs as
 // "anonymous" with every right, and the service says so loudly at every start.
 import { createHash, timingSafeEqual } from "node:crypto";
@@ -63,7 +64,19 @@ export const OPEN_SERVICES: ReadonlySet<string> = new Set([
 ]);
 
 /** Services any valid token may call; their handlers check the group. Everything else is admin only. */
-const SCOPED_SERVICES = new Set(["timer.v1.TimerService"]);
+const SCOPED_SERVICES = new Set(["timer.v1.TimerService", "timer.v1.ScheduleService"]);
+
+/**
+ * Methods of admin-only services that a group token may call too: their handlers act only
+ * inside the token's groups (authorizeGroup), and refuse what spans groups unless admin.
+ */
+const SCOPED_METHODS = new Set([
+  "admin.v1.AdminService/StartBulkOperation",
+  "admin.v1.AdminService/GetOperation",
+  "admin.v1.AdminService/ListOperations",
+  "admin.v1.AdminService/CancelOperation",
+  "admin.v1.AdminService/ForecastLoad",
+]);
 
 /** The caller of the current RPC, set by authInterceptor. */
 export const principalKey = createContextKey<Principal | undefined>(undefined, {
@@ -314,7 +327,7 @@ export function authInterceptor(auth: Authenticator, log: Logger): Interceptor {
       log.warn({ rpc, reason: (err as ConnectError).rawMessage }, "unauthenticated call refused");
       throw err;
     }
-    if (!principal.admin && !SCOPED_SERVICES.has(service)) {
+    if (!principal.admin && !SCOPED_SERVICES.has(service) && !SCOPED_METHODS.has(rpc)) {
       log.warn({ rpc, token: principal.name }, "call refused: admin token required");
       throw new ConnectError(
         `token "${principal.name}" may not call ${service}: it needs an admin token`,

@@ -2,11 +2,11 @@
 // @generated from file admin/v1/admin.proto (package admin.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Timer, TimerState } from "../../timer/v1/timer_pb.js";
+import type { Timer, TimerSelector, TimerState } from "../../timer/v1/timer_pb.js";
 import { file_timer_v1_timer } from "../../timer/v1/timer_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file admin/v1/admin.proto.
  */
 export const file_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChRhZG1pbi92MS9hZG1pbi5wcm90bxIIYWRtaW4udjEiGAoWTGlzdERpc3BhdGNoZXJzUmVxdWVzdCJEChdMaXN0RGlzcGF0Y2hlcnNSZXNwb25zZRIpCgtkaXNwYXRjaGVycxgBIAMoCzIULmFkbWluLnYxLkRpc3BhdGNoZXIi2QEKCkRpc3BhdGNoZXISCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRI3ChNsYXN0X2hlYXJ0YmVhdF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAQgASgJEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGRyYWluaW5nGAYgASgIEhQKDG93bmVkX3NoYXJkcxgHIAEoBRIMCgRsaXZlGAggASgIImoKEUxpc3RTaGFyZHNSZXF1ZXN0Eg0KBW93bmVyGAEgASgJEhQKDG9ubHlfbGFnZ2luZxgCIAEoCBIwCg1sYWdfdGhyZXNob2xkGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkoKEkxpc3RTaGFyZHNSZXNwb25zZRIfCgZzaGFyZHMYASADKAsyDy5hZG1pbi52MS5TaGFyZBITCgtzaGFyZF9jb3VudBgCIAEoBSKjAQoFU2hhcmQSDQoFc2hhcmQYASABKAUSDQoFb3duZXIYAiABKAkSDQoFZXBvY2gYAyABKAMSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYXNlZBgFIAEoCBITCgtsYWdfc2Vjb25kcxgGIAEoARIRCglkdWVfY291bnQYByABKAMiLwoWRHJhaW5EaXNwYXRjaGVyUmVxdWVzdBIVCg1kaXNwYXRjaGVyX2lkGAEgASgJIkkKF0RyYWluRGlzcGF0Y2hlclJlc3BvbnNlEhUKDWRpc3BhdGNoZXJfaWQYASABKAkSFwoPcmVsZWFzZWRfc2hhcmRzGAIgASgFIikKFlJlYmFsYW5jZVNoYXJkc1JlcXVlc3QSDwoHdW5kcmFpbhgBIAMoCSJVChdSZWJhbGFuY2VTaGFyZHNSZXNwb25zZRIpCgdyZXBsaWVzGAEgAygLMhguYWRtaW4udjEuUmViYWxhbmNlUmVwbHkSDwoHbWlzc2luZxgCIAMoCSJPCg5SZWJhbGFuY2VSZXBseRIVCg1kaXNwYXRjaGVyX2lkGAEgASgJEhAKCGRyYWluaW5nGAIgASgIEhQKDG93bmVkX3NoYXJkcxgDIAEoBSI1ChFQYXVzZUdyb3VwUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiUAoSUGF1c2VHcm91cFJlc3BvbnNlEiQKBXBhdXNlGAEgASgLMhUuYWRtaW4udjEuUGF1c2VkR3JvdXASFAoMbmV3bHlfcGF1c2VkGAIgASgIInMKC1BhdXNlZEdyb3VwEhAKCGdyb3VwX2lkGAEgASgJEi8KC3BhdXNlZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYXVzZWRfYnkYAyABKAkSDgoGcmVhc29uGAQgASgJIiYKElJlc3VtZUdyb3VwUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCSJBChNSZXN1bWVHcm91cFJlc3BvbnNlEhIKCndhc19wYXVzZWQYASABKAgSFgoOb3ZlcmR1ZV90aW1lcnMYAiABKAMiEwoRTGlzdEdyb3Vwc1JlcXVlc3QiNQoSTGlzdEdyb3Vwc1Jlc3BvbnNlEh8KBmdyb3VwcxgBIAMoCzIPLmFkbWluLnYxLkdyb3VwIpgBCgVHcm91cBIQCghncm91cF9pZBgBIAEoCRIRCglzY2hlZHVsZWQYAiABKAMSDgoGZmlyaW5nGAMgASgDEhEKCXN1Y2NlZWRlZBgEIAEoAxIOCgZmYWlsZWQYBSABKAMSEQoJY2FuY2VsbGVkGAYgASgDEiQKBXBhdXNlGAcgASgLMhUuYWRtaW4udjEuUGF1c2VkR3JvdXAiUgoXTGlzdEZhaWxlZFRpbWVyc1JlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoYTGlzdEZhaWxlZFRpbWVyc1Jlc3BvbnNlEh8KBnRpbWVycxgBIAMoCzIPLnRpbWVyLnYxLlRpbWVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSK4AQoMVGltZXJTdW1tYXJ5EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNoYXJkGAQgASgFEiMKBXN0YXRlGAUgASgOMhQudGltZXIudjEuVGltZXJTdGF0ZRIPCgdhdHRlbXB0GAYgASgFEhIKCmxhc3RfZXJyb3IYByABKAkiuQEKElJldHJ5VGltZXJzUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIQCgh0aW1lcl9pZBgCIAEoCRIuCgpmaXJlX2FmdGVyGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaXJlX2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBSABKAUSDwoHZHJ5X3J1bhgGIAEoCCJ8ChNSZXRyeVRpbWVyc1Jlc3BvbnNlEg0KBWNvdW50GAEgASgFEgwKBG1vcmUYAiABKAgSJgoGc2FtcGxlGAMgAygLMhYuYWRtaW4udjEuVGltZXJTdW1tYXJ5Eg8KB2RyeV9ydW4YBCABKAgSDwoHbWF0Y2hlZBgFIAEoAyKoAQoTQ2FuY2VsVGltZXJzUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIuCgpmaXJlX2FmdGVyGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaXJlX2JlZm9yZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbGltaXQYBCABKAUSDwoHZHJ5X3J1bhgFIAEoCCJ9ChRDYW5jZWxUaW1lcnNSZXNwb25zZRINCgVjb3VudBgBIAEoBRIMCgRtb3JlGAIgASgIEiYKBnNhbXBsZRgDIAMoCzIWLmFkbWluLnYxLlRpbWVyU3VtbWFyeRIPCgdkcnlfcnVuGAQgASgIEg8KB21hdGNoZWQYBSABKAMiZwoSUHVyZ2VUaW1lcnNSZXF1ZXN0EiwKCXJldGVudGlvbhgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpiYXRjaF9zaXplGAIgASgFEg8KB2RyeV9ydW4YAyABKAgimgEKE1B1cmdlVGltZXJzUmVzcG9uc2USFgoOZGVsZXRlZF90aW1lcnMYASABKAMSGAoQZGVsZXRlZF9hdHRlbXB0cxgCIAEoAxIPCgdiYXRjaGVzGAMgASgFEi8KC2N1dG9mZl90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkcnlfcnVuGAUgASgIIjkKE0V4cGxhaW5UaW1lclJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEAoIdGltZXJfaWQYAiABKAki0QEKFEV4cGxhaW5UaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXISKwoJcGxhY2VtZW50GAIgASgLMhguYWRtaW4udjEuU2hhcmRQbGFjZW1lbnQSJAoFcGF1c2UYAyABKAsyFS5hZG1pbi52MS5QYXVzZWRHcm91cBIjCghhdHRlbXB0cxgEIAMoCzIRLmFkbWluLnYxLkF0dGVtcHQSDAoEbmV4dBgFIAEoCRITCgtjbGFpbV9vd25lchgGIAEoCSLCAQoOU2hhcmRQbGFjZW1lbnQSDQoFc2hhcmQYASABKAUSEwoLc2hhcmRfY291bnQYAiABKAUSEwoLY29tcHV0YXRpb24YAyABKAkSDQoFb3duZXIYBCABKAkSDQoFZXBvY2gYBSABKAMSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYXNlZBgHIAEoCBISCgpvd25lcl9saXZlGAggASgIIrIBCgdBdHRlbXB0Eg8KB2F0dGVtcHQYASABKAUSFQoNZGlzcGF0Y2hlcl9pZBgCIAEoCRIuCgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHb3V0Y29tZRgFIAEoCRINCgVlcnJvchgGIAEoCSIRCg9HZXRTdGF0c1JlcXVlc3QizwIKEEdldFN0YXRzUmVzcG9uc2USMAoPYWN0aXZlX2J5X2dyb3VwGAEgAygLMhcuYWRtaW4udjEuR3JvdXBBY3Rpdml0eRIVCg1hY3RpdmVfdGltZXJzGAIgASgDEg8KB2R1ZV9ub3cYAyABKAMSGQoRZmlyZWRfbGFzdF9taW51dGUYBCABKAMSFwoPZmlyZWRfbGFzdF9ob3VyGAUgASgDEhwKFGF0dGVtcHRzX2xhc3RfbWludXRlGAYgASgDEhoKEmF0dGVtcHRzX2xhc3RfaG91chgHIAEoAxIYChBmYWlsZWRfbGFzdF9ob3VyGAggASgDEhgKEGxpdmVfZGlzcGF0Y2hlcnMYCSABKAUSFQoNcGF1c2VkX2dyb3VwcxgKIAEoBRIoCgR0aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJECg1Hcm91cEFjdGl2aXR5EhAKCGdyb3VwX2lkGAEgASgJEhEKCXNjaGVkdWxlZBgCIAEoAxIOCgZmaXJpbmcYAyABKAMiXgoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkiWAoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USJAoGZXZlbnRzGAEgAygLMhQuYWRtaW4udjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki6gEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYAyABKAkSDgoGYWN0aW9uGAQgASgJEioKCWFyZ3VtZW50cxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDwoHb3V0Y29tZRgGIAEoCRInCgZyZXN1bHQYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhAKCHRyYWNlX2lkGAggASgJEg8KB2RyeV9ydW4YCSABKAgiQwoUU2V0R3JvdXBRdW90YVJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSGQoRbWF4X2FjdGl2ZV90aW1lcnMYAiABKAMiZAoVU2V0R3JvdXBRdW90YVJlc3BvbnNlEiMKBXF1b3RhGAEgASgLMhQuYWRtaW4udjEuR3JvdXBRdW90YRImCghwcmV2aW91cxgCIAEoCzIULmFkbWluLnYxLkdyb3VwUXVvdGEiKgoWTGlzdEdyb3VwUXVvdGFzUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCSI/ChdMaXN0R3JvdXBRdW90YXNSZXNwb25zZRIkCgZxdW90YXMYASADKAsyFC5hZG1pbi52MS5Hcm91cFF1b3RhIo4BCgpHcm91cFF1b3RhEhAKCGdyb3VwX2lkGAEgASgJEhkKEW1heF9hY3RpdmVfdGltZXJzGAIgASgDEg4KBnNldF9ieRgDIAEoCRIsCghzZXRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNYWN0aXZlX3RpbWVycxgFIAEoAzKTCgoMQWRtaW5TZXJ2aWNlElYKD0xpc3REaXNwYXRjaGVycxIgLmFkbWluLnYxLkxpc3REaXNwYXRjaGVyc1JlcXVlc3QaIS5hZG1pbi52MS5MaXN0RGlzcGF0Y2hlcnNSZXNwb25zZRJHCgpMaXN0U2hhcmRzEhsuYWRtaW4udjEuTGlzdFNoYXJkc1JlcXVlc3QaHC5hZG1pbi52MS5MaXN0U2hhcmRzUmVzcG9uc2USVgoPRHJhaW5EaXNwYXRjaGVyEiAuYWRtaW4udjEuRHJhaW5EaXNwYXRjaGVyUmVxdWVzdBohLmFkbWluLnYxLkRyYWluRGlzcGF0Y2hlclJlc3BvbnNlElYKD1JlYmFsYW5jZVNoYXJkcxIgLmFkbWluLnYxLlJlYmFsYW5jZVNoYXJkc1JlcXVlc3QaIS5hZG1pbi52MS5SZWJhbGFuY2VTaGFyZHNSZXNwb25zZRJHCgpQYXVzZUdyb3VwEhsuYWRtaW4udjEuUGF1c2VHcm91cFJlcXVlc3QaHC5hZG1pbi52MS5QYXVzZUdyb3VwUmVzcG9uc2USSgoLUmVzdW1lR3JvdXASHC5hZG1pbi52MS5SZXN1bWVHcm91cFJlcXVlc3QaHS5hZG1pbi52MS5SZXN1bWVHcm91cFJlc3BvbnNlEkcKCkxpc3RHcm91cHMSGy5hZG1pbi52MS5MaXN0R3JvdXBzUmVxdWVzdBocLmFkbWluLnYxLkxpc3RHcm91cHNSZXNwb25zZRJZChBMaXN0RmFpbGVkVGltZXJzEiEuYWRtaW4udjEuTGlzdEZhaWxlZFRpbWVyc1JlcXVlc3QaIi5hZG1pbi52MS5MaXN0RmFpbGVkVGltZXJzUmVzcG9uc2USSgoLUmV0cnlUaW1lcnMSHC5hZG1pbi52MS5SZXRyeVRpbWVyc1JlcXVlc3QaHS5hZG1pbi52MS5SZXRyeVRpbWVyc1Jlc3BvbnNlEk0KDENhbmNlbFRpbWVycxIdLmFkbWluLnYxLkNhbmNlbFRpbWVyc1JlcXVlc3QaHi5hZG1pbi52MS5DYW5jZWxUaW1lcnNSZXNwb25zZRJKCgtQdXJnZVRpbWVycxIcLmFkbWluLnYxLlB1cmdlVGltZXJzUmVxdWVzdBodLmFkbWluLnYxLlB1cmdlVGltZXJzUmVzcG9uc2USTQoMRXhwbGFpblRpbWVyEh0uYWRtaW4udjEuRXhwbGFpblRpbWVyUmVxdWVzdBoeLmFkbWluLnYxLkV4cGxhaW5UaW1lclJlc3BvbnNlEkEKCEdldFN0YXRzEhkuYWRtaW4udjEuR2V0U3RhdHNSZXF1ZXN0GhouYWRtaW4udjEuR2V0U3RhdHNSZXNwb25zZRJWCg9MaXN0QXVkaXRFdmVudHMSIC5hZG1pbi52MS5MaXN0QXVkaXRFdmVudHNSZXF1ZXN0GiEuYWRtaW4udjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USUAoNU2V0R3JvdXBRdW90YRIeLmFkbWluLnYxLlNldEdyb3VwUXVvdGFSZXF1ZXN0Gh8uYWRtaW4udjEuU2V0R3JvdXBRdW90YVJlc3BvbnNlElYKD0xpc3RHcm91cFF1b3RhcxIgLmFkbWluLnYxLkxpc3RHcm91cFF1b3Rhc1JlcXVlc3QaIS5hZG1pbi52MS5MaXN0R3JvdXBRdW90YXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_timer_v1_timer]);
+  fileDesc("ChRhZG1pbi92MS9hZG1pbi5wcm90bxIIYWRtaW4udjEiGAoWTGlzdERpc3BhdGNoZXJzUmVxdWVzdCJEChdMaXN0RGlzcGF0Y2hlcnNSZXNwb25zZRIpCgtkaXNwYXRjaGVycxgBIAMoCzIULmFkbWluLnYxLkRpc3BhdGNoZXIi2QEKCkRpc3BhdGNoZXISCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRI3ChNsYXN0X2hlYXJ0YmVhdF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAQgASgJEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGRyYWluaW5nGAYgASgIEhQKDG93bmVkX3NoYXJkcxgHIAEoBRIMCgRsaXZlGAggASgIImoKEUxpc3RTaGFyZHNSZXF1ZXN0Eg0KBW93bmVyGAEgASgJEhQKDG9ubHlfbGFnZ2luZxgCIAEoCBIwCg1sYWdfdGhyZXNob2xkGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkoKEkxpc3RTaGFyZHNSZXNwb25zZRIfCgZzaGFyZHMYASADKAsyDy5hZG1pbi52MS5TaGFyZBITCgtzaGFyZF9jb3VudBgCIAEoBSKjAQoFU2hhcmQSDQoFc2hhcmQYASABKAUSDQoFb3duZXIYAiABKAkSDQoFZXBvY2gYAyABKAMSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmxlYXNlZBgFIAEoCBITCgtsYWdfc2Vjb25kcxgGIAEoARIRCglkdWVfY291bnQYByABKAMiLwoWRHJhaW5EaXNwYXRjaGVyUmVxdWVzdBIVCg1kaXNwYXRjaGVyX2lkGAEgASgJIkkKF0RyYWluRGlzcGF0Y2hlclJlc3BvbnNlEhUKDWRpc3BhdGNoZXJfaWQYASABKAkSFwoPcmVsZWFzZWRfc2hhcmRzGAIgASgFIikKFlJlYmFsYW5jZVNoYXJkc1JlcXVlc3QSDwoHdW5kcmFpbhgBIAMoCSJVChdSZWJhbGFuY2VTaGFyZHNSZXNwb25zZRIpCgdyZXBsaWVzGAEgAygLMhguYWRtaW4udjEuUmViYWxhbmNlUmVwbHkSDwoHbWlzc2luZxgCIAMoCSJPCg5SZWJhbGFuY2VSZXBseRIVCg1kaXNwYXRjaGVyX2lkGAEgASgJEhAKCGRyYWluaW5nGAIgASgIEhQKDG93bmVkX3NoYXJkcxgDIAEoBSI1ChFQYXVzZUdyb3VwUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiUAoSUGF1c2VHcm91cFJlc3BvbnNlEiQKBXBhdXNlGAEgASgLMhUuYWRtaW4udjEuUGF1c2VkR3JvdXASFAoMbmV3bHlfcGF1c2VkGAIgASgIInMKC1BhdXNlZEdyb3VwEhAKCGdyb3VwX2lkGAEgASgJEi8KC3BhdXNlZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYXVzZWRfYnkYAyABKAkSDgoGcmVhc29uGAQgASgJIiYKElJlc3VtZUdyb3VwUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCSJBChNSZXN1bWVHcm91cFJlc3BvbnNlEhIKCndhc19wYXVzZWQYASABKAgSFgoOb3ZlcmR1ZV90aW1lcnMYAiABKAMiEwoRTGlzdEdyb3Vwc1JlcXVlc3QiNQoSTGlzdEdyb3Vwc1Jlc3BvbnNlEh8KBmdyb3VwcxgBIAMoCzIPLmFkbWluLnYxLkdyb3VwIsABCgVHcm91cBIQCghncm91cF9pZBgBIAEoCRIRCglzY2hlZHVsZWQYAiABKAMSDgoGZmlyaW5nGAMgASgDEhEKCXN1Y2NlZWRlZBgEIAEoAxIOCgZmYWlsZWQYBSABKAMSEQoJY2FuY2VsbGVkGAYgASgDEiQKBXBhdXNlGAcgASgLMhUuYWRtaW4udjEuUGF1c2VkR3JvdXASDwoHZXhwaXJlZBgIIAEoAxIVCg1wYXVzZWRfdGltZXJzGAkgASgDIlIKF0xpc3RGYWlsZWRUaW1lcnNSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlQKGExpc3RGYWlsZWRUaW1lcnNSZXNwb25zZRIfCgZ0aW1lcnMYASADKAsyDy50aW1lci52MS5UaW1lchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiuAEKDFRpbWVyU3VtbWFyeRIQCghncm91cF9pZBgBIAEoCRIQCgh0aW1lcl9pZBgCIAEoCRIrCgdmaXJlX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzaGFyZBgEIAEoBRIjCgVzdGF0ZRgFIAEoDjIULnRpbWVyLnYxLlRpbWVyU3RhdGUSDwoHYXR0ZW1wdBgGIAEoBRISCgpsYXN0X2Vycm9yGAcgASgJIrkBChJSZXRyeVRpbWVyc1JlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEAoIdGltZXJfaWQYAiABKAkSLgoKZmlyZV9hZnRlchgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmlyZV9iZWZvcmUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWxpbWl0GAUgASgFEg8KB2RyeV9ydW4YBiABKAgifAoTUmV0cnlUaW1lcnNSZXNwb25zZRINCgVjb3VudBgBIAEoBRIMCgRtb3JlGAIgASgIEiYKBnNhbXBsZRgDIAMoCzIWLmFkbWluLnYxLlRpbWVyU3VtbWFyeRIPCgdkcnlfcnVuGAQgASgIEg8KB21hdGNoZWQYBSABKAMiqAEKE0NhbmNlbFRpbWVyc1JlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSLgoKZmlyZV9hZnRlchgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmlyZV9iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWxpbWl0GAQgASgFEg8KB2RyeV9ydW4YBSABKAgifQoUQ2FuY2VsVGltZXJzUmVzcG9uc2USDQoFY291bnQYASABKAUSDAoEbW9yZRgCIAEoCBImCgZzYW1wbGUYAyADKAsyFi5hZG1pbi52MS5UaW1lclN1bW1hcnkSDwoHZHJ5X3J1bhgEIAEoCBIPCgdtYXRjaGVkGAUgASgDImcKElB1cmdlVGltZXJzUmVxdWVzdBIsCglyZXRlbnRpb24YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKYmF0Y2hfc2l6ZRgCIAEoBRIPCgdkcnlfcnVuGAMgASgIIpoBChNQdXJnZVRpbWVyc1Jlc3BvbnNlEhYKDmRlbGV0ZWRfdGltZXJzGAEgASgDEhgKEGRlbGV0ZWRfYXR0ZW1wdHMYAiABKAMSDwoHYmF0Y2hlcxgDIAEoBRIvCgtjdXRvZmZfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHZHJ5X3J1bhgFIAEoCCI5ChNFeHBsYWluVGltZXJSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJItEBChRFeHBsYWluVGltZXJSZXNwb25zZRIeCgV0aW1lchgBIAEoCzIPLnRpbWVyLnYxLlRpbWVyEisKCXBsYWNlbWVudBgCIAEoCzIYLmFkbWluLnYxLlNoYXJkUGxhY2VtZW50EiQKBXBhdXNlGAMgASgLMhUuYWRtaW4udjEuUGF1c2VkR3JvdXASIwoIYXR0ZW1wdHMYBCADKAsyES5hZG1pbi52MS5BdHRlbXB0EgwKBG5leHQYBSABKAkSEwoLY2xhaW1fb3duZXIYBiABKAkiwgEKDlNoYXJkUGxhY2VtZW50Eg0KBXNoYXJkGAEgASgFEhMKC3NoYXJkX2NvdW50GAIgASgFEhMKC2NvbXB1dGF0aW9uGAMgASgJEg0KBW93bmVyGAQgASgJEg0KBWVwb2NoGAUgASgDEjUKEWxlYXNlX2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZsZWFzZWQYByABKAgSEgoKb3duZXJfbGl2ZRgIIAEoCCKyAQoHQXR0ZW1wdBIPCgdhdHRlbXB0GAEgASgFEhUKDWRpc3BhdGNoZXJfaWQYAiABKAkSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB291dGNvbWUYBSABKAkSDQoFZXJyb3IYBiABKAkiEQoPR2V0U3RhdHNSZXF1ZXN0Is8CChBHZXRTdGF0c1Jlc3BvbnNlEjAKD2FjdGl2ZV9ieV9ncm91cBgBIAMoCzIXLmFkbWluLnYxLkdyb3VwQWN0aXZpdHkSFQoNYWN0aXZlX3RpbWVycxgCIAEoAxIPCgdkdWVfbm93GAMgASgDEhkKEWZpcmVkX2xhc3RfbWludXRlGAQgASgDEhcKD2ZpcmVkX2xhc3RfaG91chgFIAEoAxIcChRhdHRlbXB0c19sYXN0X21pbnV0ZRgGIAEoAxIaChJhdHRlbXB0c19sYXN0X2hvdXIYByABKAMSGAoQZmFpbGVkX2xhc3RfaG91chgIIAEoAxIYChBsaXZlX2Rpc3BhdGNoZXJzGAkgASgFEhUKDXBhdXNlZF9ncm91cHMYCiABKAUSKAoEdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVAoNR3JvdXBBY3Rpdml0eRIQCghncm91cF9pZBgBIAEoCRIRCglzY2hlZHVsZWQYAiABKAMSDgoGZmlyaW5nGAMgASgDEg4KBnBhdXNlZBgEIAEoAyJeChZMaXN0QXVkaXRFdmVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCSJYChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRIkCgZldmVudHMYASADKAsyFC5hZG1pbi52MS5BdWRpdEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLqAQoKQXVkaXRFdmVudBIKCgJpZBgBIAEoAxIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSKgoJYXJndW1lbnRzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIPCgdvdXRjb21lGAYgASgJEicKBnJlc3VsdBgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIdHJhY2VfaWQYCCABKAkSDwoHZHJ5X3J1bhgJIAEoCCJDChRTZXRHcm91cFF1b3RhUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIZChFtYXhfYWN0aXZlX3RpbWVycxgCIAEoAyJkChVTZXRHcm91cFF1b3RhUmVzcG9uc2USIwoFcXVvdGEYASABKAsyFC5hZG1pbi52MS5Hcm91cFF1b3RhEiYKCHByZXZpb3VzGAIgASgLMhQuYWRtaW4udjEuR3JvdXBRdW90YSIqChZMaXN0R3JvdXBRdW90YXNSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJIj8KF0xpc3RHcm91cFF1b3Rhc1Jlc3BvbnNlEiQKBnF1b3RhcxgBIAMoCzIULmFkbWluLnYxLkdyb3VwUXVvdGEijgEKCkdyb3VwUXVvdGESEAoIZ3JvdXBfaWQYASABKAkSGQoRbWF4X2FjdGl2ZV90aW1lcnMYAiABKAMSDgoGc2V0X2J5GAMgASgJEiwKCHNldF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1hY3RpdmVfdGltZXJzGAUgASgDIscCChlTdGFydEJ1bGtPcGVyYXRpb25SZXF1ZXN0EikKCHNlbGVjdG9yGAEgASgLMhcudGltZXIudjEuVGltZXJTZWxlY3RvchIPCgdkcnlfcnVuGAIgASgIEiYKBmNhbmNlbBgDIAEoCzIULmFkbWluLnYxLkJ1bGtDYW5jZWxIABIkCgVyZXRyeRgEIAEoCzITLmFkbWluLnYxLkJ1bGtSZXRyeUgAEiQKBXNoaWZ0GAUgASgLMhMuYWRtaW4udjEuQnVsa1NoaWZ0SAASJAoFcGF1c2UYBiABKAsyEy5hZG1pbi52MS5CdWxrUGF1c2VIABImCgZyZXN1bWUYByABKAsyFC5hZG1pbi52MS5CdWxrUmVzdW1lSAASEgoKYmF0Y2hfc2l6ZRgIIAEoBRIOCgZyZWFzb24YCSABKAlCCAoGYWN0aW9uIgwKCkJ1bGtDYW5jZWwiCwoJQnVsa1JldHJ5ImcKCUJ1bGtTaGlmdBInCgJieRgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAEigKAnRvGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAQgcKBXNoaWZ0IgsKCUJ1bGtQYXVzZSIMCgpCdWxrUmVzdW1lIo4BChpTdGFydEJ1bGtPcGVyYXRpb25SZXNwb25zZRImCglvcGVyYXRpb24YASABKAsyEy5hZG1pbi52MS5PcGVyYXRpb24SDwoHZHJ5X3J1bhgCIAEoCBIPCgdtYXRjaGVkGAMgASgDEiYKBnNhbXBsZRgEIAMoCzIWLmFkbWluLnYxLlRpbWVyU3VtbWFyeSKiAwoJT3BlcmF0aW9uEgoKAmlkGAEgASgJEjQKB3JlcXVlc3QYAiABKAsyIy5hZG1pbi52MS5TdGFydEJ1bGtPcGVyYXRpb25SZXF1ZXN0EicKBXN0YXRlGAMgASgOMhguYWRtaW4udjEuT3BlcmF0aW9uU3RhdGUSEgoKY3JlYXRlZF9ieRgEIAEoCRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChBtYXRjaGVkX2F0X3N0YXJ0GAggASgDEhAKCGV4YW1pbmVkGAkgASgDEg8KB2NoYW5nZWQYCiABKAMSDwoHYmF0Y2hlcxgLIAEoBRINCgVlcnJvchgMIAEoCRImCgZzYW1wbGUYDSADKAsyFi5hZG1pbi52MS5UaW1lclN1bW1hcnkiIQoTR2V0T3BlcmF0aW9uUmVxdWVzdBIKCgJpZBgBIAEoCSI+ChRHZXRPcGVyYXRpb25SZXNwb25zZRImCglvcGVyYXRpb24YASABKAsyEy5hZG1pbi52MS5PcGVyYXRpb24iegoVTGlzdE9wZXJhdGlvbnNSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJEigKBnN0YXRlcxgCIAMoDjIYLmFkbWluLnYxLk9wZXJhdGlvblN0YXRlEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIloKFkxpc3RPcGVyYXRpb25zUmVzcG9uc2USJwoKb3BlcmF0aW9ucxgBIAMoCzITLmFkbWluLnYxLk9wZXJhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJAoWQ2FuY2VsT3BlcmF0aW9uUmVxdWVzdBIKCgJpZBgBIAEoCSJBChdDYW5jZWxPcGVyYXRpb25SZXNwb25zZRImCglvcGVyYXRpb24YASABKAsyEy5hZG1pbi52MS5PcGVyYXRpb24ikgEKE0ZvcmVjYXN0TG9hZFJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSKgoHaG9yaXpvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIpCgZidWNrZXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKdG9wX2dyb3VwcxgEIAEoBSKsAwoURm9yZWNhc3RMb2FkUmVzcG9uc2USLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoGYnVja2V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEikKB2J1Y2tldHMYAyADKAsyGC5hZG1pbi52MS5Gb3JlY2FzdEJ1Y2tldBIqCghieV9vd25lchgEIAMoCzIYLmFkbWluLnYxLkZvcmVjYXN0U2VyaWVzEiwKCnRvcF9ncm91cHMYBSADKAsyGC5hZG1pbi52MS5Gb3JlY2FzdFNlcmllcxINCgV0b3RhbBgGIAEoAxImCgRwZWFrGAcgASgLMhguYWRtaW4udjEuRm9yZWNhc3RCdWNrZXQSDwoHb3ZlcmR1ZRgIIAEoAxIlCh1tYXhfZmlyZWRfcGVyX21pbnV0ZV9sYXN0X2RheRgJIAEoAxIRCgl0cnVuY2F0ZWQYCiABKAgSMgoOY29tcGxldGVfdW50aWwYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk0KDkZvcmVjYXN0QnVja2V0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA2R1ZRgCIAEoAyI5Cg5Gb3JlY2FzdFNlcmllcxILCgNrZXkYASABKAkSDQoFdG90YWwYAiABKAMSCwoDZHVlGAMgAygDKqgBCg5PcGVyYXRpb25TdGF0ZRIfChtPUEVSQVRJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIbChdPUEVSQVRJT05fU1RBVEVfUlVOTklORxABEh0KGU9QRVJBVElPTl9TVEFURV9TVUNDRUVERUQQAhIaChZPUEVSQVRJT05fU1RBVEVfRkFJTEVEEAMSHQoZT1BFUkFUSU9OX1NUQVRFX0NBTkNFTExFRBAEMr8NCgxBZG1pblNlcnZpY2USVgoPTGlzdERpc3BhdGNoZXJzEiAuYWRtaW4udjEuTGlzdERpc3BhdGNoZXJzUmVxdWVzdBohLmFkbWluLnYxLkxpc3REaXNwYXRjaGVyc1Jlc3BvbnNlEkcKCkxpc3RTaGFyZHMSGy5hZG1pbi52MS5MaXN0U2hhcmRzUmVxdWVzdBocLmFkbWluLnYxLkxpc3RTaGFyZHNSZXNwb25zZRJWCg9EcmFpbkRpc3BhdGNoZXISIC5hZG1pbi52MS5EcmFpbkRpc3BhdGNoZXJSZXF1ZXN0GiEuYWRtaW4udjEuRHJhaW5EaXNwYXRjaGVyUmVzcG9uc2USVgoPUmViYWxhbmNlU2hhcmRzEiAuYWRtaW4udjEuUmViYWxhbmNlU2hhcmRzUmVxdWVzdBohLmFkbWluLnYxLlJlYmFsYW5jZVNoYXJkc1Jlc3BvbnNlEkcKClBhdXNlR3JvdXASGy5hZG1pbi52MS5QYXVzZUdyb3VwUmVxdWVzdBocLmFkbWluLnYxLlBhdXNlR3JvdXBSZXNwb25zZRJKCgtSZXN1bWVHcm91cBIcLmFkbWluLnYxLlJlc3VtZUdyb3VwUmVxdWVzdBodLmFkbWluLnYxLlJlc3VtZUdyb3VwUmVzcG9uc2USRwoKTGlzdEdyb3VwcxIbLmFkbWluLnYxLkxpc3RHcm91cHNSZXF1ZXN0GhwuYWRtaW4udjEuTGlzdEdyb3Vwc1Jlc3BvbnNlElkKEExpc3RGYWlsZWRUaW1lcnMSIS5hZG1pbi52MS5MaXN0RmFpbGVkVGltZXJzUmVxdWVzdBoiLmFkbWluLnYxLkxpc3RGYWlsZWRUaW1lcnNSZXNwb25zZRJKCgtSZXRyeVRpbWVycxIcLmFkbWluLnYxLlJldHJ5VGltZXJzUmVxdWVzdBodLmFkbWluLnYxLlJldHJ5VGltZXJzUmVzcG9uc2USTQoMQ2FuY2VsVGltZXJzEh0uYWRtaW4udjEuQ2FuY2VsVGltZXJzUmVxdWVzdBoeLmFkbWluLnYxLkNhbmNlbFRpbWVyc1Jlc3BvbnNlEkoKC1B1cmdlVGltZXJzEhwuYWRtaW4udjEuUHVyZ2VUaW1lcnNSZXF1ZXN0Gh0uYWRtaW4udjEuUHVyZ2VUaW1lcnNSZXNwb25zZRJNCgxFeHBsYWluVGltZXISHS5hZG1pbi52MS5FeHBsYWluVGltZXJSZXF1ZXN0Gh4uYWRtaW4udjEuRXhwbGFpblRpbWVyUmVzcG9uc2USQQoIR2V0U3RhdHMSGS5hZG1pbi52MS5HZXRTdGF0c1JlcXVlc3QaGi5hZG1pbi52MS5HZXRTdGF0c1Jlc3BvbnNlElYKD0xpc3RBdWRpdEV2ZW50cxIgLmFkbWluLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaIS5hZG1pbi52MS5MaXN0QXVkaXRFdmVudHNSZXNwb25zZRJQCg1TZXRHcm91cFF1b3RhEh4uYWRtaW4udjEuU2V0R3JvdXBRdW90YVJlcXVlc3QaHy5hZG1pbi52MS5TZXRHcm91cFF1b3RhUmVzcG9uc2USVgoPTGlzdEdyb3VwUXVvdGFzEiAuYWRtaW4udjEuTGlzdEdyb3VwUXVvdGFzUmVxdWVzdBohLmFkbWluLnYxLkxpc3RHcm91cFF1b3Rhc1Jlc3BvbnNlEl8KElN0YXJ0QnVsa09wZXJhdGlvbhIjLmFkbWluLnYxLlN0YXJ0QnVsa09wZXJhdGlvblJlcXVlc3QaJC5hZG1pbi52MS5TdGFydEJ1bGtPcGVyYXRpb25SZXNwb25zZRJNCgxHZXRPcGVyYXRpb24SHS5hZG1pbi52MS5HZXRPcGVyYXRpb25SZXF1ZXN0Gh4uYWRtaW4udjEuR2V0T3BlcmF0aW9uUmVzcG9uc2USUwoOTGlzdE9wZXJhdGlvbnMSHy5hZG1pbi52MS5MaXN0T3BlcmF0aW9uc1JlcXVlc3QaIC5hZG1pbi52MS5MaXN0T3BlcmF0aW9uc1Jlc3BvbnNlElYKD0NhbmNlbE9wZXJhdGlvbhIgLmFkbWluLnYxLkNhbmNlbE9wZXJhdGlvblJlcXVlc3QaIS5hZG1pbi52MS5DYW5jZWxPcGVyYXRpb25SZXNwb25zZRJNCgxGb3JlY2FzdExvYWQSHS5hZG1pbi52MS5Gb3JlY2FzdExvYWRSZXF1ZXN0Gh4uYWRtaW4udjEuRm9yZWNhc3RMb2FkUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_timer_v1_timer]);
 
 /**
  * @generated from message admin.v1.ListDispatchersRequest
@@ -556,6 +556,18 @@ export type Group = Message<"admin.v1.Group"> & {
    * @generated from field: admin.v1.PausedGroup pause = 7;
    */
   pause?: PausedGroup | undefined;
+
+  /**
+   * @generated from field: int64 expired = 8;
+   */
+  expired: bigint;
+
+  /**
+   * Timers held by a bulk pause (TIMER_STATE_PAUSED).
+   *
+   * @generated from field: int64 paused_timers = 9;
+   */
+  pausedTimers: bigint;
 };
 
 /**
@@ -1101,7 +1113,8 @@ export type Attempt = Message<"admin.v1.Attempt"> & {
   finishTime?: Timestamp | undefined;
 
   /**
-   * succeeded, retry, failed, or abandoned (the dispatcher stopped mid-delivery).
+   * succeeded, retry, failed, abandoned (the dispatcher stopped mid-delivery), or expired (not
+   * delivered: beyond its lateness contract, LATENESS_POLICY_SKIP).
    *
    * @generated from field: string outcome = 5;
    */
@@ -1138,14 +1151,14 @@ export const GetStatsRequestSchema: GenMessage<GetStatsRequest> = /*@__PURE__*/
  */
 export type GetStatsResponse = Message<"admin.v1.GetStatsResponse"> & {
   /**
-   * SCHEDULED and FIRING timers per group, sorted by group id.
+   * Active (SCHEDULED, FIRING and PAUSED) timers per group, sorted by group id.
    *
    * @generated from field: repeated admin.v1.GroupActivity active_by_group = 1;
    */
   activeByGroup: GroupActivity[];
 
   /**
-   * SCHEDULED and FIRING timers in all.
+   * Active (SCHEDULED, FIRING and PAUSED) timers in all.
    *
    * @generated from field: int64 active_timers = 2;
    */
@@ -1233,6 +1246,13 @@ export type GroupActivity = Message<"admin.v1.GroupActivity"> & {
    * @generated from field: int64 firing = 3;
    */
   firing: bigint;
+
+  /**
+   * Held by a bulk pause (TIMER_STATE_PAUSED).
+   *
+   * @generated from field: int64 paused = 4;
+   */
+  paused: bigint;
 };
 
 /**
@@ -1393,7 +1413,7 @@ export type SetGroupQuotaRequest = Message<"admin.v1.SetGroupQuotaRequest"> & {
   groupId: string;
 
   /**
-   * The most active (SCHEDULED + FIRING) timers the group may hold; 0 removes the group's
+   * The most active (SCHEDULED + FIRING + PAUSED) timers the group may hold; 0 removes the group's
    * override, so GROUP_MAX_ACTIVE_TIMERS applies again.
    *
    * @generated from field: int64 max_active_timers = 2;
@@ -1501,7 +1521,7 @@ export type GroupQuota = Message<"admin.v1.GroupQuota"> & {
   setTime?: Timestamp | undefined;
 
   /**
-   * SCHEDULED and FIRING timers of the group now (filled by ListGroupQuotas).
+   * SCHEDULED, FIRING and PAUSED timers of the group now (filled by ListGroupQuotas).
    *
    * @generated from field: int64 active_timers = 5;
    */
@@ -1514,6 +1534,664 @@ export type GroupQuota = Message<"admin.v1.GroupQuota"> & {
  */
 export const GroupQuotaSchema: GenMessage<GroupQuota> = /*@__PURE__*/
   messageDesc(file_admin_v1_admin, 42);
+
+/**
+ * @generated from message admin.v1.StartBulkOperationRequest
+ */
+export type StartBulkOperationRequest = Message<"admin.v1.StartBulkOperationRequest"> & {
+  /**
+   * Which timers. Required: group_id or (admin tokens) group_pattern.
+   *
+   * @generated from field: timer.v1.TimerSelector selector = 1;
+   */
+  selector?: TimerSelector | undefined;
+
+  /**
+   * Count the timers the action would change and return a sample; change nothing.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * Required: the action.
+   *
+   * @generated from oneof admin.v1.StartBulkOperationRequest.action
+   */
+  action: {
+    /**
+     * @generated from field: admin.v1.BulkCancel cancel = 3;
+     */
+    value: BulkCancel;
+    case: "cancel";
+  } | {
+    /**
+     * @generated from field: admin.v1.BulkRetry retry = 4;
+     */
+    value: BulkRetry;
+    case: "retry";
+  } | {
+    /**
+     * @generated from field: admin.v1.BulkShift shift = 5;
+     */
+    value: BulkShift;
+    case: "shift";
+  } | {
+    /**
+     * @generated from field: admin.v1.BulkPause pause = 6;
+     */
+    value: BulkPause;
+    case: "pause";
+  } | {
+    /**
+     * @generated from field: admin.v1.BulkResume resume = 7;
+     */
+    value: BulkResume;
+    case: "resume";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Timers per batch (one transaction each): 1 to 10000; 500 when 0.
+   *
+   * @generated from field: int32 batch_size = 8;
+   */
+  batchSize: number;
+
+  /**
+   * Why, for the audit log and the next operator.
+   *
+   * @generated from field: string reason = 9;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message admin.v1.StartBulkOperationRequest.
+ * Use `create(StartBulkOperationRequestSchema)` to create a new message.
+ */
+export const StartBulkOperationRequestSchema: GenMessage<StartBulkOperationRequest> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 43);
+
+/**
+ * SCHEDULED and PAUSED timers end CANCELLED.
+ *
+ * @generated from message admin.v1.BulkCancel
+ */
+export type BulkCancel = Message<"admin.v1.BulkCancel"> & {
+};
+
+/**
+ * Describes the message admin.v1.BulkCancel.
+ * Use `create(BulkCancelSchema)` to create a new message.
+ */
+export const BulkCancelSchema: GenMessage<BulkCancel> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 44);
+
+/**
+ * FAILED and EXPIRED timers become SCHEDULED, due now, attempts reset (last_error kept).
+ *
+ * @generated from message admin.v1.BulkRetry
+ */
+export type BulkRetry = Message<"admin.v1.BulkRetry"> & {
+};
+
+/**
+ * Describes the message admin.v1.BulkRetry.
+ * Use `create(BulkRetrySchema)` to create a new message.
+ */
+export const BulkRetrySchema: GenMessage<BulkRetry> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 45);
+
+/**
+ * SCHEDULED and PAUSED timers move: fire_at (and next_attempt_at) by a duration, or to a time.
+ *
+ * @generated from message admin.v1.BulkShift
+ */
+export type BulkShift = Message<"admin.v1.BulkShift"> & {
+  /**
+   * @generated from oneof admin.v1.BulkShift.shift
+   */
+  shift: {
+    /**
+     * Added to each fire time (negative moves earlier; a time in the past makes it due now).
+     *
+     * @generated from field: google.protobuf.Duration by = 1;
+     */
+    value: Duration;
+    case: "by";
+  } | {
+    /**
+     * Every matched timer fires at this time.
+     *
+     * @generated from field: google.protobuf.Timestamp to = 2;
+     */
+    value: Timestamp;
+    case: "to";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message admin.v1.BulkShift.
+ * Use `create(BulkShiftSchema)` to create a new message.
+ */
+export const BulkShiftSchema: GenMessage<BulkShift> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 46);
+
+/**
+ * SCHEDULED timers become PAUSED: they do not fire until resumed.
+ *
+ * @generated from message admin.v1.BulkPause
+ */
+export type BulkPause = Message<"admin.v1.BulkPause"> & {
+};
+
+/**
+ * Describes the message admin.v1.BulkPause.
+ * Use `create(BulkPauseSchema)` to create a new message.
+ */
+export const BulkPauseSchema: GenMessage<BulkPause> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 47);
+
+/**
+ * PAUSED timers become SCHEDULED again (those already due fire at once).
+ *
+ * @generated from message admin.v1.BulkResume
+ */
+export type BulkResume = Message<"admin.v1.BulkResume"> & {
+};
+
+/**
+ * Describes the message admin.v1.BulkResume.
+ * Use `create(BulkResumeSchema)` to create a new message.
+ */
+export const BulkResumeSchema: GenMessage<BulkResume> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 48);
+
+/**
+ * @generated from message admin.v1.StartBulkOperationResponse
+ */
+export type StartBulkOperationResponse = Message<"admin.v1.StartBulkOperationResponse"> & {
+  /**
+   * The operation started (unset with dry_run).
+   *
+   * @generated from field: admin.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+
+  /**
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * With dry_run: timers the action would change now.
+   *
+   * @generated from field: int64 matched = 3;
+   */
+  matched: bigint;
+
+  /**
+   * With dry_run: up to 20 of them, in fire_at order, as they are now.
+   *
+   * @generated from field: repeated admin.v1.TimerSummary sample = 4;
+   */
+  sample: TimerSummary[];
+};
+
+/**
+ * Describes the message admin.v1.StartBulkOperationResponse.
+ * Use `create(StartBulkOperationResponseSchema)` to create a new message.
+ */
+export const StartBulkOperationResponseSchema: GenMessage<StartBulkOperationResponse> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 49);
+
+/**
+ * A bulk operation and its progress.
+ *
+ * @generated from message admin.v1.Operation
+ */
+export type Operation = Message<"admin.v1.Operation"> & {
+  /**
+   * "op-" and a UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The request that started it.
+   *
+   * @generated from field: admin.v1.StartBulkOperationRequest request = 2;
+   */
+  request?: StartBulkOperationRequest | undefined;
+
+  /**
+   * @generated from field: admin.v1.OperationState state = 3;
+   */
+  state: OperationState;
+
+  /**
+   * Name of the token that started it.
+   *
+   * @generated from field: string created_by = 4;
+   */
+  createdBy: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 6;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp finish_time = 7;
+   */
+  finishTime?: Timestamp | undefined;
+
+  /**
+   * Timers the selector matched when the operation started (an estimate of the work).
+   *
+   * @generated from field: int64 matched_at_start = 8;
+   */
+  matchedAtStart: bigint;
+
+  /**
+   * Timers examined so far.
+   *
+   * @generated from field: int64 examined = 9;
+   */
+  examined: bigint;
+
+  /**
+   * Timers changed so far.
+   *
+   * @generated from field: int64 changed = 10;
+   */
+  changed: bigint;
+
+  /**
+   * Batches committed so far.
+   *
+   * @generated from field: int32 batches = 11;
+   */
+  batches: number;
+
+  /**
+   * Set when FAILED.
+   *
+   * @generated from field: string error = 12;
+   */
+  error: string;
+
+  /**
+   * Up to 20 changed timers, as they were after the change (the first batches').
+   *
+   * @generated from field: repeated admin.v1.TimerSummary sample = 13;
+   */
+  sample: TimerSummary[];
+};
+
+/**
+ * Describes the message admin.v1.Operation.
+ * Use `create(OperationSchema)` to create a new message.
+ */
+export const OperationSchema: GenMessage<Operation> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 50);
+
+/**
+ * @generated from message admin.v1.GetOperationRequest
+ */
+export type GetOperationRequest = Message<"admin.v1.GetOperationRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message admin.v1.GetOperationRequest.
+ * Use `create(GetOperationRequestSchema)` to create a new message.
+ */
+export const GetOperationRequestSchema: GenMessage<GetOperationRequest> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 51);
+
+/**
+ * @generated from message admin.v1.GetOperationResponse
+ */
+export type GetOperationResponse = Message<"admin.v1.GetOperationResponse"> & {
+  /**
+   * @generated from field: admin.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message admin.v1.GetOperationResponse.
+ * Use `create(GetOperationResponseSchema)` to create a new message.
+ */
+export const GetOperationResponseSchema: GenMessage<GetOperationResponse> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 52);
+
+/**
+ * @generated from message admin.v1.ListOperationsRequest
+ */
+export type ListOperationsRequest = Message<"admin.v1.ListOperationsRequest"> & {
+  /**
+   * Only operations on this group (their selector's group_id).
+   *
+   * @generated from field: string group_id = 1;
+   */
+  groupId: string;
+
+  /**
+   * Only operations in these states.
+   *
+   * @generated from field: repeated admin.v1.OperationState states = 2;
+   */
+  states: OperationState[];
+
+  /**
+   * 1 to 1000; 100 when 0.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message admin.v1.ListOperationsRequest.
+ * Use `create(ListOperationsRequestSchema)` to create a new message.
+ */
+export const ListOperationsRequestSchema: GenMessage<ListOperationsRequest> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 53);
+
+/**
+ * @generated from message admin.v1.ListOperationsResponse
+ */
+export type ListOperationsResponse = Message<"admin.v1.ListOperationsResponse"> & {
+  /**
+   * Newest first.
+   *
+   * @generated from field: repeated admin.v1.Operation operations = 1;
+   */
+  operations: Operation[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message admin.v1.ListOperationsResponse.
+ * Use `create(ListOperationsResponseSchema)` to create a new message.
+ */
+export const ListOperationsResponseSchema: GenMessage<ListOperationsResponse> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 54);
+
+/**
+ * @generated from message admin.v1.CancelOperationRequest
+ */
+export type CancelOperationRequest = Message<"admin.v1.CancelOperationRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message admin.v1.CancelOperationRequest.
+ * Use `create(CancelOperationRequestSchema)` to create a new message.
+ */
+export const CancelOperationRequestSchema: GenMessage<CancelOperationRequest> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 55);
+
+/**
+ * @generated from message admin.v1.CancelOperationResponse
+ */
+export type CancelOperationResponse = Message<"admin.v1.CancelOperationResponse"> & {
+  /**
+   * @generated from field: admin.v1.Operation operation = 1;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message admin.v1.CancelOperationResponse.
+ * Use `create(CancelOperationResponseSchema)` to create a new message.
+ */
+export const CancelOperationResponseSchema: GenMessage<CancelOperationResponse> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 56);
+
+/**
+ * @generated from message admin.v1.ForecastLoadRequest
+ */
+export type ForecastLoadRequest = Message<"admin.v1.ForecastLoadRequest"> & {
+  /**
+   * Only this group; every group when empty (admin tokens only).
+   *
+   * @generated from field: string group_id = 1;
+   */
+  groupId: string;
+
+  /**
+   * How far ahead: 1 minute to 7 days; 6 hours when unset.
+   *
+   * @generated from field: google.protobuf.Duration horizon = 2;
+   */
+  horizon?: Duration | undefined;
+
+  /**
+   * Bucket width: 1 second to 1 day, at most 10,000 buckets; 1 minute when unset.
+   *
+   * @generated from field: google.protobuf.Duration bucket = 3;
+   */
+  bucket?: Duration | undefined;
+
+  /**
+   * Groups with the most timers due in the horizon to show: 0 to 100; 10 when 0.
+   *
+   * @generated from field: int32 top_groups = 4;
+   */
+  topGroups: number;
+};
+
+/**
+ * Describes the message admin.v1.ForecastLoadRequest.
+ * Use `create(ForecastLoadRequestSchema)` to create a new message.
+ */
+export const ForecastLoadRequestSchema: GenMessage<ForecastLoadRequest> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 57);
+
+/**
+ * @generated from message admin.v1.ForecastLoadResponse
+ */
+export type ForecastLoadResponse = Message<"admin.v1.ForecastLoadResponse"> & {
+  /**
+   * The first bucket's start: now, rounded down to the bucket width.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration bucket = 2;
+   */
+  bucket?: Duration | undefined;
+
+  /**
+   * Every bucket of the horizon in order (zeros included).
+   *
+   * @generated from field: repeated admin.v1.ForecastBucket buckets = 3;
+   */
+  buckets: ForecastBucket[];
+
+  /**
+   * Per shard owner (a lease's holder; "(unowned)" for shards without one), most timers first.
+   *
+   * @generated from field: repeated admin.v1.ForecastSeries by_owner = 4;
+   */
+  byOwner: ForecastSeries[];
+
+  /**
+   * The groups with the most timers due in the horizon, most first.
+   *
+   * @generated from field: repeated admin.v1.ForecastSeries top_groups = 5;
+   */
+  topGroups: ForecastSeries[];
+
+  /**
+   * Timers due in the horizon.
+   *
+   * @generated from field: int64 total = 6;
+   */
+  total: bigint;
+
+  /**
+   * The bucket with the most timers due.
+   *
+   * @generated from field: admin.v1.ForecastBucket peak = 7;
+   */
+  peak?: ForecastBucket | undefined;
+
+  /**
+   * Due already and not yet fired (the backlog now), paused groups left out.
+   *
+   * @generated from field: int64 overdue = 8;
+   */
+  overdue: bigint;
+
+  /**
+   * The most timers the mesh fired in one minute over the last 24 hours: a coming minute above
+   * it is a load the mesh has not carried recently (alert TimerLoadAheadAboveRecentPeak).
+   *
+   * @generated from field: int64 max_fired_per_minute_last_day = 9;
+   */
+  maxFiredPerMinuteLastDay: bigint;
+
+  /**
+   * The read stopped at its row budget: the counts after `complete_until` are missing.
+   *
+   * @generated from field: bool truncated = 10;
+   */
+  truncated: boolean;
+
+  /**
+   * With truncated: the counts are complete up to this time.
+   *
+   * @generated from field: google.protobuf.Timestamp complete_until = 11;
+   */
+  completeUntil?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message admin.v1.ForecastLoadResponse.
+ * Use `create(ForecastLoadResponseSchema)` to create a new message.
+ */
+export const ForecastLoadResponseSchema: GenMessage<ForecastLoadResponse> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 58);
+
+/**
+ * @generated from message admin.v1.ForecastBucket
+ */
+export type ForecastBucket = Message<"admin.v1.ForecastBucket"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: int64 due = 2;
+   */
+  due: bigint;
+};
+
+/**
+ * Describes the message admin.v1.ForecastBucket.
+ * Use `create(ForecastBucketSchema)` to create a new message.
+ */
+export const ForecastBucketSchema: GenMessage<ForecastBucket> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 59);
+
+/**
+ * @generated from message admin.v1.ForecastSeries
+ */
+export type ForecastSeries = Message<"admin.v1.ForecastSeries"> & {
+  /**
+   * The owner's dispatcher id or the group id.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * @generated from field: int64 total = 2;
+   */
+  total: bigint;
+
+  /**
+   * Per bucket, aligned with ForecastLoadResponse.buckets.
+   *
+   * @generated from field: repeated int64 due = 3;
+   */
+  due: bigint[];
+};
+
+/**
+ * Describes the message admin.v1.ForecastSeries.
+ * Use `create(ForecastSeriesSchema)` to create a new message.
+ */
+export const ForecastSeriesSchema: GenMessage<ForecastSeries> = /*@__PURE__*/
+  messageDesc(file_admin_v1_admin, 60);
+
+/**
+ * @generated from enum admin.v1.OperationState
+ */
+export enum OperationState {
+  /**
+   * @generated from enum value: OPERATION_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: OPERATION_STATE_RUNNING = 1;
+   */
+  RUNNING = 1,
+
+  /**
+   * @generated from enum value: OPERATION_STATE_SUCCEEDED = 2;
+   */
+  SUCCEEDED = 2,
+
+  /**
+   * Stopped by an error (see error); what it changed stays changed.
+   *
+   * @generated from enum value: OPERATION_STATE_FAILED = 3;
+   */
+  FAILED = 3,
+
+  /**
+   * Stopped by CancelOperation; what it changed stays changed.
+   *
+   * @generated from enum value: OPERATION_STATE_CANCELLED = 4;
+   */
+  CANCELLED = 4,
+}
+
+/**
+ * Describes the enum admin.v1.OperationState.
+ */
+export const OperationStateSchema: GenEnum<OperationState> = /*@__PURE__*/
+  enumDesc(file_admin_v1_admin, 0);
 
 /**
  * AdminService is how operators run the mesh, with grpcurl or `buf curl` through reflection.
@@ -1686,7 +2364,7 @@ export const AdminService: GenService<{
     output: typeof ListAuditEventsResponseSchema;
   },
   /**
-   * SetGroupQuota sets a group's own limit of active (SCHEDULED + FIRING) timers, replacing
+   * SetGroupQuota sets a group's own limit of active (SCHEDULED + FIRING + PAUSED) timers, replacing
    * the timer service's GROUP_MAX_ACTIVE_TIMERS for that group; max_active_timers 0 removes
    * the override. Timer services pick the change up within ACTIVE_TIMERS_REFRESH.
    *
@@ -1707,6 +2385,67 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListGroupQuotasRequestSchema;
     output: typeof ListGroupQuotasResponseSchema;
+  },
+  /**
+   * StartBulkOperation applies one action (cancel, retry, shift, pause, resume) to every timer
+   * a selector matches. With dry_run it answers how many match and a sample, and changes
+   * nothing. Otherwise it starts a long-running operation and returns it at once: the admin
+   * service works through the matching timers in batches, each batch one transaction that also
+   * records the operation's progress, so an operation interrupted by a restart resumes where it
+   * stopped and no timer is changed twice. Group tokens may call it for one of their groups
+   * (selector.group_id); group_pattern needs an admin token. Audited with the selector and the
+   * counts, at the start and at the end.
+   *
+   * @generated from rpc admin.v1.AdminService.StartBulkOperation
+   */
+  startBulkOperation: {
+    methodKind: "unary";
+    input: typeof StartBulkOperationRequestSchema;
+    output: typeof StartBulkOperationResponseSchema;
+  },
+  /**
+   * GetOperation returns a bulk operation with its progress. Group tokens see their groups'.
+   *
+   * @generated from rpc admin.v1.AdminService.GetOperation
+   */
+  getOperation: {
+    methodKind: "unary";
+    input: typeof GetOperationRequestSchema;
+    output: typeof GetOperationResponseSchema;
+  },
+  /**
+   * ListOperations pages through bulk operations, newest first. Group tokens see their groups'.
+   *
+   * @generated from rpc admin.v1.AdminService.ListOperations
+   */
+  listOperations: {
+    methodKind: "unary";
+    input: typeof ListOperationsRequestSchema;
+    output: typeof ListOperationsResponseSchema;
+  },
+  /**
+   * CancelOperation stops a running bulk operation after its batch in flight; what it changed
+   * stays changed.
+   *
+   * @generated from rpc admin.v1.AdminService.CancelOperation
+   */
+  cancelOperation: {
+    methodKind: "unary";
+    input: typeof CancelOperationRequestSchema;
+    output: typeof CancelOperationResponseSchema;
+  },
+  /**
+   * ForecastLoad counts SCHEDULED timers due per bucket (a minute by default) over a horizon (6
+   * hours by default), in all, by shard owner and for the top groups, from the due index, with
+   * a bounded number of rows read whatever the table size. Group tokens may call it for one of
+   * their groups (group_id).
+   *
+   * @generated from rpc admin.v1.AdminService.ForecastLoad
+   */
+  forecastLoad: {
+    methodKind: "unary";
+    input: typeof ForecastLoadRequestSchema;
+    output: typeof ForecastLoadResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_admin_v1_admin, 0);

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mesh/v1/mesh.proto.
  */
 export const file_mesh_v1_mesh: GenFile = /*@__PURE__*/
-  fileDesc("ChJtZXNoL3YxL21lc2gucHJvdG8SB21lc2gudjEimAEKEVRpbWVyQW5ub3VuY2VtZW50EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEg0KBXNoYXJkGAMgASgFEhEKCWR1ZV9hdF9tcxgEIAEoAxITCgtkZXN0aW5hdGlvbhgFIAEoCRIoCgRtb3JlGAYgAygLMhoubWVzaC52MS5UaW1lckFubm91bmNlbWVudCJ8ChNEaXNwYXRjaGVySGVhcnRiZWF0EhUKDWRpc3BhdGNoZXJfaWQYASABKAkSFAoMZ3JwY19hZGRyZXNzGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSFQoNc3RhcnRlZF9hdF9tcxgEIAEoAxIQCghkcmFpbmluZxgFIAEoCCIoCg9EaXNwYXRjaGVyTGVhdmUSFQoNZGlzcGF0Y2hlcl9pZBgBIAEoCSIjChBSZWJhbGFuY2VSZXF1ZXN0Eg8KB3VuZHJhaW4YASADKAkiTwoOUmViYWxhbmNlUmVwbHkSFQoNZGlzcGF0Y2hlcl9pZBgBIAEoCRIQCghkcmFpbmluZxgCIAEoCBIUCgxvd25lZF9zaGFyZHMYAyABKAViBnByb3RvMw");
+  fileDesc("ChJtZXNoL3YxL21lc2gucHJvdG8SB21lc2gudjEiqQEKEVRpbWVyQW5ub3VuY2VtZW50EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEg0KBXNoYXJkGAMgASgFEhEKCWR1ZV9hdF9tcxgEIAEoAxITCgtkZXN0aW5hdGlvbhgFIAEoCRIoCgRtb3JlGAYgAygLMhoubWVzaC52MS5UaW1lckFubm91bmNlbWVudBIPCgd2ZXJzaW9uGAcgASgDInwKE0Rpc3BhdGNoZXJIZWFydGJlYXQSFQoNZGlzcGF0Y2hlcl9pZBgBIAEoCRIUCgxncnBjX2FkZHJlc3MYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIVCg1zdGFydGVkX2F0X21zGAQgASgDEhAKCGRyYWluaW5nGAUgASgIIigKD0Rpc3BhdGNoZXJMZWF2ZRIVCg1kaXNwYXRjaGVyX2lkGAEgASgJIiMKEFJlYmFsYW5jZVJlcXVlc3QSDwoHdW5kcmFpbhgBIAMoCSJPCg5SZWJhbGFuY2VSZXBseRIVCg1kaXNwYXRjaGVyX2lkGAEgASgJEhAKCGRyYWluaW5nGAIgASgIEhQKDG93bmVkX3NoYXJkcxgDIAEoBWIGcHJvdG8z");
 
 /**
  * Published on timers.shard.<shard> by the timer and admin services: a timer due soon, so that
@@ -55,13 +55,22 @@ export type TimerAnnouncement = Message<"mesh.v1.TimerAnnouncement"> & {
   destination: string;
 
   /**
-   * Further timers of the same shard, each described by fields 1-5 (their own `more` is
+   * Further timers of the same shard, each described by fields 1-5 and 7 (their own `more` is
    * empty). The first timer stays in fields 1-5, so a receiver that predates this field still
    * takes the first and ignores the rest (their owner's poll finds them). At most 999 entries.
    *
    * @generated from field: repeated mesh.v1.TimerAnnouncement more = 6;
    */
   more: TimerAnnouncement[];
+
+  /**
+   * The timer's version (timer.v1.Timer.version) this announcement describes; claims are fenced
+   * by it, so a held timer whose version was changed is not fired. 0 from senders that predate
+   * versions: the owner claims whatever version is stored.
+   *
+   * @generated from field: int64 version = 7;
+   */
+  version: bigint;
 };
 
 /**

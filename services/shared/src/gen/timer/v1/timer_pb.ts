@@ -4,15 +4,42 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file timer/v1/timer.proto.
  */
 export const file_timer_v1_timer: GenFile = /*@__PURE__*/
-  fileDesc("ChR0aW1lci92MS90aW1lci5wcm90bxIIdGltZXIudjEiugQKBVRpbWVyEhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBXN0YXRlGAQgASgOMhQudGltZXIudjEuVGltZXJTdGF0ZRIPCgdhdHRlbXB0GAUgASgFEg0KBXNoYXJkGAYgASgFEiQKCGNhbGxiYWNrGAcgASgLMhIudGltZXIudjEuQ2FsbGJhY2sSDwoHcGF5bG9hZBgIIAEoDBIrCgZsYWJlbHMYCSADKAsyGy50aW1lci52MS5UaW1lci5MYWJlbHNFbnRyeRIvCgtjcmVhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZmlyZWRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbGFzdF9lcnJvchgMIAEoCRIrCgxyZXRyeV9wb2xpY3kYDSABKAsyFS50aW1lci52MS5SZXRyeVBvbGljeRI1ChFuZXh0X2F0dGVtcHRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEijAEKCENhbGxiYWNrEiYKBGh0dHAYASABKAsyFi50aW1lci52MS5IdHRwQ2FsbGJhY2tIABImCgRuYXRzGAIgASgLMhYudGltZXIudjEuTmF0c0NhbGxiYWNrSAASJgoEZ3JwYxgDIAEoCzIWLnRpbWVyLnYxLkdycGNDYWxsYmFja0gAQggKBnRhcmdldCKBAQoMSHR0cENhbGxiYWNrEgsKA3VybBgBIAEoCRI0CgdoZWFkZXJzGAIgAygLMiMudGltZXIudjEuSHR0cENhbGxiYWNrLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIyCgxOYXRzQ2FsbGJhY2sSDwoHc3ViamVjdBgBIAEoCRIRCglqZXRzdHJlYW0YAiABKAgiHgoMR3JwY0NhbGxiYWNrEg4KBnRhcmdldBgBIAEoCSKbAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgFEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgptdWx0aXBsaWVyGAQgASgBIuwCChJDcmVhdGVUaW1lclJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEAoIdGltZXJfaWQYAiABKAkSLQoHZmlyZV9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABIqCgVkZWxheRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAEiQKCGNhbGxiYWNrGAUgASgLMhIudGltZXIudjEuQ2FsbGJhY2sSDwoHcGF5bG9hZBgGIAEoDBIrCgxyZXRyeV9wb2xpY3kYByABKAsyFS50aW1lci52MS5SZXRyeVBvbGljeRI4CgZsYWJlbHMYCCADKAsyKC50aW1lci52MS5DcmVhdGVUaW1lclJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIKCghzY2hlZHVsZSJGChNDcmVhdGVUaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXISDwoHY3JlYXRlZBgCIAEoCCJFChNDcmVhdGVUaW1lcnNSZXF1ZXN0Ei4KCHJlcXVlc3RzGAEgAygLMhwudGltZXIudjEuQ3JlYXRlVGltZXJSZXF1ZXN0IkUKFENyZWF0ZVRpbWVyc1Jlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC50aW1lci52MS5DcmVhdGVUaW1lcnNSZXN1bHQinwEKEkNyZWF0ZVRpbWVyc1Jlc3VsdBIQCgh0aW1lcl9pZBgBIAEoCRIPCgdjcmVhdGVkGAIgASgIEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNoYXJkGAQgASgFEioKBWVycm9yGAUgASgLMhsudGltZXIudjEuQ3JlYXRlVGltZXJzRXJyb3IiMgoRQ3JlYXRlVGltZXJzRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJIjUKD0dldFRpbWVyUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIQCgh0aW1lcl9pZBgCIAEoCSIyChBHZXRUaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXIiOAoSQ2FuY2VsVGltZXJSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJIjUKE0NhbmNlbFRpbWVyUmVzcG9uc2USHgoFdGltZXIYASABKAsyDy50aW1lci52MS5UaW1lciJyChFMaXN0VGltZXJzUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIkCgZzdGF0ZXMYAiADKA4yFC50aW1lci52MS5UaW1lclN0YXRlEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIk4KEkxpc3RUaW1lcnNSZXNwb25zZRIfCgZ0aW1lcnMYASADKAsyDy50aW1lci52MS5UaW1lchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiwIKE09uVGltZXJGaXJlZFJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSEAoIdGltZXJfaWQYAiABKAkSKwoHZmlyZV9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYXR0ZW1wdBgEIAEoBRIPCgdwYXlsb2FkGAUgASgMEjkKBmxhYmVscxgGIAMoCzIpLnRpbWVyLnYxLk9uVGltZXJGaXJlZFJlcXVlc3QuTGFiZWxzRW50cnkSFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFgoUT25UaW1lckZpcmVkUmVzcG9uc2UqqgEKClRpbWVyU3RhdGUSGwoXVElNRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVUSU1FUl9TVEFURV9TQ0hFRFVMRUQQARIWChJUSU1FUl9TVEFURV9GSVJJTkcQAhIZChVUSU1FUl9TVEFURV9TVUNDRUVERUQQAxIWChJUSU1FUl9TVEFURV9GQUlMRUQQBBIZChVUSU1FUl9TVEFURV9DQU5DRUxMRUQQBTKBAwoMVGltZXJTZXJ2aWNlEkoKC0NyZWF0ZVRpbWVyEhwudGltZXIudjEuQ3JlYXRlVGltZXJSZXF1ZXN0Gh0udGltZXIudjEuQ3JlYXRlVGltZXJSZXNwb25zZRJNCgxDcmVhdGVUaW1lcnMSHS50aW1lci52MS5DcmVhdGVUaW1lcnNSZXF1ZXN0Gh4udGltZXIudjEuQ3JlYXRlVGltZXJzUmVzcG9uc2USQQoIR2V0VGltZXISGS50aW1lci52MS5HZXRUaW1lclJlcXVlc3QaGi50aW1lci52MS5HZXRUaW1lclJlc3BvbnNlEkoKC0NhbmNlbFRpbWVyEhwudGltZXIudjEuQ2FuY2VsVGltZXJSZXF1ZXN0Gh0udGltZXIudjEuQ2FuY2VsVGltZXJSZXNwb25zZRJHCgpMaXN0VGltZXJzEhsudGltZXIudjEuTGlzdFRpbWVyc1JlcXVlc3QaHC50aW1lci52MS5MaXN0VGltZXJzUmVzcG9uc2UyZQoUVGltZXJDYWxsYmFja1NlcnZpY2USTQoMT25UaW1lckZpcmVkEh0udGltZXIudjEuT25UaW1lckZpcmVkUmVxdWVzdBoeLnRpbWVyLnYxLk9uVGltZXJGaXJlZFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChR0aW1lci92MS90aW1lci5wcm90bxIIdGltZXIudjEibQoQTGF0ZW5lc3NDb250cmFjdBIvCgxtYXhfbGF0ZW5lc3MYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKAoGcG9saWN5GAIgASgOMhgudGltZXIudjEuTGF0ZW5lc3NQb2xpY3kiwAUKBVRpbWVyEhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBXN0YXRlGAQgASgOMhQudGltZXIudjEuVGltZXJTdGF0ZRIPCgdhdHRlbXB0GAUgASgFEg0KBXNoYXJkGAYgASgFEiQKCGNhbGxiYWNrGAcgASgLMhIudGltZXIudjEuQ2FsbGJhY2sSDwoHcGF5bG9hZBgIIAEoDBIrCgZsYWJlbHMYCSADKAsyGy50aW1lci52MS5UaW1lci5MYWJlbHNFbnRyeRIvCgtjcmVhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZmlyZWRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbGFzdF9lcnJvchgMIAEoCRIrCgxyZXRyeV9wb2xpY3kYDSABKAsyFS50aW1lci52MS5SZXRyeVBvbGljeRI1ChFuZXh0X2F0dGVtcHRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3ZlcnNpb24YECABKAMSLAoIbGF0ZW5lc3MYESABKAsyGi50aW1lci52MS5MYXRlbmVzc0NvbnRyYWN0EhMKC3NjaGVkdWxlX2lkGBIgASgJEjAKDWZpcmVfbGF0ZW5lc3MYEyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKMAQoIQ2FsbGJhY2sSJgoEaHR0cBgBIAEoCzIWLnRpbWVyLnYxLkh0dHBDYWxsYmFja0gAEiYKBG5hdHMYAiABKAsyFi50aW1lci52MS5OYXRzQ2FsbGJhY2tIABImCgRncnBjGAMgASgLMhYudGltZXIudjEuR3JwY0NhbGxiYWNrSABCCAoGdGFyZ2V0IoEBCgxIdHRwQ2FsbGJhY2sSCwoDdXJsGAEgASgJEjQKB2hlYWRlcnMYAiADKAsyIy50aW1lci52MS5IdHRwQ2FsbGJhY2suSGVhZGVyc0VudHJ5Gi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjIKDE5hdHNDYWxsYmFjaxIPCgdzdWJqZWN0GAEgASgJEhEKCWpldHN0cmVhbRgCIAEoCCIeCgxHcnBjQ2FsbGJhY2sSDgoGdGFyZ2V0GAEgASgJIpsBCgtSZXRyeVBvbGljeRIUCgxtYXhfYXR0ZW1wdHMYASABKAUSMgoPaW5pdGlhbF9iYWNrb2ZmGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9iYWNrb2ZmGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCm11bHRpcGxpZXIYBCABKAEimgMKEkNyZWF0ZVRpbWVyUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIQCgh0aW1lcl9pZBgCIAEoCRItCgdmaXJlX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAEioKBWRlbGF5GAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAASJAoIY2FsbGJhY2sYBSABKAsyEi50aW1lci52MS5DYWxsYmFjaxIPCgdwYXlsb2FkGAYgASgMEisKDHJldHJ5X3BvbGljeRgHIAEoCzIVLnRpbWVyLnYxLlJldHJ5UG9saWN5EjgKBmxhYmVscxgIIAMoCzIoLnRpbWVyLnYxLkNyZWF0ZVRpbWVyUmVxdWVzdC5MYWJlbHNFbnRyeRIsCghsYXRlbmVzcxgJIAEoCzIaLnRpbWVyLnYxLkxhdGVuZXNzQ29udHJhY3QaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIKCghzY2hlZHVsZSJGChNDcmVhdGVUaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXISDwoHY3JlYXRlZBgCIAEoCCJFChNDcmVhdGVUaW1lcnNSZXF1ZXN0Ei4KCHJlcXVlc3RzGAEgAygLMhwudGltZXIudjEuQ3JlYXRlVGltZXJSZXF1ZXN0IkUKFENyZWF0ZVRpbWVyc1Jlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC50aW1lci52MS5DcmVhdGVUaW1lcnNSZXN1bHQinwEKEkNyZWF0ZVRpbWVyc1Jlc3VsdBIQCgh0aW1lcl9pZBgBIAEoCRIPCgdjcmVhdGVkGAIgASgIEisKB2ZpcmVfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNoYXJkGAQgASgFEioKBWVycm9yGAUgASgLMhsudGltZXIudjEuQ3JlYXRlVGltZXJzRXJyb3IiMgoRQ3JlYXRlVGltZXJzRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJIjUKD0dldFRpbWVyUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIQCgh0aW1lcl9pZBgCIAEoCSIyChBHZXRUaW1lclJlc3BvbnNlEh4KBXRpbWVyGAEgASgLMg8udGltZXIudjEuVGltZXIiOAoSQ2FuY2VsVGltZXJSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJIjUKE0NhbmNlbFRpbWVyUmVzcG9uc2USHgoFdGltZXIYASABKAsyDy50aW1lci52MS5UaW1lciKdAQoRTGlzdFRpbWVyc1JlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkSJAoGc3RhdGVzGAIgAygOMhQudGltZXIudjEuVGltZXJTdGF0ZRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCRIpCghzZWxlY3RvchgFIAEoCzIXLnRpbWVyLnYxLlRpbWVyU2VsZWN0b3IihQIKDVRpbWVyU2VsZWN0b3ISEAoIZ3JvdXBfaWQYASABKAkSFQoNZ3JvdXBfcGF0dGVybhgCIAEoCRIXCg90aW1lcl9pZF9wcmVmaXgYAyABKAkSJAoGc3RhdGVzGAQgAygOMhQudGltZXIudjEuVGltZXJTdGF0ZRIuCgpmaXJlX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaXJlX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoObGFiZWxfc2VsZWN0b3IYByABKAkSEwoLc2NoZWR1bGVfaWQYCCABKAkiTgoSTGlzdFRpbWVyc1Jlc3BvbnNlEh8KBnRpbWVycxgBIAMoCzIPLnRpbWVyLnYxLlRpbWVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLlAwoSVXBkYXRlVGltZXJSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJEhAKCHRpbWVyX2lkGAIgASgJEhgKEGV4cGVjdGVkX3ZlcnNpb24YAyABKAMSLwoLdXBkYXRlX21hc2sYBCABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrEi0KB2ZpcmVfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASKgoFZGVsYXkYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IABIkCghjYWxsYmFjaxgHIAEoCzISLnRpbWVyLnYxLkNhbGxiYWNrEg8KB3BheWxvYWQYCCABKAwSKwoMcmV0cnlfcG9saWN5GAkgASgLMhUudGltZXIudjEuUmV0cnlQb2xpY3kSOAoGbGFiZWxzGAogAygLMigudGltZXIudjEuVXBkYXRlVGltZXJSZXF1ZXN0LkxhYmVsc0VudHJ5EiwKCGxhdGVuZXNzGAsgASgLMhoudGltZXIudjEuTGF0ZW5lc3NDb250cmFjdBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgoKCHNjaGVkdWxlIjUKE1VwZGF0ZVRpbWVyUmVzcG9uc2USHgoFdGltZXIYASABKAsyDy50aW1lci52MS5UaW1lciKcAgoTT25UaW1lckZpcmVkUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCRIQCgh0aW1lcl9pZBgCIAEoCRIrCgdmaXJlX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhdHRlbXB0GAQgASgFEg8KB3BheWxvYWQYBSABKAwSOQoGbGFiZWxzGAYgAygLMikudGltZXIudjEuT25UaW1lckZpcmVkUmVxdWVzdC5MYWJlbHNFbnRyeRIXCg9pZGVtcG90ZW5jeV9rZXkYByABKAkSDwoHbGF0ZV9tcxgIIAEoAxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIhYKFE9uVGltZXJGaXJlZFJlc3BvbnNlKtsBCgpUaW1lclN0YXRlEhsKF1RJTUVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVVElNRVJfU1RBVEVfU0NIRURVTEVEEAESFgoSVElNRVJfU1RBVEVfRklSSU5HEAISGQoVVElNRVJfU1RBVEVfU1VDQ0VFREVEEAMSFgoSVElNRVJfU1RBVEVfRkFJTEVEEAQSGQoVVElNRVJfU1RBVEVfQ0FOQ0VMTEVEEAUSFwoTVElNRVJfU1RBVEVfRVhQSVJFRBAGEhYKElRJTUVSX1NUQVRFX1BBVVNFRBAHKoYBCg5MYXRlbmVzc1BvbGljeRIfChtMQVRFTkVTU19QT0xJQ1lfVU5TUEVDSUZJRUQQABIYChRMQVRFTkVTU19QT0xJQ1lfRklSRRABEhgKFExBVEVORVNTX1BPTElDWV9TS0lQEAISHwobTEFURU5FU1NfUE9MSUNZX0ZJUkVfTUFSS0VEEAMyzQMKDFRpbWVyU2VydmljZRJKCgtDcmVhdGVUaW1lchIcLnRpbWVyLnYxLkNyZWF0ZVRpbWVyUmVxdWVzdBodLnRpbWVyLnYxLkNyZWF0ZVRpbWVyUmVzcG9uc2USTQoMQ3JlYXRlVGltZXJzEh0udGltZXIudjEuQ3JlYXRlVGltZXJzUmVxdWVzdBoeLnRpbWVyLnYxLkNyZWF0ZVRpbWVyc1Jlc3BvbnNlEkEKCEdldFRpbWVyEhkudGltZXIudjEuR2V0VGltZXJSZXF1ZXN0GhoudGltZXIudjEuR2V0VGltZXJSZXNwb25zZRJKCgtDYW5jZWxUaW1lchIcLnRpbWVyLnYxLkNhbmNlbFRpbWVyUmVxdWVzdBodLnRpbWVyLnYxLkNhbmNlbFRpbWVyUmVzcG9uc2USRwoKTGlzdFRpbWVycxIbLnRpbWVyLnYxLkxpc3RUaW1lcnNSZXF1ZXN0GhwudGltZXIudjEuTGlzdFRpbWVyc1Jlc3BvbnNlEkoKC1VwZGF0ZVRpbWVyEhwudGltZXIudjEuVXBkYXRlVGltZXJSZXF1ZXN0Gh0udGltZXIudjEuVXBkYXRlVGltZXJSZXNwb25zZTJlChRUaW1lckNhbGxiYWNrU2VydmljZRJNCgxPblRpbWVyRmlyZWQSHS50aW1lci52MS5PblRpbWVyRmlyZWRSZXF1ZXN0Gh4udGltZXIudjEuT25UaW1lckZpcmVkUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+
+/**
+ * A timer's lateness contract. Judged when the first delivery attempt starts: lateness is that
+ * start minus fire_at. Retries of a started timer are never judged again.
+ *
+ * @generated from message timer.v1.LatenessContract
+ */
+export type LatenessContract = Message<"timer.v1.LatenessContract"> & {
+  /**
+   * Lateness beyond which `policy` applies: 1ms to 30 days. Unset: no contract (always FIRE).
+   *
+   * @generated from field: google.protobuf.Duration max_lateness = 1;
+   */
+  maxLateness?: Duration | undefined;
+
+  /**
+   * @generated from field: timer.v1.LatenessPolicy policy = 2;
+   */
+  policy: LatenessPolicy;
+};
+
+/**
+ * Describes the message timer.v1.LatenessContract.
+ * Use `create(LatenessContractSchema)` to create a new message.
+ */
+export const LatenessContractSchema: GenMessage<LatenessContract> = /*@__PURE__*/
+  messageDesc(file_timer_v1_timer, 0);
 
 /**
  * @generated from message timer.v1.Timer
@@ -97,11 +124,42 @@ export type Timer = Message<"timer.v1.Timer"> & {
   nextAttemptTime?: Timestamp | undefined;
 
   /**
-   * When the timer reached SUCCEEDED, FAILED or CANCELLED.
+   * When the timer reached SUCCEEDED, FAILED, CANCELLED or EXPIRED.
    *
    * @generated from field: google.protobuf.Timestamp finish_time = 15;
    */
   finishTime?: Timestamp | undefined;
+
+  /**
+   * Grows by one at every change (UpdateTimer, a bulk shift, pause, resume or retry); pass it
+   * as UpdateTimerRequest.expected_version. A new timer has version 1.
+   *
+   * @generated from field: int64 version = 16;
+   */
+  version: bigint;
+
+  /**
+   * The lateness contract; unset when the timer has none.
+   *
+   * @generated from field: timer.v1.LatenessContract lateness = 17;
+   */
+  lateness?: LatenessContract | undefined;
+
+  /**
+   * The schedule this timer is a firing of (its id is "<schedule_id>@<instant>"); empty for a
+   * one-shot timer.
+   *
+   * @generated from field: string schedule_id = 18;
+   */
+  scheduleId: string;
+
+  /**
+   * How late the first delivery attempt started (fired_time - fire_at), or for an EXPIRED
+   * timer how late it was when it was skipped. Unset before either.
+   *
+   * @generated from field: google.protobuf.Duration fire_lateness = 19;
+   */
+  fireLateness?: Duration | undefined;
 };
 
 /**
@@ -109,7 +167,7 @@ export type Timer = Message<"timer.v1.Timer"> & {
  * Use `create(TimerSchema)` to create a new message.
  */
 export const TimerSchema: GenMessage<Timer> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 0);
+  messageDesc(file_timer_v1_timer, 1);
 
 /**
  * @generated from message timer.v1.Callback
@@ -144,7 +202,7 @@ export type Callback = Message<"timer.v1.Callback"> & {
  * Use `create(CallbackSchema)` to create a new message.
  */
 export const CallbackSchema: GenMessage<Callback> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 1);
+  messageDesc(file_timer_v1_timer, 2);
 
 /**
  * HttpCallback is a POST of the payload to url (http or https).
@@ -168,7 +226,7 @@ export type HttpCallback = Message<"timer.v1.HttpCallback"> & {
  * Use `create(HttpCallbackSchema)` to create a new message.
  */
 export const HttpCallbackSchema: GenMessage<HttpCallback> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 2);
+  messageDesc(file_timer_v1_timer, 3);
 
 /**
  * NatsCallback publishes the payload to subject; with jetstream the publish is acknowledged by
@@ -193,7 +251,7 @@ export type NatsCallback = Message<"timer.v1.NatsCallback"> & {
  * Use `create(NatsCallbackSchema)` to create a new message.
  */
 export const NatsCallbackSchema: GenMessage<NatsCallback> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 3);
+  messageDesc(file_timer_v1_timer, 4);
 
 /**
  * GrpcCallback calls timer.v1.TimerCallbackService/OnTimerFired on target (host:port, plaintext).
@@ -212,7 +270,7 @@ export type GrpcCallback = Message<"timer.v1.GrpcCallback"> & {
  * Use `create(GrpcCallbackSchema)` to create a new message.
  */
 export const GrpcCallbackSchema: GenMessage<GrpcCallback> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 4);
+  messageDesc(file_timer_v1_timer, 5);
 
 /**
  * RetryPolicy for callback delivery. Unset fields take the server defaults:
@@ -247,7 +305,7 @@ export type RetryPolicy = Message<"timer.v1.RetryPolicy"> & {
  * Use `create(RetryPolicySchema)` to create a new message.
  */
 export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 5);
+  messageDesc(file_timer_v1_timer, 6);
 
 /**
  * @generated from message timer.v1.CreateTimerRequest
@@ -300,9 +358,19 @@ export type CreateTimerRequest = Message<"timer.v1.CreateTimerRequest"> & {
   retryPolicy?: RetryPolicy | undefined;
 
   /**
+   * Up to 64 entries; keys 1-63 characters of [A-Za-z0-9._/-] starting with a letter or digit,
+   * values up to 256 characters. Selectors (TimerSelector.label_selector) match on them.
+   *
    * @generated from field: map<string, string> labels = 8;
    */
   labels: { [key: string]: string };
+
+  /**
+   * Optional: what to do if the timer cannot fire within max_lateness of fire_at.
+   *
+   * @generated from field: timer.v1.LatenessContract lateness = 9;
+   */
+  lateness?: LatenessContract | undefined;
 };
 
 /**
@@ -310,7 +378,7 @@ export type CreateTimerRequest = Message<"timer.v1.CreateTimerRequest"> & {
  * Use `create(CreateTimerRequestSchema)` to create a new message.
  */
 export const CreateTimerRequestSchema: GenMessage<CreateTimerRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 6);
+  messageDesc(file_timer_v1_timer, 7);
 
 /**
  * @generated from message timer.v1.CreateTimerResponse
@@ -334,7 +402,7 @@ export type CreateTimerResponse = Message<"timer.v1.CreateTimerResponse"> & {
  * Use `create(CreateTimerResponseSchema)` to create a new message.
  */
 export const CreateTimerResponseSchema: GenMessage<CreateTimerResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 7);
+  messageDesc(file_timer_v1_timer, 8);
 
 /**
  * @generated from message timer.v1.CreateTimersRequest
@@ -353,7 +421,7 @@ export type CreateTimersRequest = Message<"timer.v1.CreateTimersRequest"> & {
  * Use `create(CreateTimersRequestSchema)` to create a new message.
  */
 export const CreateTimersRequestSchema: GenMessage<CreateTimersRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 8);
+  messageDesc(file_timer_v1_timer, 9);
 
 /**
  * @generated from message timer.v1.CreateTimersResponse
@@ -372,7 +440,7 @@ export type CreateTimersResponse = Message<"timer.v1.CreateTimersResponse"> & {
  * Use `create(CreateTimersResponseSchema)` to create a new message.
  */
 export const CreateTimersResponseSchema: GenMessage<CreateTimersResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 9);
+  messageDesc(file_timer_v1_timer, 10);
 
 /**
  * The outcome of one create of a CreateTimers call: stored now (created), stored before by the
@@ -422,7 +490,7 @@ export type CreateTimersResult = Message<"timer.v1.CreateTimersResult"> & {
  * Use `create(CreateTimersResultSchema)` to create a new message.
  */
 export const CreateTimersResultSchema: GenMessage<CreateTimersResult> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 10);
+  messageDesc(file_timer_v1_timer, 11);
 
 /**
  * Why one item of a CreateTimers call was refused: the gRPC status CreateTimer would have
@@ -451,7 +519,7 @@ export type CreateTimersError = Message<"timer.v1.CreateTimersError"> & {
  * Use `create(CreateTimersErrorSchema)` to create a new message.
  */
 export const CreateTimersErrorSchema: GenMessage<CreateTimersError> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 11);
+  messageDesc(file_timer_v1_timer, 12);
 
 /**
  * @generated from message timer.v1.GetTimerRequest
@@ -473,7 +541,7 @@ export type GetTimerRequest = Message<"timer.v1.GetTimerRequest"> & {
  * Use `create(GetTimerRequestSchema)` to create a new message.
  */
 export const GetTimerRequestSchema: GenMessage<GetTimerRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 12);
+  messageDesc(file_timer_v1_timer, 13);
 
 /**
  * @generated from message timer.v1.GetTimerResponse
@@ -490,7 +558,7 @@ export type GetTimerResponse = Message<"timer.v1.GetTimerResponse"> & {
  * Use `create(GetTimerResponseSchema)` to create a new message.
  */
 export const GetTimerResponseSchema: GenMessage<GetTimerResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 13);
+  messageDesc(file_timer_v1_timer, 14);
 
 /**
  * @generated from message timer.v1.CancelTimerRequest
@@ -512,7 +580,7 @@ export type CancelTimerRequest = Message<"timer.v1.CancelTimerRequest"> & {
  * Use `create(CancelTimerRequestSchema)` to create a new message.
  */
 export const CancelTimerRequestSchema: GenMessage<CancelTimerRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 14);
+  messageDesc(file_timer_v1_timer, 15);
 
 /**
  * @generated from message timer.v1.CancelTimerResponse
@@ -529,7 +597,7 @@ export type CancelTimerResponse = Message<"timer.v1.CancelTimerResponse"> & {
  * Use `create(CancelTimerResponseSchema)` to create a new message.
  */
 export const CancelTimerResponseSchema: GenMessage<CancelTimerResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 15);
+  messageDesc(file_timer_v1_timer, 16);
 
 /**
  * @generated from message timer.v1.ListTimersRequest
@@ -560,6 +628,14 @@ export type ListTimersRequest = Message<"timer.v1.ListTimersRequest"> & {
    * @generated from field: string page_token = 4;
    */
   pageToken: string;
+
+  /**
+   * Only the timers this selector matches (its states are ANDed with `states`). Its group_id,
+   * when set, must equal group_id; group_pattern is for AdminService bulk operations only.
+   *
+   * @generated from field: timer.v1.TimerSelector selector = 5;
+   */
+  selector?: TimerSelector | undefined;
 };
 
 /**
@@ -567,7 +643,81 @@ export type ListTimersRequest = Message<"timer.v1.ListTimersRequest"> & {
  * Use `create(ListTimersRequestSchema)` to create a new message.
  */
 export const ListTimersRequestSchema: GenMessage<ListTimersRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 16);
+  messageDesc(file_timer_v1_timer, 17);
+
+/**
+ * Which timers an operation applies to. Every term set must match (AND). Used by ListTimers
+ * and by AdminService/StartBulkOperation.
+ *
+ * @generated from message timer.v1.TimerSelector
+ */
+export type TimerSelector = Message<"timer.v1.TimerSelector"> & {
+  /**
+   * Exactly this group. A group token must name one of its groups here.
+   *
+   * @generated from field: string group_id = 1;
+   */
+  groupId: string;
+
+  /**
+   * Admin tokens only, instead of group_id: groups matching a pattern, "*" for every group,
+   * "orders-*" for a prefix.
+   *
+   * @generated from field: string group_pattern = 2;
+   */
+  groupPattern: string;
+
+  /**
+   * Only timer ids starting with this.
+   *
+   * @generated from field: string timer_id_prefix = 3;
+   */
+  timerIdPrefix: string;
+
+  /**
+   * Only these states; every state when empty.
+   *
+   * @generated from field: repeated timer.v1.TimerState states = 4;
+   */
+  states: TimerState[];
+
+  /**
+   * Only timers whose fire_at is at or after this.
+   *
+   * @generated from field: google.protobuf.Timestamp fire_after = 5;
+   */
+  fireAfter?: Timestamp | undefined;
+
+  /**
+   * Only timers whose fire_at is before this.
+   *
+   * @generated from field: google.protobuf.Timestamp fire_before = 6;
+   */
+  fireBefore?: Timestamp | undefined;
+
+  /**
+   * A Kubernetes label selector over the timers' labels: comma-separated terms, each
+   * `key=value`, `key==value`, `key!=value`, `key in (a,b)`, `key notin (a,b)`, `key` (has the
+   * label) or `!key` (has not), e.g. "customer=acme,tier in (gold,silver),!canary".
+   *
+   * @generated from field: string label_selector = 7;
+   */
+  labelSelector: string;
+
+  /**
+   * Only firings of this schedule.
+   *
+   * @generated from field: string schedule_id = 8;
+   */
+  scheduleId: string;
+};
+
+/**
+ * Describes the message timer.v1.TimerSelector.
+ * Use `create(TimerSelectorSchema)` to create a new message.
+ */
+export const TimerSelectorSchema: GenMessage<TimerSelector> = /*@__PURE__*/
+  messageDesc(file_timer_v1_timer, 18);
 
 /**
  * @generated from message timer.v1.ListTimersResponse
@@ -591,7 +741,108 @@ export type ListTimersResponse = Message<"timer.v1.ListTimersResponse"> & {
  * Use `create(ListTimersResponseSchema)` to create a new message.
  */
 export const ListTimersResponseSchema: GenMessage<ListTimersResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 17);
+  messageDesc(file_timer_v1_timer, 19);
+
+/**
+ * @generated from message timer.v1.UpdateTimerRequest
+ */
+export type UpdateTimerRequest = Message<"timer.v1.UpdateTimerRequest"> & {
+  /**
+   * @generated from field: string group_id = 1;
+   */
+  groupId: string;
+
+  /**
+   * @generated from field: string timer_id = 2;
+   */
+  timerId: string;
+
+  /**
+   * The version read (Timer.version); 0 updates whatever the current version is.
+   *
+   * @generated from field: int64 expected_version = 3;
+   */
+  expectedVersion: bigint;
+
+  /**
+   * Which fields to change: any of fire_at, delay, callback, payload, retry_policy, labels,
+   * lateness (snake_case or camelCase). When empty, every field set in this request changes
+   * (a set schedule, callback, retry_policy or lateness; a non-empty payload or labels): an
+   * empty payload or label map is applied only when named in update_mask. Labels are replaced
+   * whole.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 4;
+   */
+  updateMask?: FieldMask | undefined;
+
+  /**
+   * @generated from oneof timer.v1.UpdateTimerRequest.schedule
+   */
+  schedule: {
+    /**
+     * @generated from field: google.protobuf.Timestamp fire_at = 5;
+     */
+    value: Timestamp;
+    case: "fireAt";
+  } | {
+    /**
+     * @generated from field: google.protobuf.Duration delay = 6;
+     */
+    value: Duration;
+    case: "delay";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: timer.v1.Callback callback = 7;
+   */
+  callback?: Callback | undefined;
+
+  /**
+   * @generated from field: bytes payload = 8;
+   */
+  payload: Uint8Array;
+
+  /**
+   * @generated from field: timer.v1.RetryPolicy retry_policy = 9;
+   */
+  retryPolicy?: RetryPolicy | undefined;
+
+  /**
+   * @generated from field: map<string, string> labels = 10;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * @generated from field: timer.v1.LatenessContract lateness = 11;
+   */
+  lateness?: LatenessContract | undefined;
+};
+
+/**
+ * Describes the message timer.v1.UpdateTimerRequest.
+ * Use `create(UpdateTimerRequestSchema)` to create a new message.
+ */
+export const UpdateTimerRequestSchema: GenMessage<UpdateTimerRequest> = /*@__PURE__*/
+  messageDesc(file_timer_v1_timer, 20);
+
+/**
+ * @generated from message timer.v1.UpdateTimerResponse
+ */
+export type UpdateTimerResponse = Message<"timer.v1.UpdateTimerResponse"> & {
+  /**
+   * The timer after the change (version raised by one).
+   *
+   * @generated from field: timer.v1.Timer timer = 1;
+   */
+  timer?: Timer | undefined;
+};
+
+/**
+ * Describes the message timer.v1.UpdateTimerResponse.
+ * Use `create(UpdateTimerResponseSchema)` to create a new message.
+ */
+export const UpdateTimerResponseSchema: GenMessage<UpdateTimerResponse> = /*@__PURE__*/
+  messageDesc(file_timer_v1_timer, 21);
 
 /**
  * @generated from message timer.v1.OnTimerFiredRequest
@@ -633,6 +884,14 @@ export type OnTimerFiredRequest = Message<"timer.v1.OnTimerFiredRequest"> & {
    * @generated from field: string idempotency_key = 7;
    */
   idempotencyKey: string;
+
+  /**
+   * Set for a LATENESS_POLICY_FIRE_MARKED timer delivered beyond its max_lateness: how late
+   * this attempt started, in milliseconds (also in metadata x-timer-late-ms).
+   *
+   * @generated from field: int64 late_ms = 8;
+   */
+  lateMs: bigint;
 };
 
 /**
@@ -640,7 +899,7 @@ export type OnTimerFiredRequest = Message<"timer.v1.OnTimerFiredRequest"> & {
  * Use `create(OnTimerFiredRequestSchema)` to create a new message.
  */
 export const OnTimerFiredRequestSchema: GenMessage<OnTimerFiredRequest> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 18);
+  messageDesc(file_timer_v1_timer, 22);
 
 /**
  * @generated from message timer.v1.OnTimerFiredResponse
@@ -653,7 +912,7 @@ export type OnTimerFiredResponse = Message<"timer.v1.OnTimerFiredResponse"> & {
  * Use `create(OnTimerFiredResponseSchema)` to create a new message.
  */
 export const OnTimerFiredResponseSchema: GenMessage<OnTimerFiredResponse> = /*@__PURE__*/
-  messageDesc(file_timer_v1_timer, 19);
+  messageDesc(file_timer_v1_timer, 23);
 
 /**
  * @generated from enum timer.v1.TimerState
@@ -693,11 +952,26 @@ export enum TimerState {
   FAILED = 4,
 
   /**
-   * Cancelled before it fired.
+   * Cancelled before it fired (by a caller, an operator, or a schedule's overlap policy).
    *
    * @generated from enum value: TIMER_STATE_CANCELLED = 5;
    */
   CANCELLED = 5,
+
+  /**
+   * Not delivered: it could not start within its lateness contract's max_lateness and the
+   * contract says SKIP. fire_lateness says how late it was when judged.
+   *
+   * @generated from enum value: TIMER_STATE_EXPIRED = 6;
+   */
+  EXPIRED = 6,
+
+  /**
+   * Held by an operator (a bulk pause); it does not fire until resumed. Counts as active.
+   *
+   * @generated from enum value: TIMER_STATE_PAUSED = 7;
+   */
+  PAUSED = 7,
 }
 
 /**
@@ -705,6 +979,49 @@ export enum TimerState {
  */
 export const TimerStateSchema: GenEnum<TimerState> = /*@__PURE__*/
   enumDesc(file_timer_v1_timer, 0);
+
+/**
+ * What to do with a timer that cannot start within max_lateness of its fire time (after an
+ * outage, a paused group, a backlog).
+ *
+ * @generated from enum timer.v1.LatenessPolicy
+ */
+export enum LatenessPolicy {
+  /**
+   * FIRE.
+   *
+   * @generated from enum value: LATENESS_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Deliver however late (the default, and what every timer without a contract does).
+   *
+   * @generated from enum value: LATENESS_POLICY_FIRE = 1;
+   */
+  FIRE = 1,
+
+  /**
+   * Do not deliver: the timer ends EXPIRED with its lateness recorded; the receiver is not called.
+   *
+   * @generated from enum value: LATENESS_POLICY_SKIP = 2;
+   */
+  SKIP = 2,
+
+  /**
+   * Deliver, marked: header x-timer-late-ms (HTTP and NATS headers; gRPC metadata, and
+   * OnTimerFiredRequest.late_ms) carries how late the attempt started, in milliseconds.
+   *
+   * @generated from enum value: LATENESS_POLICY_FIRE_MARKED = 3;
+   */
+  FIRE_MARKED = 3,
+}
+
+/**
+ * Describes the enum timer.v1.LatenessPolicy.
+ */
+export const LatenessPolicySchema: GenEnum<LatenessPolicy> = /*@__PURE__*/
+  enumDesc(file_timer_v1_timer, 1);
 
 /**
  * TimerService stores durable timers and answers only once a timer is in Postgres.
@@ -754,7 +1071,7 @@ export const TimerService: GenService<{
     output: typeof GetTimerResponseSchema;
   },
   /**
-   * CancelTimer cancels a scheduled timer. A timer that already fired, failed or is being
+   * CancelTimer cancels a scheduled (or paused) timer. A timer that already fired, failed or is being
    * delivered is FAILED_PRECONDITION; an unknown one is NOT_FOUND. Cancelling a cancelled
    * timer returns it unchanged.
    *
@@ -766,7 +1083,9 @@ export const TimerService: GenService<{
     output: typeof CancelTimerResponseSchema;
   },
   /**
-   * ListTimers pages through a group's timers ordered by fire time, then timer id.
+   * ListTimers pages through a group's timers ordered by fire time, then timer id. With a
+   * selector, only the timers it matches (its group must be the request's, or the request's
+   * group_id empty and the selector's group_id set).
    *
    * @generated from rpc timer.v1.TimerService.ListTimers
    */
@@ -774,6 +1093,21 @@ export const TimerService: GenService<{
     methodKind: "unary";
     input: typeof ListTimersRequestSchema;
     output: typeof ListTimersResponseSchema;
+  },
+  /**
+   * UpdateTimer changes a SCHEDULED or PAUSED timer in place, under the same key: its fire
+   * time (or delay), payload, callback, retry policy, labels or lateness contract. With
+   * expected_version set, a timer whose version differs is ABORTED (read it again and retry);
+   * a timer already being delivered or finished is FAILED_PRECONDITION; an unknown one is
+   * NOT_FOUND. Every change raises the version by one. The shard's dispatcher learns of the
+   * change at once, and claims are fenced by version: the old fire time never fires.
+   *
+   * @generated from rpc timer.v1.TimerService.UpdateTimer
+   */
+  updateTimer: {
+    methodKind: "unary";
+    input: typeof UpdateTimerRequestSchema;
+    output: typeof UpdateTimerResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_timer_v1_timer, 0);
