@@ -136,7 +136,7 @@ async function explainAll(mesh: TestMesh, probes: ReturnType<typeof probeTimers>
   const epochOf = new Map(leases.map((l) => [l.shard, BigInt(l.epoch)]));
   const owner = leases[0]!.owner;
   const firstMs = probes[0]!.dueMs;
-  const due: DueTimer[] = probes.slice(0, CLAIM_BATCH).map((p) => ({ ...p, destination: "" }));
+  const due: DueTimer[] = probes.slice(0, CLAIM_BATCH).map((p) => ({ ...p, destination: "", version: 0 }));
   // The probes are hours ahead: a lead reaching past them lets the claim take them (rolled back).
   const leadMs = firstMs + PROBE_SPAN_MS - Date.now() + 60_000;
   const claim = await explainCall(pool, (p) =>

@@ -120,6 +120,7 @@ test("a timer Postgres refuses in a claim is dropped and the 20 good timers of i
       shard: 0,
       dueMs,
       destination: DESTINATION,
+      version: 0,
     });
     s.scheduler.announce({
       groupId: ["a", "b"] as unknown as string,
@@ -127,6 +128,7 @@ test("a timer Postgres refuses in a claim is dropped and the 20 good timers of i
       shard: 0,
       dueMs,
       destination: DESTINATION,
+      version: 0,
     });
     await waitFor(() => s.delivered.length >= 20, 15_000, "the 20 good timers delivered");
     assert.deepEqual(s.delivered.map((d) => d.timerId).sort(), [...ids].sort());

@@ -8,6 +8,7 @@ const t = (id: string, dueMs: number, shard = 0) => ({
   shard,
   dueMs,
   destination: "http://127.0.0.1:80",
+  version: 1,
 });
 
 test("pops due timers earliest first, and only those due", () => {

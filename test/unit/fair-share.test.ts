@@ -11,6 +11,7 @@ const t = (groupId: string, timerId: string, dueMs: number, destination = GOOD, 
   shard,
   dueMs,
   destination,
+  version: 1,
 });
 
 function queueOf(...timers: DueTimer[]): DueQueue {
@@ -74,6 +75,7 @@ test("a freed slot lets out one parked timer of that group, earliest first, in i
     "groupId",
     "shard",
     "timerId",
+    "version",
   ]);
   assert.equal(fair.parked, 48);
   assert.equal(fair.groupInFlight("a"), 0);

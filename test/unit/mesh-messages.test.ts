@@ -43,6 +43,7 @@ function announcement(over: Partial<Announcement> = {}): Announcement {
     shard: shardOf(groupId, timerId, SHARDS),
     dueMs: NOW + 5_000,
     destination: "http://127.0.0.1:9000",
+    version: 3,
     ...over,
   };
 }
@@ -116,6 +117,34 @@ test("the issue's JSON announcement, and protobuf ones with bad ids, shards or t
   );
 });
 
+test("an announcement carries the timer's version, in the first entry and in `more`; 0 from an old sender", () => {
+  const list = announcementsOf(3, 3).map((a, i) => ({ ...a, version: [1, 7, Number.MAX_SAFE_INTEGER][i]! }));
+  assert.deepEqual(decodeAnnouncements(encodeAnnouncements(list), 3, SHARDS, NOW), { ok: true, value: list });
+  // A sender that predates versions leaves field 7 out: version 0, "claim whatever is stored".
+  const a = announcement();
+  const old = toBinary(TimerAnnouncementSchema, create(TimerAnnouncementSchema, wireEntry(a)));
+  assert.deepEqual(decodeAnnouncements(old, a.shard, SHARDS, NOW), {
+    ok: true,
+    value: [{ ...a, destination: "", version: 0 }],
+  });
+});
+
+test("a negative version, or one beyond a safe integer, refuses the message as invalid_field", () => {
+  const [a, b] = announcementsOf(3, 2);
+  for (const version of [-1n, BigInt(Number.MAX_SAFE_INTEGER) + 1n, -(2n ** 63n)]) {
+    const first = toBinary(
+      TimerAnnouncementSchema,
+      create(TimerAnnouncementSchema, { ...wireEntry(a!), version }),
+    );
+    assert.equal(reasonOf(decodeAnnouncements(first, 3, SHARDS, NOW)), "invalid_field", `${version}`);
+    const inMore = toBinary(
+      TimerAnnouncementSchema,
+      create(TimerAnnouncementSchema, { ...wireEntry(a!), more: [{ ...wireEntry(b!), version }] }),
+    );
+    assert.equal(reasonOf(decodeAnnouncements(inMore, 3, SHARDS, NOW)), "invalid_field", `more: ${version}`);
+  }
+});
+
 /** An announcement's fields as the wire message has them, for forging messages the encoder refuses to write. */
 function wireEntry(a: Announcement) {
   return { groupId: a.groupId, timerId: a.timerId, shard: a.shard, dueAtMs: BigInt(a.dueMs) };
@@ -149,7 +178,14 @@ test("the largest valid batch fits MAX_ANNOUNCEMENT_BYTES: 1,000 timers with 128
   for (let i = 0; long.length < MAX_ANNOUNCED_PER_MESSAGE; i++) {
     const timerId = `t${i}`.padEnd(128, "x");
     if (shardOf(groupId, timerId, SHARDS) === 5)
-      long.push({ groupId, timerId, shard: 5, dueMs: NOW + 86_400_000, destination: "d".repeat(300) });
+      long.push({
+        groupId,
+        timerId,
+        shard: 5,
+        dueMs: NOW + 86_400_000,
+        destination: "d".repeat(300),
+        version: Number.MAX_SAFE_INTEGER,
+      });
   }
   const data = encodeAnnouncements(long);
   assert.ok(data.length <= MAX_ANNOUNCEMENT_BYTES, `${data.length} bytes`);

@@ -11,6 +11,21 @@ export interface DueTimer {
   dueMs: number;
   /** Where its callback goes (services/shared/src/callback-destination.ts): fair delivery counts by it. */
   destination: string;
+  /**
+   * The timer's version when it was loaded or announced (timers.version): its claim is fenced
+   * by it, so an updated timer is never fired as it was. 0 (an announcer that predates
+   * versions): any version is claimed.
+   */
+  version: number;
+}
+
+/**
+ * Whether a timer entry of version `incoming` is older than the held one of version `held`, and
+ * must not replace it (an announcement or a load that arrives after a newer one). 0 is unknown,
+ * never older.
+ */
+export function isOlderVersion(incoming: number, held: number): boolean {
+  return incoming !== 0 && held !== 0 && incoming < held;
 }
 
 interface Slot<T extends DueTimer> {
@@ -35,11 +50,20 @@ export class DueQueue<T extends DueTimer = DueTimer> {
     return this.byKey.has(timerKey(groupId, timerId));
   }
 
-  /** Holds a timer; if it is held already, moves it to the new due time. */
+  /** The held entry of a timer, if any. */
+  get(groupId: string, timerId: string): T | undefined {
+    return this.byKey.get(timerKey(groupId, timerId))?.timer;
+  }
+
+  /**
+   * Holds a timer; if it is held already, moves it to the new due time, unless the entry held
+   * is of a newer version (isOlderVersion): a late, stale entry never replaces it.
+   */
   add(t: T): void {
     const key = timerKey(t.groupId, t.timerId);
     const existing = this.byKey.get(key);
     if (existing) {
+      if (isOlderVersion(t.version, existing.timer.version)) return;
       const before = existing.timer.dueMs;
       existing.timer = t;
       if (t.dueMs < before) this.up(existing.index);

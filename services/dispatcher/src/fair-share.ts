@@ -208,6 +208,12 @@ export class FairShare {
     return out;
   }
 
+  /** The parked entry of a timer, if it is parked. */
+  get(groupId: string, timerId: string): DueTimer | undefined {
+    const at = this.where.get(timerKey(groupId, timerId));
+    return at?.table.parked.get(at.key)?.lane(at.lane).get(groupId, timerId);
+  }
+
   /** Takes a parked timer out (it was rescheduled, or is to be forgotten). */
   remove(groupId: string, timerId: string): DueTimer | undefined {
     const k = timerKey(groupId, timerId);

@@ -4,7 +4,7 @@
 // due now wait in `onTime`. Fair delivery (fair-share.ts) parks, unclaimed, the due timers of a
 // group or destination that holds its full share of the slots. A timer is in at most one of the
 // lanes and the parking at a time.
-import { DueQueue, type DueTimer } from "./due-queue.js";
+import { DueQueue, isOlderVersion, type DueTimer } from "./due-queue.js";
 import { FairShare, type FairShareLimits, type Lane, type Unparked } from "./fair-share.js";
 
 /** Timers admitted to a claim (their slots taken), per lane. */
@@ -54,31 +54,80 @@ export class HeldTimers {
     return next === Infinity ? undefined : next;
   }
 
-  /** Holds a loaded timer on time, unless it is held already (in the backlog or parked). */
+  /**
+   * Holds a loaded timer on time, unless it is held already (in the backlog or parked) at the
+   * same or a newer version: an older one held there is replaced, since its claim would fail.
+   */
   hold(t: DueTimer): void {
-    if (!this.catchUp.has(t.groupId, t.timerId) && !this.fair.isParked(t.groupId, t.timerId))
-      this.onTime.add(t);
-  }
-
-  /** Holds a timer at the given (possibly new) due time, out of the parking: retries. */
-  holdAt(t: DueTimer): void {
-    this.fair.remove(t.groupId, t.timerId);
+    if (this.catchUp.has(t.groupId, t.timerId) || this.fair.isParked(t.groupId, t.timerId)) {
+      if (!this.supersedes(t)) return;
+      this.catchUp.remove(t.groupId, t.timerId);
+      this.fair.remove(t.groupId, t.timerId);
+    }
     this.onTime.add(t);
   }
 
   /**
-   * Holds an announced timer (new, or rescheduled) at its due time; one already in the backlog
-   * stays there (the announcement of a timer the overdue loader found is a repeat).
+   * Holds a timer at the given (possibly new) due time, out of the parking: retries. Not when a
+   * newer version of it is held (it was updated while its outcome was being written).
+   */
+  holdAt(t: DueTimer): void {
+    const held = this.find(t.groupId, t.timerId);
+    if (held && isOlderVersion(t.version, held.version)) return;
+    this.fair.remove(t.groupId, t.timerId);
+    this.onTime.add(t);
+  }
+
+  /** Whether `t` is a newer version of a timer held. */
+  private supersedes(t: DueTimer): boolean {
+    const held = this.find(t.groupId, t.timerId);
+    return held !== undefined && isOlderVersion(held.version, t.version);
+  }
+
+  /**
+   * Holds an announced timer (new, rescheduled or updated) at its due time, wherever an older
+   * version of it is held. One already in the backlog at the same version stays there (the
+   * announcement of a timer the overdue loader found is a repeat); an announcement of a version
+   * older than the one held (it arrived late) changes nothing.
    */
   holdAnnounced(t: DueTimer): void {
-    if (this.catchUp.has(t.groupId, t.timerId)) return;
+    const newer = this.supersedes(t);
+    if (!newer && this.catchUp.has(t.groupId, t.timerId)) return;
+    if (newer) this.catchUp.remove(t.groupId, t.timerId);
     this.holdAt(t);
   }
 
-  /** Puts an overdue timer in the backlog, unless it is held already. */
+  /** The entry held for a timer (in a lane or parked), if any. */
+  find(groupId: string, timerId: string): DueTimer | undefined {
+    return (
+      this.onTime.get(groupId, timerId) ??
+      this.catchUp.get(groupId, timerId) ??
+      this.fair.get(groupId, timerId)
+    );
+  }
+
+  /**
+   * Forgets a timer an announcement moved beyond the window, wherever it is held, unless what
+   * is held is of a newer version than `version` (the announcement arrived late). Returns
+   * whether it was dropped.
+   */
+  forget(groupId: string, timerId: string, version: number): boolean {
+    const held = this.find(groupId, timerId);
+    if (!held || isOlderVersion(version, held.version)) return false;
+    this.onTime.remove(groupId, timerId);
+    this.catchUp.remove(groupId, timerId);
+    this.fair.remove(groupId, timerId);
+    return true;
+  }
+
+  /** Puts an overdue timer in the backlog, unless it is held already at the same or a newer version. */
   holdOverdue(t: DueTimer): void {
-    if (!this.onTime.has(t.groupId, t.timerId) && !this.fair.isParked(t.groupId, t.timerId))
-      this.catchUp.add(t);
+    if (this.onTime.has(t.groupId, t.timerId) || this.fair.isParked(t.groupId, t.timerId)) {
+      if (!this.supersedes(t)) return;
+      this.onTime.remove(t.groupId, t.timerId);
+      this.fair.remove(t.groupId, t.timerId);
+    }
+    this.catchUp.add(t);
   }
 
   /** Forgets held timers the predicate picks (shards handed to another dispatcher); returns how many. */

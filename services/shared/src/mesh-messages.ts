@@ -18,7 +18,7 @@ import {
   type TimerAnnouncement,
 } from "./gen/mesh/v1/mesh_pb.js";
 import { shardOf } from "./shard.js";
-import { isValidId, timerName } from "./timer-id.js";
+import { isValidId, isValidTimerId, timerName } from "./timer-id.js";
 
 /** Subject on which timers due soon are announced to the owner of `shard`. */
 export function shardSubject(shard: number): string {
@@ -67,6 +67,11 @@ export interface Announcement {
   dueMs: number;
   /** Fair-delivery key of its callback (callback-destination.ts). */
   destination: string;
+  /**
+   * The timer version (timer.v1.Timer.version) announced: its owner claims only that version.
+   * 0 from a sender that predates versions (or knows none): any version may be claimed.
+   */
+  version: number;
 }
 
 /** A dispatcher as one of its heartbeats describes it. */
@@ -125,6 +130,7 @@ export function encodeAnnouncements(list: readonly Announcement[]): Uint8Array {
     shard: a.shard,
     dueAtMs: BigInt(a.dueMs),
     destination: a.destination,
+    version: BigInt(a.version),
   });
   return toBinary(
     TimerAnnouncementSchema,
@@ -196,7 +202,7 @@ function checkAnnouncement(
   shardCount: number,
   nowMs: number,
 ): Decoded<Announcement> {
-  if (!isValidId(m.groupId) || !isValidId(m.timerId)) return refuse("invalid_id");
+  if (!isValidId(m.groupId) || !isValidTimerId(m.timerId)) return refuse("invalid_id");
   if (
     m.shard !== subjectShard ||
     m.shard < 0 ||
@@ -209,9 +215,17 @@ function checkAnnouncement(
   if (dueMs === undefined) return refuse("invalid_time");
   if (m.destination.length > MAX_DESTINATION_CHARS || hasControlCharacters(m.destination))
     return refuse("invalid_field");
+  if (m.version < 0n || m.version > BigInt(Number.MAX_SAFE_INTEGER)) return refuse("invalid_field");
   return {
     ok: true,
-    value: { groupId: m.groupId, timerId: m.timerId, shard: m.shard, dueMs, destination: m.destination },
+    value: {
+      groupId: m.groupId,
+      timerId: m.timerId,
+      shard: m.shard,
+      dueMs,
+      destination: m.destination,
+      version: Number(m.version),
+    },
   };
 }
 

@@ -5,6 +5,8 @@ import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { timerName } from "./timer-id.js";
 import {
   CallbackSchema,
+  LatenessContractSchema,
+  LatenessPolicy,
   RetryPolicySchema,
   TimerSchema,
   TimerState,
@@ -19,6 +21,23 @@ export const State = {
   Succeeded: TimerState.SUCCEEDED,
   Failed: TimerState.FAILED,
   Cancelled: TimerState.CANCELLED,
+  Expired: TimerState.EXPIRED,
+  Paused: TimerState.PAUSED,
+} as const;
+
+/** States a timer never leaves (retention deletes them after a while; finish_time is set). */
+export const FINISHED_STATES: readonly number[] = [
+  State.Succeeded,
+  State.Failed,
+  State.Cancelled,
+  State.Expired,
+];
+
+/** Stored lateness_policy codes: the numbers of timer.v1.LatenessPolicy (0 is stored as FIRE). */
+export const Lateness = {
+  Fire: LatenessPolicy.FIRE,
+  Skip: LatenessPolicy.SKIP,
+  FireMarked: LatenessPolicy.FIRE_MARKED,
 } as const;
 
 /** A row of the timers table as pg returns it. */
@@ -41,11 +60,16 @@ export interface TimerRow {
   fired_time: Date | null;
   finish_time: Date | null;
   last_error: string | null;
+  version: string;
+  /** NULL: no lateness contract. bigint columns arrive as strings from pg. */
+  max_lateness_ms: string | null;
+  lateness_policy: number;
+  schedule_id: string | null;
 }
 
 /** Columns selected for a TimerRow. */
 export const TIMER_COLUMNS =
-  "group_id, timer_id, shard, state, fire_at, next_attempt_at, attempt, callback, payload, labels, max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, create_time, fired_time, finish_time, last_error";
+  "group_id, timer_id, shard, state, fire_at, next_attempt_at, attempt, callback, payload, labels, max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, create_time, fired_time, finish_time, last_error, version, max_lateness_ms, lateness_policy, schedule_id";
 
 /** The JSON stored in timers.callback for a Callback message (proto JSON, readable in psql). */
 export function callbackToJson(callback: Callback): JsonValue {
@@ -79,11 +103,30 @@ export function rowToTimer(row: TimerRow): Timer {
       multiplier: row.backoff_multiplier,
     }),
     nextAttemptTime:
-      row.state === State.Scheduled || row.state === State.Firing
+      row.state === State.Scheduled || row.state === State.Firing || row.state === State.Paused
         ? timestampFromMs(row.next_attempt_at.getTime())
         : undefined,
     finishTime: row.finish_time ? timestampFromMs(row.finish_time.getTime()) : undefined,
+    version: BigInt(row.version),
+    lateness:
+      row.max_lateness_ms === null
+        ? undefined
+        : create(LatenessContractSchema, {
+            maxLateness: durationFromMs(Number(row.max_lateness_ms)),
+            policy: row.lateness_policy as LatenessPolicy,
+          }),
+    scheduleId: row.schedule_id ?? "",
+    fireLateness: fireLatenessOf(row),
   });
+}
+
+/**
+ * How late the timer's first attempt started, or (EXPIRED) how late it was when skipped; never
+ * negative (a timer never fires early: a sub-millisecond difference is rounding).
+ */
+function fireLatenessOf(row: TimerRow): ReturnType<typeof durationFromMs> | undefined {
+  const at = row.state === State.Expired ? row.finish_time : row.fired_time;
+  return at ? durationFromMs(Math.max(0, at.getTime() - row.fire_at.getTime())) : undefined;
 }
 
 /** The idempotency key sent with every delivery of a timer: stable across its retries. */

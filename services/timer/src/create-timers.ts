@@ -155,6 +155,7 @@ async function judgeAndStore(
           shard: t.shard,
           dueMs: t.fireAtMs,
           destination: destinationOf(t.callback),
+          version: 1, // a new timer's
         });
       }
       continue;

@@ -31,11 +31,13 @@ import {
   type StoredCreate,
 } from "./timer-store.js";
 import { ValidationError, validateCreate, type NewTimer } from "./validation.js";
+import { updateTimerHandler } from "./update-handler.js";
 import { groupQuotaExceeded, takeCreateToken } from "./create-limits.js";
 import type { TokenBuckets } from "./create-rate.js";
 import { isRefusal, type GroupQuota } from "./group-quota.js";
 import { decodeListTimersToken, encodeListTimersToken } from "./page-token.js";
 import { pageWithToken } from "../../shared/src/page-bytes.js";
+import { listSelection, selectionKey } from "../../shared/src/timer-selector.js";
 
 /** Dependencies of the TimerService handlers. */
 export interface TimerDeps {
@@ -83,6 +85,7 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
           shard: row.shard,
           dueMs: row.next_attempt_at.getTime(),
           destination: destinationOf(timer.callback),
+          version: Number(row.version),
         },
       ]);
     }
@@ -117,16 +120,21 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       if (!row) throw notFound(key);
       if (row.state !== State.Cancelled) {
         throw new ConnectError(
-          `timer ${timerName(key.groupId, key.timerId)} is ${TimerState[row.state]}; only a SCHEDULED timer can be cancelled`,
+          `timer ${timerName(key.groupId, key.timerId)} is ${TimerState[row.state]}; only a SCHEDULED or PAUSED timer can be cancelled`,
           Code.FailedPrecondition,
         );
       }
       return { timer: rowToTimer(row) };
     },
 
+    updateTimer: (req, ctx) => updateTimerHandler(deps, req, ctx),
+
     async listTimers(req, ctx) {
-      if (req.groupId === "") throw new ConnectError("group_id is required", Code.InvalidArgument);
-      authorizeGroup(ctx, req.groupId);
+      // With a selector, its group_id may stand for the request's (listSelection checks both).
+      const selection = req.selector ? listSelection(req.groupId, req.selector) : undefined;
+      const groupId = selection?.groupId ?? req.groupId;
+      if (groupId === "") throw new ConnectError("group_id is required", Code.InvalidArgument);
+      authorizeGroup(ctx, groupId);
       if (req.pageSize < 0 || req.pageSize > 1000) {
         throw new ConnectError("page_size must be between 1 and 1000 (0 for 100)", Code.InvalidArgument);
       }
@@ -137,21 +145,24 @@ export function createTimerService(deps: TimerDeps): ServiceImpl<typeof TimerSer
       }
       const states = [...new Set(req.states)].sort();
       const pageSize = req.pageSize || 100;
+      const selectorKey = selection ? selectionKey(selection) : "";
       const after =
-        req.pageToken === "" ? undefined : decodeListTimersToken(req.pageToken, req.groupId, states);
+        req.pageToken === "" ? undefined : decodeListTimersToken(req.pageToken, groupId, states, selectorKey);
       const rows = await listTimers(
         pool,
-        req.groupId,
+        groupId,
         states,
         after,
         pageSize + 1,
         config.quotas.listPageMaxBytes,
+        selection,
       );
       const { page, nextPageToken } = pageWithToken(rows, pageSize, (last) =>
         encodeListTimersToken(
           { fireAtMs: last.fire_at.getTime(), timerId: last.timer_id },
-          req.groupId,
+          groupId,
           states,
+          selectorKey,
         ),
       );
       return { timers: page.map(rowToTimer), nextPageToken };

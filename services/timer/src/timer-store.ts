@@ -7,6 +7,8 @@ import { callbackToJson, State, TIMER_COLUMNS, type TimerRow } from "../../share
 import { CreateQueue } from "./create-queue.js";
 import type { NewTimer } from "./validation.js";
 import { timerKey, timerName } from "../../shared/src/timer-id.js";
+import { SqlParams } from "../../shared/src/label-selector.js";
+import { type TimerSelection, timerSelectionSql } from "../../shared/src/timer-selector.js";
 
 /** A validated timer and the shard it belongs to: what is stored. */
 export type ShardedTimer = NewTimer & { shard: number };
@@ -107,11 +109,12 @@ async function insertTimers<R extends pg.QueryResultRow>(
   const { rows } = await pool.query<R>(
     `-- create_timers
      INSERT INTO timers (group_id, timer_id, shard, state, fire_at, next_attempt_at, callback, payload, labels,
-                         max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, request_hash, create_traceparent)
-     SELECT g, t, s, ${State.Scheduled}, f, f, c, p, l, ma, ib, mb, mu, h, tp
+                         max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, request_hash, create_traceparent,
+                         max_lateness_ms, lateness_policy)
+     SELECT g, t, s, ${State.Scheduled}, f, f, c, p, l, ma, ib, mb, mu, h, tp, ml, lp
        FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::jsonb[], $6::bytea[], $7::jsonb[],
-                   $8::int[], $9::int[], $10::int[], $11::float8[], $12::bytea[], $13::text[])
-            AS x(g, t, s, f, c, p, l, ma, ib, mb, mu, h, tp)
+                   $8::int[], $9::int[], $10::int[], $11::float8[], $12::bytea[], $13::text[], $14::bigint[], $15::smallint[])
+            AS x(g, t, s, f, c, p, l, ma, ib, mb, mu, h, tp, ml, lp)
      ON CONFLICT (shard, group_id, timer_id) DO NOTHING
      RETURNING ${returning}`,
     [
@@ -128,6 +131,8 @@ async function insertTimers<R extends pg.QueryResultRow>(
       t.map((x) => x.retry.multiplier),
       t.map((x) => x.requestHash),
       traceparents,
+      t.map((x) => x.lateness.maxLatenessMs),
+      t.map((x) => x.lateness.policy),
     ],
   );
   return rows;
@@ -274,7 +279,7 @@ async function selectByKey<R extends pg.QueryResultRow>(
 }
 
 /**
- * Cancels a SCHEDULED timer. Returns the row after the attempt: CANCELLED if it was cancelled
+ * Cancels a SCHEDULED or PAUSED (held by a bulk pause) timer. Returns the row after the attempt: CANCELLED if it was cancelled
  * now or before; another state when it could not be; undefined when there is no such timer.
  */
 export async function cancelTimer(
@@ -286,7 +291,7 @@ export async function cancelTimer(
   const { rows } = await pool.query<TimerRow>(
     `-- cancel_timer
      UPDATE timers SET state = ${State.Cancelled}, finish_time = now()
-      WHERE shard = $3 AND group_id = $1 AND timer_id = $2 AND state = ${State.Scheduled}
+      WHERE shard = $3 AND group_id = $1 AND timer_id = $2 AND state IN (${State.Scheduled}, ${State.Paused})
       RETURNING ${TIMER_COLUMNS}`,
     [groupId, timerId, shard],
   );
@@ -305,7 +310,18 @@ export async function listTimers(
   after: { fireAtMs: number; timerId: string } | undefined,
   limit: number,
   maxBytes: number,
+  selection?: TimerSelection,
 ): Promise<(TimerRow & { window_rows: number })[]> {
+  // A selector's terms are ANDed on; its values follow the six parameters below.
+  const params = new SqlParams([
+    groupId,
+    states,
+    after ? new Date(after.fireAtMs) : null,
+    after?.timerId ?? "",
+    limit,
+    maxBytes,
+  ]);
+  const selected = selection ? timerSelectionSql(selection, params) : "true";
   const { rows } = await pool.query<TimerRow & { window_rows: number }>(
     `-- list_timers
      ${boundedPageSql({
@@ -313,13 +329,14 @@ export async function listTimers(
                       WHERE group_id = $1
                         AND (cardinality($2::smallint[]) = 0 OR state = ANY($2::smallint[]))
                         AND ($3::timestamptz IS NULL OR (fire_at, timer_id) > ($3::timestamptz, $4::text))
+                        AND ${selected}
                       ORDER BY fire_at, timer_id
                       LIMIT $5`,
        orderBy: "fire_at, timer_id",
        columns: timerColumnsOf(TIMER_COLUMNS),
        maxBytesParam: "$6::bigint",
      })}`,
-    [groupId, states, after ? new Date(after.fireAtMs) : null, after?.timerId ?? "", limit, maxBytes],
+    params.values,
   );
   return rows;
 }

@@ -15,9 +15,13 @@ import type { TenantSubjects } from "../../shared/src/tenant-subjects.js";
 import { ID_PATTERN } from "../../shared/src/timer-id.js";
 import {
   CreateTimerRequestSchema,
+  LatenessPolicy,
   type Callback,
   type CreateTimerRequest,
+  type LatenessContract,
+  type RetryPolicy,
 } from "../../shared/src/gen/timer/v1/timer_pb.js";
+import { Lateness } from "../../shared/src/timer-model.js";
 
 /** A request field that failed validation, and why. */
 export class ValidationError extends Error {
@@ -71,7 +75,47 @@ export interface NewTimer {
   payload: Uint8Array;
   labels: Record<string, string>;
   retry: RetrySettings;
+  lateness: LatenessSettings;
   requestHash: Buffer;
+}
+
+/** A timer's lateness contract as stored: maxLatenessMs null means none (always fire). */
+export interface LatenessSettings {
+  maxLatenessMs: number | null;
+  /** timer.v1.LatenessPolicy, FIRE for UNSPECIFIED. */
+  policy: number;
+}
+
+/** No lateness contract: fire however late. */
+export const NO_LATENESS_CONTRACT: LatenessSettings = Object.freeze({
+  maxLatenessMs: null,
+  policy: Lateness.Fire,
+});
+
+const MAX_LATENESS_MS = 30 * 86_400_000;
+
+/**
+ * Checks a LatenessContract (`field` names it in errors, e.g. "lateness" or
+ * "template.lateness"): max_lateness 1 ms to 30 days; a policy without max_lateness is refused,
+ * since it could never apply.
+ */
+export function checkLateness(contract: LatenessContract | undefined, field: string): LatenessSettings {
+  if (!contract) return NO_LATENESS_CONTRACT;
+  const policy = contract.policy === LatenessPolicy.UNSPECIFIED ? Lateness.Fire : contract.policy;
+  if (!Object.values(Lateness).includes(policy as (typeof Lateness)[keyof typeof Lateness]))
+    throw new ValidationError(`${field}.policy`, `is not a LatenessPolicy (${contract.policy})`);
+  const d = contract.maxLateness;
+  if (!d) {
+    if (policy !== Lateness.Fire)
+      throw new ValidationError(`${field}.max_lateness`, "is required with a SKIP or FIRE_MARKED policy");
+    return NO_LATENESS_CONTRACT;
+  }
+  if (d.seconds < 0n || d.nanos < 0 || d.nanos > 999_999_999)
+    throw new ValidationError(`${field}.max_lateness`, "must be a positive duration");
+  const ms = durationToMsCeil(d);
+  if (ms < 1 || ms > MAX_LATENESS_MS)
+    throw new ValidationError(`${field}.max_lateness`, `must be 1ms to ${formatMs(MAX_LATENESS_MS)}`);
+  return { maxLatenessMs: ms, policy };
 }
 
 const ID_RE = ID_PATTERN; // shared with the mesh messages' checks (timer-id.ts)
@@ -82,6 +126,7 @@ const RESERVED_HEADERS = new Set([
   "x-timer-id",
   "x-timer-attempt",
   "x-timer-fire-at",
+  "x-timer-late-ms",
   "idempotency-key",
   "traceparent",
   "tracestate",
@@ -114,43 +159,7 @@ export function validateCreate(
   const groupId = checkId("group_id", req.groupId, true);
   const timerId = req.timerId === "" ? randomUUID() : checkId("timer_id", req.timerId, false);
 
-  let fireAtMs: number;
-  switch (req.schedule.case) {
-    case "fireAt": {
-      const ts = req.schedule.value;
-      if (ts.nanos < 0 || ts.nanos > 999_999_999)
-        throw new ValidationError("fire_at", "nanos must be in [0, 999999999]");
-      fireAtMs = timestampToMsCeil(ts);
-      if (fireAtMs - nowMs > limits.maxHorizonMs) {
-        throw new ValidationError(
-          "fire_at",
-          `is beyond the maximum horizon of ${formatMs(limits.maxHorizonMs)} from now`,
-        );
-      }
-      if (fireAtMs < Date.UTC(2000, 0, 1))
-        throw new ValidationError(
-          "fire_at",
-          "is before 2000-01-01; is it in seconds rather than a Timestamp?",
-        );
-      break;
-    }
-    case "delay": {
-      const d = req.schedule.value;
-      if (d.seconds < 0n || d.nanos < 0) throw new ValidationError("delay", "must not be negative");
-      if (d.nanos > 999_999_999) throw new ValidationError("delay", "nanos must be in [0, 999999999]");
-      const ms = durationToMsCeil(d);
-      if (ms > limits.maxHorizonMs) {
-        throw new ValidationError(
-          "delay",
-          `is beyond the maximum horizon of ${formatMs(limits.maxHorizonMs)}`,
-        );
-      }
-      fireAtMs = nowMs + ms;
-      break;
-    }
-    default:
-      throw new ValidationError("schedule", "is required: set fire_at or delay");
-  }
+  const fireAtMs = checkSchedule(req.schedule, limits.maxHorizonMs, nowMs);
 
   if (!req.callback) throw new ValidationError("callback", "is required");
   checkCallback(req.callback, groupId, limits, urls);
@@ -163,7 +172,8 @@ export function validateCreate(
   }
 
   const labels = checkLabels(req.labels);
-  const retry = resolveRetry(req, limits.retryDefaults, limits.retryBounds);
+  const retry = resolveRetry(req.retryPolicy, limits.retryDefaults, limits.retryBounds);
+  const lateness = checkLateness(req.lateness, "lateness");
 
   return {
     groupId,
@@ -173,11 +183,55 @@ export function validateCreate(
     payload: req.payload,
     labels,
     retry,
+    lateness,
     requestHash: requestHash(req, timerId),
   };
 }
 
-function checkId(field: string, value: string, required: boolean): string {
+/** A request's `schedule` oneof (CreateTimerRequest's and UpdateTimerRequest's). */
+export type ScheduleChoice = CreateTimerRequest["schedule"];
+
+/**
+ * The fire time (epoch ms) a fire_at or delay asks for, checked against the horizon; throws
+ * ValidationError naming the field ("schedule" when neither is set).
+ */
+export function checkSchedule(schedule: ScheduleChoice, maxHorizonMs: number, nowMs: number): number {
+  switch (schedule.case) {
+    case "fireAt": {
+      const ts = schedule.value;
+      if (ts.nanos < 0 || ts.nanos > 999_999_999)
+        throw new ValidationError("fire_at", "nanos must be in [0, 999999999]");
+      const fireAtMs = timestampToMsCeil(ts);
+      if (fireAtMs - nowMs > maxHorizonMs) {
+        throw new ValidationError(
+          "fire_at",
+          `is beyond the maximum horizon of ${formatMs(maxHorizonMs)} from now`,
+        );
+      }
+      if (fireAtMs < Date.UTC(2000, 0, 1))
+        throw new ValidationError(
+          "fire_at",
+          "is before 2000-01-01; is it in seconds rather than a Timestamp?",
+        );
+      return fireAtMs;
+    }
+    case "delay": {
+      const d = schedule.value;
+      if (d.seconds < 0n || d.nanos < 0) throw new ValidationError("delay", "must not be negative");
+      if (d.nanos > 999_999_999) throw new ValidationError("delay", "nanos must be in [0, 999999999]");
+      const ms = durationToMsCeil(d);
+      if (ms > maxHorizonMs) {
+        throw new ValidationError("delay", `is beyond the maximum horizon of ${formatMs(maxHorizonMs)}`);
+      }
+      return nowMs + ms;
+    }
+    default:
+      throw new ValidationError("schedule", "is required: set fire_at or delay");
+  }
+}
+
+/** Checks a group or timer id by the API's rule; an empty one is refused only when `required`. */
+export function checkId(field: string, value: string, required: boolean): string {
   if (value === "") {
     if (required) throw new ValidationError(field, "is required");
     return value;
@@ -191,7 +245,11 @@ function checkId(field: string, value: string, required: boolean): string {
   return value;
 }
 
-function checkCallback(
+/**
+ * Checks a callback of a timer of `groupId` (its URL or target against the egress policy, its
+ * NATS subject against the tenant's subjects); `urls` remembers URL verdicts within one call.
+ */
+export function checkCallback(
   cb: Callback,
   groupId: string,
   rules: Pick<Limits, "egress" | "tenantSubjects">,
@@ -297,7 +355,8 @@ function checkEgress(field: string, host: string, egress: EgressPolicy): void {
   }
 }
 
-function checkLabels(labels: Record<string, string>): Record<string, string> {
+/** Checks a label map (at most 64, Kubernetes-like keys, values up to 256 characters); returns it with sorted keys. */
+export function checkLabels(labels: Record<string, string>): Record<string, string> {
   const keys = Object.keys(labels);
   if (keys.length > MAX_LABELS) throw new ValidationError("labels", `has more than ${MAX_LABELS} entries`);
   const out: Record<string, string> = {};
@@ -311,8 +370,12 @@ function checkLabels(labels: Record<string, string>): Record<string, string> {
   return out;
 }
 
-function resolveRetry(req: CreateTimerRequest, defaults: RetrySettings, bounds: RetryBounds): RetrySettings {
-  const p = req.retryPolicy;
+/** A request's retry policy checked against `bounds`, with `defaults` for what it leaves unset. */
+export function resolveRetry(
+  p: RetryPolicy | undefined,
+  defaults: RetrySettings,
+  bounds: RetryBounds,
+): RetrySettings {
   if (!p) return defaults;
   if (p.maxAttempts < 0 || p.maxAttempts > bounds.maxAttempts) {
     throw new ValidationError(
