@@ -60,8 +60,8 @@ options:
   --overdue fire       timers that came due while the database was away fire at once (default)
   --overdue expire --expire-before TIME
                        SCHEDULED timers due before TIME (RFC 3339, e.g. 2026-12-02T09:00:00Z)
-                       are not delivered: they end CANCELLED with last_error "expired at
-                       restore: ..." (timer.v1 has no EXPIRED state)
+                       are not delivered: they end EXPIRED with last_error "expired at
+                       restore: ..."
   --help
 
 Delivery across a restore is at least once: timers that fired after the backup was taken fire
@@ -339,11 +339,12 @@ async function prepareForMesh(
     let overdue: RestoreReport["overdue"];
     if (opts.overdue.mode === "expire") {
       const cutoff = new Date(opts.overdue.beforeMs);
-      // No EXPIRED state in timer.v1: CANCELLED (finished, never delivered) with the reason.
+      // EXPIRED, as a lateness contract's SKIP ends a timer: finished, never delivered, and
+      // fire_lateness (finish_time - fire_at) says how late it was when it was given up.
       const expired = await client.query<{ n: string }>(
         `WITH u AS (
            UPDATE timers
-              SET state = ${State.Cancelled}, finish_time = now(),
+              SET state = ${State.Expired}, finish_time = now(),
                   last_error = 'expired at restore: due ' || to_char(fire_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') ||
                                ', before ' || $1::text || ' (ops restore --overdue expire); not delivered'
             WHERE state = ${State.Scheduled} AND fire_at < $2::timestamptz
@@ -405,7 +406,7 @@ export function formatReport(r: RestoreReport): string {
   const overdue =
     r.overdue.mode === "fire"
       ? `${r.overdue.due} SCHEDULED timer(s) already due${r.overdue.oldest ? ` (oldest due ${r.overdue.oldest})` : ""}: they fire as soon as the mesh starts, oldest first (--overdue fire)`
-      : `${r.overdue.expired} SCHEDULED timer(s) due before ${r.overdue.before} expired: CANCELLED, last_error "expired at restore: ...", not delivered`;
+      : `${r.overdue.expired} SCHEDULED timer(s) due before ${r.overdue.before} expired: EXPIRED, last_error "expired at restore: ...", not delivered`;
   return [
     `restored: snapshot of ${r.snapshotAt ?? "unknown time (no manifest, or in place)"}, SHARD_COUNT ${r.shardCount}`,
     `  schema: migration ${r.migration.before} in the dump, ${r.migration.applied} newer applied`,

@@ -26,10 +26,10 @@ export const summary =
 const HELP = `usage: npm run ops -- retention [--dry-run] [--finished-older-than 7d] [--audit-older-than 90d]
                                 [--batch-size 1000] [--pause 100ms] [--timeout 60s]
 
-Deletes, in batches of short transactions, the finished timers (SUCCEEDED, FAILED, CANCELLED)
-whose finish time is older than --finished-older-than, with their delivery attempts, and the
+Deletes, in batches of short transactions, the finished timers (SUCCEEDED, FAILED, CANCELLED,
+EXPIRED) whose finish time is older than --finished-older-than, with their delivery attempts, and the
 audit events older than --audit-older-than, from the database at DATABASE_URL; prints what it
-deleted per table. Live timers (SCHEDULED, FIRING) are never deleted, whatever their age.
+deleted per table. Live timers (SCHEDULED, FIRING, PAUSED) are never deleted, whatever their age.
 The dispatchers do the same every RETENTION_INTERVAL; this runs it now, under the same lock
 (it refuses while a dispatcher's run holds it).
 

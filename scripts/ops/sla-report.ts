@@ -47,6 +47,7 @@ interface RawRow {
   on_time: string;
   never_attempted: string;
   failed_timers: string;
+  expired_timers: string;
   p50: number | null;
   p95: number | null;
   p99: number | null;
@@ -105,7 +106,8 @@ export async function readSlaRows(
            WHERE t.shard = c.shard AND t.group_id = c.group_id AND t.timer_id = c.timer_id LIMIT 1) t
         CROSS JOIN LATERAL (
           SELECT min(x.started_at) AS first_start,
-                 count(*) FILTER (WHERE x.outcome <> 'abandoned') AS answered,
+                 -- An expired attempt (a lateness contract's SKIP) called no receiver: not a callback.
+                 count(*) FILTER (WHERE x.outcome NOT IN ('abandoned', 'expired')) AS answered,
                  count(*) FILTER (WHERE x.outcome IN ('retry', 'failed')) AS failed,
                  count(*) FILTER (WHERE x.outcome = 'abandoned') AS abandoned
             FROM timer_attempts x
@@ -120,6 +122,7 @@ export async function readSlaRows(
               count(*) FILTER (WHERE lateness <= $4::float8) AS on_time,
               count(*) FILTER (WHERE never_attempted) AS never_attempted,
               count(*) FILTER (WHERE state = ${State.Failed}) AS failed_timers,
+              count(*) FILTER (WHERE state = ${State.Expired}) AS expired_timers,
               percentile_cont(0.5) WITHIN GROUP (ORDER BY lateness) AS p50,
               percentile_cont(0.95) WITHIN GROUP (ORDER BY lateness) AS p95,
               percentile_cont(0.99) WITHIN GROUP (ORDER BY lateness) AS p99,
@@ -130,7 +133,7 @@ export async function readSlaRows(
          FROM due GROUP BY GROUPING SETS ((), (group_id))
      )
      SELECT per.overall, per.group_id, per.due::text, per.on_time::text, per.never_attempted::text,
-            per.failed_timers::text, per.p50, per.p95, per.p99, per.max,
+            per.failed_timers::text, per.expired_timers::text, per.p50, per.p95, per.p99, per.max,
             per.callback_attempts::text, per.callback_failures::text, per.abandoned::text,
             (SELECT coalesce(json_agg(json_build_object('error', f.error, 'count', f.n) ORDER BY f.n DESC), '[]')
                FROM failed f WHERE per.overall OR f.group_id = per.group_id) AS failures,
@@ -155,6 +158,7 @@ export async function readSlaRows(
       p99: r.p99,
       max: r.max,
       failedTimers: Number(r.failed_timers),
+      expiredTimers: Number(r.expired_timers),
       failures: r.failures,
       callbackAttempts: Number(r.callback_attempts),
       callbackFailures: Number(r.callback_failures),

@@ -31,6 +31,11 @@ export interface SlaRow {
   max: number | null;
   /** Timers due in the range that ended FAILED. */
   failedTimers: number;
+  /**
+   * Timers due in the range that their lateness contract (SKIP) ended EXPIRED, not delivered:
+   * counted late like the rest (their lateness is when their attempt was judged).
+   */
+  expiredTimers: number;
   /** Their last errors as recorded, with how many timers ended with each. */
   failures: { error: string; count: number }[];
   /** Callback attempts of these timers that got an answer (succeeded, retried or failed). */
@@ -54,6 +59,8 @@ export interface SlaLine {
   neverAttempted: number;
   latenessSeconds: { p50: number | null; p95: number | null; p99: number | null; max: number | null };
   failedTimers: number;
+  /** Timers their lateness contract ended EXPIRED (not delivered). */
+  expiredTimers: number;
   /** FAILED timers by error class, largest first. */
   failuresByReason: { reason: string; count: number }[];
   callbackAttempts: number;
@@ -145,6 +152,7 @@ export function judgeLine(row: SlaRow): SlaLine {
       max: toMicroseconds(row.max),
     },
     failedTimers: row.failedTimers,
+    expiredTimers: row.expiredTimers,
     failuresByReason: [...byReason]
       .map(([reason, count]) => ({ reason, count }))
       .sort((a, b) => b.count - a.count || a.reason.localeCompare(b.reason)),
@@ -169,6 +177,10 @@ export function buildSlaReport(
   if (overall.neverAttempted > 0)
     notes.push(
       `${overall.neverAttempted} timer(s) due in the range were never attempted (a paused group, no live owner, or a backlog): each counts as late by now − fire_at.`,
+    );
+  if (overall.expiredTimers > 0)
+    notes.push(
+      `${overall.expiredTimers} timer(s) were not delivered: their lateness contract (SKIP) ended them EXPIRED, started beyond their max_lateness; they count as late.`,
     );
   if (overall.abandonedAttempts > 0)
     notes.push(

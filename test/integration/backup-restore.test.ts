@@ -7,7 +7,7 @@
 //      once (at least once across a restore);
 //   F  due in an hour: still SCHEDULED;
 //   N  created (and fired) after the backup: gone.
-// With --overdue expire, B and C end CANCELLED ("expired at restore") and are not delivered.
+// With --overdue expire, B and C end EXPIRED ("expired at restore") and are not delivered.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -293,10 +293,10 @@ test("with --overdue expire, timers due before the given time end expired and ar
   // The restored mesh works: a timer created now is delivered...
   await createAll(mesh.client, [timer("probe", 0)]);
   await waitFor(() => allIn(mesh.db.pool, ["probe"], State.Succeeded), 30_000, "the probe to fire");
-  // ...and the expired ones are finished without a delivery (a CANCELLED timer is never claimed).
+  // ...and the expired ones are finished without a delivery (an EXPIRED timer is never claimed).
   const now = await states(mesh.db.pool);
   for (const id of [...B, ...C]) {
-    assert.equal(now.get(id)?.state, State.Cancelled, id);
+    assert.equal(now.get(id)?.state, State.Expired, id);
     assert.match(
       now.get(id)?.lastError ?? "",
       /^expired at restore: due .* \(ops restore --overdue expire\); not delivered$/,

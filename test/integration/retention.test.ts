@@ -139,7 +139,8 @@ describe("the retention loop against a real Postgres", () => {
 
   test("deletes old finished timers with their attempts and old audit events; keeps young and live rows", async () => {
     // Past the defaults (7 d, 90 d): 25 finished timers of each final state mixed, 2 attempts each.
-    await insertTimers(db.pool, "old-ok", 10, 3, 10 * DAY, 2);
+    await insertTimers(db.pool, "old-ok", 5, 3, 10 * DAY, 2);
+    await insertTimers(db.pool, "old-expired", 5, 6, 9 * DAY, 2);
     await insertTimers(db.pool, "old-failed", 8, 4, 10 * DAY, 2);
     await insertTimers(db.pool, "old-cancelled", 7, 5, 8 * DAY, 2);
     // Young finished timers, and live ones far older than any retention: none may go.
@@ -162,7 +163,7 @@ describe("the retention loop against a real Postgres", () => {
     assert.ok(Math.abs(run.cutoffs.timers.getTime() - (Date.now() - 7 * DAY)) < 60_000);
     assert.ok(Math.abs(run.cutoffs.audit_events.getTime() - (Date.now() - 90 * DAY)) < 60_000);
 
-    for (const g of ["old-ok", "old-failed", "old-cancelled"]) {
+    for (const g of ["old-ok", "old-expired", "old-failed", "old-cancelled"]) {
       assert.equal(await groupCount(db.pool, "timers", g), 0, `${g} timers deleted`);
       assert.equal(await groupCount(db.pool, "timer_attempts", g), 0, `${g} attempts deleted`);
     }

@@ -1,7 +1,8 @@
 // Stand-ins for the scheduler's dependencies (services/dispatcher/src/scheduler-deps.ts): a fake
 // clock that moves only when a test advances it, and an in-memory dispatch store that keeps the
 // rules the SQL keeps (a claim takes only scheduled timers due within the lead whose shard's
-// lease is at the epoch given; a completion applies only to a claim still held, at its attempt).
+// lease is at the epoch given, at the version held; a completion applies only to a claim still
+// held, at its attempt).
 import { Writable } from "node:stream";
 import { pino } from "pino";
 import { destinationOfJson } from "../../services/shared/src/callback-destination.js";
@@ -82,7 +83,7 @@ export interface MemoryTimer {
   groupId: string;
   timerId: string;
   shard: number;
-  state: "scheduled" | "firing" | "succeeded" | "failed";
+  state: "scheduled" | "firing" | "succeeded" | "failed" | "expired";
   fireAtMs: number;
   nextAttemptAtMs: number;
   attempt: number;
@@ -93,6 +94,13 @@ export interface MemoryTimer {
   /** Who holds the claim while FIRING: "us", or another dispatcher that took it back. */
   claimOwner: string | undefined;
   lastError: string | null;
+  /** The lateness contract: null for none (timers.max_lateness_ms), and its policy code. */
+  maxLatenessMs: number | null;
+  latenessPolicy: number;
+  /** When the first attempt was claimed (timers.fired_time), kept across retries. */
+  firedAtMs: number | null;
+  /** timers.version: raised by update(); claims are fenced by it. */
+  version: number;
 }
 
 /** Where every test timer's callback goes. */
@@ -140,6 +148,10 @@ export class MemoryStore implements SchedulerStore {
       multiplier: 2,
       claimOwner: undefined,
       lastError: null,
+      maxLatenessMs: null,
+      latenessPolicy: 1,
+      firedAtMs: null,
+      version: 1,
       ...t,
     };
     this.timers.set(key(t.groupId, t.timerId), row);
@@ -149,6 +161,19 @@ export class MemoryStore implements SchedulerStore {
   get(groupId: string, timerId: string): MemoryTimer {
     const row = this.timers.get(key(groupId, timerId));
     if (!row) throw new Error(`no timer ${groupId}/${timerId}`);
+    return row;
+  }
+
+  /**
+   * What UpdateTimer does to a scheduled timer: a new fire time (and next attempt, before the
+   * first attempt), version raised by one. Returns the row.
+   */
+  update(groupId: string, timerId: string, dueMs: number): MemoryTimer {
+    const row = this.get(groupId, timerId);
+    if (row.state !== "scheduled") throw new Error(`timer ${groupId}/${timerId} is ${row.state}`);
+    if (row.attempt === 0) row.fireAtMs = dueMs;
+    row.nextAttemptAtMs = dueMs;
+    row.version++;
     return row;
   }
 
@@ -176,6 +201,7 @@ export class MemoryStore implements SchedulerStore {
         shard: t.shard,
         dueMs: t.nextAttemptAtMs,
         destination: TEST_DESTINATION,
+        version: t.version,
       }));
   }
 
@@ -199,9 +225,11 @@ export class MemoryStore implements SchedulerStore {
       if (row?.state !== "scheduled") return;
       if (row.nextAttemptAtMs > this.clock.now() + leadMs) return;
       if (this.leaseEpochs.get(row.shard) !== epochs[i]) return; // the fence
+      if (t.version !== 0 && row.version !== t.version) return; // the version fence
       row.state = "firing";
       row.attempt++;
       row.claimOwner = US;
+      row.firedAtMs ??= Math.max(this.clock.now(), row.nextAttemptAtMs);
       out.push({
         group_id: row.groupId,
         timer_id: row.timerId,
@@ -217,6 +245,11 @@ export class MemoryStore implements SchedulerStore {
         max_backoff_ms: row.maxBackoffMs,
         backoff_multiplier: row.multiplier,
         create_traceparent: null,
+        version: String(row.version),
+        max_lateness_ms: row.maxLatenessMs === null ? null : String(row.maxLatenessMs),
+        lateness_policy: row.latenessPolicy,
+        schedule_id: null,
+        fired_time: new Date(row.firedAtMs),
       });
     });
     return out;

@@ -102,7 +102,12 @@ export async function startGrpcReceiver(): Promise<
           receivedAtMs: Date.now(),
           idempotencyKey: m.idempotencyKey,
           traceparent: String(call.metadata.get("traceparent")[0] ?? ""),
-          headers: { ":authority": call.getHost() },
+          // The late mark of a FIRE_MARKED delivery, as metadata and as the request's field.
+          headers: {
+            ":authority": call.getHost(),
+            "x-timer-late-ms": String(call.metadata.get("x-timer-late-ms")[0] ?? ""),
+            late_ms: String(m.lateMs),
+          },
           labels: { ...m.labels },
           body: Buffer.from(m.payload),
         });

@@ -6,7 +6,13 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { Delivery, DeliveryResult } from "../../services/dispatcher/src/delivery.js";
 import { Scheduler, type SchedulerOptions } from "../../services/dispatcher/src/scheduler.js";
-import { FakeClock, FakeOwnership, MemoryStore, recordingLogger } from "../support/firing-fakes.js";
+import {
+  FakeClock,
+  FakeOwnership,
+  MemoryStore,
+  recordingLogger,
+  TEST_DESTINATION,
+} from "../support/firing-fakes.js";
 
 const T0 = 1_700_000_000_000;
 /** When timer g/t1, which every test starts with, is DUE. */
@@ -286,4 +292,82 @@ test("stop gives up on a delivery that never ends at its bound", async () => {
     ),
   );
   assert.equal(f.store.get("g", "t1").state, "firing", "its claim expires and is taken back elsewhere");
+});
+
+/** The announcement UpdateTimer sends for g/t1 after `store.update`: its new due time and version. */
+function announcementOf(dueMs: number, version: number) {
+  return { groupId: "g", timerId: "t1", shard: 0, dueMs, destination: TEST_DESTINATION, version };
+}
+
+test("an updated timer: the held old version is not fired, a late announcement of it changes nothing, and the new version fires at its new time", async () => {
+  const f = firing();
+  f.scheduler.start();
+  await f.clock.advance(0);
+  assert.equal(f.scheduler.held, 1, "version 1 held at DUE");
+
+  const NEW_DUE = DUE + 3_000;
+  const row = f.store.update("g", "t1", NEW_DUE);
+  assert.equal(row.version, 2);
+  f.scheduler.announce(announcementOf(NEW_DUE, 2));
+  // Version 1's announcement, delayed in NATS, arrives after version 2's; a window load that
+  // read the row before the update brings version 1 too. Neither may bring back the old time.
+  f.scheduler.announce(announcementOf(DUE, 1));
+  await f.clock.advanceTo(DUE + 1_000);
+  assert.equal(f.deliveries.length, 0, "nothing fires at the old time");
+  assert.equal(f.store.get("g", "t1").state, "scheduled");
+
+  await f.clock.advanceTo(NEW_DUE - 1);
+  assert.equal(f.deliveries.length, 0, "never before the new time");
+  await f.clock.advanceTo(NEW_DUE + 5_000);
+  assert.deepEqual(
+    f.deliveries.map((d) => d.atMs),
+    [NEW_DUE],
+    "fired once, at the new time",
+  );
+  await f.scheduler.stop(1_000);
+});
+
+test("a held entry of an old version is fenced in the claim: it is not claimed, and the new version is", async () => {
+  const f = firing();
+  const claimed: number[] = [];
+  const claim = f.store.claim.bind(f.store);
+  f.store.claim = async (timers, epochs, leadMs) => {
+    // The update commits between the scheduler's admitting version 1 and its claim statement.
+    if (f.store.get("g", "t1").version === 1) f.store.update("g", "t1", DUE);
+    const rows = await claim(timers, epochs, leadMs);
+    // The version each claimed row was held at (what the scheduler asked for).
+    for (const r of rows) claimed.push(timers.find((t) => t.timerId === r.timer_id)!.version);
+    return rows;
+  };
+  f.scheduler.start();
+  await f.clock.advanceTo(DUE - 1);
+  assert.equal(f.store.get("g", "t1").state, "scheduled", "version 1's claim found version 2: fenced");
+  f.scheduler.announce(announcementOf(DUE, 2));
+  await f.clock.advanceTo(DUE + 1_000);
+  assert.deepEqual(claimed, [2], "only the entry of version 2 claimed it");
+  assert.deepEqual(
+    f.deliveries.map((d) => d.atMs),
+    [DUE],
+  );
+  await f.scheduler.stop(1_000);
+});
+
+test("an update moving a held timer beyond the lookahead drops it; the window loader brings it back for its new time", async () => {
+  const f = firing();
+  f.scheduler.start();
+  await f.clock.advance(0);
+  assert.equal(f.scheduler.held, 1);
+
+  const FAR = T0 + OPTIONS.lookaheadMs + 20_000;
+  f.store.update("g", "t1", FAR);
+  f.scheduler.announce(announcementOf(FAR, 2));
+  assert.equal(f.scheduler.held, 0, "dropped at once");
+  await f.clock.advanceTo(DUE + 1_000);
+  assert.equal(f.store.claimStatements, 0, "nothing to claim at the old time");
+  await f.clock.advanceTo(FAR + 1_000);
+  assert.deepEqual(
+    f.deliveries.map((d) => d.atMs),
+    [FAR],
+  );
+  await f.scheduler.stop(1_000);
 });

@@ -21,6 +21,7 @@ function row(over: Partial<SlaRow> = {}): SlaRow {
     p99: 0.05,
     max: 0.2,
     failedTimers: 0,
+    expiredTimers: 0,
     failures: [],
     callbackAttempts: 1000,
     callbackFailures: 0,

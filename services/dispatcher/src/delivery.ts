@@ -20,6 +20,7 @@ import {
   OnTimerFiredRequestSchema,
   OnTimerFiredResponseSchema,
   type Callback,
+  type OnTimerFiredRequest,
   type OnTimerFiredResponse,
 } from "../../shared/src/gen/timer/v1/timer_pb.js";
 import {
@@ -49,6 +50,42 @@ export interface Delivery {
   callback: Callback;
   idempotencyKey: string;
   traceparent: string;
+  /**
+   * Set for a FIRE_MARKED timer whose first attempt started beyond its max_lateness: how late,
+   * in ms (lateness-contract.ts). Sent as LATE_MS_HEADER and OnTimerFiredRequest.late_ms.
+   */
+  lateMs?: number;
+}
+
+/** The header (HTTP, NATS) and metadata key (gRPC) of a marked late delivery, named like the others. */
+export const LATE_MS_HEADER = "x-timer-late-ms";
+
+/**
+ * The contract's headers of a delivery, handed to `set` one by one (no intermediate object): the
+ * same names on every transport (HTTP and NATS headers, gRPC metadata).
+ */
+export function standardHeaders(d: Delivery, set: (name: string, value: string) => void): void {
+  set("x-timer-group", d.groupId);
+  set("x-timer-id", d.timerId);
+  set("x-timer-attempt", String(d.attempt));
+  set("x-timer-fire-at", new Date(d.fireAtMs).toISOString());
+  set("idempotency-key", d.idempotencyKey);
+  set("traceparent", d.traceparent);
+  if (d.lateMs !== undefined) set(LATE_MS_HEADER, String(d.lateMs));
+}
+
+/** The OnTimerFired request of a gRPC delivery. */
+export function onTimerFiredRequest(d: Delivery): OnTimerFiredRequest {
+  return create(OnTimerFiredRequestSchema, {
+    groupId: d.groupId,
+    timerId: d.timerId,
+    fireAt: timestampFromMs(d.fireAtMs),
+    attempt: d.attempt,
+    payload: d.payload,
+    labels: d.labels,
+    idempotencyKey: d.idempotencyKey,
+    lateMs: BigInt(d.lateMs ?? 0),
+  });
 }
 
 /** What an attempt came to. */
@@ -183,16 +220,6 @@ export class CallbackDeliverer {
     return entry;
   }
 
-  /** The contract's headers of every delivery, handed to `set` one by one (no intermediate object). */
-  private standardHeaders(d: Delivery, set: (name: string, value: string) => void): void {
-    set("x-timer-group", d.groupId);
-    set("x-timer-id", d.timerId);
-    set("x-timer-attempt", String(d.attempt));
-    set("x-timer-fire-at", new Date(d.fireAtMs).toISOString());
-    set("idempotency-key", d.idempotencyKey);
-    set("traceparent", d.traceparent);
-  }
-
   private async deliverHttp(d: Delivery, url: string, own: Record<string, string>): Promise<DeliveryResult> {
     const deadlineMs = Date.now() + this.timeoutMs;
     const target = this.http.parse(url);
@@ -200,7 +227,7 @@ export class CallbackDeliverer {
     const vetted = await this.vet(target.hostname, deadlineMs);
     const headers: string[] = [];
     for (const k in own) headers.push(k, own[k]!);
-    this.standardHeaders(d, (k, v) => headers.push(k, v));
+    standardHeaders(d, (k, v) => headers.push(k, v));
     headers.push("content-type", "application/octet-stream");
     // No redirect is ever followed (undici's dispatch does not): a 3xx is a failure like any 4xx.
     return this.http.post({ url: target, vetted, headers, body: d.payload }, deadlineMs);
@@ -212,7 +239,7 @@ export class CallbackDeliverer {
     if (refused)
       return { ok: false, retryable: false, error: `callback.nats.subject "${subject}" ${refused}` };
     const h = natsHeaders();
-    this.standardHeaders(d, (k, v) => h.set(k, v));
+    standardHeaders(d, (k, v) => h.set(k, v));
     // A publish made while the client reconnects is only buffered (and dropped at its next
     // dial), so nothing is published then: the attempt fails as retryable.
     const nc = this.nats.ifConnected();
@@ -273,17 +300,9 @@ export class CallbackDeliverer {
     if (!parsed)
       return { ok: false, retryable: false, error: `callback.grpc.target "${target}" is not host:port` };
     const client = this.grpcClient(await this.vet(parsed.host, deadlineMs), parsed.port, target);
-    const request = create(OnTimerFiredRequestSchema, {
-      groupId: d.groupId,
-      timerId: d.timerId,
-      fireAt: timestampFromMs(d.fireAtMs),
-      attempt: d.attempt,
-      payload: d.payload,
-      labels: d.labels,
-      idempotencyKey: d.idempotencyKey,
-    });
+    const request = onTimerFiredRequest(d);
     const metadata = new grpc.Metadata();
-    this.standardHeaders(d, (k, v) => metadata.set(k, v));
+    standardHeaders(d, (k, v) => metadata.set(k, v));
     return new Promise((resolve) => {
       client.makeUnaryRequest<typeof request, OnTimerFiredResponse>(
         "/timer.v1.TimerCallbackService/OnTimerFired",

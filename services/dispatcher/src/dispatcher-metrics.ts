@@ -4,6 +4,7 @@ import type { Meter } from "@opentelemetry/api";
 import type pg from "pg";
 import type { Logger } from "../../shared/src/logger.js";
 import type { DeliveryResult } from "./delivery.js";
+import type { LatenessAction } from "./lateness-contract.js";
 import { GaugeSeries } from "../../shared/src/telemetry/gauge-series.js";
 import {
   counter,
@@ -23,6 +24,8 @@ export interface DispatcherMetrics {
   finished(succeeded: boolean): void;
   /** A timer dropped because Postgres refuses it in a claim statement even alone. */
   claimDropped(): void;
+  /** A timer's first attempt started beyond its max_lateness; `action` is what its contract did. */
+  latenessExceeded(action: LatenessAction): void;
   stop(): void;
 }
 
@@ -42,6 +45,7 @@ export interface DispatcherGauges {
 }
 
 const LAG_REFRESH_MS = 5_000;
+const LATENESS_ACTIONS: readonly LatenessAction[] = ["expired", "fired_marked", "fired"];
 
 /**
  * Creates the dispatcher's instruments. timer_shard_lag_seconds is computed for every shard
@@ -81,6 +85,9 @@ export function createDispatcherMetrics(
   );
   const claimDropped = counter(meter, "dispatcher_claim_entries_dropped_total");
   claimDropped.add(0);
+  // Every action's series exists from the start, so a rate or an alert sees its first one.
+  const latenessExceeded = counter(meter, "timer_lateness_exceeded_total");
+  for (const action of LATENESS_ACTIONS) latenessExceeded.add(0, { action });
 
   let lag: { shard: number; owner: string; lag: number }[] = [];
   let pausedDue: { groupId: string; due: number }[] = [];
@@ -143,6 +150,7 @@ export function createDispatcherMetrics(
       if (succeeded) successes.add(1);
     },
     claimDropped: () => claimDropped.add(1),
+    latenessExceeded: (action) => latenessExceeded.add(1, { action }),
     stop: () => clearInterval(timer),
   };
 }

@@ -9,6 +9,7 @@ import type { Clock } from "./db-clock.js";
 import type { Delivery, DeliveryResult } from "./delivery.js";
 import type { ClaimedTimer, Completion, LoadCursor } from "./dispatch-store.js";
 import type { DueTimer } from "./due-queue.js";
+import type { LatenessAction } from "./lateness-contract.js";
 
 /** Which shards this dispatcher may fire. */
 export interface ShardOwnership {
@@ -48,6 +49,8 @@ export interface SchedulerEvents {
   finished?(succeeded: boolean): void;
   /** A timer was dropped because Postgres refuses it in a claim statement even alone. */
   claimDropped?(): void;
+  /** A timer's first attempt started beyond its lateness contract's max_lateness; `action` is what was done. */
+  latenessExceeded?(action: LatenessAction): void;
 }
 
 /** Everything the scheduler works with besides its tuning. */

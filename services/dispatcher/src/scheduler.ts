@@ -20,6 +20,7 @@ import type { DueTimer } from "./due-queue.js";
 import { slotsOf } from "./fair-share.js";
 import { tracedAttempt } from "./fire-tracing.js";
 import { HeldTimers } from "./held-timers.js";
+import { expiredError, judgeLateness, type LatenessExceeded } from "./lateness-contract.js";
 import type { SchedulerDeps, SchedulerEvents } from "./scheduler-deps.js";
 
 export type { SchedulerDeps, SchedulerEvents, SchedulerStore, ShardOwnership } from "./scheduler-deps.js";
@@ -142,16 +143,25 @@ export class Scheduler {
     void loop();
   }
 
-  /** Takes a timer announced over NATS (a new or rescheduled timer due soon), decoded and checked by the subscriber. */
+  /**
+   * Takes a timer announced over NATS (a new, rescheduled or updated timer), decoded and
+   * checked by the subscriber. A newer version replaces what is held (an older one arriving
+   * late changes nothing); one due beyond the window drops what is held, and the window loader
+   * brings it back when its time nears.
+   */
   announce(t: Announcement): void {
     if (this.stopped || !this.deps.ownership.owns(t.shard)) return;
-    if (t.dueMs > this.now() + this.opts.lookaheadMs) return; // the window loader will get it
+    if (t.dueMs > this.now() + this.opts.lookaheadMs) {
+      this.timers.forget(t.groupId, t.timerId, t.version);
+      return;
+    }
     this.timers.holdAnnounced({
       groupId: t.groupId,
       timerId: t.timerId,
       shard: t.shard,
       dueMs: t.dueMs,
       destination: t.destination,
+      version: t.version,
     });
     this.schedule();
   }
@@ -368,6 +378,12 @@ export class Scheduler {
     while (this.now() < dueMs) await new Promise((r) => setImmediate(r));
     const startedMs = this.now();
     const startedAt = new Date(startedMs);
+    const lateness = judgeLateness(row, startedMs);
+    if (lateness.action !== "deliver") this.events.latenessExceeded?.(lateness.action);
+    if (lateness.action === "expired") {
+      this.expire(row, startedAt, lateness);
+      return;
+    }
     if (row.attempt === 1) this.events.fired?.(startedAt.getTime() - row.fire_at.getTime());
     const callback = callbackFromJson(row.callback);
     const transport = callback.target.case ?? "none";
@@ -382,6 +398,7 @@ export class Scheduler {
         callback,
         idempotencyKey: idempotencyKey(row.group_id, row.timer_id),
         traceparent,
+        ...(lateness.action === "fired_marked" ? { lateMs: lateness.lateMs } : {}),
       }),
     );
     const finishedMs = this.now();
@@ -412,6 +429,8 @@ export class Scheduler {
             shard: row.shard,
             dueMs: next,
             destination: destinationOfJson(row.callback),
+            // The claimed version: an update while the retry waits raises it and announces the new one.
+            version: Number(row.version),
           }
         : undefined;
     this.completions.add({
@@ -427,6 +446,32 @@ export class Scheduler {
         error: decided.error,
       },
       retryAt,
+    });
+  }
+
+  /**
+   * Ends a timer its lateness contract skips (SKIP, started beyond max_lateness): no delivery;
+   * the timer ends EXPIRED, judged at `startedAt`, and the attempt is recorded as expired.
+   */
+  private expire(row: ClaimedTimer, startedAt: Date, lateness: LatenessExceeded): void {
+    const error = expiredError(lateness);
+    this.deps.log.info(
+      { group_id: row.group_id, timer_id: row.timer_id, shard: row.shard, late_ms: lateness.lateMs },
+      "timer expired: not delivered, beyond its lateness contract",
+    );
+    this.completions.add({
+      completion: {
+        groupId: row.group_id,
+        timerId: row.timer_id,
+        shard: row.shard,
+        attempt: row.attempt,
+        startedAt,
+        finishedAt: startedAt,
+        outcome: "expired",
+        nextAttemptAt: null,
+        error,
+      },
+      retryAt: undefined,
     });
   }
 

@@ -12,12 +12,10 @@
 // it deletes whatever the size of the tables (test/integration/retention.test.ts checks the plans).
 import { setTimeout as sleep } from "node:timers/promises";
 import type pg from "pg";
-import { State } from "./timer-model.js";
+import { FINISHED_STATES } from "./timer-model.js";
 import { intervalOfMsSql } from "./time.js";
 
-/** The states a timer never leaves by itself: only these are deleted. */
-export const FINISHED_STATES = [State.Succeeded, State.Failed, State.Cancelled] as const;
-
+// The states a timer never leaves by itself (EXPIRED included): only these are deleted.
 const FINISHED = FINISHED_STATES.join(", ");
 
 /** The tables retention deletes from, as the metrics' `table` label names them. */
