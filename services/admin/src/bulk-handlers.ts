@@ -26,7 +26,8 @@ import {
 } from "./bulk-store.js";
 import { type AdminDeps, type AdminHandlers, checked } from "./handler-support.js";
 
-function summary(r: SummaryRow): TimerSummary {
+/** A timer as bulk changes and bulk operations report it. */
+export function timerSummaryOf(r: SummaryRow): TimerSummary {
   return create(TimerSummarySchema, {
     groupId: r.group_id,
     timerId: r.timer_id,
@@ -58,7 +59,7 @@ function previewOutcome(
     response: {
       count,
       more: p.matched > sel.limit,
-      sample: p.sample.map(summary),
+      sample: p.sample.map(timerSummaryOf),
       dryRun: true,
       matched: BigInt(p.matched),
     },
@@ -71,7 +72,7 @@ function previewOutcome(
 function changeOutcome(action: BulkAction, r: BulkChange): ChangeOutcome<BulkResponse> {
   const sample = r.changed.slice(0, SAMPLE_SIZE);
   return {
-    response: { count: r.changed.length, more: r.more, sample: sample.map(summary), dryRun: false },
+    response: { count: r.changed.length, more: r.more, sample: sample.map(timerSummaryOf), dryRun: false },
     result: {
       [action.countKey]: r.changed.length,
       more: r.more,
@@ -98,6 +99,7 @@ export function bulkHandlers(deps: AdminDeps): AdminHandlers<"retryTimers" | "ca
           shard: r.shard,
           dueMs: r.next_attempt_at.getTime(),
           destination: r.callback === undefined ? "" : destinationOfJson(r.callback),
+          version: 0, // not read here: the owner claims whatever version is stored
         });
       } catch (err) {
         // The timer is due in Postgres; its owner's overdue scan finds it.

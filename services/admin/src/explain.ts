@@ -1,7 +1,21 @@
 // What ExplainTimer says in words: how a timer's shard is computed, and what happens to the
 // timer next. No I/O: the facts come from Postgres and the heartbeats.
-import { State } from "../../shared/src/timer-model.js";
+import { compactDuration, latenessPolicyName } from "../../shared/src/lateness.js";
+import { Lateness, State } from "../../shared/src/timer-model.js";
 import { timerHash } from "../../shared/src/shard.js";
+
+/** A timer's lateness contract (timer.v1.LatenessContract), when it has one. */
+export interface ContractFacts {
+  fireAtMs: number;
+  maxLatenessMs: number;
+  /** Stored lateness_policy code. */
+  policy: number;
+  /**
+   * Its first attempt started already (fired_time set): the contract was judged then, and is
+   * not again, also when an operator retries the timer.
+   */
+  started: boolean;
+}
 
 /** What is known about a timer and its shard when explaining it. */
 export interface TimerFacts {
@@ -22,6 +36,8 @@ export interface TimerFacts {
   leaseExpiresAtMs: number | null;
   ownerLive: boolean;
   nowMs: number;
+  /** Its lateness contract; absent when it has none. */
+  lateness?: ContractFacts;
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -54,6 +70,10 @@ export function whatHappensNext(f: TimerFacts): string {
       return `finished: SUCCEEDED${f.finishTimeMs !== null ? ` at ${iso(f.finishTimeMs)}` : ""} after ${attempts(f.attempt)}`;
     case State.Cancelled:
       return `finished: CANCELLED${f.finishTimeMs !== null ? ` at ${iso(f.finishTimeMs)}` : ""}`;
+    case State.Expired:
+      return expiredNext(f);
+    case State.Paused:
+      return pausedNext(f);
     case State.Failed:
       return (
         `finished: FAILED${f.finishTimeMs !== null ? ` at ${iso(f.finishTimeMs)}` : ""} after ${attempts(f.attempt)}` +
@@ -67,7 +87,7 @@ export function whatHappensNext(f: TimerFacts): string {
           : "")
       );
     case State.Scheduled:
-      return scheduledNext(f);
+      return scheduledNext(f) + contractClause(f);
     default:
       return `unknown state ${f.state}`;
   }
@@ -93,4 +113,46 @@ function scheduledNext(f: TimerFacts): string {
     return `${what} at ${iso(f.nextAttemptAtMs)} (in ${roughDuration(dueIn)}) ${by}${caveat}`;
   }
   return `overdue by ${roughDuration(dueIn)}: ${what} as soon as dispatcher ${f.leaseOwner} picks it up (late timers go oldest first)${caveat}`;
+}
+
+/** "finished: EXPIRED at T, 40m12s late (max_lateness 5m, SKIP)". */
+function expiredNext(f: TimerFacts): string {
+  const at = f.finishTimeMs !== null ? ` at ${iso(f.finishTimeMs)}` : "";
+  const c = f.lateness;
+  if (!c || f.finishTimeMs === null) return `finished: EXPIRED${at}`;
+  const late = compactDuration(Math.max(0, f.finishTimeMs - c.fireAtMs));
+  return (
+    `finished: EXPIRED${at}, ${late} late (max_lateness ${compactDuration(c.maxLatenessMs)}, ` +
+    `${latenessPolicyName(c.policy)}): not delivered; AdminService/StartBulkOperation retry fires it again`
+  );
+}
+
+/**
+ * What the lateness contract will do, after a scheduled timer's sentence: "; skipped (EXPIRED) if
+ * not started by T+5m". Only a first attempt is judged, so a retry's sentence has none.
+ */
+function contractClause(f: TimerFacts): string {
+  const c = f.lateness;
+  if (!c || c.started || f.attempt > 0) return "";
+  const deadlineMs = c.fireAtMs + c.maxLatenessMs;
+  const limit = `max_lateness ${compactDuration(c.maxLatenessMs)}`;
+  const what =
+    c.policy === Lateness.Skip
+      ? "skipped (EXPIRED), not delivered"
+      : c.policy === Lateness.FireMarked
+        ? "delivered marked late (x-timer-late-ms)"
+        : "delivered all the same (FIRE), counted late";
+  if (f.nowMs > deadlineMs)
+    return `; already beyond its ${limit} (since ${iso(deadlineMs)}): ${what} when its attempt starts`;
+  return `; ${what} if not started by ${iso(deadlineMs)} (${limit})`;
+}
+
+/** A timer held by a bulk pause: it waits for a bulk resume, however due it is. */
+function pausedNext(f: TimerFacts): string {
+  const dueIn = f.nextAttemptAtMs - f.nowMs;
+  const due = dueIn > 0 ? `due at ${iso(f.nextAttemptAtMs)}` : `overdue by ${roughDuration(dueIn)}`;
+  return (
+    `paused by a bulk operation (${due}): it does not fire until AdminService/StartBulkOperation resume ` +
+    `makes it SCHEDULED again${dueIn > 0 ? "" : ", then it fires at once"}`
+  );
 }

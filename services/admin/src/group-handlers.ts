@@ -66,6 +66,8 @@ export function groupHandlers(
             succeeded: BigInt(r.succeeded),
             failed: BigInt(r.failed),
             cancelled: BigInt(r.cancelled),
+            expired: BigInt(r.expired),
+            pausedTimers: BigInt(r.paused_timers),
             pause: pauseOf(r.group_id, r.paused_at, r.paused_by, r.reason),
           }),
         ),

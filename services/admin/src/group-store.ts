@@ -66,6 +66,9 @@ export interface GroupRow {
   succeeded: string;
   failed: string;
   cancelled: string;
+  expired: string;
+  /** Timers held by a bulk pause (state PAUSED). */
+  paused_timers: string;
   paused_at: Date | null;
   paused_by: string | null;
   reason: string | null;
@@ -78,14 +81,17 @@ export async function listGroups(pool: pg.Pool): Promise<GroupRow[]> {
      SELECT group_id,
             coalesce(c.scheduled, 0)::text AS scheduled, coalesce(c.firing, 0)::text AS firing,
             coalesce(c.succeeded, 0)::text AS succeeded, coalesce(c.failed, 0)::text AS failed,
-            coalesce(c.cancelled, 0)::text AS cancelled,
+            coalesce(c.cancelled, 0)::text AS cancelled, coalesce(c.expired, 0)::text AS expired,
+            coalesce(c.paused_timers, 0)::text AS paused_timers,
             p.paused_at, p.paused_by, p.reason
        FROM (SELECT group_id,
                     count(*) FILTER (WHERE state = ${State.Scheduled}) AS scheduled,
                     count(*) FILTER (WHERE state = ${State.Firing}) AS firing,
                     count(*) FILTER (WHERE state = ${State.Succeeded}) AS succeeded,
                     count(*) FILTER (WHERE state = ${State.Failed}) AS failed,
-                    count(*) FILTER (WHERE state = ${State.Cancelled}) AS cancelled
+                    count(*) FILTER (WHERE state = ${State.Cancelled}) AS cancelled,
+                    count(*) FILTER (WHERE state = ${State.Expired}) AS expired,
+                    count(*) FILTER (WHERE state = ${State.Paused}) AS paused_timers
                FROM timers GROUP BY group_id) c
        FULL JOIN paused_groups p USING (group_id)
       ORDER BY group_id`,
@@ -138,7 +144,7 @@ export async function setGroupQuota(
   return { previous: parse(rows[0]!.previous), quota: parse(rows[0]!.quota) };
 }
 
-/** Groups with their own limit, by group id, with their active (SCHEDULED + FIRING) timers counted now. */
+/** Groups with their own limit, by group id, with their active (SCHEDULED + FIRING + PAUSED) timers counted now. */
 export async function listGroupQuotas(
   pool: pg.Pool,
   groupId: string | null,
@@ -146,7 +152,7 @@ export async function listGroupQuotas(
   const { rows } = await pool.query<GroupQuotaRow & { active: string }>(
     `-- list_group_quotas
      SELECT q.group_id, q.max_active_timers::text, q.set_by, q.set_at,
-            (SELECT count(*) FROM timers t WHERE t.group_id = q.group_id AND t.state IN (${State.Scheduled}, ${State.Firing}))::text AS active
+            (SELECT count(*) FROM timers t WHERE t.group_id = q.group_id AND t.state IN (${State.Scheduled}, ${State.Firing}, ${State.Paused}))::text AS active
        FROM group_quotas q
       WHERE ($1::text IS NULL OR q.group_id = $1::text)
       ORDER BY q.group_id`,

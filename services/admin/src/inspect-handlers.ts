@@ -73,6 +73,16 @@ export function inspectHandlers(
         leaseExpiresAtMs: row.lease_expires_at?.getTime() ?? null,
         ownerLive,
         nowMs: row.db_now.getTime(),
+        ...(row.max_lateness_ms === null
+          ? {}
+          : {
+              lateness: {
+                fireAtMs: row.fire_at.getTime(),
+                maxLatenessMs: Number(row.max_lateness_ms),
+                policy: row.lateness_policy,
+                started: row.fired_time !== null,
+              },
+            }),
       });
       return {
         timer: rowToTimer(row),
@@ -109,11 +119,16 @@ export function inspectHandlers(
           groupId: g.group_id,
           scheduled: BigInt(g.scheduled),
           firing: BigInt(g.firing),
+          paused: BigInt(g.paused),
         }),
       );
       return {
         activeByGroup: activity,
-        activeTimers: activity.reduce((n, g) => n + g.scheduled + g.firing, 0n),
+        // Paused timers (a bulk pause) are active too: they fire once resumed.
+        activeTimers: groups.reduce(
+          (n, g) => n + BigInt(g.scheduled) + BigInt(g.firing) + BigInt(g.paused),
+          0n,
+        ),
         dueNow: BigInt(c.due_now),
         firedLastMinute: BigInt(c.fired_minute),
         firedLastHour: BigInt(c.fired_hour),

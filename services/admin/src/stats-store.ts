@@ -4,21 +4,24 @@ import type pg from "pg";
 import { dueTimersOfShardSql } from "../../shared/src/shard-lag.js";
 import { State } from "../../shared/src/timer-model.js";
 
-/** Active (SCHEDULED, FIRING) timers of one group, counts as text (bigint). */
+/** Active (SCHEDULED, FIRING, PAUSED) timers of one group, counts as text (bigint). */
 export interface GroupActivityRow {
   group_id: string;
   scheduled: string;
   firing: string;
+  /** Held by a bulk pause: active (they fire once resumed), not due. */
+  paused: string;
 }
 
-/** Active (SCHEDULED, FIRING) timers per group. */
+/** Active (SCHEDULED, FIRING, PAUSED) timers per group. */
 export async function activeByGroup(pool: pg.Pool): Promise<GroupActivityRow[]> {
   const { rows } = await pool.query<GroupActivityRow>(
     `-- active_by_group
      SELECT group_id,
             count(*) FILTER (WHERE state = ${State.Scheduled})::text AS scheduled,
-            count(*) FILTER (WHERE state = ${State.Firing})::text AS firing
-       FROM timers WHERE state IN (${State.Scheduled}, ${State.Firing})
+            count(*) FILTER (WHERE state = ${State.Firing})::text AS firing,
+            count(*) FILTER (WHERE state = ${State.Paused})::text AS paused
+       FROM timers WHERE state IN (${State.Scheduled}, ${State.Firing}, ${State.Paused})
       GROUP BY group_id ORDER BY group_id`,
   );
   return rows;
@@ -53,7 +56,8 @@ export async function meshCounters(pool: pg.Pool): Promise<StatsRow> {
             (SELECT count(*) FROM paused_groups)::text AS paused_groups,
             now() AS db_now
        FROM timer_attempts
-      WHERE finished_at > now() - interval '1 hour'`,
+      -- An expired attempt (a lateness contract's SKIP) fired nothing and called no receiver.
+      WHERE finished_at > now() - interval '1 hour' AND outcome <> 'expired'`,
   );
   return rows[0]!;
 }

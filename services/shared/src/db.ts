@@ -114,6 +114,32 @@ export async function migrate(
 }
 
 /**
+ * Runs `work` in one transaction on a client of `pool`: committed when it resolves, rolled back
+ * when it throws (the work's error is what the caller gets). A connection that cannot even roll
+ * back is discarded instead of going back to the pool.
+ */
+export async function inTransaction<T>(
+  pool: pg.Pool,
+  work: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    await client.query("BEGIN");
+    const out = await work(client);
+    await client.query("COMMIT");
+    return out;
+  } catch (err) {
+    await client.query("ROLLBACK").catch((rollbackErr: unknown) => {
+      broken = new Error("ROLLBACK failed; connection discarded", { cause: rollbackErr });
+    });
+    throw err;
+  } finally {
+    client.release(broken);
+  }
+}
+
+/**
  * Records the shard count on first start and refuses a different one later: every stored
  * timer's shard was computed from it. Writes nothing else (the lease rows: seedShardLeases).
  */

@@ -1,4 +1,4 @@
-// Recounts the active (SCHEDULED + FIRING) timers of every group, and reads the groups' own
+// Recounts the active (SCHEDULED + FIRING + PAUSED) timers of every group, and reads the groups' own
 // limits, every ACTIVE_TIMERS_REFRESH: one scan that feeds both active_timers_total and the
 // group quota, so the table is counted once per interval whatever uses the counts.
 import type pg from "pg";
@@ -28,7 +28,7 @@ export async function startActiveTimerRecount(
       const [active, overrides] = await Promise.all([
         pool.query<{ group_id: string; n: string }>(
           `-- active_timers_by_group
-           SELECT group_id, count(*)::bigint AS n FROM timers WHERE state IN (${State.Scheduled}, ${State.Firing}) GROUP BY group_id`,
+           SELECT group_id, count(*)::bigint AS n FROM timers WHERE state IN (${State.Scheduled}, ${State.Firing}, ${State.Paused}) GROUP BY group_id`,
         ),
         pool.query<{ group_id: string; max_active_timers: string }>(
           `-- group_quota_overrides

@@ -35,7 +35,7 @@ export interface TimerConfig extends CommonConfig {
 export interface Quotas {
   /** LIST_PAGE_MAX_BYTES: a ListTimers page stops before this many bytes of timers (at least one timer). */
   listPageMaxBytes: number;
-  /** GROUP_MAX_ACTIVE_TIMERS: SCHEDULED + FIRING timers a group may hold unless an admin set its own limit. */
+  /** GROUP_MAX_ACTIVE_TIMERS: SCHEDULED + FIRING + PAUSED timers a group may hold unless an admin set its own limit. */
   groupMaxActiveTimers: number;
   /** CREATE_RATE_PER_TOKEN: creates per second a token's bucket refills with. */
   createRatePerToken: number;

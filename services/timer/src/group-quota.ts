@@ -1,4 +1,4 @@
-// The limit of active (SCHEDULED + FIRING) timers per group: GROUP_MAX_ACTIVE_TIMERS, or the
+// The limit of active (SCHEDULED + FIRING + PAUSED: a paused timer fires once resumed) timers per group: GROUP_MAX_ACTIVE_TIMERS, or the
 // group's own limit set by an admin (group_quotas). Pure: no I/O.
 //
 // Counting a group's timers at every create would cost a scan per create (creates are batched

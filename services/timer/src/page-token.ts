@@ -10,22 +10,33 @@ export interface PagePosition {
   timerId: string;
 }
 
-// A hash keeps the token short whatever the group id and the list of states.
-function queryTag(groupId: string, states: number[]): string {
+// A hash keeps the token short whatever the group id, the list of states and the selector
+// (selectionKey: a token of one selector is refused for another).
+function queryTag(groupId: string, states: number[], selector: string): string {
   return createHash("sha256")
-    .update(`${groupId}\u0000${states.join(",")}`)
+    .update(`${groupId}\u0000${states.join(",")}${selector === "" ? "" : `\u0000${selector}`}`)
     .digest("base64url")
     .slice(0, 12);
 }
 
 /** The next_page_token of a ListTimers page that ended at `pos`, for this group and these states. */
-export function encodeListTimersToken(pos: PagePosition, groupId: string, states: number[]): string {
-  return encodePageToken({ f: pos.fireAtMs, t: pos.timerId }, queryTag(groupId, states));
+export function encodeListTimersToken(
+  pos: PagePosition,
+  groupId: string,
+  states: number[],
+  selector = "",
+): string {
+  return encodePageToken({ f: pos.fireAtMs, t: pos.timerId }, queryTag(groupId, states, selector));
 }
 
 /** The position in a ListTimers page_token; INVALID_ARGUMENT when it is malformed or for another query. */
-export function decodeListTimersToken(token: string, groupId: string, states: number[]): PagePosition {
-  const v = decodePageToken(token, queryTag(groupId, states));
+export function decodeListTimersToken(
+  token: string,
+  groupId: string,
+  states: number[],
+  selector = "",
+): PagePosition {
+  const v = decodePageToken(token, queryTag(groupId, states, selector));
   if (v && typeof v.f === "number" && Number.isFinite(v.f) && typeof v.t === "string") {
     return { fireAtMs: v.f, timerId: v.t };
   }
