@@ -77,7 +77,7 @@ test("a database with timers and attempts is upgraded, and its timers are got, l
   // History whose timer was deleted by hand: its shard is computed from its key.
   await insertOldAttempt("gone", "orphan", 1);
 
-  assert.equal(await migrate(db.pool, silent), 1, "000007 applied");
+  assert.equal(await migrate(db.pool, silent, 7), 1, "000007 applied");
   const { rows: keys } = await db.pool.query<{ tbl: string; def: string }>(
     "SELECT indrelid::regclass::text AS tbl, pg_get_indexdef(indexrelid) AS def FROM pg_index WHERE indrelid IN ('timers'::regclass, 'timer_attempts'::regclass) AND indisprimary",
   );

@@ -74,9 +74,35 @@ export function loadRetentionSettings(env: Record<string, string | undefined>): 
   };
 }
 
+/** The schedule advancer (schedule-advancer.ts): creates schedules' next firings ahead of time. */
+export interface ScheduleAdvanceSettings {
+  /** SCHEDULE_LEAD: a schedule whose latest firing is due within this gets its following ones. */
+  leadMs: number;
+  /** SCHEDULE_POLL_INTERVAL: how often the advancer looks for such schedules. */
+  pollIntervalMs: number;
+  /** SCHEDULE_BATCH: schedules advanced per transaction. */
+  batch: number;
+}
+
+/**
+ * Reads the SCHEDULE_* variables. SCHEDULE_LEAD defaults to 60 s, or to the least the firing
+ * window allows when LOOKAHEAD is longer (see loadDispatcherConfig).
+ */
+export function loadScheduleAdvanceSettings(
+  env: Record<string, string | undefined>,
+  minLeadMs = 0,
+): ScheduleAdvanceSettings {
+  return {
+    leadMs: envDurationMs(env, "SCHEDULE_LEAD", Math.max(60_000, minLeadMs), 1_000, 3_600_000),
+    pollIntervalMs: envDurationMs(env, "SCHEDULE_POLL_INTERVAL", 1_000, 50, 60_000),
+    batch: envInt(env, "SCHEDULE_BATCH", 100, 1, 1_000),
+  };
+}
+
 /** The dispatcher's settings, from the environment. */
 export interface DispatcherConfig extends CommonConfig, FiringTuning {
   retention: RetentionSettings;
+  schedules: ScheduleAdvanceSettings;
   dispatcherId: string;
   callbackTimeoutMs: number;
   /** Where HTTP and gRPC callbacks may connect (CALLBACK_ALLOWED_NETWORKS, CALLBACK_ALLOWED_HOSTS). */
@@ -128,13 +154,25 @@ export function loadDispatcherConfig(env: Record<string, string | undefined>): D
         "(`callbacks` in infra/nats/nats.conf); set CALLBACK_NATS_USER and CALLBACK_NATS_PASSWORD",
     );
   }
+  const lookaheadMs = envDurationMs(env, "LOOKAHEAD", 30_000, 1_000, 3_600_000);
+  const pollIntervalMs = envDurationMs(env, "POLL_INTERVAL", 1_000, 50, 60_000);
+  const schedulePollMs = envDurationMs(env, "SCHEDULE_POLL_INTERVAL", 1_000, 50, 60_000);
+  const schedules = loadScheduleAdvanceSettings(env, lookaheadMs + pollIntervalMs + schedulePollMs);
+  if (schedules.leadMs < lookaheadMs + pollIntervalMs + schedules.pollIntervalMs) {
+    // The advancer does not announce: a firing must be stored before its owner's window poll
+    // passes its fire time (schedule-advancer.ts).
+    throw new ConfigError(
+      `SCHEDULE_LEAD (${schedules.leadMs}ms) must be at least LOOKAHEAD + POLL_INTERVAL + SCHEDULE_POLL_INTERVAL (${lookaheadMs + pollIntervalMs + schedules.pollIntervalMs}ms)`,
+    );
+  }
   return {
     ...common,
     dispatcherId,
     callbackNatsCredentials,
     retention: loadRetentionSettings(env),
-    lookaheadMs: envDurationMs(env, "LOOKAHEAD", 30_000, 1_000, 3_600_000),
-    pollIntervalMs: envDurationMs(env, "POLL_INTERVAL", 1_000, 50, 60_000),
+    schedules,
+    lookaheadMs,
+    pollIntervalMs,
     overdueGraceMs: envDurationMs(env, "OVERDUE_GRACE", 2_000, 0, 600_000),
     claimLeadMs: envDurationMs(env, "CLAIM_LEAD", 25, 0, 1_000),
     claimBatch: envInt(env, "CLAIM_BATCH", 500, 1, 10_000),

@@ -1,6 +1,7 @@
 // The dispatcher's SQL: find due timers, claim them, record what each delivery did, and take
 // back claims whose holder died. Claims and completions are batched: one statement for many
 // timers.
+import { overlapClearSql } from "../../shared/src/schedule-rows.js";
 import type pg from "pg";
 import {
   CALLBACK_DESTINATION_COLUMNS,
@@ -29,6 +30,11 @@ export type ClaimedTimer = Pick<
   | "initial_backoff_ms"
   | "max_backoff_ms"
   | "backoff_multiplier"
+  | "version"
+  | "max_lateness_ms"
+  | "lateness_policy"
+  | "schedule_id"
+  | "fired_time"
 > & { create_traceparent: string | null };
 
 /** The outcome of one delivery attempt, to be written back. */
@@ -39,7 +45,8 @@ export interface Completion {
   attempt: number;
   startedAt: Date;
   finishedAt: Date;
-  outcome: "succeeded" | "retry" | "failed";
+  /** expired: not delivered, its lateness contract (SKIP) was exceeded (lateness-contract.ts). */
+  outcome: "succeeded" | "retry" | "failed" | "expired";
   nextAttemptAt: Date | null;
   error: string | null;
 }
@@ -57,12 +64,14 @@ interface DueRow {
   timer_id: string;
   shard: number;
   next_attempt_at: Date;
+  /** bigint: pg returns it as a string. */
+  version: string;
   http_url: string | null;
   grpc_target: string | null;
   nats: boolean;
 }
 
-const DUE_COLUMNS = `group_id, timer_id, shard, next_attempt_at, ${CALLBACK_DESTINATION_COLUMNS}`;
+const DUE_COLUMNS = `group_id, timer_id, shard, next_attempt_at, version, ${CALLBACK_DESTINATION_COLUMNS}`;
 
 function toDue(r: DueRow): DueTimer {
   const parts: CallbackDestinationParts = { httpUrl: r.http_url, grpcTarget: r.grpc_target, nats: r.nats };
@@ -72,6 +81,7 @@ function toDue(r: DueRow): DueTimer {
     shard: r.shard,
     dueMs: r.next_attempt_at.getTime(),
     destination: destinationOfParts(parts),
+    version: Number(r.version),
   };
 }
 
@@ -183,9 +193,10 @@ export function loadOverdue(
 /**
  * Atomically moves the given timers from SCHEDULED to FIRING for this dispatcher, if they are
  * still scheduled, due within `leadMs`, and their shard's lease is ours at the given epoch
- * (`epochs[i]` for `timers[i]`). A timer another dispatcher claimed, or that was cancelled or
- * rescheduled, or whose shard changed hands, is simply not returned: that is what makes a
- * firing happen once.
+ * (`epochs[i]` for `timers[i]`), and it is still at the version held (`DueTimer.version`; 0
+ * claims any). A timer another dispatcher claimed, or that was cancelled, rescheduled or
+ * updated since it was loaded or announced, or whose shard changed hands, is simply not
+ * returned: that is what makes a firing happen once, and never at a time an update replaced.
  */
 export async function claimTimers(
   pool: pg.Pool,
@@ -205,13 +216,18 @@ export async function claimTimers(
             claim_owner = $7,
             claim_expires_at = now() + ${intervalOfMsSql("$5")},
             fired_time = coalesce(t.fired_time, greatest(now(), t.next_attempt_at))
-       FROM unnest($2::text[], $3::text[], $6::bigint[], $8::int[]) AS k(g, id, epoch, shard), shard_leases l
+       FROM unnest($2::text[], $3::text[], $6::bigint[], $8::int[], $9::bigint[]) AS k(g, id, epoch, shard, version),
+            shard_leases l
       WHERE t.shard = k.shard AND t.group_id = k.g AND t.timer_id = k.id
         -- Joining the lease on k.shard (not only through t) gives the planner one lease row per
         -- timer whatever it estimates for owner/expiry; otherwise it may pair every timer with
         -- every lease and filter afterwards (batch x shard-count lookups per claim).
         AND l.shard = k.shard
         AND t.state = ${State.Scheduled}
+        -- The version fence: an UpdateTimer that committed first raised it, so what we hold is
+        -- the old fire time, payload or callback; the update's announcement brings the new one.
+        -- 0 is an entry from an announcer that predates versions: whatever version is stored.
+        AND (k.version = 0 OR t.version = k.version)
         -- "+ interval '0'" keeps this test out of timers_due_idx: combined with the primary-key
         -- lookup in a BitmapAnd, that index would be scanned over every due row once per key,
         -- which under a backlog turns a millisecond claim into a minute.
@@ -221,9 +237,12 @@ export async function claimTimers(
         AND EXISTS (SELECT 1 FROM dispatcher_leases d WHERE d.owner = $1 AND d.expires_at > now())
         -- A paused group's timers wait (they fire, oldest first, once it is resumed).
         AND NOT ${groupPausedSql("t.group_id")}
+        -- OVERLAP_POLICY_SKIP: a firing waits while an earlier one of its schedule is in progress.
+        AND ${overlapClearSql("t")}
       RETURNING t.group_id, t.timer_id, t.shard, t.fire_at, t.next_attempt_at, t.attempt, t.callback, t.payload,
                 t.labels, t.max_attempts, t.initial_backoff_ms, t.max_backoff_ms, t.backoff_multiplier,
-                t.create_traceparent`,
+                t.create_traceparent, t.version, t.max_lateness_ms, t.lateness_policy, t.schedule_id,
+                t.fired_time`,
     [
       owner,
       timers.map((t) => t.groupId),
@@ -233,6 +252,7 @@ export async function claimTimers(
       epochs.map(String),
       claimOwner,
       timers.map((t) => t.shard),
+      timers.map((t) => String(t.version)),
     ],
   );
   return rows;
@@ -252,7 +272,12 @@ export async function completeAttempts(
   done: Completion[],
 ): Promise<number> {
   if (done.length === 0) return 0;
-  const stateOf = { succeeded: State.Succeeded, retry: State.Scheduled, failed: State.Failed } as const;
+  const stateOf = {
+    succeeded: State.Succeeded,
+    retry: State.Scheduled,
+    failed: State.Failed,
+    expired: State.Expired,
+  } as const;
   const { rows } = await pool.query<{ n: string }>(
     `-- complete_attempts
      WITH c AS (
@@ -264,7 +289,7 @@ export async function completeAttempts(
           SET state = c.state,
               next_attempt_at = coalesce(c.next_at, t.next_attempt_at),
               last_error = coalesce(c.error, t.last_error),
-              finish_time = CASE WHEN c.state IN (${State.Succeeded}, ${State.Failed}) THEN c.finished_at END,
+              finish_time = CASE WHEN c.state IN (${State.Succeeded}, ${State.Failed}, ${State.Expired}) THEN c.finished_at END,
               claim_owner = NULL,
               claim_expires_at = NULL
          FROM c
@@ -338,7 +363,7 @@ export async function reclaimExpired(
               last_error = 'delivery abandoned: ' || coalesce(t.claim_owner, '?') || ' recorded no outcome by the claim''s deadline',
               claim_owner = NULL, claim_expires_at = NULL
          FROM x WHERE t.shard = x.shard AND t.group_id = x.group_id AND t.timer_id = x.timer_id
-       RETURNING t.group_id, t.timer_id, t.shard, t.next_attempt_at, t.attempt, t.last_error, t.callback
+       RETURNING t.group_id, t.timer_id, t.shard, t.next_attempt_at, t.attempt, t.last_error, t.callback, t.version
      ), a AS (
        INSERT INTO timer_attempts (shard, group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
        SELECT shard, group_id, timer_id, attempt, $3, now(), now(), 'abandoned', last_error FROM u

@@ -27,6 +27,7 @@ import { createDispatcherService, type DispatcherState } from "./handlers.js";
 import { Membership } from "./membership.js";
 import { subscribeRebalance } from "./rebalance.js";
 import { RetentionLoop } from "./retention-loop.js";
+import { ScheduleAdvancer } from "./schedule-advancer.js";
 import { Scheduler } from "./scheduler.js";
 import { ShardAssignment } from "./shard-assignment.js";
 import { LeaseKeeper } from "./shard-leases.js";
@@ -219,6 +220,7 @@ async function startDispatching(
         attempted: (transport, result, ms) => metrics.attempted(transport, result, ms),
         finished: (ok) => metrics.finished(ok),
         claimDropped: () => metrics.claimDropped(),
+        latenessExceeded: (action) => metrics.latenessExceeded(action),
       },
       tracer: telemetry.tracingEnabled ? telemetry.tracer : undefined,
     },
@@ -306,6 +308,14 @@ async function startDispatching(
     log,
   });
   if (!signal.aborted) retention.start();
+  // Creates schedules' next firings ahead of time, shared by all dispatchers (schedule-advancer.ts).
+  const advancer = new ScheduleAdvancer({
+    pool,
+    shardCount: config.shardCount,
+    settings: config.schedules,
+    log,
+  });
+  if (!signal.aborted) advancer.start();
 
   return {
     scheduler,
@@ -319,6 +329,7 @@ async function startDispatching(
     stop: async () => {
       // Ends after its current batch, while the hand-off below goes on.
       const retentionStopped = retention.stop();
+      const advancerStopped = advancer.stop();
       metrics.stop();
       clock.stop();
       // Leave the ring, hand the shards over (stop claiming, then release), then finish
@@ -331,6 +342,7 @@ async function startDispatching(
       await scheduler.stop(config.shutdownTimeoutMs);
       deliverer.close();
       await retentionStopped;
+      await advancerStopped;
     },
   };
 }

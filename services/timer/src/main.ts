@@ -8,6 +8,8 @@ import { openDatabase } from "../../shared/src/db.js";
 import { connectNats } from "../../shared/src/nats.js";
 import { runMain, runService } from "../../shared/src/service-runtime.js";
 import { file_timer_v1_timer, TimerService } from "../../shared/src/gen/timer/v1/timer_pb.js";
+import { file_timer_v1_schedule, ScheduleService } from "../../shared/src/gen/timer/v1/schedule_pb.js";
+import { createScheduleService } from "./schedule-handlers.js";
 import { loadTimerConfig } from "./config.js";
 import { createTimerService } from "./handlers.js";
 import { CreateBatcher } from "./timer-store.js";
@@ -44,23 +46,28 @@ runMain(bootLog, async () => {
     grpcPort: config.grpcPort,
     httpPort: config.httpPort,
     log,
-    files: [file_timer_v1_timer],
-    serviceNames: [TimerService.typeName],
+    files: [file_timer_v1_timer, file_timer_v1_schedule],
+    serviceNames: [TimerService.typeName, ScheduleService.typeName],
     routes: (router) =>
-      router.service(
-        TimerService,
-        createTimerService({
-          pool,
-          nats,
-          batcher,
-          config,
-          log,
-          metrics,
-          tracer: telemetry.tracer,
-          quota,
-          createRate,
-        }),
-      ),
+      router
+        .service(
+          ScheduleService,
+          createScheduleService({ pool, nats, config, log, tracer: telemetry.tracer }),
+        )
+        .service(
+          TimerService,
+          createTimerService({
+            pool,
+            nats,
+            batcher,
+            config,
+            log,
+            metrics,
+            tracer: telemetry.tracer,
+            quota,
+            createRate,
+          }),
+        ),
     // Creating a timer needs Postgres alone: while NATS is away announcements are skipped (the
     // dispatchers' poll finds the timers), so a NATS outage does not take the service out of
     // rotation.
