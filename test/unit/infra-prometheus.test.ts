@@ -147,6 +147,7 @@ test("every alert has a severity, a summary, a description and a runbook it link
       "TimerExecutionBacklog",
       "TimerExecutionFailuresHigh",
       "TimerFireLatenessHigh",
+      "TimerLoadAheadAboveRecentPeak",
       "TimerSLOFastBurn",
       "TimerSLOSlowBurn",
       "TimerServiceDown",

@@ -1,6 +1,7 @@
 import {
   ConfigError,
   envDurationMs,
+  envInt,
   envOptional,
   loadCommonConfig,
   type CommonConfig,
@@ -30,6 +31,20 @@ export interface AdminConfig extends CommonConfig {
   dispatcherToken: { inline: string } | { file: string } | undefined;
   /** LIST_PAGE_MAX_BYTES: a ListFailedTimers page stops before this many bytes (at least one timer). */
   listPageMaxBytes: number;
+  /**
+   * BULK_OPERATION_LEASE: how long an admin process holds a bulk operation between batches;
+   * once it has expired (the process stopped or was killed), another admin process resumes it.
+   */
+  bulkOperationLeaseMs: number;
+  /** BULK_OPERATION_POLL: how often an idle admin process looks for bulk operations to take over. */
+  bulkOperationPollMs: number;
+  /** FORECAST_REFRESH: how often the load-ahead gauges (timer_due_next_5m, ...) are recomputed. */
+  forecastRefreshMs: number;
+  /**
+   * FORECAST_ROW_BUDGET: index entries of timers_due_idx one ForecastLoad (or gauge refresh)
+   * reads at most, over all shards; past it the answer is truncated (complete_until).
+   */
+  forecastRowBudget: number;
 }
 
 /**
@@ -51,6 +66,10 @@ export function loadAdminConfig(env: Record<string, string | undefined>): AdminC
     dispatcherTlsCaFile: envOptional(env, "DISPATCHER_TLS_CA_FILE"),
     dispatcherToken: loadDispatcherToken(env),
     listPageMaxBytes: loadListPageMaxBytes(env),
+    bulkOperationLeaseMs: envDurationMs(env, "BULK_OPERATION_LEASE", 30_000, 1_000, 3_600_000),
+    bulkOperationPollMs: envDurationMs(env, "BULK_OPERATION_POLL", 2_000, 50, 600_000),
+    forecastRefreshMs: envDurationMs(env, "FORECAST_REFRESH", 30_000, 100, 600_000),
+    forecastRowBudget: envInt(env, "FORECAST_ROW_BUDGET", 200_000, 1_000, 10_000_000),
   };
 }
 

@@ -22,18 +22,29 @@ import type { AdminDeps } from "./handler-support.js";
 import { inspectHandlers } from "./inspect-handlers.js";
 import { meshHandlers } from "./mesh-handlers.js";
 import { purgeHandlers } from "./purge-handlers.js";
+import { type ForecastDeps, forecastHandlers, perShardRows } from "./forecast-handlers.js";
+import { startLoadAheadMetrics } from "./load-ahead-metrics.js";
+import { RecentFiringPeak } from "./recent-firing-peak.js";
 import { MeshControl } from "./mesh-control.js";
+import { operationHandlers } from "./operation-handlers.js";
+import { OperationRunner } from "./operation-runner.js";
 
 const bootLog = createLogger("admin", "info");
 
 /** admin.v1.AdminService, one part per section of the API (each part's file says what it holds). */
-function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> {
+function adminService(
+  deps: AdminDeps,
+  forecast: ForecastDeps,
+  runner: OperationRunner,
+): ServiceImpl<typeof AdminService> {
   return {
+    ...operationHandlers(deps, runner),
     ...meshHandlers(deps),
     ...groupHandlers(deps),
     ...bulkHandlers(deps),
     ...purgeHandlers(deps),
     ...inspectHandlers(deps),
+    ...forecastHandlers(deps, forecast),
   };
 }
 
@@ -81,6 +92,16 @@ runMain(bootLog, async () => {
     listPageMaxBytes: config.listPageMaxBytes,
     log,
   };
+  const forecast: ForecastDeps = {
+    rowBudget: config.forecastRowBudget,
+    recentPeak: new RecentFiringPeak(pool),
+  };
+  let stopLoadAhead: (() => void) | undefined;
+  // Every admin process works on bulk operations; a killed one's are resumed by another.
+  const runner = new OperationRunner(pool, nats, log, {
+    leaseMs: config.bulkOperationLeaseMs,
+    pollMs: config.bulkOperationPollMs,
+  });
   const service = await runService({
     name: "admin",
     host: config.host,
@@ -89,7 +110,7 @@ runMain(bootLog, async () => {
     log,
     files: [file_admin_v1_admin],
     serviceNames: [AdminService.typeName],
-    routes: (router) => router.service(AdminService, adminService(deps)),
+    routes: (router) => router.service(AdminService, adminService(deps, forecast, runner)),
     // Most admin calls are Postgres alone, so the service is ready on Postgres: while NATS is
     // away, only the calls that go through the dispatchers (ListDispatchers, DrainDispatcher,
     // RebalanceShards) answer UNAVAILABLE, naming NATS (mesh-handlers.ts).
@@ -102,8 +123,25 @@ runMain(bootLog, async () => {
     shutdownTimeoutMs: config.shutdownTimeoutMs,
     onStop: async () => {
       directory.stop();
+      await runner.stop();
+      stopLoadAhead?.();
     },
   });
+  // The gauges read Postgres, so they start once it is there.
+  service.after([database], async () => {
+    stopLoadAhead = startLoadAheadMetrics(
+      telemetry.meter,
+      {
+        pool,
+        shardCount: config.shardCount,
+        perShardRows: perShardRows(config.forecastRowBudget, config.shardCount),
+        refreshMs: config.forecastRefreshMs,
+        recentPeak: forecast.recentPeak,
+      },
+      log,
+    );
+  });
+  service.after([database], () => runner.start());
   // The directory hears heartbeats from the first connection on.
   service.after([nats], async () => directory.start(await nats.ready));
 });

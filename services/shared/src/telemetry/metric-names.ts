@@ -140,6 +140,12 @@ export const METRICS = {
     unit: "s",
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
   },
+  timer_lateness_exceeded_total: {
+    type: "counter",
+    labels: ["action"],
+    services: ["dispatcher"],
+    help: "Timers whose first attempt started beyond their lateness contract's max_lateness, by what was done: expired (SKIP: not delivered, EXPIRED), fired_marked (FIRE_MARKED: delivered with x-timer-late-ms), fired (FIRE: delivered)",
+  },
   dispatcher_owned_shards: {
     type: "gauge",
     labels: [],
@@ -222,6 +228,20 @@ export const METRICS = {
     labels: ["table"],
     services: ["dispatcher"],
     help: "pg_total_relation_size (indexes and TOAST included) of the 10 largest tables, refreshed every RETENTION_INTERVAL",
+  },
+  // The load ahead (services/admin/src/load-ahead-metrics.ts), every FORECAST_REFRESH; several
+  // admin replicas export the same numbers (alerts take max()).
+  timer_due_next_5m: {
+    type: "gauge",
+    labels: [],
+    services: ["admin"],
+    help: "SCHEDULED timers due in the next 5 minutes (paused groups' included), read from the due index within FORECAST_ROW_BUDGET",
+  },
+  timer_load_ahead_peak_per_minute: {
+    type: "gauge",
+    labels: [],
+    services: ["admin"],
+    help: "The most SCHEDULED timers due in one minute (whole minutes, the current one first) of the next hour",
   },
   // RPCs, following the OpenTelemetry RPC semantic conventions.
   rpc_server_call_duration_seconds: {
