@@ -18,6 +18,7 @@ import {
   type ScheduleSpecSchema,
 } from "../../services/shared/src/gen/timer/v1/schedule_pb.js";
 import { FIRING_ID_PATTERN } from "../../services/shared/src/timer-id.js";
+import { bufCurl } from "../support/buf-curl.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
 import { startHttpReceiver, type Received } from "../support/receivers.js";
 import { GrpcScheduleClient } from "../support/schedule-client.js";
@@ -469,6 +470,24 @@ describe("PreviewSchedule", () => {
         count,
       })
     ).firings.map((f) => (f.note === "" ? f.localTime : `${f.localTime} ${f.note}`));
+
+  test("is reachable through reflection as the README's example calls it (buf curl, JSON)", async () => {
+    const res = await bufCurl<{ firings: { localTime: string; note?: string }[] }>(
+      mesh.timer.grpcPort,
+      "timer.v1.ScheduleService/PreviewSchedule",
+      {
+        spec: { cron: "0 30 2 * * *", timeZone: "Europe/Berlin" },
+        fromTime: "2026-03-28T00:00:00Z",
+        count: 3,
+      },
+      "billing-secret",
+    );
+    assert.equal(res.code, undefined, res.stderr);
+    assert.deepEqual(
+      res.json?.firings.map((f) => f.localTime),
+      ["2026-03-28T02:30:00+01:00", "2026-03-29T03:30:00+02:00", "2026-03-30T02:30:00+02:00"],
+    );
+  });
 
   test("02:30 Europe/Berlin on 2026-03-29 under each nonexistent-time policy", async () => {
     assert.deepEqual(await preview(berlin({}), "2026-03-28T00:00:00Z", 3), [
