@@ -143,6 +143,12 @@ export class RetentionLoop {
       return { skipped: "failed" };
     }
     let broken: unknown;
+    // A connection lost while checked out is emitted on the client (no listener outside the
+    // pool: the process would crash); the statement fails with it anyway.
+    const onError = (err: Error): void => {
+      broken = err;
+    };
+    session.on("error", onError);
     try {
       const outcome = settings.enabled ? await this.#runLocked(session) : { skipped: "disabled" as const };
       if (!this.#stopping.signal.aborted) await this.#refreshGauges(session);
@@ -153,6 +159,7 @@ export class RetentionLoop {
       return { skipped: "failed" };
     } finally {
       // A connection whose statement failed may be mid-transaction or gone: never reused.
+      session.off("error", onError);
       session.release(broken instanceof Error ? broken : undefined);
     }
   }

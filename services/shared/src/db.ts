@@ -124,6 +124,13 @@ export async function inTransaction<T>(
 ): Promise<T> {
   const client = await pool.connect();
   let broken: Error | undefined;
+  // A connection lost while checked out (Postgres restarted) is emitted as 'error' on the client,
+  // which has no listener outside the pool: the process would crash. The statement in flight,
+  // or the next one, fails with it anyway; here the client is only marked for discarding.
+  const onError = (err: Error): void => {
+    broken = err;
+  };
+  client.on("error", onError);
   try {
     await client.query("BEGIN");
     const out = await work(client);
@@ -135,6 +142,7 @@ export async function inTransaction<T>(
     });
     throw err;
   } finally {
+    client.off("error", onError);
     client.release(broken);
   }
 }
