@@ -4,6 +4,10 @@
 // ShardsUnowned all fire; Alertmanager pages once, for DispatcherDown, and holds the other two
 // back by inhibition. Once the lease expires and another dispatcher takes the shard over and
 // fires its timers, ShardLagHigh clears.
+//
+// Time runs ten times faster than in production: the rules' `for:` durations and Alertmanager's
+// group_wait are a tenth of the shipped ones (promtool's cases check the shipped durations);
+// the expressions, thresholds, routes and inhibitions are the shipped ones.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -24,10 +28,22 @@ import { freePort, waitFor } from "../support/wait.js";
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const SHARDS = 16;
 // d1 holds its leases this long, so that when it dies its shards wait long enough for
-// ShardLagHigh (15 s late, then 30 s) and ShardsUnowned (1 min), and for Alertmanager to flush
-// their groups (group_wait 30 s after they arrive) before another dispatcher takes them over:
-// a lease renewed at most LEASE_TTL / 4 before the kill expires no sooner than 112 s after it.
-const D1_LEASE_TTL = "150s";
+// ShardLagHigh (15 s late, then `for` 3 s) and ShardsUnowned (6 s), and for Alertmanager to
+// flush their groups (group_wait 3 s after they arrive), about 25 s in all, before another
+// dispatcher takes them over: a lease renewed at most LEASE_TTL / 4 before the kill expires no
+// sooner than 45 s after it.
+const D1_LEASE_TTL = "60s";
+/** How much faster the rules' and Alertmanager's waits run here than shipped. */
+const SPEEDUP = 10;
+
+/** `yaml` with every `for: <n>s|m|h` divided by SPEEDUP (at least 1 s). */
+function fasterFor(yaml: string): string {
+  const unitSeconds: Record<string, number> = { s: 1, m: 60, h: 3600 };
+  return yaml.replace(/^(\s*for:\s*)(\d+)([smh])[ \t]*$/gm, (_all, lead: string, n: string, unit: string) => {
+    const seconds = Number(n) * unitSeconds[unit]!;
+    return `${lead}${Math.max(1, Math.round(seconds / SPEEDUP))}s`;
+  });
+}
 const STOP_STEPS = [
   ["SIGTERM", 5_000],
   ["SIGKILL", 5_000],
@@ -113,10 +129,18 @@ test("one dispatcher crash pages once: DispatcherDown, with ShardLagHigh and Sha
   const amConfig = join(dir, "alertmanager.yml");
   const shipped = await readFile(join(root, "infra/alertmanager/alertmanager.yml"), "utf8");
   assert.match(shipped, /http:\/\/alert-webhook:9095\//);
+  assert.match(shipped, /^ {2}group_wait: 30s$/m);
   await writeFile(
     amConfig,
-    shipped.replaceAll("http://alert-webhook:9095/", `http://127.0.0.1:${webhook!.port}/`),
+    shipped
+      .replaceAll("http://alert-webhook:9095/", `http://127.0.0.1:${webhook!.port}/`)
+      .replace(/^ {2}group_wait: 30s$/m, `  group_wait: ${30 / SPEEDUP}s`),
   );
+  const alertRules = join(dir, "alerts.yml");
+  const shippedRules = await readFile(join(root, "infra/prometheus/alerts.yml"), "utf8");
+  const rules = fasterFor(shippedRules);
+  assert.match(rules, /^\s*for: 3s$/m, "ShardLagHigh's 30s became 3s");
+  await writeFile(alertRules, rules);
   await startServer(
     "prometheus-alertmanager",
     [
@@ -139,7 +163,7 @@ test("one dispatcher crash pages once: DispatcherDown, with ShardLagHigh and Sha
       "  scrape_interval: 1s",
       "  evaluation_interval: 1s",
       "rule_files:",
-      `  - ${join(root, "infra/prometheus/alerts.yml")}`,
+      `  - ${alertRules}`,
       `  - ${join(root, "infra/prometheus/slo-rules.yml")}`,
       "alerting:",
       "  alertmanagers:",
