@@ -9,7 +9,7 @@ import {
   type CallbackDestinationParts,
 } from "../../shared/src/callback-destination.js";
 import { groupPausedSql, lagSecondsSql, oldestDueOfShardSql } from "../../shared/src/shard-lag.js";
-import { State, type TimerRow } from "../../shared/src/timer-model.js";
+import { FINISHED_STATES, State, type TimerRow } from "../../shared/src/timer-model.js";
 import { intervalOfMsSql } from "../../shared/src/time.js";
 import type { DueTimer } from "./due-queue.js";
 import type { SchedulerStore } from "./scheduler-deps.js";
@@ -70,6 +70,9 @@ interface DueRow {
   grpc_target: string | null;
   nats: boolean;
 }
+
+/** The states an outcome may end a timer in for good: they get a finish_time. */
+const FINISHED = FINISHED_STATES.join(", ");
 
 const DUE_COLUMNS = `group_id, timer_id, shard, next_attempt_at, version, ${CALLBACK_DESTINATION_COLUMNS}`;
 
@@ -289,7 +292,7 @@ export async function completeAttempts(
           SET state = c.state,
               next_attempt_at = coalesce(c.next_at, t.next_attempt_at),
               last_error = coalesce(c.error, t.last_error),
-              finish_time = CASE WHEN c.state IN (${State.Succeeded}, ${State.Failed}, ${State.Expired}) THEN c.finished_at END,
+              finish_time = CASE WHEN c.state IN (${FINISHED}) THEN c.finished_at END,
               claim_owner = NULL,
               claim_expires_at = NULL
          FROM c

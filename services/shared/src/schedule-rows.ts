@@ -10,7 +10,7 @@ import type { ScheduleRules } from "./schedule-instants.js";
 import type { FiringPlan, PlannedFiring } from "./schedule-plan.js";
 import { checkScheduleSpec } from "./schedule-spec.js";
 import { shardOf } from "./shard.js";
-import { firingId } from "./timer-id.js";
+import { firingId, instantOfFiringId } from "./timer-id.js";
 import { State } from "./timer-model.js";
 
 /** schedules.state (timer.v1.ScheduleState). */
@@ -158,11 +158,6 @@ export async function recordPlan(
     ],
   );
   return rowCount === 1;
-}
-
-/** The nominal instant a firing's id carries ("<schedule_id>@2026-03-29T00:30:00Z"). */
-export function instantOfFiringId(timerId: string): number {
-  return Date.parse(timerId.slice(timerId.lastIndexOf("@") + 1));
 }
 
 /**

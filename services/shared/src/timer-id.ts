@@ -25,6 +25,11 @@ export function firingId(scheduleId: string, instantMs: number): string {
   return `${scheduleId}@${new Date(instantMs).toISOString().slice(0, 19)}Z`;
 }
 
+/** The nominal instant (ms) a firing's id carries: the inverse of firingId. */
+export function instantOfFiringId(timerId: string): number {
+  return Date.parse(timerId.slice(timerId.lastIndexOf("@") + 1));
+}
+
 /** Whether `value` is a timer id that may be stored: a caller's id or a schedule firing's. */
 export function isValidTimerId(value: string): boolean {
   return ID_PATTERN.test(value) || FIRING_ID_PATTERN.test(value);

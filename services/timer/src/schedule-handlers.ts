@@ -28,10 +28,9 @@ import {
   type InsertedFiring,
   type ScheduleRow,
   ScheduleRowState,
-  instantOfFiringId,
   rulesOfRow,
 } from "../../shared/src/schedule-rows.js";
-import { firingId } from "../../shared/src/timer-id.js";
+import { firingId, instantOfFiringId } from "../../shared/src/timer-id.js";
 import { timestampToMsCeil } from "../../shared/src/time.js";
 import { announceTimers } from "./announce.js";
 import type { TimerDeps } from "./handlers.js";
