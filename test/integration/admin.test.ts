@@ -30,7 +30,7 @@ import {
 import { shardOf } from "../../services/shared/src/shard.js";
 import { bufCurl, type BufCurlResult } from "../support/buf-curl.js";
 import { startMesh, type TestMesh } from "../support/mesh.js";
-import { startHttpReceiver, type Received } from "../support/receivers.js";
+import { startHangingHttpReceiver, startHttpReceiver, type Received } from "../support/receivers.js";
 import { startService, type ServiceProcess } from "../support/service-process.js";
 import { waitForShardOwners } from "../support/shard-owners.js";
 import { waitFor } from "../support/wait.js";
@@ -279,13 +279,15 @@ describe("authentication and authorization", () => {
 
   test("a non-admin token gets PERMISSION_DENIED on every AdminService call and on DispatcherService/Drain", async () => {
     // Except the methods group tokens may call for their own groups (auth.ts's SCOPED_METHODS),
-    // whose handlers check the group: tested in forecast.test.ts and the bulk operations' tests.
+    // whose handlers check the group: tested in forecast.test.ts and the bulk operations' tests;
+    // and WhoAmI, which any token may call about itself (auth.test.ts).
     const scoped = new Set([
       "StartBulkOperation",
       "GetOperation",
       "ListOperations",
       "CancelOperation",
       "ForecastLoad",
+      "WhoAmI",
     ]);
     for (const method of AdminService.methods.filter((m) => !scoped.has(m.name))) {
       assertCode(
@@ -353,6 +355,34 @@ describe("the mesh as operators see it", () => {
     assert.ok(mine.shards.every((s) => s.owner === "d1"));
   });
 
+  test("ListDispatchers counts each dispatcher's deliveries in flight", async () => {
+    const hanging = await startHangingHttpReceiver();
+    await mesh.client.call(
+      "createTimer",
+      create(CreateTimerRequestSchema, {
+        groupId: "in-flight",
+        timerId: "stuck",
+        schedule: { case: "fireAt", value: timestampFromMs(Date.now()) },
+        callback: { target: { case: "http", value: { url: hanging.url, headers: {} } } },
+        retryPolicy: { maxAttempts: 1 },
+      }),
+      auth(OPS),
+    );
+    // The receiver holds the request open: the timer stays FIRING, claimed by one dispatcher.
+    await waitFor(() => hanging.open() === 1, 10_000, "the delivery to reach the hanging receiver");
+    const claim = await rowOf<{ owner: string }>(
+      "SELECT split_part(claim_owner, '#', 1) AS owner FROM timers WHERE group_id = 'in-flight' AND state = 2",
+    );
+    const { dispatchers } = await adminOk("listDispatchers");
+    assert.deepEqual(
+      dispatchers.map((d) => [d.id, d.inFlight]),
+      dispatchers.map((d) => [d.id, d.id === claim.owner ? 1n : 0n]),
+    );
+    // The receiver goes away: the one attempt fails, and nothing is left in flight for the tests after.
+    await hanging.close();
+    await waitForGroupState("in-flight", TimerState.FAILED, 1, "the stuck delivery to fail");
+  });
+
   test("PauseGroup holds a group's timers past their fire time; ResumeGroup fires them once each, oldest first", async () => {
     // Five timers in one shard, so one dispatcher fires them and their order is observable.
     const shard = shardOf("reports", "r-0", SHARDS);
@@ -383,6 +413,13 @@ describe("the mesh as operators see it", () => {
       "every paused timer to be 2.5 s overdue",
     );
     assert.equal(receiver.received.filter((r) => r.groupId === "reports").length, 0, "no paused timer fired");
+    // ListGroups counts them as due now: waiting on the pause, not on a dispatcher.
+    const waiting = (await adminOk("listGroups")).groups.find((g) => g.groupId === "reports");
+    assert.deepEqual(
+      [waiting?.due, waiting?.retrying, waiting?.failedLastHour],
+      [5n, 0n, 0n],
+      "five due, none retrying or failed",
+    );
     const explained = await adminOk("explainTimer", { groupId: "reports", timerId: ids[0]! });
     assert.match(
       explained.next,
@@ -544,6 +581,56 @@ describe("the mesh as operators see it", () => {
       "not_found",
       /explain\/missing not found/,
     );
+  });
+
+  test("ExplainTimer gives each attempt the trace id the receiver got, and the trace id of the CreateTimer call", async () => {
+    // The CreateTimer call carries a traceparent of its own: the timer keeps its trace id.
+    const createTrace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const md = auth(OPS);
+    md.set("traceparent", `00-${createTrace}-00f067aa0ba902b7-01`);
+    await mesh.client.call(
+      "createTimer",
+      create(CreateTimerRequestSchema, {
+        groupId: "flaky-trace",
+        timerId: "t1",
+        schedule: { case: "fireAt", value: timestampFromMs(Date.now() + 300) },
+        callback: { target: { case: "http", value: { url: receiver.url, headers: {} } } },
+      }),
+      md,
+    );
+    // Two deliveries, two traces: the first is refused (400, FAILED), the retry succeeds.
+    await waitForGroupState("flaky-trace", TimerState.FAILED, 1, "t1 to fail");
+    // The group is failing now: ListGroups says so (the console sorts such groups first).
+    const failing = (await adminOk("listGroups")).groups.find((g) => g.groupId === "flaky-trace");
+    assert.deepEqual([failing?.failed, failing?.failedLastHour], [1n, 1n]);
+    await adminOk("retryTimers", { groupId: "flaky-trace", timerId: "t1" });
+    await waitForGroupState("flaky-trace", TimerState.SUCCEEDED, 1, "t1 to succeed on retry");
+
+    const deliveries = receiver.received.filter((r) => r.groupId === "flaky-trace" && r.timerId === "t1");
+    const sentTraces = deliveries.map(
+      (r) => /^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(r.traceparent)?.[1],
+    );
+    assert.equal(sentTraces.length, 2);
+    assert.ok(
+      sentTraces.every((t) => t !== undefined),
+      `traceparents: ${deliveries.map((r) => r.traceparent)}`,
+    );
+    assert.notEqual(sentTraces[0], sentTraces[1], "each attempt is a trace of its own");
+
+    const explained = await adminOk("explainTimer", { groupId: "flaky-trace", timerId: "t1" });
+    assert.deepEqual(
+      explained.attempts.map((a) => [a.outcome, a.traceId]),
+      [
+        ["failed", sentTraces[0]],
+        ["succeeded", sentTraces[1]],
+      ],
+    );
+    assert.equal(explained.traceId, createTrace);
+
+    // Created without a traceparent (and the timer service does not trace here): no trace to name.
+    await createTimer("explain-trace", "untraced", Date.now() + 3_600_000);
+    const untraced = await adminOk("explainTimer", { groupId: "explain-trace", timerId: "untraced" });
+    assert.equal(untraced.traceId, "");
   });
 
   test("CancelTimers cancels a group's scheduled timers in a fire_at range, at most limit; a dry run changes nothing", async () => {

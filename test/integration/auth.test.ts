@@ -82,6 +82,54 @@ describe("a token file rotated while the services run", () => {
   });
 });
 
+describe("WhoAmI: any valid token asks what it is", () => {
+  let mesh: TestMesh;
+  let admin: ServiceProcess;
+  const OPS = "whoami-ops-secret";
+  const BILLING = "whoami-billing-secret";
+  // An admin token that happens to be named like the caller of a service without authentication.
+  const NAMED_ANONYMOUS = "whoami-anonymous-secret";
+
+  before(async () => {
+    const authTokens = tokens([
+      { name: "ops", token: OPS, admin: true },
+      { name: "ci-billing", token: BILLING, groups: ["billing", "orders-*"] },
+      { name: "anonymous", token: NAMED_ANONYMOUS, admin: true },
+    ]);
+    mesh = await startMesh({ dispatchers: 0, env: { AUTH_TOKENS: authTokens } });
+    admin = await startService("admin", mesh.envFor("admin"));
+  });
+  after(async () => {
+    await admin?.[Symbol.asyncDispose]();
+    await mesh?.[Symbol.asyncDispose]();
+  });
+
+  const whoAmI = (token?: string) => bufCurl(admin.grpcPort, "admin.v1.AdminService/WhoAmI", {}, token);
+
+  test("an admin token is an admin, a group token names its groups, no token or an unknown one is UNAUTHENTICATED", async () => {
+    const ops = await whoAmI(OPS);
+    assert.equal(ops.exitCode, 0, ops.stderr);
+    assert.deepEqual(ops.json, { name: "ops", admin: true });
+
+    const billing = await whoAmI(BILLING);
+    assert.equal(billing.exitCode, 0, `a group token may call WhoAmI: ${billing.stderr}`);
+    assert.deepEqual(billing.json, { name: "ci-billing", groups: ["billing", "orders-*"] });
+
+    const named = await whoAmI(NAMED_ANONYMOUS);
+    assert.deepEqual(named.json, { name: "anonymous", admin: true }, "a token's name does not turn auth off");
+
+    assert.equal((await whoAmI()).code, "unauthenticated");
+    const unknown = await whoAmI("not-a-configured-token");
+    assert.equal(unknown.code, "unauthenticated");
+    assert.match(unknown.message ?? "", /unknown token/);
+
+    const { rows } = await mesh.db.pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM audit_events WHERE action LIKE '%/WhoAmI'",
+    );
+    assert.equal(rows[0]?.n, 0, "WhoAmI changes nothing: not audited");
+  });
+});
+
 describe("TLS and mTLS on the gRPC ports", () => {
   let certs: TestCertificates;
   let mesh: TestMesh;
@@ -240,6 +288,12 @@ describe("secure by default: tokens, or authentication disabled explicitly", () 
       assert.match(out, /failed to start/, out);
       assert.doesNotMatch(out, /s3cr3t/, `the password is not logged:\n${out}`);
     }
+  });
+
+  test("with AUTH_DISABLED=true WhoAmI answers without a token: the anonymous admin, authentication disabled", async () => {
+    await using admin = await startService("admin", mesh.envFor("admin"));
+    const me = await bufCurlOk(admin.grpcPort, "admin.v1.AdminService/WhoAmI", {});
+    assert.deepEqual(me, { name: "anonymous", admin: true, groups: ["*"], authDisabled: true });
   });
 
   test("with AUTH_DISABLED=true the service starts, and says loudly that every caller is an anonymous admin", () => {

@@ -243,6 +243,7 @@ test("the firing loop: SKIP beyond the limit is not delivered and ends expired; 
   assert.equal(c?.startedAt.getTime(), T0, "judged when its first attempt started");
   assert.equal(c?.finishedAt.getTime(), T0);
   assert.equal(c?.nextAttemptAt, null);
+  assert.equal(c?.traceId, null, "nothing was sent: no trace id");
   assert.deepEqual(f.exceeded.sort(), ["expired", "fired", "fired_marked"]);
   assert.equal(f.fired.length, 4, "the lateness histogram counts deliveries only");
   assert.ok(f.lines.some((l) => l.msg === "timer expired: not delivered, beyond its lateness contract"));

@@ -102,6 +102,11 @@ test("a timer is claimed within the claim lead and fired at its time, exactly on
     f.store.completed.map((c) => [c.outcome, c.attempt, c.startedAt.getTime()]),
     [["succeeded", 1, DUE]],
   );
+  assert.equal(
+    f.store.completed[0]?.traceId,
+    sent?.traceparent.split("-")[1],
+    "the attempt keeps the trace id of the traceparent sent",
+  );
   await f.scheduler.stop(1_000);
 });
 

@@ -69,6 +69,12 @@ export interface GroupRow {
   expired: string;
   /** Timers held by a bulk pause (state PAUSED). */
   paused_timers: string;
+  /** SCHEDULED timers due now or earlier. */
+  due: string;
+  /** FAILED timers that finished within the last hour. */
+  failed_last_hour: string;
+  /** SCHEDULED timers waiting for a retry (attempt > 0). */
+  retrying: string;
   paused_at: Date | null;
   paused_by: string | null;
   reason: string | null;
@@ -82,7 +88,9 @@ export async function listGroups(pool: pg.Pool): Promise<GroupRow[]> {
             coalesce(c.scheduled, 0)::text AS scheduled, coalesce(c.firing, 0)::text AS firing,
             coalesce(c.succeeded, 0)::text AS succeeded, coalesce(c.failed, 0)::text AS failed,
             coalesce(c.cancelled, 0)::text AS cancelled, coalesce(c.expired, 0)::text AS expired,
-            coalesce(c.paused_timers, 0)::text AS paused_timers,
+            coalesce(c.paused_timers, 0)::text AS paused_timers, coalesce(c.due, 0)::text AS due,
+            coalesce(c.failed_last_hour, 0)::text AS failed_last_hour,
+            coalesce(c.retrying, 0)::text AS retrying,
             p.paused_at, p.paused_by, p.reason
        FROM (SELECT group_id,
                     count(*) FILTER (WHERE state = ${State.Scheduled}) AS scheduled,
@@ -91,7 +99,11 @@ export async function listGroups(pool: pg.Pool): Promise<GroupRow[]> {
                     count(*) FILTER (WHERE state = ${State.Failed}) AS failed,
                     count(*) FILTER (WHERE state = ${State.Cancelled}) AS cancelled,
                     count(*) FILTER (WHERE state = ${State.Expired}) AS expired,
-                    count(*) FILTER (WHERE state = ${State.Paused}) AS paused_timers
+                    count(*) FILTER (WHERE state = ${State.Paused}) AS paused_timers,
+                    count(*) FILTER (WHERE state = ${State.Scheduled} AND next_attempt_at <= now()) AS due,
+                    count(*) FILTER (WHERE state = ${State.Failed} AND finish_time > now() - interval '1 hour')
+                      AS failed_last_hour,
+                    count(*) FILTER (WHERE state = ${State.Scheduled} AND attempt > 0) AS retrying
                FROM timers GROUP BY group_id) c
        FULL JOIN paused_groups p USING (group_id)
       ORDER BY group_id`,

@@ -11,6 +11,7 @@ import {
 } from "../../shared/src/gen/admin/v1/admin_pb.js";
 import { pageWithToken } from "../../shared/src/page-bytes.js";
 import { shardOf } from "../../shared/src/shard.js";
+import { spanContextOf } from "../../shared/src/telemetry/trace-context.js";
 import { timerName } from "../../shared/src/timer-id.js";
 import { rowToTimer, State } from "../../shared/src/timer-model.js";
 import { decodeAuditCursor, decodeFailedCursor, encodeFailedCursor, pageSize } from "./admin-requests.js";
@@ -105,10 +106,13 @@ export function inspectHandlers(
             finishTime: timestampFromDate(a.finished_at),
             outcome: a.outcome,
             error: a.error ?? "",
+            traceId: a.trace_id ?? "",
           }),
         ),
         next,
         claimOwner: row.state === State.Firing ? (row.claim_owner ?? "") : "",
+        // A malformed stored traceparent (a caller's own header, stored as sent) names no trace.
+        traceId: spanContextOf(row.create_traceparent)?.traceId ?? "",
       };
     },
 

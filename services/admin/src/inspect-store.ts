@@ -48,6 +48,8 @@ export type ExplainRow = TimerRow & {
   paused_at: Date | null;
   paused_by: string | null;
   pause_reason: string | null;
+  /** The traceparent of the CreateTimer call that made the timer, when it had one. */
+  create_traceparent: string | null;
   db_now: Date;
 };
 
@@ -65,7 +67,7 @@ export async function explainTimer(
             l.last_owner AS lease_owner, coalesce(l.epoch, 0)::text AS lease_epoch,
             l.lease_expires_at,
             coalesce(l.owner IS NOT NULL, false) AS leased,
-            p.paused_at, p.paused_by, p.reason AS pause_reason, now() AS db_now
+            p.paused_at, p.paused_by, p.reason AS pause_reason, t.create_traceparent, now() AS db_now
        FROM timers t
        LEFT JOIN shard_owners l ON l.shard = t.shard
        LEFT JOIN paused_groups p ON p.group_id = t.group_id
@@ -83,6 +85,8 @@ export interface AttemptRow {
   finished_at: Date;
   outcome: string;
   error: string | null;
+  /** NULL when nothing was sent (expired, abandoned) and for attempts older than the column. */
+  trace_id: string | null;
 }
 
 /** A timer's delivery attempts, oldest first. */
@@ -94,7 +98,7 @@ export async function timerAttempts(
 ): Promise<AttemptRow[]> {
   const { rows } = await pool.query<AttemptRow>(
     `-- timer_attempts
-     SELECT attempt, dispatcher_id, started_at, finished_at, outcome, error FROM timer_attempts
+     SELECT attempt, dispatcher_id, started_at, finished_at, outcome, error, trace_id FROM timer_attempts
       WHERE shard = $3 AND group_id = $1 AND timer_id = $2
       ORDER BY id`,
     [groupId, timerId, shard],

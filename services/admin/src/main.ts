@@ -17,6 +17,7 @@ import { dispatcherTls, dispatcherTokenSource } from "./dispatcher-credentials.j
 import { Auditor } from "./audit.js";
 import { DispatcherDirectory } from "./dispatcher-directory.js";
 import { bulkHandlers } from "./bulk-handlers.js";
+import { callerHandlers } from "./caller-handlers.js";
 import { groupHandlers } from "./group-handlers.js";
 import type { AdminDeps } from "./handler-support.js";
 import { inspectHandlers } from "./inspect-handlers.js";
@@ -45,6 +46,7 @@ function adminService(
     ...purgeHandlers(deps),
     ...inspectHandlers(deps),
     ...forecastHandlers(deps, forecast),
+    ...callerHandlers(),
   };
 }
 

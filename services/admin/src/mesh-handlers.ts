@@ -10,7 +10,7 @@ import {
   ShardSchema,
 } from "../../shared/src/gen/admin/v1/admin_pb.js";
 import { type AdminDeps, type AdminHandlers, required } from "./handler-support.js";
-import { listShards, ownedShardCounts } from "./shard-store.js";
+import { inFlightCounts, listShards, ownedShardCounts } from "./shard-store.js";
 import { durationToSeconds } from "../../shared/src/time.js";
 
 /** ListDispatchers, ListShards, DrainDispatcher and RebalanceShards. */
@@ -37,7 +37,7 @@ export function meshHandlers(
   return {
     async listDispatchers() {
       requireNats();
-      const owned = await ownedShardCounts(pool);
+      const [owned, inFlight] = await Promise.all([ownedShardCounts(pool), inFlightCounts(pool)]);
       const live = directory.live();
       const dispatchers = live.map((m) =>
         create(DispatcherSchema, {
@@ -49,11 +49,19 @@ export function meshHandlers(
           draining: m.draining,
           ownedShards: owned.get(m.id) ?? 0,
           live: true,
+          inFlight: BigInt(inFlight.get(m.id) ?? 0),
         }),
       );
       for (const [owner, n] of owned) {
         if (!live.some((m) => m.id === owner))
-          dispatchers.push(create(DispatcherSchema, { id: owner, ownedShards: n, live: false }));
+          dispatchers.push(
+            create(DispatcherSchema, {
+              id: owner,
+              ownedShards: n,
+              live: false,
+              inFlight: BigInt(inFlight.get(owner) ?? 0),
+            }),
+          );
       }
       dispatchers.sort((a, b) => a.id.localeCompare(b.id));
       return { dispatchers };

@@ -1,6 +1,7 @@
 // The mesh as Postgres has it: who holds which shard lease, and each shard's backlog. The
 // dispatchers' own view (heartbeats) is dispatcher-directory.ts.
 import type pg from "pg";
+import { State } from "../../shared/src/timer-model.js";
 import { dueTimersOfShardSql, lagSecondsSql } from "../../shared/src/shard-lag.js";
 
 /** Shards per owner of an unexpired lease. */
@@ -12,6 +13,21 @@ export async function ownedShardCounts(pool: pg.Pool): Promise<Map<string, numbe
       GROUP BY owner`,
   );
   return new Map(rows.map((r) => [r.owner, r.owned]));
+}
+
+/**
+ * Deliveries in flight per dispatcher: FIRING timers by the dispatcher part of their claim owner
+ * ("<dispatcher id>#<incarnation>"). Reads timers_claimed_idx (FIRING only), so its cost is the
+ * number in flight, not the table.
+ */
+export async function inFlightCounts(pool: pg.Pool): Promise<Map<string, number>> {
+  const { rows } = await pool.query<{ owner: string; n: number }>(
+    `-- in_flight_counts
+     SELECT split_part(claim_owner, '#', 1) AS owner, count(*)::int AS n FROM timers
+      WHERE state = ${State.Firing} AND claim_owner IS NOT NULL
+      GROUP BY 1`,
+  );
+  return new Map(rows.map((r) => [r.owner, r.n]));
 }
 
 /** A shard with its lease and backlog. */

@@ -49,6 +49,8 @@ export interface Completion {
   outcome: "succeeded" | "retry" | "failed" | "expired";
   nextAttemptAt: Date | null;
   error: string | null;
+  /** Trace id of the traceparent sent to the receiver; null when nothing was sent (expired). */
+  traceId: string | null;
 }
 
 /** Position in (next_attempt_at, group_id, timer_id) order: where the window loader stopped. */
@@ -285,8 +287,8 @@ export async function completeAttempts(
     `-- complete_attempts
      WITH c AS (
        SELECT * FROM unnest($2::text[], $3::text[], $4::int[], $5::smallint[], $6::timestamptz[], $7::text[],
-                            $8::timestamptz[], $9::timestamptz[], $10::text[], $12::int[])
-         AS c(g, id, attempt, state, next_at, error, started_at, finished_at, outcome, shard)
+                            $8::timestamptz[], $9::timestamptz[], $10::text[], $12::int[], $13::text[])
+         AS c(g, id, attempt, state, next_at, error, started_at, finished_at, outcome, shard, trace_id)
      ), u AS (
        UPDATE timers t
           SET state = c.state,
@@ -300,8 +302,8 @@ export async function completeAttempts(
           AND t.state = ${State.Firing} AND t.claim_owner = $11
        RETURNING t.shard, t.group_id, t.timer_id, t.attempt
      ), a AS (
-       INSERT INTO timer_attempts (shard, group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error)
-       SELECT c.shard, c.g, c.id, c.attempt, $1, c.started_at, c.finished_at, c.outcome, c.error
+       INSERT INTO timer_attempts (shard, group_id, timer_id, attempt, dispatcher_id, started_at, finished_at, outcome, error, trace_id)
+       SELECT c.shard, c.g, c.id, c.attempt, $1, c.started_at, c.finished_at, c.outcome, c.error, c.trace_id
          FROM c JOIN u ON u.shard = c.shard AND u.group_id = c.g AND u.timer_id = c.id AND u.attempt = c.attempt
      )
      SELECT count(*) AS n FROM u`,
@@ -318,6 +320,7 @@ export async function completeAttempts(
       done.map((d) => d.outcome),
       claimOwner,
       done.map((d) => d.shard),
+      done.map((d) => d.traceId),
     ],
   );
   return Number(rows[0]!.n);

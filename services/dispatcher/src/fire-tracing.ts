@@ -7,6 +7,15 @@ import { randomTraceparent, spanContextOf, traceparentOf } from "../../shared/sr
 import type { DeliveryResult } from "./delivery.js";
 import type { ClaimedTimer } from "./dispatch-store.js";
 
+/**
+ * The trace id of a traceparent this process sent ("00-<trace id>-<span id>-<flags>", made by
+ * traceparentOf or randomTraceparent): kept with the attempt (timer_attempts.trace_id). A slice,
+ * not a parse: it runs once per delivery and the format is our own.
+ */
+export function sentTraceId(traceparent: string): string {
+  return traceparent.slice(3, 35);
+}
+
 /** Runs `deliver` with the traceparent to send, inside the attempt's spans when `tracer` is given. */
 export async function tracedAttempt(
   tracer: Tracer | undefined,

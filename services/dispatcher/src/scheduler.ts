@@ -18,7 +18,7 @@ import type { FiringTuning } from "./config.js";
 import type { ClaimedTimer, LoadCursor } from "./dispatch-store.js";
 import type { DueTimer } from "./due-queue.js";
 import { slotsOf } from "./fair-share.js";
-import { tracedAttempt } from "./fire-tracing.js";
+import { sentTraceId, tracedAttempt } from "./fire-tracing.js";
 import { HeldTimers } from "./held-timers.js";
 import { expiredError, judgeLateness, type LatenessExceeded } from "./lateness-contract.js";
 import type { SchedulerDeps, SchedulerEvents } from "./scheduler-deps.js";
@@ -387,8 +387,11 @@ export class Scheduler {
     if (row.attempt === 1) this.events.fired?.(startedAt.getTime() - row.fire_at.getTime());
     const callback = callbackFromJson(row.callback);
     const transport = callback.target.case ?? "none";
-    const result = await tracedAttempt(this.deps.tracer, row, transport, (traceparent) =>
-      this.deps.deliver({
+    // Recorded with the attempt (timer_attempts.trace_id): the receiver's side of the trace.
+    let traceparentSent = "";
+    const result = await tracedAttempt(this.deps.tracer, row, transport, (traceparent) => {
+      traceparentSent = traceparent;
+      return this.deps.deliver({
         groupId: row.group_id,
         timerId: row.timer_id,
         fireAtMs: row.fire_at.getTime(),
@@ -399,8 +402,8 @@ export class Scheduler {
         idempotencyKey: idempotencyKey(row.group_id, row.timer_id),
         traceparent,
         ...(lateness.action === "fired_marked" ? { lateMs: lateness.lateMs } : {}),
-      }),
-    );
+      });
+    });
     const finishedMs = this.now();
     this.events.attempted?.(transport, result, finishedMs - startedMs);
     const finishedAt = new Date(finishedMs);
@@ -444,6 +447,7 @@ export class Scheduler {
         outcome: decided.outcome,
         nextAttemptAt: next === null ? null : new Date(next),
         error: decided.error,
+        traceId: sentTraceId(traceparentSent),
       },
       retryAt,
     });
@@ -470,6 +474,7 @@ export class Scheduler {
         outcome: "expired",
         nextAttemptAt: null,
         error,
+        traceId: null, // nothing was sent
       },
       retryAt: undefined,
     });

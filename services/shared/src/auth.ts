@@ -69,6 +69,7 @@ const SCOPED_SERVICES = new Set(["timer.v1.TimerService", "timer.v1.ScheduleServ
 /**
  * Methods of admin-only services that a group token may call too: their handlers act only
  * inside the token's groups (authorizeGroup), and refuse what spans groups unless admin.
+ * WhoAmI only tells the caller about its own token, so any token may ask.
  */
 const SCOPED_METHODS = new Set([
   "admin.v1.AdminService/StartBulkOperation",
@@ -76,6 +77,7 @@ const SCOPED_METHODS = new Set([
   "admin.v1.AdminService/ListOperations",
   "admin.v1.AdminService/CancelOperation",
   "admin.v1.AdminService/ForecastLoad",
+  "admin.v1.AdminService/WhoAmI",
 ]);
 
 /** The caller of the current RPC, set by authInterceptor. */
