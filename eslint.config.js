@@ -5,9 +5,9 @@
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["**/gen/**", "node_modules/**", ".data/**"] },
+  { ignores: ["**/gen/**", "node_modules/**", ".data/**", "**/dist/**"] },
   {
-    files: ["**/*.ts"],
+    files: ["**/*.ts", "**/*.tsx"],
     languageOptions: {
       parser: tseslint.parser,
       parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },

@@ -8,13 +8,15 @@
 //      the first run in .data/nats-passwords.json). Each service connects as its own user.
 //   2. Postgres: DATABASE_URL if set (must connect), else an embedded server (cluster in
 //      .data/postgres, port EMBEDDED_PG_PORT=54329) with database "timers".
-//   3. Spawns timer, dispatcher and admin (`node --import tsx services/<name>/src/main.ts`) with
+//   3. Builds the operator console (scripts/build-console.mjs; a failed build is reported, and the
+//      admin serves the last build or "console not built"). Spawns timer, dispatcher and admin (`node --import tsx services/<name>/src/main.ts`) with
 //      DATABASE_URL, NATS_URL, GRPC_PORT, HTTP_PORT, LOG_LEVEL (default info) and, for the
-//      dispatcher, DISPATCHER_ID (default dispatcher-1); prefixes their output with the service
+//      dispatcher, DISPATCHER_ID (default dispatcher-1), for the admin CONSOLE_PORT and TIMER_API_URL
+//      (the timer service started here; JAEGER_UI_URL passes through when set); prefixes their output with the service
 //      name, and waits for each GET /readyz (60 s). Callbacks may reach this machine's loopback
 //      receivers: CALLBACK_ALLOWED_NETWORKS defaults to 127.0.0.0/8,::1/128 here (a deployment
 //      refuses loopback, private and link-local callback addresses unless it opens them).
-//   4. Prints the endpoints and ready-to-paste grpcurl / buf curl commands. The services run
+//   4. Prints the endpoints, the console's address and ready-to-paste grpcurl / buf curl commands. The services run
 //      with bearer-token authentication: unless AUTH_TOKENS_FILE or AUTH_TOKENS is set, a
 //      development admin token is made on the first run (.data/dev-admin-token, its SHA-256 in
 //      .data/dev-auth-tokens.json, passed to every service as AUTH_TOKENS_FILE) and printed.
@@ -23,7 +25,8 @@
 //      A service, Postgres or nats-server dying on its own stops everything with exit code 1.
 //
 // Ports: TIMER_GRPC_PORT=50051 TIMER_HTTP_PORT=8080, DISPATCHER_GRPC_PORT=50052
-// DISPATCHER_HTTP_PORT=8081, ADMIN_GRPC_PORT=50053 ADMIN_HTTP_PORT=8082; NATS_SERVER_BIN overrides
+// DISPATCHER_HTTP_PORT=8081, ADMIN_GRPC_PORT=50053 ADMIN_HTTP_PORT=8082 ADMIN_CONSOLE_PORT=8083;
+// NATS_SERVER_BIN overrides
 // the nats-server found on PATH.
 //
 // Children run in their own process groups, so a Ctrl-C in the terminal reaches only this
@@ -68,6 +71,8 @@ interface ServiceSpec {
   name: "timer" | "dispatcher" | "admin";
   grpcPort: number;
   httpPort: number;
+  /** The admin's console port (CONSOLE_PORT). */
+  consolePort?: number;
 }
 
 interface ServiceChild extends ServiceSpec {
@@ -178,6 +183,7 @@ function serviceSpecs(): ServiceSpec[] {
       name: "admin",
       grpcPort: portFromEnv("ADMIN_GRPC_PORT", 50053),
       httpPort: portFromEnv("ADMIN_HTTP_PORT", 8082),
+      consolePort: portFromEnv("ADMIN_CONSOLE_PORT", 8083),
     },
   ];
 }
@@ -206,14 +212,15 @@ async function reapOrphanServices(): Promise<void> {
 async function checkPorts(specs: ServiceSpec[]): Promise<void> {
   const busy: string[] = [];
   for (const s of specs) {
-    for (const [kind, port] of [
+    const ports: Array<readonly ["GRPC" | "HTTP" | "CONSOLE", number]> = [
       ["GRPC", s.grpcPort],
       ["HTTP", s.httpPort],
-    ] as const) {
+    ];
+    if (s.consolePort !== undefined) ports.push(["CONSOLE", s.consolePort]);
+    for (const [kind, port] of ports) {
+      const what = kind === "GRPC" ? "gRPC" : kind === "CONSOLE" ? "console" : kind;
       if (!(await isPortFree(port)))
-        busy.push(
-          `${port} (${s.name} ${kind === "GRPC" ? "gRPC" : kind}; set ${s.name.toUpperCase()}_${kind}_PORT)`,
-        );
+        busy.push(`${port} (${s.name} ${what}; set ${s.name.toUpperCase()}_${kind}_PORT)`);
     }
   }
   if (busy.length) throw new Error(`port(s) already in use: ${busy.join(", ")}`);
@@ -226,6 +233,7 @@ function spawnService(spec: ServiceSpec, childEnv: NodeJS.ProcessEnv): ServiceCh
       ...childEnv,
       GRPC_PORT: String(spec.grpcPort),
       HTTP_PORT: String(spec.httpPort),
+      ...(spec.consolePort === undefined ? {} : { CONSOLE_PORT: String(spec.consolePort) }),
       ...(spec.name === "dispatcher" ? { DISPATCHER_ID: env.DISPATCHER_ID || "dispatcher-1" } : {}),
     },
     stdio: ["ignore", "pipe", "pipe"],
@@ -293,6 +301,22 @@ async function stopServices(): Promise<void> {
   await rm(PIDS_FILE, { force: true });
 }
 
+/**
+ * Builds the console the admin serves (a few hundred ms). A failure is reported and the mesh
+ * starts anyway: the admin serves the last build, or says the console is not built.
+ */
+async function buildConsole(): Promise<void> {
+  const child = spawn(process.execPath, [join(REPO_ROOT, "scripts/build-console.mjs")], {
+    cwd: REPO_ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  forwardLines(child.stdout, say);
+  forwardLines(child.stderr, complain);
+  const info = await exitOf(child);
+  if (info.code !== 0)
+    complain(`the console was not built (${describeExit(info)}); the mesh starts without it`);
+}
+
 function shellQuote(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
@@ -315,6 +339,12 @@ function banner(
     payload: Buffer.from("hello").toString("base64"),
   });
   const method = "timer.v1.TimerService/CreateTimer";
+  // The token is typed into the console's sign-in form, never put in its address.
+  const signIn = auth.token
+    ? "sign in with the development token below"
+    : env.AUTH_DISABLED?.trim().toLowerCase() === "true"
+      ? "AUTH_DISABLED: any token signs in"
+      : "sign in with one of your tokens";
   const rule = "─".repeat(78);
   const lines = [
     "",
@@ -325,6 +355,7 @@ function banner(
       (s) =>
         `  ${s.name.padEnd(11)} gRPC 127.0.0.1:${String(s.grpcPort).padEnd(6)} HTTP http://127.0.0.1:${s.httpPort}  (/readyz)`,
     ),
+    `  ${"Console".padEnd(11)} http://127.0.0.1:${admin.consolePort}/  (${signIn})`,
     `  ${"Postgres".padEnd(11)} ${redactUrl(dbUrl)}${dbEmbedded ? "  (embedded, data in .data/postgres)" : "  (DATABASE_URL)"}`,
     `  ${"NATS".padEnd(11)} ${redactUrl(nats.url)}${nats.server ? "  (nats-server child, JetStream data in .data/nats)" : "  (NATS_URL)"}`,
     `  ${"NATS users".padEnd(11)} ${nats.credentials}`,
@@ -333,7 +364,7 @@ function banner(
     ...(auth.token
       ? [
           "",
-          "  Development admin token (any group, AdminService, DispatcherService):",
+          "  Development admin token (any group, AdminService, DispatcherService; the console's sign-in):",
           "",
           `    export TOKEN=${auth.token}`,
         ]
@@ -398,6 +429,8 @@ async function main(): Promise<void> {
     if (shutdown) return;
 
     await checkPorts(specs);
+    await buildConsole();
+    if (shutdown) return;
     const auth = await ensureDevAuth(env, join(REPO_ROOT, ".data"));
     // Each service gets its own NATS user and nothing of the others' (no NATS_*_PASSWORD).
     const natsPasswordVariables = /^NATS_[A-Z]+_PASSWORD$|^(CALLBACK_)?NATS_(USER|PASSWORD)$/;
@@ -408,10 +441,13 @@ async function main(): Promise<void> {
       LOG_LEVEL: env.LOG_LEVEL || "info",
       CALLBACK_ALLOWED_NETWORKS: env.CALLBACK_ALLOWED_NETWORKS || DEV_CALLBACK_NETWORKS,
     };
+    const timerSpec = specs.find((s) => s.name === "timer")!;
+    // The console forwards its timer.v1 calls to the timer service started here.
+    const adminEnv = { ...auth.adminEnv, TIMER_API_URL: `http://127.0.0.1:${timerSpec.grpcPort}` };
     for (const spec of specs) {
       const svc = spawnService(spec, {
         ...childEnv,
-        ...(spec.name === "admin" ? auth.adminEnv : {}),
+        ...(spec.name === "admin" ? adminEnv : {}),
         ...nats.serviceEnv(spec.name),
       });
       services.push(svc);

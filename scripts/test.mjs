@@ -48,6 +48,12 @@ if (selected) {
   ]);
 }
 step("type check", process.execPath, ["node_modules/typescript/bin/tsc", "--noEmit", "-p", "tsconfig.json"]);
+step("type check (console)", process.execPath, [
+  "node_modules/typescript/bin/tsc",
+  "--noEmit",
+  "-p",
+  "services/admin/console/tsconfig.json",
+]);
 /** Runs test files, `concurrency` files at a time. */
 function runTests(name, list, concurrency) {
   if (list.length === 0) return;

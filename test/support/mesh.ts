@@ -15,7 +15,10 @@ export interface TestMesh extends AsyncDisposable {
   client: GrpcTimerClient;
   /** Environment every service gets (DATABASE_URL, NATS_URL, SHARD_COUNT...), without NATS credentials. */
   env: Record<string, string>;
-  /** `env` plus the service's own NATS user: what to start one more service of that kind with. */
+  /**
+   * `env` plus the service's own NATS user: what to start one more service of that kind with;
+   * for the admin also TIMER_API_URL, the mesh's timer service (where its console forwards timer.v1).
+   */
   envFor(service: "timer" | "dispatcher" | "admin"): Record<string, string>;
   /** Starts one more dispatcher with the given id. */
   addDispatcher(id: string, env?: Record<string, string>): Promise<ServiceProcess>;
@@ -42,11 +45,17 @@ export async function startMesh(
     : await createTestDatabase(opts.databasePrefix);
   const nats = await startNats();
   const env = { DATABASE_URL: db.url, NATS_URL: nats.url, SHARD_COUNT: "64", ...opts.env };
-  const envFor = (service: "timer" | "dispatcher" | "admin") => ({ ...env, ...nats.serviceEnv(service) });
+  let timerApi: Record<string, string> = {};
+  const envFor = (service: "timer" | "dispatcher" | "admin") => ({
+    ...env,
+    ...nats.serviceEnv(service),
+    ...(service === "admin" ? timerApi : {}),
+  });
   const started: ServiceProcess[] = [];
   try {
     const timer = await startService("timer", { ...envFor("timer"), ...opts.timerEnv });
     started.push(timer);
+    timerApi = { TIMER_API_URL: `http://127.0.0.1:${timer.grpcPort}` };
     const dispatchers: ServiceProcess[] = [];
     const addDispatcher = async (id: string, extra: Record<string, string> = {}) => {
       const d = await startService("dispatcher", {

@@ -11,6 +11,8 @@ export interface ServiceProcess extends AsyncDisposable {
   name: string;
   grpcPort: number;
   httpPort: number;
+  /** The admin's console port (CONSOLE_PORT), a free one unless the test set it; undefined for other services. */
+  consolePort: number | undefined;
   child: ChildProcess;
   /** Everything the process printed so far. */
   output(): string;
@@ -42,6 +44,9 @@ export async function startService(
 ): Promise<ServiceProcess> {
   const grpcPort = env.GRPC_PORT ? Number(env.GRPC_PORT) : await freePort();
   const httpPort = env.HTTP_PORT ? Number(env.HTTP_PORT) : await freePort();
+  // Never the default 8083: admins of test files running side by side would share it.
+  const consolePort =
+    name !== "admin" ? undefined : env.CONSOLE_PORT ? Number(env.CONSOLE_PORT) : await freePort();
   const child = spawn(process.execPath, ["--import", "tsx", `services/${name}/src/main.ts`], {
     cwd: root,
     env: {
@@ -51,6 +56,7 @@ export async function startService(
       ...env,
       GRPC_PORT: String(grpcPort),
       HTTP_PORT: String(httpPort),
+      ...(consolePort === undefined ? {} : { CONSOLE_PORT: String(consolePort) }),
       BIND_HOST: "127.0.0.1",
     },
     stdio: ["ignore", "pipe", "pipe"],
@@ -63,6 +69,7 @@ export async function startService(
     name,
     grpcPort,
     httpPort,
+    consolePort,
     child,
     output: () => out,
     exited,

@@ -28,7 +28,10 @@ const kinds: Kind[] = ["timer", "dispatcher", "admin"];
 
 /** The contract's ports, as the services' config loaders default them. */
 const noAuth = { AUTH_DISABLED: "true" }; // the defaults need no tokens; the manifests do
-const contract: Record<Kind, { grpc: number; http: number; load: (env: Env) => { shardCount: number } }> = {
+const contract: Record<
+  Kind,
+  { grpc: number; http: number; console?: number; load: (env: Env) => { shardCount: number } }
+> = {
   timer: {
     grpc: loadTimerConfig(noAuth).grpcPort,
     http: loadTimerConfig(noAuth).httpPort,
@@ -42,6 +45,7 @@ const contract: Record<Kind, { grpc: number; http: number; load: (env: Env) => {
   admin: {
     grpc: loadAdminConfig(noAuth).grpcPort,
     http: loadAdminConfig(noAuth).httpPort,
+    console: loadAdminConfig(noAuth).console!.port,
     load: loadAdminConfig,
   },
 };
@@ -92,6 +96,10 @@ const REQUIRED_ENV = [
   "OTEL_SERVICE_NAME",
 ];
 const DISPATCHER_ENV = ["DISPATCHER_ID"];
+
+/** The ports a service listens on: gRPC, HTTP, and the admin's console. */
+const portsOf = (kind: Kind): number[] =>
+  [contract[kind].grpc, contract[kind].http, contract[kind].console ?? []].flat().sort();
 
 test("the contract ports are the ones these checks hold the manifests to", () => {
   assert.deepEqual(
@@ -176,11 +184,7 @@ test("each Dockerfile target runs its service's main.ts, which exists, on the co
     }
     assert.equal(stage.env.GRPC_PORT, String(contract[kind].grpc), `${kind} GRPC_PORT`);
     assert.equal(stage.env.HTTP_PORT, String(contract[kind].http), `${kind} HTTP_PORT`);
-    assert.deepEqual(
-      stage.expose.sort(),
-      [contract[kind].grpc, contract[kind].http].sort(),
-      `${kind} EXPOSE`,
-    );
+    assert.deepEqual(stage.expose.sort(), portsOf(kind), `${kind} EXPOSE`);
   }
   // What is copied exists, and is not excluded by the build's ignore file.
   const ignore = readFileSync(join(infra, "Dockerfile.dockerignore"), "utf8");
@@ -354,11 +358,7 @@ test("every compose service has the contract's environment, accepted by its conf
 
     // Both contract ports published; the host side may differ (three dispatchers, one host).
     const published = (s.ports ?? []).map(publishedPort);
-    assert.deepEqual(
-      published.map((p) => p.container).sort(),
-      [contract[kind].grpc, contract[kind].http].sort(),
-      `${name} ports`,
-    );
+    assert.deepEqual(published.map((p) => p.container).sort(), portsOf(kind), `${name} ports`);
     hostPorts.push(...published.map((p) => p.host));
 
     // Postgres, NATS and Jaeger are the compose services of those names, set up to match.
@@ -677,7 +677,7 @@ test("the k8s manifests are all listed, in one namespace, and their references r
         );
         assert.equal(
           port.port,
-          contract[kind][port.name as "grpc" | "http"],
+          contract[kind][port.name as "grpc" | "http" | "console"],
           `Service/${obj.metadata.name} port ${port.name}`,
         );
         assert.equal(
@@ -1506,6 +1506,11 @@ test("k8s: timer and admin pods reach only DNS, NATS, Postgres, Jaeger (and the 
       kind === "admin",
       `only the admin calls dispatchers (${kind})`,
     );
+    if (kind === "admin")
+      assert.ok(
+        mayEgress(policies, from, peerOf("timer"), contract.timer.grpc),
+        "the console reaches the timer",
+      );
   }
   // Dispatchers deliver callbacks anywhere public: no egress policy selects them.
   assert.ok(

@@ -1,8 +1,11 @@
 import {
   ConfigError,
+  envBoolean,
   envDurationMs,
   envInt,
   envOptional,
+  envString,
+  envUrl,
   loadCommonConfig,
   type CommonConfig,
 } from "../../shared/src/env.js";
@@ -45,6 +48,25 @@ export interface AdminConfig extends CommonConfig {
    * reads at most, over all shards; past it the answer is truncated (complete_until).
    */
   forecastRowBudget: number;
+  /** The browser console's port (console-server.ts); undefined when CONSOLE_ENABLED=false. */
+  console: ConsoleConfig | undefined;
+}
+
+/** Where and how the admin process serves the operator console. */
+export interface ConsoleConfig {
+  /** CONSOLE_PORT: 0 is a free port, which the start log names. */
+  port: number;
+  /** CONSOLE_HOST: the service's BIND_HOST unless set. */
+  host: string;
+  /** TIMER_API_URL: where the console's timer.v1 calls are forwarded (the timer service's gRPC port). */
+  timerApiUrl: string;
+  /**
+   * TIMER_API_CA_FILE: the CA an https TIMER_API_URL is checked against; unset, the one of
+   * DISPATCHER_TLS_CA_FILE (the mesh's own CA), else the system's.
+   */
+  timerApiCaFile: string | undefined;
+  /** JAEGER_UI_URL: the console links trace ids to `${jaegerUiUrl}/trace/<id>`; undefined hides the links. */
+  jaegerUiUrl: string | undefined;
 }
 
 /**
@@ -70,6 +92,26 @@ export function loadAdminConfig(env: Record<string, string | undefined>): AdminC
     bulkOperationPollMs: envDurationMs(env, "BULK_OPERATION_POLL", 2_000, 50, 600_000),
     forecastRefreshMs: envDurationMs(env, "FORECAST_REFRESH", 30_000, 100, 600_000),
     forecastRowBudget: envInt(env, "FORECAST_ROW_BUDGET", 200_000, 1_000, 10_000_000),
+    console: loadConsoleConfig(env, common.host),
+  };
+}
+
+function loadConsoleConfig(env: Record<string, string | undefined>, host: string): ConsoleConfig | undefined {
+  if (!envBoolean(env, "CONSOLE_ENABLED", true)) return undefined;
+  const jaeger = envOptional(env, "JAEGER_UI_URL");
+  return {
+    port: envInt(env, "CONSOLE_PORT", 8083, 0, 65535),
+    host: envString(env, "CONSOLE_HOST", host),
+    timerApiUrl: envUrl(env, "TIMER_API_URL", "http://127.0.0.1:50051", ["http", "https"]).replace(
+      /\/+$/,
+      "",
+    ),
+    timerApiCaFile: envOptional(env, "TIMER_API_CA_FILE"),
+    // The links are built as `${url}/trace/<id>`: a trailing slash would double.
+    jaegerUiUrl:
+      jaeger === undefined
+        ? undefined
+        : envUrl(env, "JAEGER_UI_URL", "", ["http", "https"]).replace(/\/+$/, ""),
   };
 }
 

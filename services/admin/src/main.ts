@@ -2,6 +2,7 @@
 // admin.v1.AdminService, joined here from its parts (*-handlers.ts), each over its own SQL
 // (*-store.ts). Only wiring lives here.
 import { hostname } from "node:os";
+import { fileURLToPath } from "node:url";
 import { createLogger } from "../../shared/src/logger.js";
 import { startServiceTelemetry } from "../../shared/src/telemetry/telemetry.js";
 import { SERVICE_VERSION } from "../../shared/src/version.js";
@@ -15,6 +16,8 @@ import { AdminService, file_admin_v1_admin } from "../../shared/src/gen/admin/v1
 import { loadAdminConfig } from "./config.js";
 import { dispatcherTls, dispatcherTokenSource } from "./dispatcher-credentials.js";
 import { Auditor } from "./audit.js";
+import { TimerApiProxy, timerApiTls } from "./console-proxy.js";
+import { startConsoleServer } from "./console-server.js";
 import { DispatcherDirectory } from "./dispatcher-directory.js";
 import { bulkHandlers } from "./bulk-handlers.js";
 import { callerHandlers } from "./caller-handlers.js";
@@ -31,6 +34,8 @@ import { operationHandlers } from "./operation-handlers.js";
 import { OperationRunner } from "./operation-runner.js";
 
 const bootLog = createLogger("admin", "info");
+/** What scripts/build-console.mjs makes (npm ci, npm start, npm run build:console). */
+const CONSOLE_DIST = fileURLToPath(new URL("../console/dist/", import.meta.url));
 
 /** admin.v1.AdminService, one part per section of the API (each part's file says what it holds). */
 function adminService(
@@ -104,6 +109,13 @@ runMain(bootLog, async () => {
     leaseMs: config.bulkOperationLeaseMs,
     pollMs: config.bulkOperationPollMs,
   });
+  // One implementation, mounted on the gRPC port and on the console's.
+  const implementation = adminService(deps, forecast, runner);
+  const consoleConfig = config.console;
+  const timerApi = consoleConfig && {
+    url: consoleConfig.timerApiUrl,
+    tls: await timerApiTls(config),
+  };
   const service = await runService({
     name: "admin",
     host: config.host,
@@ -112,7 +124,7 @@ runMain(bootLog, async () => {
     log,
     files: [file_admin_v1_admin],
     serviceNames: [AdminService.typeName],
-    routes: (router) => router.service(AdminService, adminService(deps, forecast, runner)),
+    routes: (router) => router.service(AdminService, implementation),
     // Most admin calls are Postgres alone, so the service is ready on Postgres: while NATS is
     // away, only the calls that go through the dispatchers (ListDispatchers, DrainDispatcher,
     // RebalanceShards) answer UNAVAILABLE, naming NATS (mesh-handlers.ts).
@@ -123,6 +135,27 @@ runMain(bootLog, async () => {
     security: config.security,
     grpcMaxRequestBytes: config.grpcMaxRequestBytes,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
+    // The browser console (CONSOLE_PORT), unless CONSOLE_ENABLED=false: the same AdminService
+    // calls as the gRPC port's, and timer.v1 forwarded to TIMER_API_URL.
+    extraServers:
+      consoleConfig && timerApi
+        ? [
+            (rpc) =>
+              startConsoleServer({
+                host: consoleConfig.host,
+                port: consoleConfig.port,
+                distDir: CONSOLE_DIST,
+                rpc,
+                proxy: new TimerApiProxy({
+                  ...timerApi,
+                  maxRequestBytes: config.grpcMaxRequestBytes,
+                  log,
+                }),
+                publicConfig: { jaegerUiUrl: consoleConfig.jaegerUiUrl ?? null, version: SERVICE_VERSION },
+                log,
+              }),
+          ]
+        : [],
     onStop: async () => {
       directory.stop();
       await runner.stop();

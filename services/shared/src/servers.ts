@@ -220,6 +220,17 @@ export interface GrpcServer {
   close(deadlineMs: number): Promise<void>;
 }
 
+/** Serves one HTTP request (connect-node's handler for a request of HTTP/1.1). */
+export type RpcHandler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
+
+/** A server a service runs besides its gRPC and HTTP ports (runService's extraServers). */
+export interface ExtraServer {
+  /** Takes no new connection; requests in flight go on. */
+  stopAccepting(): void;
+  /** stopAccepting(), then waits for the requests in flight until `deadlineMs` (epoch ms), then cuts what is left. */
+  close(deadlineMs: number): Promise<void>;
+}
+
 /** A named readiness check; resolves true when the dependency is usable. */
 export type Check = () => Promise<boolean>;
 

@@ -3,6 +3,7 @@
 // whatever Postgres and NATS are doing; report readiness from them; start the service's own work
 // once what it needs is there; and shut down in order on SIGTERM/SIGINT.
 import type { DescFile } from "@bufbuild/protobuf";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { stdSerializers } from "pino";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { Authenticator, authInterceptor, OPEN_SERVICES } from "./auth.js";
@@ -16,7 +17,7 @@ import { within } from "./bounded-wait.js";
 import { redactCredentials, redactDeep } from "./redact.js";
 import { rpcServerInterceptor } from "./telemetry/rpc.js";
 import type { Telemetry } from "./telemetry/telemetry.js";
-import { readTlsMaterial } from "./tls-files.js";
+import { readTlsMaterial, type TlsMaterial } from "./tls-files.js";
 import {
   errorInterceptor,
   runChecks,
@@ -24,6 +25,8 @@ import {
   startHttpServer,
   type Check,
   type ExtraRoute,
+  type ExtraServer,
+  type RpcHandler,
 } from "./servers.js";
 
 const { SERVING, NOT_SERVING } = HealthCheckResponse_ServingStatus;
@@ -54,6 +57,19 @@ export interface RunningService {
   stop(reason: string): Promise<void>;
 }
 
+/** What a server of the service besides its ports gets (runService's extraServers). */
+export interface RpcMount {
+  /**
+   * A Connect handler for HTTP/1.1 requests over the service's own routes (not health or
+   * reflection), through the same interceptors (telemetry, errors, authentication, the
+   * readiness gate, the service's own) and request size limit as the gRPC port: a call through
+   * it is the same call, authorized and audited the same way.
+   */
+  handler: RpcHandler;
+  /** The gRPC port's TLS material (TLS_*), undefined when it is plaintext. */
+  tls: TlsMaterial | undefined;
+}
+
 /** Starts the gRPC and HTTP servers of a service and wires SIGTERM/SIGINT to an ordered stop. */
 export async function runService(opts: {
   name: string;
@@ -82,6 +98,12 @@ export async function runService(opts: {
    */
   start: { after: Dependency[]; run?: (signal: AbortSignal) => Promise<void> | void };
   extraHttp?: ExtraRoute[];
+  /**
+   * Servers besides the gRPC and HTTP ports (the admin's console), started after them and
+   * stopped with the gRPC port: they stop accepting when it does and get the same deadline for
+   * their requests in flight.
+   */
+  extraServers?: Array<(mount: RpcMount) => Promise<ExtraServer>>;
   /**
    * Service-specific shutdown (a dispatcher's hand-off), after the ports stopped taking calls
    * and before the calls in flight are awaited and the dependencies closed: they are still
@@ -155,18 +177,19 @@ export async function runService(opts: {
     (optionalNames.has(name) ? optional : required)[name] = () => dep.check();
   Object.assign(required, opts.checks);
 
+  const interceptors = [
+    rpcServerInterceptor(opts.telemetry.meter, opts.telemetry.tracer, opts.telemetry.tracingEnabled),
+    errorInterceptor(log),
+    authInterceptor(auth, log),
+    gate,
+    ...(opts.interceptors ?? []),
+  ];
   const grpc = await startGrpcServer({
     host: opts.host,
     port: opts.grpcPort,
     tls,
     maxRequestBytes: opts.grpcMaxRequestBytes,
-    interceptors: [
-      rpcServerInterceptor(opts.telemetry.meter, opts.telemetry.tracer, opts.telemetry.tracingEnabled),
-      errorInterceptor(log),
-      authInterceptor(auth, log),
-      gate,
-      ...(opts.interceptors ?? []),
-    ],
+    interceptors,
     routes: (router) => {
       opts.routes(router);
       registerHealthService(router, health);
@@ -182,6 +205,18 @@ export async function runService(opts: {
     stopping: () => stopping.signal.aborted,
     extra: [opts.telemetry.metricsRoute, ...(opts.extraHttp ?? [])],
   });
+  const extraServers: ExtraServer[] = [];
+  if (opts.extraServers?.length) {
+    const mount: RpcMount = {
+      handler: connectNodeAdapter({
+        routes: opts.routes,
+        interceptors,
+        readMaxBytes: opts.grpcMaxRequestBytes,
+      }),
+      tls,
+    };
+    for (const start of opts.extraServers) extraServers.push(await start(mount));
+  }
 
   // gRPC health follows readiness; each change is logged once, naming what is missing.
   let lastState = "";
@@ -251,12 +286,16 @@ export async function runService(opts: {
       for (const s of opts.serviceNames) health.set(s, NOT_SERVING);
       health.close();
       grpc.stopAccepting();
+      for (const extra of extraServers) extra.stopAccepting();
       auth.stop();
       // Start work still going on sees the abort and returns; the service's onStop then
       // stops whatever it got to.
       await within(Promise.allSettled(runs), workDeadline - Date.now());
       await opts.onStop();
-      await grpc.close(workDeadline);
+      await Promise.all([
+        grpc.close(workDeadline),
+        ...extraServers.map((extra) => extra.close(workDeadline)),
+      ]);
       await within(
         Promise.allSettled(Object.values(opts.dependencies).map((d) => d.close())),
         CLOSE_DEPENDENCIES_MS,
