@@ -59,7 +59,12 @@ before(async () => {
     return 200;
   });
   mesh = await startMesh({ dispatchers: 1, env: { SHARD_COUNT: String(SHARDS), AUTH_TOKENS: TOKENS } });
-  admin = await startService("admin", { ...mesh.envFor("admin"), JAEGER_UI_URL: JAEGER });
+  // DISPATCHER_TOKEN: the admin presents it to the dispatchers when it drains one.
+  admin = await startService("admin", {
+    ...mesh.envFor("admin"),
+    JAEGER_UI_URL: JAEGER,
+    DISPATCHER_TOKEN: OPS,
+  });
   assert.ok(admin.consolePort, "the admin service serves the console");
   consoleUrl = `http://127.0.0.1:${admin.consolePort}/`;
   timers = createClient(
@@ -155,6 +160,12 @@ async function signedIn(token: string): Promise<{ context: BrowserContext; page:
   return { context, page, errors };
 }
 
+/** Follows a link of the navigation, and waits for its page (a field of the last one is not this one's). */
+async function openPage(page: Page, link: string, heading: string): Promise<void> {
+  await page.getByRole("navigation").getByRole("link", { name: link, exact: true }).click();
+  await page.getByRole("heading", { name: heading, exact: true }).waitFor();
+}
+
 /** Waits until `selector`'s text contains `text` (the page refreshes itself; no reload). */
 async function waitForText(page: Page, selector: string, text: string): Promise<void> {
   await page.locator(selector, { hasText: text }).first().waitFor();
@@ -182,7 +193,7 @@ test("an admin signs in, reads the mesh, retries a failed timer and pauses a gro
     await screenshot(page, "mesh");
 
     // Failed: "why did this timer not fire?"
-    await page.getByRole("link", { name: "Failed" }).click();
+    await openPage(page, "Failed", "Failed timers");
     await page.locator('tr[data-timer="orders/charge-7"]').waitFor();
     await waitForText(page, '[data-testid="failed-summary"]', "HTTP 500");
     await screenshot(page, "failed");
@@ -213,7 +224,7 @@ test("an admin signs in, reads the mesh, retries a failed timer and pauses a gro
     assert.equal(deliveries.length, 3, "two failed attempts, then the retry delivered once");
 
     // Groups: pause "orders" with a reason, and see the pause.
-    await page.getByRole("link", { name: "Groups" }).click();
+    await openPage(page, "Groups", "Groups");
     await page.locator('tr[data-group="orders"]').waitFor();
     await page.locator('tr[data-group="orders"]').getByRole("button", { name: "Pause…" }).click();
     await page.getByRole("dialog").locator('input[name="reason"]').fill("receiver down, INC-42");
@@ -234,7 +245,7 @@ test("an admin signs in, reads the mesh, retries a failed timer and pauses a gro
     await screenshot(page, "groups");
 
     // Failed, in bulk: the dry run counts billing's failures before anything changes.
-    await page.getByRole("link", { name: "Failed" }).click();
+    await openPage(page, "Failed", "Failed timers");
     await page.locator('input[name="bulk-group"]').fill("billing");
     await page.getByRole("button", { name: "Retry failed…" }).click();
     await waitForText(page, '[data-testid="dry-run"]', "3 timer(s) match");
@@ -245,7 +256,7 @@ test("an admin signs in, reads the mesh, retries a failed timer and pauses a gro
     await waitForText(page, '[data-testid="operation"]', "SUCCEEDED: 3 changed");
 
     // Audit: the changes made here went through the audited RPCs, under the token's name.
-    await page.getByRole("link", { name: "Audit" }).click();
+    await openPage(page, "Audit", "Audit log");
     await page.locator('input[name="action"]').fill("PauseGroup");
     await page.locator('input[name="action"]').press("Enter");
     await waitForText(page, '[data-testid="audit"] tr[data-action="PauseGroup"]', "ops");
@@ -255,17 +266,40 @@ test("an admin signs in, reads the mesh, retries a failed timer and pauses a gro
     await screenshot(page, "audit");
 
     // Load ahead and schedules.
-    await page.getByRole("link", { name: "Load ahead" }).click();
+    await openPage(page, "Load ahead", "Load ahead");
     // The 30 timers ahead show as 30 bars of one minute each (the empty minutes are .empty).
     await page.locator('[data-testid="load-chart"] rect.bar:not(.empty)').nth(29).waitFor();
     await screenshot(page, "load-ahead");
-    await page.getByRole("link", { name: "Schedules" }).click();
+    await openPage(page, "Schedules", "Schedules");
     await page.locator('input[name="group"]').fill("orders");
     await page.locator('input[name="group"]').press("Enter");
     await waitForText(page, 'article[data-schedule="nightly-report"]', "nightly-report@");
     await screenshot(page, "schedules");
 
+    // Mesh, before a deploy: drain the dispatcher (its shards go unowned: it is the only one),
+    // then undrain it, each after a confirmation.
+    await openPage(page, "Mesh", "Mesh");
+    await page.locator('tr[data-dispatcher="d1"]').getByRole("button", { name: "Drain…" }).click();
+    await page.getByRole("dialog").getByRole("button", { name: "Drain", exact: true }).click();
+    await waitForText(page, 'dialog [role="status"]', "d1 drained: released 1024 shard(s)");
+    await page.getByRole("dialog").getByRole("button", { name: "Close" }).click();
+    await page
+      .locator('[data-testid="shard-map"] .cell.unowned')
+      .nth(SHARDS - 1)
+      .waitFor();
+    await waitForText(page, 'tr[data-dispatcher="d1"]', "draining");
+    await screenshot(page, "mesh-drained");
+    await page.locator('tr[data-dispatcher="d1"]').getByRole("button", { name: "Undrain…" }).click();
+    await page.getByRole("dialog").getByRole("button", { name: "Undrain", exact: true }).click();
+    await waitForText(page, 'dialog [role="status"]', "d1 taking shards");
+    await page.getByRole("dialog").getByRole("button", { name: "Close" }).click();
+    await page.locator('[data-testid="shard-map"] .cell.unowned').first().waitFor({ state: "detached" });
+
     assert.deepEqual(errors, [], "no page error, no Content-Security-Policy violation");
+  } catch (err) {
+    // What the page showed when a step failed, beside the others.
+    await screenshot(page, "failure-admin");
+    throw err;
   } finally {
     await context.close();
   }
@@ -275,7 +309,7 @@ test("a group token sees its own group's timers and is refused the admin pages",
   const { context, page } = await signedIn(ORDERS);
   try {
     await waitForText(page, '[data-testid="whoami"]', "ci-orders · groups orders");
-    await page.getByRole("link", { name: "Mesh" }).click();
+    await openPage(page, "Mesh", "Mesh needs an admin token");
     await waitForText(page, '[data-testid="forbidden"]', "Mesh needs an admin token");
     await screenshot(page, "forbidden-for-group-token");
     // Not only hidden: the server refuses the admin RPC to this token.
@@ -295,6 +329,9 @@ test("a group token sees its own group's timers and is refused the admin pages",
     // Another group's timer: refused by the timer service.
     await page.goto(`${consoleUrl}#/timer/billing/invoice-1`);
     await waitForText(page, ".freshness .error", "PERMISSION_DENIED");
+  } catch (err) {
+    await screenshot(page, "failure-group-token");
+    throw err;
   } finally {
     await context.close();
   }

@@ -78,6 +78,14 @@ export function isPermissionDenied(err: unknown): boolean {
   return ConnectError.from(err).code === Code.PermissionDenied;
 }
 
+/**
+ * The group a page about one group starts on: the first the token names exactly (a pattern such
+ * as "orders-*" or "*" names no one group); empty when there is none.
+ */
+export function firstExactGroup(groups: string[]): string {
+  return groups.find((g) => !g.includes("*")) ?? "";
+}
+
 export const SessionContext = createContext<Session | null>(null);
 
 export function useSession(): Session {

@@ -25,6 +25,61 @@ export function Freshness(props: { polled: Polled<unknown> }) {
   );
 }
 
+/** A page's title, with how fresh its data is. */
+export function PageHead(props: { title: string; polled?: Polled<unknown> }) {
+  return (
+    <header class="page-head">
+      <h2>{props.title}</h2>
+      {props.polled && <Freshness polled={props.polled} />}
+    </header>
+  );
+}
+
+/**
+ * A filter field, applied when the operator presses Enter or leaves it. What is typed is kept
+ * in the field's own state: the page's refresh every few seconds re-renders it without wiping
+ * a half-typed value.
+ */
+export function FilterField(props: {
+  label: string;
+  name: string;
+  value: string;
+  placeholder: string;
+  onApply: (value: string) => void;
+}) {
+  const [draft, setDraft] = useState(props.value);
+  useEffect(() => setDraft(props.value), [props.value]);
+  return (
+    <label>
+      {props.label}{" "}
+      <input
+        name={props.name}
+        value={draft}
+        placeholder={props.placeholder}
+        onInput={(e) => setDraft(e.currentTarget.value)}
+        onChange={(e) => props.onApply(e.currentTarget.value.trim())}
+      />
+    </label>
+  );
+}
+
+/** The group a page is about: an admin may leave it empty where the page shows every group. */
+export function GroupFilter(props: {
+  value: string;
+  placeholder: string;
+  onChange: (group: string) => void;
+}) {
+  return (
+    <FilterField
+      label="Group"
+      name="group"
+      value={props.value}
+      placeholder={props.placeholder}
+      onApply={props.onChange}
+    />
+  );
+}
+
 /** What an admin-only page shows to a group token (the server refuses the calls too). */
 export function Forbidden(props: { page: string }) {
   const { me } = useSession();

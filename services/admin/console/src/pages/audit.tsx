@@ -3,7 +3,7 @@
 import { useState } from "preact/hooks";
 import type { AuditEvent } from "../../../../shared/src/gen/admin/v1/admin_pb.js";
 import { useSession } from "../api.js";
-import { Freshness, Pager, TraceLink, usePages } from "../components.js";
+import { FilterField, PageHead, Pager, TraceLink, usePages } from "../components.js";
 import { relative, utc } from "../format.js";
 import { usePoll } from "../poll.js";
 
@@ -18,23 +18,28 @@ export function AuditPage() {
     () => api.admin.listAuditEvents({ actor, action, pageSize: PAGE_SIZE, pageToken: pages.token }),
     `${actor}\u0000${action}\u0000${pages.token}`,
   );
-  const filter = (set: (v: string) => void) => (e: Event) => {
-    set((e.currentTarget as HTMLInputElement).value.trim());
+  const apply = (set: (v: string) => void) => (value: string) => {
+    set(value);
     pages.first();
   };
   return (
     <section>
-      <header class="page-head">
-        <h2>Audit log</h2>
-        <Freshness polled={polled} />
-      </header>
+      <PageHead title="Audit log" polled={polled} />
       <form class="toolbar" onSubmit={(e) => e.preventDefault()}>
-        <label>
-          Actor <input name="actor" value={actor} placeholder="token name" onChange={filter(setActor)} />
-        </label>
-        <label>
-          Action <input name="action" value={action} placeholder="PauseGroup" onChange={filter(setAction)} />
-        </label>
+        <FilterField
+          label="Actor"
+          name="actor"
+          value={actor}
+          placeholder="token name"
+          onApply={apply(setActor)}
+        />
+        <FilterField
+          label="Action"
+          name="action"
+          value={action}
+          placeholder="PauseGroup"
+          onApply={apply(setAction)}
+        />
       </form>
       <table data-testid="audit">
         <thead>

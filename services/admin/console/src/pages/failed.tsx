@@ -9,18 +9,13 @@ import {
   type StartBulkOperationResponse,
 } from "../../../../shared/src/gen/admin/v1/admin_pb.js";
 import { type Timer, TimerSelectorSchema, TimerState } from "../../../../shared/src/gen/timer/v1/timer_pb.js";
-import { errorText, useSession } from "../api.js";
-import { ConfirmDialog, Freshness, Pager, usePages } from "../components.js";
+import { errorText, firstExactGroup, useSession } from "../api.js";
+import { ConfirmDialog, Freshness, GroupFilter, PageHead, Pager, usePages } from "../components.js";
 import { count, relative, utc } from "../format.js";
 import { usePoll } from "../poll.js";
 import { hrefOf } from "../routes.js";
 
 const PAGE_SIZE = 50;
-
-/** A group id the token names exactly (not a pattern): the Failed page's first choice for it. */
-function firstExactGroup(groups: string[]): string {
-  return groups.find((g) => !g.includes("*")) ?? "";
-}
 
 export function FailedPage() {
   const { api, me } = useSession();
@@ -48,23 +43,16 @@ export function FailedPage() {
   const timers = polled.data?.timers ?? [];
   return (
     <section>
-      <header class="page-head">
-        <h2>Failed timers</h2>
-        <Freshness polled={polled} />
-      </header>
+      <PageHead title="Failed timers" polled={polled} />
       <div class="toolbar">
-        <label>
-          Group{" "}
-          <input
-            name="group"
-            value={group}
-            placeholder={me.admin ? "every group" : "one of your groups"}
-            onChange={(e) => {
-              setGroup(e.currentTarget.value.trim());
-              pages.first();
-            }}
-          />
-        </label>
+        <GroupFilter
+          value={group}
+          placeholder={me.admin ? "every group" : "one of your groups"}
+          onChange={(g) => {
+            setGroup(g);
+            pages.first();
+          }}
+        />
       </div>
       <ErrorSummary timers={timers} />
       <table data-testid="failed">

@@ -3,7 +3,7 @@
 import { useState } from "preact/hooks";
 import type { Group } from "../../../../shared/src/gen/admin/v1/admin_pb.js";
 import { useSession } from "../api.js";
-import { ConfirmDialog, Freshness } from "../components.js";
+import { ConfirmDialog, PageHead } from "../components.js";
 import { count, relative, utc } from "../format.js";
 import { usePoll } from "../poll.js";
 
@@ -30,10 +30,7 @@ export function GroupsPage() {
   const shown = groups.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
   return (
     <section>
-      <header class="page-head">
-        <h2>Groups</h2>
-        <Freshness polled={polled} />
-      </header>
+      <PageHead title="Groups" polled={polled} />
       <div class="toolbar">
         <label>
           Filter{" "}

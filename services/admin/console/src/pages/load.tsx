@@ -2,8 +2,8 @@
 // the most the mesh fired in a minute over the last day: a herd shows before it arrives.
 import { useState } from "preact/hooks";
 import type { ForecastLoadResponse } from "../../../../shared/src/gen/admin/v1/admin_pb.js";
-import { useSession } from "../api.js";
-import { Freshness } from "../components.js";
+import { firstExactGroup, useSession } from "../api.js";
+import { GroupFilter, PageHead } from "../components.js";
 import { count, dateOf, utc } from "../format.js";
 import { usePoll } from "../poll.js";
 
@@ -15,7 +15,7 @@ const CHART_H = 220;
 
 export function LoadPage() {
   const { api, me } = useSession();
-  const [group, setGroup] = useState(me.admin ? "" : (me.groups.find((g) => !g.includes("*")) ?? ""));
+  const [group, setGroup] = useState(me.admin ? "" : firstExactGroup(me.groups));
   const [horizon, setHorizon] = useState<HorizonName>("1 hour");
   const polled = usePoll(async () => {
     if (!me.admin && !group) return undefined;
@@ -30,20 +30,13 @@ export function LoadPage() {
   const f = polled.data;
   return (
     <section>
-      <header class="page-head">
-        <h2>Load ahead</h2>
-        <Freshness polled={polled} />
-      </header>
+      <PageHead title="Load ahead" polled={polled} />
       <form class="toolbar" onSubmit={(e) => e.preventDefault()}>
-        <label>
-          Group{" "}
-          <input
-            name="group"
-            value={group}
-            placeholder={me.admin ? "every group" : "one of your groups"}
-            onChange={(e) => setGroup(e.currentTarget.value.trim())}
-          />
-        </label>
+        <GroupFilter
+          value={group}
+          placeholder={me.admin ? "every group" : "one of your groups"}
+          onChange={setGroup}
+        />
         <label>
           Horizon{" "}
           <select value={horizon} onChange={(e) => setHorizon(e.currentTarget.value as HorizonName)}>

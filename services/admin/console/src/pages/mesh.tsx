@@ -3,7 +3,7 @@
 import { useState } from "preact/hooks";
 import type { Dispatcher, Shard } from "../../../../shared/src/gen/admin/v1/admin_pb.js";
 import { useSession } from "../api.js";
-import { ConfirmDialog, Freshness } from "../components.js";
+import { ConfirmDialog, PageHead } from "../components.js";
 import { count, dateOf, relative, span, utc } from "../format.js";
 import { usePoll } from "../poll.js";
 
@@ -40,10 +40,7 @@ export function MeshPage() {
 
   return (
     <section>
-      <header class="page-head">
-        <h2>Mesh</h2>
-        <Freshness polled={polled} />
-      </header>
+      <PageHead title="Mesh" polled={polled} />
       {data && (
         <>
           <dl class="stats" data-testid="mesh-stats">
@@ -95,7 +92,14 @@ export function MeshPage() {
           {selected !== undefined && <ShardDetail shard={data.shards.find((s) => s.shard === selected)} />}
         </>
       )}
-      {action && <ActionDialog action={action} onClose={() => setAction(undefined)} onDone={polled.reload} />}
+      {action && (
+        <ActionDialog
+          action={action}
+          dispatchers={data?.dispatchers ?? []}
+          onClose={() => setAction(undefined)}
+          onDone={polled.reload}
+        />
+      )}
     </section>
   );
 }
@@ -294,7 +298,12 @@ function ShardDetail(props: { shard: Shard | undefined }) {
   );
 }
 
-function ActionDialog(props: { action: Action; onClose: () => void; onDone: () => void }) {
+function ActionDialog(props: {
+  action: Action;
+  dispatchers: Dispatcher[];
+  onClose: () => void;
+  onDone: () => void;
+}) {
   const { api } = useSession();
   const a = props.action;
   const run = async (): Promise<string> => {
@@ -311,9 +320,14 @@ function ActionDialog(props: { action: Action; onClose: () => void; onDone: () =
       props.onDone();
     }
   };
+  // Draining the last dispatcher that takes shards stops all firing: say so before, not after.
+  const target = a.kind === "rebalance" ? undefined : a.dispatcher;
+  const othersTaking = props.dispatchers.filter((d) => d.live && !d.draining && d.id !== target).length;
   const text =
     a.kind === "drain"
-      ? `Dispatcher ${a.dispatcher} releases every shard it holds and takes none until undrained. The others take its shards over.`
+      ? othersTaking > 0
+        ? `Dispatcher ${a.dispatcher} releases every shard it holds and takes none until undrained. The ${othersTaking} other(s) take its shards over.`
+        : `Dispatcher ${a.dispatcher} is the only one taking shards: once drained, NOTHING FIRES until it is undrained (or another dispatcher joins).`
       : a.kind === "undrain"
         ? `Dispatcher ${a.dispatcher} takes shards again; the mesh rebalances.`
         : "Every live dispatcher recomputes its shards from the current membership.";

@@ -2,8 +2,8 @@
 // in the schedule's own time zone, and why a firing moved (a DST gap, a repeated hour).
 import { useState } from "preact/hooks";
 import { type Schedule, ScheduleState } from "../../../../shared/src/gen/timer/v1/schedule_pb.js";
-import { useSession } from "../api.js";
-import { Freshness, Pager, usePages } from "../components.js";
+import { firstExactGroup, useSession } from "../api.js";
+import { GroupFilter, PageHead, Pager, usePages } from "../components.js";
 import { count, durationMs, relative, span, utc } from "../format.js";
 import { usePoll } from "../poll.js";
 import { hrefOf } from "../routes.js";
@@ -14,7 +14,7 @@ const UPCOMING = 5;
 
 export function SchedulesPage() {
   const { api, me } = useSession();
-  const [group, setGroup] = useState(me.groups.find((g) => !g.includes("*")) ?? "");
+  const [group, setGroup] = useState(firstExactGroup(me.groups));
   const pages = usePages();
   const polled = usePoll(async () => {
     if (!group) return undefined;
@@ -22,23 +22,16 @@ export function SchedulesPage() {
   }, `${group}\u0000${pages.token}`);
   return (
     <section>
-      <header class="page-head">
-        <h2>Schedules</h2>
-        <Freshness polled={polled} />
-      </header>
+      <PageHead title="Schedules" polled={polled} />
       <form class="toolbar" onSubmit={(e) => e.preventDefault()}>
-        <label>
-          Group{" "}
-          <input
-            name="group"
-            value={group}
-            placeholder="group id"
-            onChange={(e) => {
-              setGroup(e.currentTarget.value.trim());
-              pages.first();
-            }}
-          />
-        </label>
+        <GroupFilter
+          value={group}
+          placeholder="group id"
+          onChange={(g) => {
+            setGroup(g);
+            pages.first();
+          }}
+        />
       </form>
       {!group && <p class="muted">Name a group to see its schedules.</p>}
       {(polled.data?.schedules ?? []).map((s) => (

@@ -5,7 +5,7 @@ import { useState } from "preact/hooks";
 import type { ExplainTimerResponse } from "../../../../shared/src/gen/admin/v1/admin_pb.js";
 import { type Timer, TimerState } from "../../../../shared/src/gen/timer/v1/timer_pb.js";
 import { isPermissionDenied, useSession } from "../api.js";
-import { ConfirmDialog, Freshness, TraceLink } from "../components.js";
+import { ConfirmDialog, Freshness, PageHead, TraceLink } from "../components.js";
 import { durationMs, relative, span, stateName, utc } from "../format.js";
 import { usePoll } from "../poll.js";
 import { navigate } from "../routes.js";
@@ -15,9 +15,7 @@ export function TimerPage(props: { groupId: string; timerId: string }) {
   const [id, setId] = useState(props.timerId);
   return (
     <section>
-      <header class="page-head">
-        <h2>Timer</h2>
-      </header>
+      <PageHead title="Timer" />
       <form
         class="toolbar"
         onSubmit={(e) => {
