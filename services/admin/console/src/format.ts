@@ -1,5 +1,10 @@
 // How times, durations and states read on every page: UTC, as the logs and the API spell them.
-import { type Duration, type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
+import {
+  type Duration,
+  durationMs as protoDurationMs,
+  type Timestamp,
+  timestampDate,
+} from "@bufbuild/protobuf/wkt";
 import { TimerState } from "../../../shared/src/gen/timer/v1/timer_pb.js";
 
 export function dateOf(t: Timestamp | undefined): Date | undefined {
@@ -37,7 +42,7 @@ export function relative(t: Timestamp | Date | undefined, now = Date.now()): str
 }
 
 export function durationMs(d: Duration | undefined): number | undefined {
-  return d ? Number(d.seconds) * 1000 + d.nanos / 1e6 : undefined;
+  return d ? protoDurationMs(d) : undefined;
 }
 
 /** "FAILED", as TimerState names it without its prefix. */

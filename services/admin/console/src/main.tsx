@@ -1,7 +1,7 @@
 // The operator console: sign in with a bearer token, then one page per on-call question
 // (routes.ts). Everything it shows and changes goes through the public API (api.ts).
 import { render } from "preact";
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useCallback, useEffect, useState } from "preact/hooks";
 import {
   type ConsoleConfig,
   createApi,
@@ -28,13 +28,10 @@ function App() {
   const [error, setError] = useState<string | undefined>(undefined);
   const [checking, setChecking] = useState(storedToken() !== null);
 
-  const signOut = useMemo(
-    () => () => {
-      forgetToken();
-      setSession(undefined);
-    },
-    [],
-  );
+  const signOut = useCallback(() => {
+    forgetToken();
+    setSession(undefined);
+  }, []);
   /** Asks the API who the token is; only a token it accepts is kept. */
   const signIn = async (token: string, cfg: ConsoleConfig) => {
     const api = createApi(token, signOut);

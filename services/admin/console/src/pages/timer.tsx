@@ -6,7 +6,7 @@ import type { ExplainTimerResponse } from "../../../../shared/src/gen/admin/v1/a
 import { type Timer, TimerState } from "../../../../shared/src/gen/timer/v1/timer_pb.js";
 import { isPermissionDenied, useSession } from "../api.js";
 import { ConfirmDialog, Freshness, PageHead, TraceLink } from "../components.js";
-import { durationMs, relative, span, stateName, utc } from "../format.js";
+import { dateOf, durationMs, relative, span, stateName, utc } from "../format.js";
 import { usePoll } from "../poll.js";
 import { navigate } from "../routes.js";
 
@@ -280,12 +280,8 @@ function Attempts(props: { explain: ExplainTimerResponse }) {
       </thead>
       <tbody>
         {attempts.map((a, i) => {
-          const started = a.startTime
-            ? Number(a.startTime.seconds) * 1000 + a.startTime.nanos / 1e6
-            : undefined;
-          const finished = a.finishTime
-            ? Number(a.finishTime.seconds) * 1000 + a.finishTime.nanos / 1e6
-            : undefined;
+          const started = dateOf(a.startTime)?.getTime();
+          const finished = dateOf(a.finishTime)?.getTime();
           return (
             <tr key={i} class={`outcome-${a.outcome}`}>
               <td class="num">{a.attempt}</td>
