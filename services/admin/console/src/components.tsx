@@ -38,7 +38,9 @@ export function PageHead(props: { title: string; polled?: Polled<unknown> }) {
 /**
  * A filter field, applied when the operator presses Enter or leaves it. What is typed is kept
  * in the field's own state: the page's refresh every few seconds re-renders it without wiping
- * a half-typed value.
+ * a half-typed value. The page's value is copied in only when it changes to something this
+ * field did not apply: the echo of its own apply arrives a render later, after the operator
+ * may have typed on (cleared the field and pressed Enter again), and must not undo that.
  */
 export function FilterField(props: {
   label: string;
@@ -48,7 +50,12 @@ export function FilterField(props: {
   onApply: (value: string) => void;
 }) {
   const [draft, setDraft] = useState(props.value);
-  useEffect(() => setDraft(props.value), [props.value]);
+  const applied = useRef(props.value);
+  useEffect(() => {
+    if (props.value === applied.current) return;
+    applied.current = props.value;
+    setDraft(props.value);
+  }, [props.value]);
   return (
     <label>
       {props.label}{" "}
@@ -57,7 +64,10 @@ export function FilterField(props: {
         value={draft}
         placeholder={props.placeholder}
         onInput={(e) => setDraft(e.currentTarget.value)}
-        onChange={(e) => props.onApply(e.currentTarget.value.trim())}
+        onChange={(e) => {
+          applied.current = e.currentTarget.value.trim();
+          props.onApply(applied.current);
+        }}
       />
     </label>
   );
