@@ -182,10 +182,18 @@ function Dispatchers(props: { dispatchers: Dispatcher[]; onAction: (a: Action) =
   );
 }
 
+/** The shard's lag band: how many of LAG_BANDS' thresholds its lag is above (0 to 4). */
 function lagBand(s: Shard): number {
-  let band = 0;
-  for (let i = 0; i < LAG_BANDS.length; i++) if (s.lagSeconds > LAG_BANDS[i]!) band = i + 1;
-  return band;
+  return LAG_BANDS.filter((threshold) => s.lagSeconds > threshold).length;
+}
+
+/** A lag band in words, from the same thresholds that colour the cells. */
+function lagBandLabel(band: number): string {
+  const low = LAG_BANDS[band - 1];
+  const high = LAG_BANDS[band];
+  if (low === undefined) return "no lag";
+  if (high === undefined) return `> ${low} s`;
+  return low === 0 ? `< ${high} s` : `${low}–${high} s`;
 }
 
 function cellClass(s: Shard, colourBy: "lag" | "owner", owners: string[], selected: boolean): string {
@@ -224,26 +232,12 @@ function Legend(props: { colourBy: "lag" | "owner"; owners: string[] }) {
   if (props.colourBy === "lag") {
     return (
       <ul class="legend">
-        <li>
-          <i class="cell lag-0" />
-          no lag
-        </li>
-        <li>
-          <i class="cell lag-1" />
-          &lt; 1 s
-        </li>
-        <li>
-          <i class="cell lag-2" />
-          1–10 s
-        </li>
-        <li>
-          <i class="cell lag-3" />
-          10–60 s
-        </li>
-        <li>
-          <i class="cell lag-4" />
-          &gt; 60 s
-        </li>
+        {Array.from({ length: LAG_BANDS.length + 1 }, (_, band) => (
+          <li key={band}>
+            <i class={`cell lag-${band}`} />
+            {lagBandLabel(band)}
+          </li>
+        ))}
         <li>
           <i class="cell unowned" />
           no owner
